@@ -1,0 +1,284 @@
+//! The embedded bus: Kafka's semantics in one process, for `floodcmd demo`, tests of one stage
+//! and single-machine trials.
+//!
+//! Retention follows consumers, not time: a record is dropped from memory once every group
+//! that reads its partition has committed past it. A partition with no reader keeps
+//! everything up to `capacity` and then makes producers wait (backpressure), because dropping
+//! an unread reading is the one thing a flood system must not do.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use floodcmd_model::bus::{
+    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Producer, Record,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+struct Entry {
+    key: Bytes,
+    payload: Bytes,
+    timestamp_ms: i64,
+}
+
+#[derive(Default)]
+struct PartitionLog {
+    /// Offset of `log[0]`.
+    base: u64,
+    log: VecDeque<Entry>,
+    /// Committed next-offset per group reading this partition.
+    groups: HashMap<String, u64>,
+}
+
+impl PartitionLog {
+    fn end(&self) -> u64 {
+        self.base + self.log.len() as u64
+    }
+
+    fn trim(&mut self) -> bool {
+        let Some(&low) = self.groups.values().min() else { return false };
+        let mut trimmed = false;
+        while self.base < low && !self.log.is_empty() {
+            self.log.pop_front();
+            self.base += 1;
+            trimmed = true;
+        }
+        trimmed
+    }
+}
+
+struct Partition {
+    log: Mutex<PartitionLog>,
+    space: Notify,
+}
+
+struct Topic {
+    name: Arc<str>,
+    partitions: Vec<Partition>,
+    /// Woken on every append to any partition: consumers wait on it.
+    data: Notify,
+}
+
+struct Inner {
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    capacity: usize,
+}
+
+/// The in-process bus. Clones share the same topics.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedBus {
+    /// A bus whose partitions hold at most `capacity` unconsumed records each.
+    pub fn new(capacity: usize) -> Self {
+        EmbeddedBus {
+            inner: Arc::new(Inner { topics: Mutex::new(HashMap::new()), capacity: capacity.max(1) }),
+        }
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, BusError> {
+        self.inner
+            .topics
+            .lock()
+            .expect("bus lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BusError::UnknownTopic(name.to_string()))
+    }
+
+    /// The next offset to be written in each partition of a topic (Kafka's "high watermark").
+    pub fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        let t = self.topic(topic)?;
+        Ok(t.partitions.iter().map(|p| p.log.lock().expect("partition lock").end()).collect())
+    }
+
+    /// Records held in memory across a topic's partitions.
+    pub fn retained(&self, topic: &str) -> Result<usize, BusError> {
+        let t = self.topic(topic)?;
+        Ok(t.partitions.iter().map(|p| p.log.lock().expect("partition lock").log.len()).sum())
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        let mut topics = self.inner.topics.lock().expect("bus lock");
+        topics.entry(topic.to_string()).or_insert_with(|| {
+            Arc::new(Topic {
+                name: Arc::from(topic),
+                partitions: (0..partitions.max(1))
+                    .map(|_| Partition { log: Mutex::new(PartitionLog::default()), space: Notify::new() })
+                    .collect(),
+                data: Notify::new(),
+            })
+        });
+        Ok(())
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        Ok(self.topic(topic)?.partitions.len() as u32)
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(EmbeddedProducer { bus: self.clone() })
+    }
+
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let t = self.topic(topic)?;
+        let n = t.partitions.len() as u32;
+        let assigned: Vec<u32> = match assignment {
+            Assignment::All => (0..n).collect(),
+            Assignment::Partitions(ps) => {
+                if let Some(&bad) = ps.iter().find(|&&p| p >= n) {
+                    return Err(BusError::UnknownPartition { topic: topic.to_string(), partition: bad });
+                }
+                ps
+            }
+        };
+        let mut positions = HashMap::new();
+        for &p in &assigned {
+            let mut log = t.partitions[p as usize].log.lock().expect("partition lock");
+            let base = log.base;
+            let at = *log.groups.entry(group.to_string()).or_insert(base);
+            positions.insert(p, at.max(base));
+        }
+        Ok(Box::new(EmbeddedConsumer {
+            topic: t,
+            group: group.to_string(),
+            assigned,
+            positions,
+            next_partition: 0,
+        }))
+    }
+}
+
+struct EmbeddedProducer {
+    bus: EmbeddedBus,
+}
+
+#[async_trait]
+impl Producer for EmbeddedProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError> {
+        let t = self.bus.topic(topic)?;
+        let partition = partition_for(key, t.partitions.len() as u32);
+        let part = &t.partitions[partition as usize];
+        let key = Bytes::copy_from_slice(key);
+        loop {
+            // Register interest before looking, so a trim between the look and the wait
+            // cannot be missed.
+            let space = part.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let mut log = part.log.lock().expect("partition lock");
+                if log.log.len() < self.bus.inner.capacity {
+                    let offset = log.end();
+                    log.log.push_back(Entry { key, payload, timestamp_ms });
+                    drop(log);
+                    t.data.notify_waiters();
+                    return Ok(Delivery { partition, offset });
+                }
+            }
+            space.await;
+        }
+    }
+}
+
+struct EmbeddedConsumer {
+    topic: Arc<Topic>,
+    group: String,
+    assigned: Vec<u32>,
+    positions: HashMap<u32, u64>,
+    next_partition: usize,
+}
+
+impl EmbeddedConsumer {
+    fn take(&mut self, max: usize) -> Vec<Record> {
+        let mut out = Vec::new();
+        if self.assigned.is_empty() {
+            return out;
+        }
+        // Round-robin over partitions so one busy partition cannot starve the others.
+        for i in 0..self.assigned.len() {
+            if out.len() >= max {
+                break;
+            }
+            let idx = (self.next_partition + i) % self.assigned.len();
+            let p = self.assigned[idx];
+            let log = self.topic.partitions[p as usize].log.lock().expect("partition lock");
+            let pos = self.positions.get_mut(&p).expect("assigned partitions have positions");
+            if *pos < log.base {
+                *pos = log.base;
+            }
+            let start = (*pos - log.base) as usize;
+            for e in log.log.iter().skip(start).take(max - out.len()) {
+                out.push(Record {
+                    topic: self.topic.name.clone(),
+                    partition: p,
+                    offset: *pos,
+                    key: e.key.clone(),
+                    payload: e.payload.clone(),
+                    timestamp_ms: e.timestamp_ms,
+                });
+                *pos += 1;
+            }
+        }
+        self.next_partition = (self.next_partition + 1) % self.assigned.len();
+        out
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let topic = self.topic.clone();
+            let data = topic.data.notified();
+            tokio::pin!(data);
+            data.as_mut().enable();
+            let got = self.take(max.max(1));
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            if tokio::time::timeout_at(deadline, data).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
+        let part = self.topic.partitions.get(partition as usize).ok_or_else(|| BusError::UnknownPartition {
+            topic: self.topic.name.to_string(),
+            partition,
+        })?;
+        let trimmed = {
+            let mut log = part.log.lock().expect("partition lock");
+            let slot = log.groups.entry(self.group.clone()).or_insert(0);
+            *slot = (*slot).max(next);
+            log.trim()
+        };
+        if trimmed {
+            part.space.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn assigned(&self) -> Vec<u32> {
+        self.assigned.clone()
+    }
+}

@@ -1,0 +1,195 @@
+//! The bus: named, partitioned, append-only topics with independent consumer positions.
+//!
+//! **API Boundary.** Stages talk to each other only through this trait. Two implementations:
+//! the embedded bus (in-process, zero setup, `floodcmd demo` and tests) and Kafka. Both place a
+//! keyed record in the partition [`partition_for`] picks (Kafka's murmur2, so a Java producer
+//! agrees), both give per-partition offsets, both let a consumer group commit "next offset to
+//! read" per partition after the effects of a record are safely downstream.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A record read from a topic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+    /// Key (decides the partition).
+    pub key: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+    /// Timestamp given by the producer, ms.
+    pub timestamp_ms: i64,
+}
+
+/// Where a produced record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+}
+
+/// Which partitions a consumer reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    /// Every partition of the topic.
+    All,
+    /// Exactly these (static assignment, e.g. one set per timely worker).
+    Partitions(Vec<u32>),
+}
+
+/// Errors from any bus implementation.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The topic was never created.
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    /// A partition outside the topic's range.
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// Partition asked for.
+        partition: u32,
+    },
+    /// The bus is shutting down.
+    #[error("bus closed")]
+    Closed,
+    /// The producer could not deliver within its timeout (the bus is full or unreachable).
+    #[error("timed out producing to {topic} after {after:?}")]
+    Timeout {
+        /// Topic.
+        topic: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// Anything the underlying client reports.
+    #[error("{0}")]
+    Client(String),
+}
+
+/// The bus.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Create a topic if it does not exist. Creating an existing topic is not an error.
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError>;
+    /// How many partitions a topic has.
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError>;
+    /// A producer. Cheap to clone through the `Arc`.
+    fn producer(&self) -> Arc<dyn Producer>;
+    /// A consumer in `group` reading `topic`. It starts at the group's committed position, or
+    /// at the earliest retained record for a new group.
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError>;
+}
+
+/// Appends records to topics.
+#[async_trait]
+pub trait Producer: Send + Sync {
+    /// Append a record to the partition its key hashes to. Waits while the topic is full
+    /// (backpressure); never drops.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError>;
+}
+
+/// Reads records of one topic for one consumer group.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Up to `max` records, waiting at most `timeout` for the first. Empty on timeout.
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError>;
+    /// Commit the group's position: `next` is the next offset to read in `partition`.
+    async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError>;
+    /// The partitions this consumer reads.
+    fn assigned(&self) -> Vec<u32>;
+}
+
+/// The partition for `key` among `partitions`: Kafka's default (murmur2, positive, modulo).
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Kafka's murmur2 hash (as in `org.apache.kafka.common.utils.Utils.murmur2`).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = SEED ^ (len as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= (tail[2] as u32) << 16;
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka_test_vectors() {
+        // Vectors from Kafka's UtilsTest.testMurmur2 (values there are signed ints).
+        let cases: [(&[u8], i32); 4] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+        ];
+        for (input, want) in cases {
+            assert_eq!(murmur2(input) as i32, want, "{:?}", std::str::from_utf8(input));
+        }
+    }
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        for n in 1..10 {
+            let p = partition_for(b"WL-UP-01", n);
+            assert!(p < n);
+            assert_eq!(p, partition_for(b"WL-UP-01", n));
+        }
+    }
+}

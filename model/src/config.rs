@@ -1,0 +1,980 @@
+//! The district: who is responsible for what, where the points are, and when they alarm.
+//!
+//! A district (区) holds sub-districts (街道) → communities (社区) → grids (网格) → monitored
+//! points. A point is a rain gauge, a low-lying point (低洼点) or an underpass (下穿). Its
+//! five-level responsibility chain (五级包保) is *derived* from that hierarchy: point owner
+//! (A and B posts) → grid worker → community director → sub-district cadre → district duty
+//! leader, so a roster change is one edit, not one per point.
+//!
+//! [`District::from_toml_str`] parses and validates in one go and reports every problem at
+//! once, each with the path of the field (`points[12].thresholds.red: ...`).
+
+use crate::level::Level;
+use crate::reading::SensorKind;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// The kind of monitored point.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum PointKind {
+    /// A rain gauge (雨量站).
+    RainGauge,
+    /// A low-lying point where water collects (低洼易积水点).
+    LowPoint,
+    /// An underpass or road tunnel (下穿隧道/下穿立交); red means close it.
+    Underpass,
+}
+
+impl PointKind {
+    /// Name used in config and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PointKind::RainGauge => "rain_gauge",
+            PointKind::LowPoint => "low_point",
+            PointKind::Underpass => "underpass",
+        }
+    }
+    /// Chinese name.
+    pub fn zh(self) -> &'static str {
+        match self {
+            PointKind::RainGauge => "雨量站",
+            PointKind::LowPoint => "低洼点",
+            PointKind::Underpass => "下穿",
+        }
+    }
+    /// The sensor kind that decides this point's level.
+    pub fn judged_by(self) -> SensorKind {
+        match self {
+            PointKind::RainGauge => SensorKind::Rain,
+            PointKind::LowPoint | PointKind::Underpass => SensorKind::Depth,
+        }
+    }
+    /// Unit of its thresholds.
+    pub fn unit(self) -> &'static str {
+        self.judged_by().unit()
+    }
+}
+
+/// A level of the five-level responsibility chain (五级包保).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponsibilityLevel {
+    /// 点位责任人 (A and B posts).
+    PointOwner,
+    /// 网格员.
+    Grid,
+    /// 社区 director.
+    Community,
+    /// 街道 cadre.
+    SubDistrict,
+    /// 区 duty leader of the district command.
+    District,
+}
+
+impl ResponsibilityLevel {
+    /// The chain, bottom to top.
+    pub const CHAIN: [ResponsibilityLevel; 5] = [
+        ResponsibilityLevel::PointOwner,
+        ResponsibilityLevel::Grid,
+        ResponsibilityLevel::Community,
+        ResponsibilityLevel::SubDistrict,
+        ResponsibilityLevel::District,
+    ];
+    /// Chinese name.
+    pub fn zh(self) -> &'static str {
+        match self {
+            ResponsibilityLevel::PointOwner => "点位责任人",
+            ResponsibilityLevel::Grid => "网格员",
+            ResponsibilityLevel::Community => "社区",
+            ResponsibilityLevel::SubDistrict => "街道",
+            ResponsibilityLevel::District => "区防汛指挥部",
+        }
+    }
+    /// Name used in config and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponsibilityLevel::PointOwner => "point_owner",
+            ResponsibilityLevel::Grid => "grid",
+            ResponsibilityLevel::Community => "community",
+            ResponsibilityLevel::SubDistrict => "sub_district",
+            ResponsibilityLevel::District => "district",
+        }
+    }
+}
+
+/// One threshold of one level.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Raise the level at or above this (cm for depth, mm for rain).
+    pub raise: f64,
+    /// Leave the level only below this (hysteresis). Must not exceed `raise`.
+    pub reset: f64,
+    /// The value must stay at or above `raise` this long before the level is raised.
+    #[serde(default)]
+    pub hold_s: u32,
+    /// Rain only: the rolling window the total is taken over, minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_min: Option<u32>,
+    /// Where this number comes from (standard, city practice, local plan).
+    #[serde(default)]
+    pub source: String,
+}
+
+impl Threshold {
+    fn depth(raise: f64, reset: f64, hold_s: u32, source: &str) -> Self {
+        Threshold { raise, reset, hold_s, window_min: None, source: source.into() }
+    }
+    fn rain(window_min: u32, raise: f64, reset: f64, source: &str) -> Self {
+        Threshold { raise, reset, hold_s: 0, window_min: Some(window_min), source: source.into() }
+    }
+}
+
+/// Thresholds for the four alert levels.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LevelThresholds {
+    /// 蓝.
+    pub blue: Threshold,
+    /// 黄.
+    pub yellow: Threshold,
+    /// 橙.
+    pub orange: Threshold,
+    /// 红.
+    pub red: Threshold,
+}
+
+impl LevelThresholds {
+    /// The threshold of an alert level (`Normal` has none).
+    pub fn get(&self, level: Level) -> Option<&Threshold> {
+        match level {
+            Level::Normal => None,
+            Level::Blue => Some(&self.blue),
+            Level::Yellow => Some(&self.yellow),
+            Level::Orange => Some(&self.orange),
+            Level::Red => Some(&self.red),
+        }
+    }
+
+    /// Default depth thresholds for low-lying points (domain notes: 蓝 10, 黄 15, 橙 20, 红 25 cm).
+    pub fn low_point_default() -> Self {
+        const SRC: &str = "domain notes default (城市内涝 10-25 cm scale; Shanghai 25 cm no-passage)";
+        LevelThresholds {
+            blue: Threshold::depth(10.0, 8.0, 60, SRC),
+            yellow: Threshold::depth(15.0, 13.0, 60, SRC),
+            orange: Threshold::depth(20.0, 18.0, 60, SRC),
+            red: Threshold::depth(25.0, 22.0, 60, SRC),
+        }
+    }
+
+    /// Default depth thresholds for underpasses; red means close (Shanghai closes above 25 cm,
+    /// Xi'an's staff line is 30 cm).
+    pub fn underpass_default() -> Self {
+        LevelThresholds {
+            blue: Threshold::depth(10.0, 8.0, 30, "domain notes default"),
+            yellow: Threshold::depth(15.0, 13.0, 30, "domain notes default"),
+            orange: Threshold::depth(20.0, 18.0, 30, "Shanghai Putuo closed a tunnel at ~20 cm (2021-07-26)"),
+            red: Threshold::depth(25.0, 22.0, 30, "Shanghai: closure above 25 cm; Xi'an staff line 30 cm"),
+        }
+    }
+
+    /// Default rain rules: the mainland rainstorm warning signals (暴雨预警信号).
+    pub fn rain_gauge_default() -> Self {
+        LevelThresholds {
+            blue: Threshold::rain(720, 50.0, 40.0, "暴雨蓝色预警信号: 12 h ≥ 50 mm"),
+            yellow: Threshold::rain(360, 50.0, 40.0, "暴雨黄色预警信号: 6 h ≥ 50 mm"),
+            orange: Threshold::rain(180, 50.0, 40.0, "暴雨橙色预警信号: 3 h ≥ 50 mm"),
+            red: Threshold::rain(180, 100.0, 80.0, "暴雨红色预警信号: 3 h ≥ 100 mm"),
+        }
+    }
+}
+
+/// Per-level overrides of the defaults, for one point (一点一策).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdOverrides {
+    /// 蓝.
+    pub blue: Option<Threshold>,
+    /// 黄.
+    pub yellow: Option<Threshold>,
+    /// 橙.
+    pub orange: Option<Threshold>,
+    /// 红.
+    pub red: Option<Threshold>,
+}
+
+impl ThresholdOverrides {
+    fn is_empty(&self) -> bool {
+        self.blue.is_none() && self.yellow.is_none() && self.orange.is_none() && self.red.is_none()
+    }
+    fn apply(&self, base: &LevelThresholds) -> LevelThresholds {
+        LevelThresholds {
+            blue: self.blue.clone().unwrap_or_else(|| base.blue.clone()),
+            yellow: self.yellow.clone().unwrap_or_else(|| base.yellow.clone()),
+            orange: self.orange.clone().unwrap_or_else(|| base.orange.clone()),
+            red: self.red.clone().unwrap_or_else(|| base.red.clone()),
+        }
+    }
+}
+
+/// How often sensors report, which decides when one counts as silent (失联).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cadence {
+    /// Depth sensors in normal (periodic) mode, seconds. Vendor 4G sensors: 600 s.
+    pub depth_normal_s: u32,
+    /// Depth sensors in storm (add-on report) mode, seconds. FloodNet: 60 s.
+    pub depth_storm_s: u32,
+    /// Rain gauges in normal mode, seconds.
+    pub rain_normal_s: u32,
+    /// Rain gauges while it rains, seconds.
+    pub rain_storm_s: u32,
+    /// A sensor is silent after this many expected intervals without a reading.
+    pub silent_after_missed: u32,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Cadence {
+            depth_normal_s: 600,
+            depth_storm_s: 60,
+            rain_normal_s: 300,
+            rain_storm_s: 60,
+            silent_after_missed: 3,
+        }
+    }
+}
+
+/// Defaults applied to every point unless it overrides them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Depth thresholds of low-lying points.
+    pub low_point: LevelThresholds,
+    /// Depth thresholds of underpasses.
+    pub underpass: LevelThresholds,
+    /// Rain rules of rain gauges.
+    pub rain_gauge: LevelThresholds,
+    /// Reporting cadence.
+    pub cadence: Cadence,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            low_point: LevelThresholds::low_point_default(),
+            underpass: LevelThresholds::underpass_default(),
+            rain_gauge: LevelThresholds::rain_gauge_default(),
+            cadence: Cadence::default(),
+        }
+    }
+}
+
+impl Defaults {
+    /// The default thresholds of a kind of point.
+    pub fn for_kind(&self, kind: PointKind) -> &LevelThresholds {
+        match kind {
+            PointKind::RainGauge => &self.rain_gauge,
+            PointKind::LowPoint => &self.low_point,
+            PointKind::Underpass => &self.underpass,
+        }
+    }
+}
+
+/// Who is told at once when a point reaches a level.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Escalation {
+    /// At 蓝.
+    pub blue: Vec<ResponsibilityLevel>,
+    /// At 黄.
+    pub yellow: Vec<ResponsibilityLevel>,
+    /// At 橙.
+    pub orange: Vec<ResponsibilityLevel>,
+    /// At 红: several levels together.
+    pub red: Vec<ResponsibilityLevel>,
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        use ResponsibilityLevel::*;
+        Escalation {
+            blue: vec![PointOwner],
+            yellow: vec![PointOwner, Grid],
+            orange: vec![PointOwner, Grid, Community],
+            red: vec![PointOwner, Grid, Community, SubDistrict, District],
+        }
+    }
+}
+
+impl Escalation {
+    /// Levels notified at once for an alert level.
+    pub fn notify_at(&self, level: Level) -> &[ResponsibilityLevel] {
+        match level {
+            Level::Normal => &[],
+            Level::Blue => &self.blue,
+            Level::Yellow => &self.yellow,
+            Level::Orange => &self.orange,
+            Level::Red => &self.red,
+        }
+    }
+}
+
+/// The district itself.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistrictInfo {
+    /// Short id, e.g. `xincheng`.
+    pub id: String,
+    /// Name, e.g. 新城区.
+    pub name: String,
+    /// SMS signature without brackets, e.g. 新城区防汛.
+    pub sms_signature: String,
+    /// Person id of the district command's duty leader (区防汛指挥部值班领导).
+    pub duty_leader: String,
+}
+
+/// A person in the responsibility chain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    /// Id referenced from elsewhere in the file.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Mobile number (11 digits starting with 1).
+    pub phone: String,
+    /// Title or post, free text.
+    #[serde(default)]
+    pub title: String,
+}
+
+/// 街道.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubDistrict {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Person id of the cadre responsible for flood control (街道包保干部).
+    pub cadre: String,
+}
+
+/// 社区.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Community {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Sub-district id.
+    pub sub_district: String,
+    /// Person id of the community director (社区主任).
+    pub director: String,
+}
+
+/// 网格.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Grid {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Community id.
+    pub community: String,
+    /// Person id of the grid worker (网格员).
+    pub worker: String,
+}
+
+/// A camera watching a point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Camera {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Stream URL (HLS) or path under the dashboard's camera directory.
+    #[serde(default)]
+    pub stream: String,
+}
+
+/// A sensor at a point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    /// Id the device reports with; unique in the district.
+    pub id: String,
+    /// What it measures.
+    pub kind: SensorKind,
+    /// Added to raw depth readings: the sensor's zero is rarely the road surface.
+    #[serde(default)]
+    pub calibration_offset_cm: f64,
+}
+
+/// A monitored point as written in the file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PointConfig {
+    /// Id.
+    pub id: String,
+    /// Name, e.g. 解放门下穿.
+    pub name: String,
+    /// Kind.
+    pub kind: PointKind,
+    /// Grid id.
+    pub grid: String,
+    /// Latitude (WGS84).
+    pub lat: f64,
+    /// Longitude (WGS84).
+    pub lon: f64,
+    /// Person id, point owner A post.
+    pub owner_a: String,
+    /// Person id, point owner B post (backup).
+    pub owner_b: String,
+    /// Camera id.
+    #[serde(default)]
+    pub camera: Option<String>,
+    /// The rain gauge whose rain drives this point (for lead times).
+    #[serde(default)]
+    pub rain_gauge: Option<String>,
+    /// The action this point's plan requires at red (一点一策), e.g. 请立即封闭并到岗.
+    #[serde(default)]
+    pub plan: String,
+    /// Sensors.
+    pub sensors: Vec<SensorConfig>,
+    /// Per-level overrides of the defaults.
+    #[serde(default)]
+    pub thresholds: ThresholdOverrides,
+}
+
+/// The file as written.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistrictFile {
+    /// The district.
+    pub district: DistrictInfo,
+    /// Defaults for thresholds and cadence.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Who is notified at once per level.
+    #[serde(default)]
+    pub escalation: Escalation,
+    /// People.
+    pub people: Vec<Person>,
+    /// Sub-districts.
+    pub sub_districts: Vec<SubDistrict>,
+    /// Communities.
+    pub communities: Vec<Community>,
+    /// Grids.
+    pub grids: Vec<Grid>,
+    /// Cameras.
+    #[serde(default)]
+    pub cameras: Vec<Camera>,
+    /// Points.
+    pub points: Vec<PointConfig>,
+}
+
+/// The five-level chain of one point, resolved to people.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chain {
+    /// 点位责任人 A.
+    pub owner_a: Person,
+    /// 点位责任人 B.
+    pub owner_b: Person,
+    /// 网格员.
+    pub grid_worker: Person,
+    /// 社区主任.
+    pub community_director: Person,
+    /// 街道包保干部.
+    pub sub_district_cadre: Person,
+    /// 区防汛指挥部值班领导.
+    pub district_duty_leader: Person,
+}
+
+impl Chain {
+    /// The people at one level of the chain (two for point owners).
+    pub fn at(&self, level: ResponsibilityLevel) -> Vec<&Person> {
+        match level {
+            ResponsibilityLevel::PointOwner => vec![&self.owner_a, &self.owner_b],
+            ResponsibilityLevel::Grid => vec![&self.grid_worker],
+            ResponsibilityLevel::Community => vec![&self.community_director],
+            ResponsibilityLevel::SubDistrict => vec![&self.sub_district_cadre],
+            ResponsibilityLevel::District => vec![&self.district_duty_leader],
+        }
+    }
+}
+
+/// A validated point with everything resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: PointKind,
+    /// Grid id.
+    pub grid: String,
+    /// Community id.
+    pub community: String,
+    /// Sub-district id.
+    pub sub_district: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Camera, if any.
+    pub camera: Option<Camera>,
+    /// Linked rain gauge point id.
+    pub rain_gauge: Option<String>,
+    /// Action required at red (一点一策).
+    pub plan: String,
+    /// Sensors.
+    pub sensors: Vec<SensorConfig>,
+    /// Thresholds after overrides.
+    pub thresholds: LevelThresholds,
+    /// The five-level chain.
+    pub chain: Chain,
+}
+
+/// One problem in a config file: where, and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Field path, e.g. `points[12].thresholds.red`, or `line 4, column 7` for syntax.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    /// Build from a TOML syntax or shape error; the message carries line and column.
+    pub fn from_toml(err: &toml::de::Error, source: &str) -> Self {
+        let path = match err.span() {
+            Some(span) => {
+                let (line, col) = line_col(source, span.start);
+                format!("line {line}, column {col}")
+            }
+            None => "file".to_string(),
+        };
+        ConfigErrors(vec![ConfigProblem { path, message: err.message().to_string() }])
+    }
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    (line, col)
+}
+
+/// A validated district: the file plus indexes.
+#[derive(Clone, Debug)]
+pub struct District {
+    /// The district.
+    pub info: DistrictInfo,
+    /// Defaults.
+    pub defaults: Defaults,
+    /// Escalation.
+    pub escalation: Escalation,
+    /// People by id.
+    pub people: BTreeMap<String, Person>,
+    /// Sub-districts in file order.
+    pub sub_districts: Vec<SubDistrict>,
+    /// Communities in file order.
+    pub communities: Vec<Community>,
+    /// Grids in file order.
+    pub grids: Vec<Grid>,
+    /// Cameras in file order.
+    pub cameras: Vec<Camera>,
+    /// Points in file order.
+    pub points: Vec<Point>,
+    point_index: HashMap<String, usize>,
+    sensor_index: HashMap<String, (usize, usize)>,
+}
+
+/// A sensor looked up by id.
+#[derive(Clone, Copy, Debug)]
+pub struct SensorRef<'a> {
+    /// The point it belongs to.
+    pub point: &'a Point,
+    /// The sensor.
+    pub sensor: &'a SensorConfig,
+}
+
+impl District {
+    /// Parse and validate a district file, reporting every problem at once.
+    pub fn from_toml_str(source: &str) -> Result<District, ConfigErrors> {
+        let file: DistrictFile =
+            toml::from_str(source).map_err(|e| ConfigErrors::from_toml(&e, source))?;
+        District::from_file(file)
+    }
+
+    /// Validate a parsed file.
+    pub fn from_file(file: DistrictFile) -> Result<District, ConfigErrors> {
+        let mut v = Validator::default();
+        let district = v.check(file);
+        if v.problems.is_empty() {
+            Ok(district.expect("no problems means every reference resolved"))
+        } else {
+            Err(ConfigErrors(v.problems))
+        }
+    }
+
+    /// A point by id.
+    pub fn point(&self, id: &str) -> Option<&Point> {
+        self.point_index.get(id).map(|&i| &self.points[i])
+    }
+
+    /// A sensor by id, with its point.
+    pub fn sensor(&self, id: &str) -> Option<SensorRef<'_>> {
+        self.sensor_index.get(id).map(|&(p, s)| SensorRef {
+            point: &self.points[p],
+            sensor: &self.points[p].sensors[s],
+        })
+    }
+
+    /// Every sensor, with its point, in file order.
+    pub fn sensors(&self) -> impl Iterator<Item = SensorRef<'_>> {
+        self.points.iter().flat_map(|p| p.sensors.iter().map(move |s| SensorRef { point: p, sensor: s }))
+    }
+
+    /// Name of a sub-district by id.
+    pub fn sub_district_name<'a>(&'a self, id: &'a str) -> &'a str {
+        self.sub_districts.iter().find(|s| s.id == id).map_or(id, |s| s.name.as_str())
+    }
+
+    /// One line for `check-config`.
+    pub fn summary(&self) -> String {
+        let count = |k: PointKind| self.points.iter().filter(|p| p.kind == k).count();
+        format!(
+            "{} ({}): {} sub-districts, {} communities, {} grids, {} points ({} underpasses, {} low-lying points, {} rain gauges), {} sensors, {} cameras, {} people",
+            self.info.name,
+            self.info.id,
+            self.sub_districts.len(),
+            self.communities.len(),
+            self.grids.len(),
+            self.points.len(),
+            count(PointKind::Underpass),
+            count(PointKind::LowPoint),
+            count(PointKind::RainGauge),
+            self.sensor_index.len(),
+            self.cameras.len(),
+            self.people.len(),
+        )
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<ConfigProblem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem { path: path.into(), message: message.into() });
+    }
+
+    fn ids<'a>(&mut self, section: &str, ids: impl Iterator<Item = &'a str>) -> HashSet<String> {
+        let mut seen = HashSet::new();
+        for (i, id) in ids.enumerate() {
+            if id.trim().is_empty() {
+                self.problem(format!("{section}[{i}].id"), "must not be empty");
+            } else if !seen.insert(id.to_string()) {
+                self.problem(format!("{section}[{i}].id"), format!("duplicate id \"{id}\""));
+            }
+        }
+        seen
+    }
+
+    fn reference(&mut self, path: String, what: &str, id: &str, known: &HashSet<String>) {
+        if !known.contains(id) {
+            self.problem(path, format!("unknown {what} \"{id}\""));
+        }
+    }
+
+    fn thresholds(&mut self, path: &str, kind: PointKind, t: &LevelThresholds) {
+        let unit = kind.unit();
+        let mut prev: Option<(Level, &Threshold)> = None;
+        for level in Level::ALERTS {
+            let th = t.get(level).expect("alert levels have thresholds");
+            let here = format!("{path}.{level}");
+            if !th.raise.is_finite() || th.raise <= 0.0 {
+                self.problem(&here, format!("raise must be a positive number, got {}", th.raise));
+            }
+            if !th.reset.is_finite() || th.reset < 0.0 {
+                self.problem(&here, format!("reset must be zero or more, got {}", th.reset));
+            } else if th.reset > th.raise {
+                self.problem(
+                    &here,
+                    format!("reset {} {unit} is above raise {} {unit}; hysteresis needs reset ≤ raise", th.reset, th.raise),
+                );
+            }
+            if th.hold_s > 3600 {
+                self.problem(&here, format!("hold_s {} is over an hour", th.hold_s));
+            }
+            match (kind, th.window_min) {
+                (PointKind::RainGauge, None) => self.problem(&here, "a rain rule needs window_min"),
+                (PointKind::RainGauge, Some(w)) if w == 0 || w > 1440 => {
+                    self.problem(&here, format!("window_min {w} must be 1 to 1440 (24 h)"))
+                }
+                (PointKind::LowPoint | PointKind::Underpass, Some(_)) => {
+                    self.problem(&here, "depth thresholds take no window_min")
+                }
+                _ => {}
+            }
+            if let Some((plevel, p)) = prev {
+                let harder = match (th.window_min, p.window_min) {
+                    (Some(w), Some(pw)) => {
+                        w <= pw && th.raise >= p.raise && (w < pw || th.raise > p.raise)
+                    }
+                    _ => th.raise > p.raise,
+                };
+                if !harder {
+                    let msg = match (th.window_min, p.window_min) {
+                        (Some(w), Some(pw)) => format!(
+                            "{} mm in {w} min is not a harder rule than {plevel} {} mm in {pw} min",
+                            th.raise, p.raise
+                        ),
+                        _ if th.raise == p.raise => format!("{} {unit} equals {plevel} {} {unit}", th.raise, p.raise),
+                        _ => format!("{} {unit} is below {plevel} {} {unit}", th.raise, p.raise),
+                    };
+                    self.problem(&here, msg);
+                }
+            }
+            prev = Some((level, th));
+        }
+    }
+
+    fn check(&mut self, f: DistrictFile) -> Option<District> {
+        let people = self.ids("people", f.people.iter().map(|p| p.id.as_str()));
+        let subs = self.ids("sub_districts", f.sub_districts.iter().map(|s| s.id.as_str()));
+        let comms = self.ids("communities", f.communities.iter().map(|c| c.id.as_str()));
+        let grids = self.ids("grids", f.grids.iter().map(|g| g.id.as_str()));
+        let cams = self.ids("cameras", f.cameras.iter().map(|c| c.id.as_str()));
+        let point_ids = self.ids("points", f.points.iter().map(|p| p.id.as_str()));
+
+        for (i, p) in f.people.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                self.problem(format!("people[{i}].name"), "must not be empty");
+            }
+            let digits = p.phone.len() == 11 && p.phone.starts_with('1') && p.phone.bytes().all(|b| b.is_ascii_digit());
+            if !digits {
+                self.problem(format!("people[{i}].phone"), format!("\"{}\" is not an 11-digit mobile number", p.phone));
+            }
+        }
+        self.reference("district.duty_leader".into(), "person", &f.district.duty_leader, &people);
+        if f.district.sms_signature.trim().is_empty() {
+            self.problem("district.sms_signature", "must not be empty (carriers reject unsigned SMS)");
+        }
+        for (i, s) in f.sub_districts.iter().enumerate() {
+            self.reference(format!("sub_districts[{i}].cadre"), "person", &s.cadre, &people);
+        }
+        for (i, c) in f.communities.iter().enumerate() {
+            self.reference(format!("communities[{i}].sub_district"), "sub-district", &c.sub_district, &subs);
+            self.reference(format!("communities[{i}].director"), "person", &c.director, &people);
+        }
+        for (i, g) in f.grids.iter().enumerate() {
+            self.reference(format!("grids[{i}].community"), "community", &g.community, &comms);
+            self.reference(format!("grids[{i}].worker"), "person", &g.worker, &people);
+        }
+        for (name, t, kind) in [
+            ("low_point", &f.defaults.low_point, PointKind::LowPoint),
+            ("underpass", &f.defaults.underpass, PointKind::Underpass),
+            ("rain_gauge", &f.defaults.rain_gauge, PointKind::RainGauge),
+        ] {
+            self.thresholds(&format!("defaults.{name}"), kind, t);
+        }
+        let c = &f.defaults.cadence;
+        for (name, v) in [
+            ("depth_normal_s", c.depth_normal_s),
+            ("depth_storm_s", c.depth_storm_s),
+            ("rain_normal_s", c.rain_normal_s),
+            ("rain_storm_s", c.rain_storm_s),
+            ("silent_after_missed", c.silent_after_missed),
+        ] {
+            if v == 0 {
+                self.problem(format!("defaults.cadence.{name}"), "must be at least 1");
+            }
+        }
+        for level in Level::ALERTS {
+            if f.escalation.notify_at(level).is_empty() {
+                self.problem(format!("escalation.{level}"), "must notify at least one level of the chain");
+            }
+        }
+        if f.points.is_empty() {
+            self.problem("points", "a district needs at least one point");
+        }
+
+        let mut sensor_seen: HashMap<&str, usize> = HashMap::new();
+        let kinds: HashMap<&str, PointKind> = f.points.iter().map(|p| (p.id.as_str(), p.kind)).collect();
+        for (i, p) in f.points.iter().enumerate() {
+            let at = |field: &str| format!("points[{i}].{field}");
+            if p.name.trim().is_empty() {
+                self.problem(at("name"), "must not be empty");
+            }
+            self.reference(at("grid"), "grid", &p.grid, &grids);
+            self.reference(at("owner_a"), "person", &p.owner_a, &people);
+            self.reference(at("owner_b"), "person", &p.owner_b, &people);
+            if p.owner_a == p.owner_b {
+                self.problem(at("owner_b"), "the B post must be a different person from the A post");
+            }
+            if let Some(cam) = &p.camera {
+                self.reference(at("camera"), "camera", cam, &cams);
+            }
+            if let Some(g) = &p.rain_gauge {
+                match kinds.get(g.as_str()) {
+                    None => self.problem(at("rain_gauge"), format!("unknown point \"{g}\"")),
+                    Some(PointKind::RainGauge) => {}
+                    Some(k) => self.problem(at("rain_gauge"), format!("\"{g}\" is a {}, not a rain gauge", k.as_str())),
+                }
+            }
+            if !(-90.0..=90.0).contains(&p.lat) {
+                self.problem(at("lat"), format!("{} is not a latitude", p.lat));
+            }
+            if !(-180.0..=180.0).contains(&p.lon) {
+                self.problem(at("lon"), format!("{} is not a longitude", p.lon));
+            }
+            if p.sensors.is_empty() {
+                self.problem(at("sensors"), "a point needs at least one sensor");
+            }
+            let wanted = p.kind.judged_by();
+            if !p.sensors.is_empty() && !p.sensors.iter().any(|s| s.kind == wanted) {
+                self.problem(
+                    at("sensors"),
+                    format!("a {} needs a {:?} sensor", p.kind.as_str(), wanted).to_lowercase(),
+                );
+            }
+            for (j, s) in p.sensors.iter().enumerate() {
+                if s.id.trim().is_empty() {
+                    self.problem(at(&format!("sensors[{j}].id")), "must not be empty");
+                } else if let Some(first) = sensor_seen.insert(s.id.as_str(), i) {
+                    self.problem(
+                        at(&format!("sensors[{j}].id")),
+                        format!("duplicate sensor id \"{}\" (also on points[{first}])", s.id),
+                    );
+                }
+                if !s.calibration_offset_cm.is_finite() || s.calibration_offset_cm.abs() > 500.0 {
+                    self.problem(
+                        at(&format!("sensors[{j}].calibration_offset_cm")),
+                        format!("{} is not a plausible offset (|offset| ≤ 500 cm)", s.calibration_offset_cm),
+                    );
+                }
+            }
+            if !p.thresholds.is_empty() {
+                let merged = p.thresholds.apply(f.defaults.for_kind(p.kind));
+                self.thresholds(&at("thresholds"), p.kind, &merged);
+            }
+        }
+        let _ = point_ids;
+        if !self.problems.is_empty() {
+            return None;
+        }
+
+        // Everything resolves: build the indexes.
+        let people_map: BTreeMap<String, Person> = f.people.iter().map(|p| (p.id.clone(), p.clone())).collect();
+        let person = |id: &str| people_map[id].clone();
+        let grid_by: HashMap<&str, &Grid> = f.grids.iter().map(|g| (g.id.as_str(), g)).collect();
+        let comm_by: HashMap<&str, &Community> = f.communities.iter().map(|c| (c.id.as_str(), c)).collect();
+        let sub_by: HashMap<&str, &SubDistrict> = f.sub_districts.iter().map(|s| (s.id.as_str(), s)).collect();
+        let cam_by: HashMap<&str, &Camera> = f.cameras.iter().map(|c| (c.id.as_str(), c)).collect();
+        let mut points = Vec::with_capacity(f.points.len());
+        let mut point_index = HashMap::new();
+        let mut sensor_index = HashMap::new();
+        for (i, p) in f.points.iter().enumerate() {
+            let grid = grid_by[p.grid.as_str()];
+            let comm = comm_by[grid.community.as_str()];
+            let sub = sub_by[comm.sub_district.as_str()];
+            point_index.insert(p.id.clone(), i);
+            for (j, s) in p.sensors.iter().enumerate() {
+                sensor_index.insert(s.id.clone(), (i, j));
+            }
+            points.push(Point {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                kind: p.kind,
+                grid: grid.id.clone(),
+                community: comm.id.clone(),
+                sub_district: sub.id.clone(),
+                lat: p.lat,
+                lon: p.lon,
+                camera: p.camera.as_deref().map(|c| cam_by[c].clone()),
+                rain_gauge: p.rain_gauge.clone(),
+                plan: p.plan.clone(),
+                sensors: p.sensors.clone(),
+                thresholds: p.thresholds.apply(f.defaults.for_kind(p.kind)),
+                chain: Chain {
+                    owner_a: person(&p.owner_a),
+                    owner_b: person(&p.owner_b),
+                    grid_worker: person(&grid.worker),
+                    community_director: person(&comm.director),
+                    sub_district_cadre: person(&sub.cadre),
+                    district_duty_leader: person(&f.district.duty_leader),
+                },
+            });
+        }
+        Some(District {
+            info: f.district,
+            defaults: f.defaults,
+            escalation: f.escalation,
+            people: people_map,
+            sub_districts: f.sub_districts,
+            communities: f.communities,
+            grids: f.grids,
+            cameras: f.cameras,
+            points,
+            point_index,
+            sensor_index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+    }
+
+    #[test]
+    fn rain_rules_must_get_harder() {
+        let mut v = Validator::default();
+        v.thresholds("t", PointKind::RainGauge, &LevelThresholds::rain_gauge_default());
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let mut bad = LevelThresholds::rain_gauge_default();
+        bad.red.window_min = Some(360);
+        v.thresholds("t", PointKind::RainGauge, &bad);
+        assert_eq!(v.problems.len(), 1);
+        assert_eq!(v.problems[0].path, "t.red");
+    }
+}
