@@ -89,12 +89,6 @@ impl EmbeddedBus {
             .ok_or_else(|| BusError::UnknownTopic(name.to_string()))
     }
 
-    /// The next offset to be written in each partition of a topic (Kafka's "high watermark").
-    pub fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        let t = self.topic(topic)?;
-        Ok(t.partitions.iter().map(|p| p.log.lock().expect("partition lock").end()).collect())
-    }
-
     /// Records held in memory across a topic's partitions.
     pub fn retained(&self, topic: &str) -> Result<usize, BusError> {
         let t = self.topic(topic)?;
@@ -120,6 +114,11 @@ impl Bus for EmbeddedBus {
 
     async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
         Ok(self.topic(topic)?.partitions.len() as u32)
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        let t = self.topic(topic)?;
+        Ok(t.partitions.iter().map(|p| p.log.lock().expect("partition lock").end()).collect())
     }
 
     fn producer(&self) -> Arc<dyn Producer> {

@@ -83,6 +83,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError>;
     /// How many partitions a topic has.
     async fn partitions(&self, topic: &str) -> Result<u32, BusError>;
+    /// The next offset to be written in each partition (Kafka's high watermark). A bounded
+    /// reader (replay, tests) reads up to these and stops.
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError>;
     /// A producer. Cheap to clone through the `Arc`.
     fn producer(&self) -> Arc<dyn Producer>;
     /// A consumer in `group` reading `topic`. It starts at the group's committed position, or

@@ -1,0 +1,375 @@
+//! The timely dataflow of the stream stage.
+//!
+//! ```text
+//! bus [readings] ─► per-worker consumer (static partitions) ─► UnorderedInput (epoch = event second)
+//!        ─► exchange by point ─► PointRules (Engine, one complete epoch at a time)
+//!        ─► produce [status] / [alerts] ─► probe ─► commit consumed offsets
+//! ```
+//!
+//! Each worker holds its input capability at its watermark: `now − lateness` on a live clock,
+//! or `newest event time seen − lateness` in bounded mode (replay, tests). A reading older than
+//! the watermark is late: it is still applied, at the watermark's epoch, and flagged. Offsets
+//! are committed only once the probe shows every output the reading could cause is on the bus.
+
+use crate::engine::{Engine, StreamOutput, TimedReading};
+use floodcmd_model::bus::{murmur2, Assignment, Bus, BusError, Consumer, Producer};
+use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::event::Reject;
+use floodcmd_model::time::{Clock, Millis};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::{District, Reading};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::core::{Inspect, Probe, UnorderedInput};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::Capability;
+
+/// How the stage decides that time has passed.
+#[derive(Clone)]
+pub enum Watermark {
+    /// Live: the watermark follows this clock (the demo passes its simulated clock).
+    Clock(Arc<dyn Clock>),
+    /// Bounded: read what is on the topic at start-up, then finish (replay, tests). The
+    /// watermark follows the newest event time each worker has seen.
+    Bounded,
+}
+
+/// Settings of the stream stage.
+#[derive(Clone)]
+pub struct StreamConfig {
+    /// Timely workers in this process.
+    pub workers: usize,
+    /// Lateness budget.
+    pub lateness_ms: Millis,
+    /// Topics.
+    pub topics: Topics,
+    /// Consumer group on the readings topic.
+    pub group: String,
+    /// Live or bounded.
+    pub watermark: Watermark,
+}
+
+/// Errors starting the stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The bus failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// Timely could not start its workers.
+    #[error("timely: {0}")]
+    Timely(String),
+}
+
+struct StreamMetrics {
+    readings: IntCounter,
+    late: IntCounter,
+    undecodable: IntCounter,
+    outputs: IntCounterVec,
+    watermark: IntGauge,
+}
+
+fn metrics() -> &'static StreamMetrics {
+    static M: OnceLock<StreamMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = StreamMetrics {
+            readings: IntCounter::new("floodcmd_stream_readings_total", "Readings fed into the dataflow").expect("metric"),
+            late: IntCounter::new("floodcmd_stream_late_readings_total", "Readings that arrived past the lateness budget (applied and flagged)").expect("metric"),
+            undecodable: IntCounter::new("floodcmd_stream_undecodable_total", "Records on the readings topic that could not be decoded (dead-lettered)").expect("metric"),
+            outputs: IntCounterVec::new(Opts::new("floodcmd_stream_outputs_total", "Status deltas and alert transitions produced"), &["kind"]).expect("metric"),
+            watermark: IntGauge::new("floodcmd_stream_watermark_seconds", "Event-time watermark of worker 0, Unix seconds").expect("metric"),
+        };
+        let r = prometheus::default_registry();
+        let _ = r.register(Box::new(m.readings.clone()));
+        let _ = r.register(Box::new(m.late.clone()));
+        let _ = r.register(Box::new(m.undecodable.clone()));
+        let _ = r.register(Box::new(m.outputs.clone()));
+        let _ = r.register(Box::new(m.watermark.clone()));
+        m
+    })
+}
+
+/// A running stream stage.
+pub struct StreamHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl StreamHandle {
+    /// Ask the workers to finish: they flush every open epoch and commit.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait for the workers to finish (bounded mode finishes by itself).
+    pub fn join(mut self) -> Result<(), String> {
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "stream worker panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+
+    /// True once every worker has finished.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Which worker owns a point: the same function timely's exchange uses.
+pub fn owner(point: &str, peers: usize) -> usize {
+    (murmur2(point.as_bytes()) as u64 % peers as u64) as usize
+}
+
+/// Start the stage. Returns once the workers are started; they run on their own threads
+/// (they call into the current tokio runtime for bus I/O).
+pub async fn run_stream(
+    bus: Arc<dyn Bus>,
+    district: Arc<District>,
+    clock: Arc<dyn Clock>,
+    config: StreamConfig,
+) -> Result<StreamHandle, StreamError> {
+    let rt = tokio::runtime::Handle::current();
+    let readings_topic = config.topics.readings();
+    let partitions = bus.partitions(&readings_topic).await?;
+    let end_offsets = match config.watermark {
+        Watermark::Bounded => Some(bus.end_offsets(&readings_topic).await?),
+        Watermark::Clock(_) => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let workers = config.workers.max(1);
+    let thread = std::thread::Builder::new()
+        .name("stream".into())
+        .spawn(move || {
+            let guards = timely::execute(timely::Config::process(workers), move |worker| {
+                let ctx = WorkerContext {
+                    bus: bus.clone(),
+                    district: district.clone(),
+                    clock: clock.clone(),
+                    config: config.clone(),
+                    rt: rt.clone(),
+                    stop: stop_w.clone(),
+                    partitions,
+                    end_offsets: end_offsets.clone(),
+                };
+                if let Err(e) = ctx.run(worker) {
+                    tracing::error!(error = %e, "stream worker failed");
+                }
+            })?;
+            for r in guards.join() {
+                r?;
+            }
+            Ok(())
+        })
+        .map_err(|e| StreamError::Timely(e.to_string()))?;
+    Ok(StreamHandle { stop, thread: Some(thread) })
+}
+
+struct WorkerContext {
+    bus: Arc<dyn Bus>,
+    district: Arc<District>,
+    clock: Arc<dyn Clock>,
+    config: StreamConfig,
+    rt: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+    partitions: u32,
+    end_offsets: Option<Vec<u64>>,
+}
+
+fn output_key(o: &StreamOutput) -> &str {
+    match o {
+        StreamOutput::Status(s) => &s.point,
+        StreamOutput::Transition(t) => &t.point,
+    }
+}
+
+impl WorkerContext {
+    fn run(self, worker: &mut timely::worker::Worker) -> Result<(), StreamError> {
+        let index = worker.index();
+        let peers = worker.peers();
+        let topics = self.config.topics.clone();
+        let mine: Vec<u32> = (0..self.partitions).filter(|p| *p as usize % peers == index).collect();
+        let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() {
+            None
+        } else {
+            Some(self.rt.block_on(self.bus.consumer(&self.config.group, &topics.readings(), Assignment::Partitions(mine.clone())))?)
+        };
+        // Bounded mode: the offsets to read up to, per partition of this worker.
+        let mut remaining: BTreeMap<u32, u64> = match &self.end_offsets {
+            Some(ends) => mine.iter().map(|p| (*p, ends[*p as usize])).filter(|(_, e)| *e > 0).collect(),
+            None => BTreeMap::new(),
+        };
+        let producer = self.bus.producer();
+        let probe = ProbeHandle::new();
+
+        let district = self.district.clone();
+        let clock = self.clock.clone();
+        let (sink_rt, sink_producer, sink_topics) = (self.rt.clone(), producer.clone(), topics.clone());
+        let (mut input, cap) = worker.dataflow::<u64, _, _>(|scope| {
+            let ((input, cap), stream) = scope.new_unordered_input::<timely::container::CapacityContainerBuilder<Vec<TimedReading>>>();
+            stream
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<StreamOutput>>, _, _, _>(
+                    Exchange::new(|r: &TimedReading| murmur2(r.reading.point.as_bytes()) as u64),
+                    "PointRules",
+                    move |default_cap, _info| {
+                        let mut engine = Engine::new(&district, |p| owner(p, peers) == index, clock);
+                        let mut held: Option<Capability<u64>> = Some(default_cap);
+                        let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
+                        move |(input, frontier), output| {
+                            input.for_each_stamp(|cap, data| {
+                                let t = *cap.least().expect("u64 stamps have a least time");
+                                stash.entry(t).or_default().extend(data.flat_map(|d| d.drain(..)));
+                            });
+                            let Some(cap) = held.as_mut() else { return };
+                            let f = frontier.frontier();
+                            let mut out = Vec::new();
+                            while let Some((&t, _)) = stash.first_key_value() {
+                                if f.less_equal(&t) {
+                                    break;
+                                }
+                                let mut rs = stash.remove(&t).expect("key just seen");
+                                engine.apply_epoch(t as Millis * 1000, &mut rs, &mut out);
+                                if !out.is_empty() {
+                                    output.session(&cap.delayed(&t)).give_iterator(out.drain(..));
+                                }
+                            }
+                            match f.first() {
+                                Some(&ft) => {
+                                    engine.advance_to(ft as Millis * 1000, &mut out);
+                                    if !out.is_empty() {
+                                        output.session(&*cap).give_iterator(out.drain(..));
+                                    }
+                                    if ft > *cap.time() {
+                                        cap.downgrade(&ft);
+                                    }
+                                }
+                                None => {
+                                    // End of input: nothing can become silent any more.
+                                    held = None;
+                                }
+                            }
+                        }
+                    },
+                )
+                .inspect(move |o: &StreamOutput| {
+                    let (topic, kind) = match o {
+                        StreamOutput::Status(_) => (sink_topics.status(), "status"),
+                        StreamOutput::Transition(t) => (sink_topics.alerts(), t.transition.as_str()),
+                    };
+                    let (payload, ts) = match o {
+                        StreamOutput::Status(s) => (encode(s), s.as_of_ms),
+                        StreamOutput::Transition(t) => (encode(t), t.event_ms),
+                    };
+                    metrics().outputs.with_label_values(&[kind]).inc();
+                    if let Err(e) = sink_rt.block_on(sink_producer.send(&topic, output_key(o).as_bytes(), payload, ts)) {
+                        tracing::error!(error = %e, topic, "stream could not produce an output");
+                    }
+                })
+                .probe_with(&probe);
+            (input, cap)
+        });
+
+        let lateness_s = (self.config.lateness_ms.max(0) as u64).div_ceil(1000);
+        let mut cap = Some(cap);
+        let mut max_event_s: u64 = 0;
+        // (epoch the record was fed at, partition, next offset): committed once the probe passes.
+        let mut pending: VecDeque<(u64, u32, u64)> = VecDeque::new();
+        let m = metrics();
+        loop {
+            let stopping = self.stop.load(Ordering::SeqCst);
+            let bounded_done = self.end_offsets.is_some() && remaining.is_empty();
+            if (stopping || bounded_done) && cap.is_some() {
+                cap = None;
+            }
+            if let (Some(c), Some(consumer)) = (cap.as_mut(), consumer.as_mut()) {
+                let records = self.rt.block_on(consumer.poll(4096, Duration::from_millis(5)))?;
+                let mut session = input.activate();
+                for rec in records {
+                    if let Some(end) = remaining.get(&rec.partition) {
+                        if rec.offset + 1 >= *end {
+                            remaining.remove(&rec.partition);
+                        }
+                    }
+                    let reading: Reading = match decode(&rec.payload) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            m.undecodable.inc();
+                            let reject = Reject::undecodable(&rec, &e, self.clock.now_ms());
+                            self.rt.block_on(producer.send(&topics.rejects(), &rec.key, encode(&reject), reject.received_ms))?;
+                            pending.push_back((*c.time(), rec.partition, rec.offset + 1));
+                            continue;
+                        }
+                    };
+                    m.readings.inc();
+                    let epoch = (reading.ts_ms.max(0) / 1000) as u64;
+                    max_event_s = max_event_s.max(epoch);
+                    let late = epoch < *c.time();
+                    if late {
+                        m.late.inc();
+                    }
+                    let t = epoch.max(*c.time());
+                    pending.push_back((t, rec.partition, rec.offset + 1));
+                    session.session(&c.delayed(&t)).give(TimedReading { reading, late });
+                }
+                drop(session);
+                let now_s = match &self.config.watermark {
+                    Watermark::Clock(clock) => (clock.now_ms().max(0) / 1000) as u64,
+                    Watermark::Bounded => max_event_s,
+                };
+                let wm = now_s.saturating_sub(lateness_s);
+                if wm > *c.time() {
+                    c.downgrade(&wm);
+                    if index == 0 {
+                        m.watermark.set(wm as i64);
+                    }
+                }
+            } else if let Some(c) = cap.as_mut() {
+                // No partitions here: follow the clock so the other workers are not held back.
+                std::thread::sleep(Duration::from_millis(5));
+                if let Watermark::Clock(clock) = &self.config.watermark {
+                    let wm = ((clock.now_ms().max(0) / 1000) as u64).saturating_sub(lateness_s);
+                    if wm > *c.time() {
+                        c.downgrade(&wm);
+                    }
+                } else {
+                    cap = None;
+                }
+            }
+            worker.step();
+            while let Some(&(t, p, next)) = pending.front() {
+                if probe.less_equal(&t) {
+                    break;
+                }
+                pending.pop_front();
+                // Later entries of the same partition supersede this one; commit the last.
+                if pending.iter().any(|(t2, p2, _)| *p2 == p && !probe.less_equal(t2)) {
+                    continue;
+                }
+                if let Some(c) = consumer.as_mut() {
+                    self.rt.block_on(c.commit(p, next))?;
+                }
+            }
+            if cap.is_none() && probe.done() {
+                break;
+            }
+        }
+        // Drain the last commits.
+        while let Some((_, p, next)) = pending.pop_front() {
+            if let Some(c) = consumer.as_mut() {
+                self.rt.block_on(c.commit(p, next))?;
+            }
+        }
+        let _: &dyn Producer = &*producer;
+        Ok(())
+    }
+}
