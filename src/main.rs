@@ -10,7 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "floodcmd", version, about = "Real-time flood command system (城市防汛指挥)")]
+#[command(
+    name = "floodcmd",
+    version,
+    about = "Real-time flood command system (城市防汛指挥)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,15 +52,27 @@ enum Command {
 
 fn load_district(path: Option<&PathBuf>) -> Result<Arc<District>> {
     let (name, text) = match path {
-        Some(p) => (p.display().to_string(), std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
-        None => ("built-in xincheng.toml".to_string(), floodcmd::XINCHENG_TOML.to_string()),
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        ),
+        None => (
+            "built-in xincheng.toml".to_string(),
+            floodcmd::XINCHENG_TOML.to_string(),
+        ),
     };
-    District::from_toml_str(&text).map(Arc::new).map_err(|e| anyhow::anyhow!("{name} is not a valid district:\n{e}"))
+    District::from_toml_str(&text)
+        .map(Arc::new)
+        .map_err(|e| anyhow::anyhow!("{name} is not a valid district:\n{e}"))
 }
 
 fn check_config(file: &PathBuf) -> Result<bool> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let is_district = text.parse::<toml::Table>().map(|t| t.contains_key("points")).unwrap_or(true);
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let is_district = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("points"))
+        .unwrap_or(true);
     if is_district {
         match District::from_toml_str(&text) {
             Ok(d) => {
@@ -74,7 +90,13 @@ fn check_config(file: &PathBuf) -> Result<bool> {
     } else {
         match floodcmd_model::settings::Settings::load(&text, std::env::vars()) {
             Ok(s) => {
-                println!("{}: ok: settings (bus {:?}, prefix {}, {} stream workers)", file.display(), s.bus.kind, s.bus.prefix, s.stream.workers);
+                println!(
+                    "{}: ok: settings (bus {:?}, prefix {}, {} stream workers)",
+                    file.display(),
+                    s.bus.kind,
+                    s.bus.prefix,
+                    s.stream.workers
+                );
                 Ok(true)
             }
             Err(errors) => {
@@ -88,19 +110,43 @@ fn check_config(file: &PathBuf) -> Result<bool> {
     }
 }
 
-async fn demo(port: u16, bind: std::net::IpAddr, speed: f64, duration: Option<u64>, district: Option<PathBuf>, nan_rate: f64) -> Result<()> {
-    anyhow::ensure!(speed.is_finite() && speed > 0.0 && speed <= 10_000.0, "--speed must be between 0 and 10000, got {speed}");
-    anyhow::ensure!((0.0..=1.0).contains(&nan_rate), "--nan-rate must be a fraction from 0 to 1, got {nan_rate}");
+async fn demo(
+    port: u16,
+    bind: std::net::IpAddr,
+    speed: f64,
+    duration: Option<u64>,
+    district: Option<PathBuf>,
+    nan_rate: f64,
+) -> Result<()> {
+    anyhow::ensure!(
+        speed.is_finite() && speed > 0.0 && speed <= 10_000.0,
+        "--speed must be between 0 and 10000, got {speed}"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&nan_rate),
+        "--nan-rate must be a fraction from 0 to 1, got {nan_rate}"
+    );
     let district = load_district(district.as_ref())?;
     let mut opts = PipelineOptions::new(district.clone());
     opts.dashboard = (bind, port).into();
     opts.speed = speed;
     opts.simulate = true;
-    opts.faults = FaultConfig { nan_rate, future_rate: 0.0 };
-    let pipeline = Pipeline::start(opts).await.context("starting the pipeline")?;
-    println!("floodcmd demo: {} — simulated storm at {speed}× speed", district.summary());
+    opts.faults = FaultConfig {
+        nan_rate,
+        future_rate: 0.0,
+    };
+    let pipeline = Pipeline::start(opts)
+        .await
+        .context("starting the pipeline")?;
+    println!(
+        "floodcmd demo: {} — simulated storm at {speed}× speed",
+        district.summary()
+    );
     println!("command wall:   http://{}/", pipeline.dashboard_addr);
-    println!("ingest gateway: http://{}/v1/readings", pipeline.ingest_addr);
+    println!(
+        "ingest gateway: http://{}/v1/readings",
+        pipeline.ingest_addr
+    );
     let wait = async {
         match duration {
             Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
@@ -125,7 +171,8 @@ async fn demo(port: u16, bind: std::net::IpAddr, speed: f64, duration: Option<u6
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOODCMD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("FLOODCMD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -137,8 +184,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { port, bind, speed, duration, district, nan_rate } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        Command::Demo {
+            port,
+            bind,
+            speed,
+            duration,
+            district,
+            nan_rate,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(demo(port, bind, speed, duration, district, nan_rate))
         }
     }

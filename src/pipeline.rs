@@ -119,7 +119,11 @@ impl Pipeline {
             dyn_bus.clone(),
             opts.district.clone(),
             clock.clone(),
-            DashboardConfig { listen: opts.dashboard, topics: topics.clone(), group: "dashboard".into() },
+            DashboardConfig {
+                listen: opts.dashboard,
+                topics: topics.clone(),
+                group: "dashboard".into(),
+            },
             rx.clone(),
         )
         .await?;
@@ -129,7 +133,11 @@ impl Pipeline {
             dyn_bus.clone(),
             opts.district.clone(),
             clock.clone(),
-            AlertsConfig { topics: topics.clone(), group: "alerts".into(), drill: false },
+            AlertsConfig {
+                topics: topics.clone(),
+                group: "alerts".into(),
+                drill: false,
+            },
             rx.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -161,7 +169,10 @@ impl Pipeline {
             clock.clone(),
             GatewayConfig {
                 max_body_bytes: 8 * 1024 * 1024,
-                limits: TimeLimits { max_future_ms: 300_000, retention_ms: 72 * 3_600_000 },
+                limits: TimeLimits {
+                    max_future_ms: 300_000,
+                    retention_ms: 72 * 3_600_000,
+                },
             },
         ));
         let mut stop = rx.clone();

@@ -9,8 +9,8 @@
 use crate::message;
 use floodcmd_model::config::ResponsibilityLevel;
 use floodcmd_model::event::{
-    Action, ActionKind, AlertTransition, Incident, IncidentState, Notification, Post, Problem, Recipient,
-    TimelineEntry, TransitionKind,
+    Action, ActionKind, AlertTransition, Incident, IncidentState, Notification, Post, Problem,
+    Recipient, TimelineEntry, TransitionKind,
 };
 use floodcmd_model::time::Millis;
 use floodcmd_model::{District, Level};
@@ -45,7 +45,12 @@ enum ProblemKey {
 impl IncidentBook {
     /// A book for `district`. In a drill, notifications are marked drill (captured, never sent).
     pub fn new(district: Arc<District>, drill: bool) -> Self {
-        IncidentBook { district, drill, open: BTreeMap::new(), notified: HashSet::new() }
+        IncidentBook {
+            district,
+            drill,
+            open: BTreeMap::new(),
+            notified: HashSet::new(),
+        }
     }
 
     /// Open incidents, most severe first.
@@ -64,18 +69,30 @@ impl IncidentBook {
         event_ms: Millis,
         out: &mut Vec<Effect>,
     ) {
-        let Some(point) = self.district.point(&incident.point_id) else { return };
+        let Some(point) = self.district.point(&incident.point_id) else {
+            return;
+        };
         for &rl in levels {
             for (i, person) in point.chain.at(rl).into_iter().enumerate() {
                 let key = format!("{}/{step}/{}", incident.id, person.id);
                 if !self.notified.insert(key.clone()) {
                     continue;
                 }
-                let post = (rl == ResponsibilityLevel::PointOwner).then_some(if i == 0 { Post::A } else { Post::B });
+                let post = (rl == ResponsibilityLevel::PointOwner).then_some(if i == 0 {
+                    Post::A
+                } else {
+                    Post::B
+                });
                 incident.timeline.push(TimelineEntry {
                     at_ms: event_ms,
                     what: "notified".into(),
-                    detail: format!("{} {}{} {}", rl.zh(), person.name, post.map_or("", |p| if p == Post::A { "(A岗)" } else { "(B岗)" }), mask(&person.phone)),
+                    detail: format!(
+                        "{} {}{} {}",
+                        rl.zh(),
+                        person.name,
+                        post.map_or("", |p| if p == Post::A { "(A岗)" } else { "(B岗)" }),
+                        mask(&person.phone)
+                    ),
                     by: None,
                 });
                 out.push(Effect::Notify(Notification {
@@ -106,7 +123,12 @@ impl IncidentBook {
             return out;
         };
         let sig = self.district.info.sms_signature.clone();
-        let entry = |what: &str, detail: String| TimelineEntry { at_ms: t.event_ms, what: what.into(), detail, by: None };
+        let entry = |what: &str, detail: String| TimelineEntry {
+            at_ms: t.event_ms,
+            what: what.into(),
+            detail,
+            by: None,
+        };
         match t.transition {
             TransitionKind::Raised | TransitionKind::Upgraded => {
                 let key = (t.point.clone(), ProblemKey::Water);
@@ -128,10 +150,20 @@ impl IncidentBook {
                 inc.updated_at = t.event_ms;
                 inc.value = t.value;
                 let late = if t.late { " (迟到数据)" } else { "" };
-                inc.timeline.push(entry(t.transition.as_str(), format!("{} → {}: {}{late}", t.from.zh(), t.to.zh(), t.rule)));
+                inc.timeline.push(entry(
+                    t.transition.as_str(),
+                    format!("{} → {}: {}{late}", t.from.zh(), t.to.zh(), t.rule),
+                ));
                 let text = message::water_alert(&sig, &point, t.to, t);
                 let levels = self.district.escalation.notify_at(t.to).to_vec();
-                self.notify(&mut inc, t.to.as_str(), &levels, &text, t.event_ms, &mut out);
+                self.notify(
+                    &mut inc,
+                    t.to.as_str(),
+                    &levels,
+                    &text,
+                    t.event_ms,
+                    &mut out,
+                );
                 out.insert(0, Effect::Incident(inc.clone()));
                 self.open.insert(key, inc);
             }
@@ -141,7 +173,10 @@ impl IncidentBook {
                     inc.level = t.to;
                     inc.updated_at = t.event_ms;
                     inc.value = t.value;
-                    inc.timeline.push(entry(t.transition.as_str(), format!("{} → {}: {}", t.from.zh(), t.to.zh(), t.rule)));
+                    inc.timeline.push(entry(
+                        t.transition.as_str(),
+                        format!("{} → {}: {}", t.from.zh(), t.to.zh(), t.rule),
+                    ));
                     if t.to == Level::Normal {
                         inc.state = IncidentState::Closed;
                         inc.closed_at = Some(t.event_ms);
@@ -169,13 +204,22 @@ impl IncidentBook {
                         timeline: vec![entry("silent", format!("设备失联: {}", t.rule))],
                     };
                     let text = message::silent_sensor(&sig, &point);
-                    self.notify(&mut inc, "silent", &[ResponsibilityLevel::Grid], &text, t.event_ms, &mut out);
+                    self.notify(
+                        &mut inc,
+                        "silent",
+                        &[ResponsibilityLevel::Grid],
+                        &text,
+                        t.event_ms,
+                        &mut out,
+                    );
                     out.insert(0, Effect::Incident(inc.clone()));
                     self.open.insert(key, inc);
                 }
                 // The water incident stays open at its level; record that its data went quiet.
                 if let Some(water) = self.open.get_mut(&(t.point.clone(), ProblemKey::Water)) {
-                    water.timeline.push(entry("silent", "监测设备失联, 级别保持不变".into()));
+                    water
+                        .timeline
+                        .push(entry("silent", "监测设备失联, 级别保持不变".into()));
                     out.push(Effect::Incident(water.clone()));
                 }
             }
@@ -200,10 +244,17 @@ impl IncidentBook {
         };
         let (what, detail) = match &a.kind {
             ActionKind::Acknowledge => ("acknowledged", "已确认".to_string()),
-            ActionKind::CheckIn { lat, lon } => ("checked_in", format!("已到岗 ({lat:.5}, {lon:.5})")),
+            ActionKind::CheckIn { lat, lon } => {
+                ("checked_in", format!("已到岗 ({lat:.5}, {lon:.5})"))
+            }
             ActionKind::Note { text } => ("note", text.clone()),
         };
-        inc.timeline.push(TimelineEntry { at_ms: a.at_ms, what: what.into(), detail, by: Some(a.by.clone()) });
+        inc.timeline.push(TimelineEntry {
+            at_ms: a.at_ms,
+            what: what.into(),
+            detail,
+            by: Some(a.by.clone()),
+        });
         vec![Effect::Incident(inc.clone())]
     }
 }

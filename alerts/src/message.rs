@@ -31,12 +31,19 @@ pub fn water_alert(signature: &str, point: &Point, level: Level, t: &AlertTransi
             _ => "请关注并做好到岗准备".to_string(),
         }
     };
-    format!("【{signature}】{}预警 {} {measure} {action} 回复1确认", level.zh(), point.name)
+    format!(
+        "【{signature}】{}预警 {} {measure} {action} 回复1确认",
+        level.zh(),
+        point.name
+    )
 }
 
 /// The text for a silent sensor (maintenance).
 pub fn silent_sensor(signature: &str, point: &Point) -> String {
-    format!("【{signature}】设备失联 {} 监测设备无数据 请安排排查 回复1确认", point.name)
+    format!(
+        "【{signature}】设备失联 {} 监测设备无数据 请安排排查 回复1确认",
+        point.name
+    )
 }
 
 /// Split a long text into SMS segments of at most `max_chars` characters each (70 for a
@@ -46,7 +53,10 @@ pub fn segments(text: &str, max_chars: usize) -> Vec<String> {
     if chars.len() <= 70 {
         return vec![text.to_string()];
     }
-    chars.chunks(max_chars.max(1)).map(|c| c.iter().collect()).collect()
+    chars
+        .chunks(max_chars.max(1))
+        .map(|c| c.iter().collect())
+        .collect()
 }
 
 #[cfg(test)]

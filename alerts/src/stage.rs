@@ -35,7 +35,14 @@ pub enum AlertsError {
 fn effects_counter() -> &'static IntCounterVec {
     static M: OnceLock<IntCounterVec> = OnceLock::new();
     M.get_or_init(|| {
-        let c = IntCounterVec::new(Opts::new("floodcmd_alerts_effects_total", "Incident updates and notifications written by the alerts stage"), &["kind"]).expect("metric");
+        let c = IntCounterVec::new(
+            Opts::new(
+                "floodcmd_alerts_effects_total",
+                "Incident updates and notifications written by the alerts stage",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
         let _ = prometheus::default_registry().register(Box::new(c.clone()));
         c
     })
@@ -53,21 +60,46 @@ impl Outputs<'_> {
             match e {
                 Effect::Incident(i) => {
                     effects_counter().with_label_values(&["incident"]).inc();
-                    self.producer.send(&self.topics.incidents(), i.id.as_bytes(), encode(&i), i.updated_at).await?;
+                    self.producer
+                        .send(
+                            &self.topics.incidents(),
+                            i.id.as_bytes(),
+                            encode(&i),
+                            i.updated_at,
+                        )
+                        .await?;
                 }
                 Effect::Notify(n) => {
                     effects_counter().with_label_values(&["notification"]).inc();
-                    self.producer.send(&self.topics.notifications(), n.key.as_bytes(), encode(&n), n.event_ms).await?;
+                    self.producer
+                        .send(
+                            &self.topics.notifications(),
+                            n.key.as_bytes(),
+                            encode(&n),
+                            n.event_ms,
+                        )
+                        .await?;
                 }
             }
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, rec: &Record, err: &floodcmd_model::codec::DecodeError) -> Result<(), BusError> {
+    async fn dead_letter(
+        &self,
+        rec: &Record,
+        err: &floodcmd_model::codec::DecodeError,
+    ) -> Result<(), BusError> {
         tracing::warn!(topic = %rec.topic, offset = rec.offset, error = %err, "undecodable record dead-lettered");
         let reject = Reject::undecodable(rec, err, self.clock.now_ms());
-        self.producer.send(&self.topics.rejects(), &rec.key, encode(&reject), reject.received_ms).await?;
+        self.producer
+            .send(
+                &self.topics.rejects(),
+                &rec.key,
+                encode(&reject),
+                reject.received_ms,
+            )
+            .await?;
         Ok(())
     }
 }
@@ -92,10 +124,18 @@ pub async fn run_alerts(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AlertsError> {
     let mut book = IncidentBook::new(district, config.drill);
-    let mut alerts = bus.consumer(&config.group, &config.topics.alerts(), Assignment::All).await?;
-    let mut actions = bus.consumer(&config.group, &config.topics.actions(), Assignment::All).await?;
+    let mut alerts = bus
+        .consumer(&config.group, &config.topics.alerts(), Assignment::All)
+        .await?;
+    let mut actions = bus
+        .consumer(&config.group, &config.topics.actions(), Assignment::All)
+        .await?;
     let producer = bus.producer();
-    let out = Outputs { producer: &*producer, topics: &config.topics, clock: &*clock };
+    let out = Outputs {
+        producer: &*producer,
+        topics: &config.topics,
+        clock: &*clock,
+    };
     let wait = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {

@@ -1,1 +1,18 @@
+//! Benchmarks of floodcmd. `benches/micro.rs` holds the criterion micro-benchmarks (record
+//! codec, rain window update, threshold evaluation); run them with
+//! `cargo bench -p floodcmd-benches`. The end-to-end load and latency harness grows here.
 
+use floodcmd_model::{Reading, SensorKind};
+
+/// A typical depth reading, as the benches encode and decode it.
+pub fn sample_reading(i: u64) -> Reading {
+    Reading {
+        sensor: format!("WL-UP-{:02}", i % 18 + 1),
+        point: format!("UP-{:02}", i % 18 + 1),
+        kind: SensorKind::Depth,
+        ts_ms: 1_783_000_000_000 + i as i64 * 1000,
+        value: 12.5 + (i % 100) as f64 * 0.1,
+        seq: Some(i),
+        received_ms: 1_783_000_000_100 + i as i64 * 1000,
+    }
+}

@@ -37,7 +37,9 @@ impl PartitionLog {
     }
 
     fn trim(&mut self) -> bool {
-        let Some(&low) = self.groups.values().min() else { return false };
+        let Some(&low) = self.groups.values().min() else {
+            return false;
+        };
         let mut trimmed = false;
         while self.base < low && !self.log.is_empty() {
             self.log.pop_front();
@@ -75,7 +77,10 @@ impl EmbeddedBus {
     /// A bus whose partitions hold at most `capacity` unconsumed records each.
     pub fn new(capacity: usize) -> Self {
         EmbeddedBus {
-            inner: Arc::new(Inner { topics: Mutex::new(HashMap::new()), capacity: capacity.max(1) }),
+            inner: Arc::new(Inner {
+                topics: Mutex::new(HashMap::new()),
+                capacity: capacity.max(1),
+            }),
         }
     }
 
@@ -92,7 +97,10 @@ impl EmbeddedBus {
     /// Records held in memory across a topic's partitions.
     pub fn retained(&self, topic: &str) -> Result<usize, BusError> {
         let t = self.topic(topic)?;
-        Ok(t.partitions.iter().map(|p| p.log.lock().expect("partition lock").log.len()).sum())
+        Ok(t.partitions
+            .iter()
+            .map(|p| p.log.lock().expect("partition lock").log.len())
+            .sum())
     }
 }
 
@@ -104,7 +112,10 @@ impl Bus for EmbeddedBus {
             Arc::new(Topic {
                 name: Arc::from(topic),
                 partitions: (0..partitions.max(1))
-                    .map(|_| Partition { log: Mutex::new(PartitionLog::default()), space: Notify::new() })
+                    .map(|_| Partition {
+                        log: Mutex::new(PartitionLog::default()),
+                        space: Notify::new(),
+                    })
                     .collect(),
                 data: Notify::new(),
             })
@@ -118,7 +129,10 @@ impl Bus for EmbeddedBus {
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
         let t = self.topic(topic)?;
-        Ok(t.partitions.iter().map(|p| p.log.lock().expect("partition lock").end()).collect())
+        Ok(t.partitions
+            .iter()
+            .map(|p| p.log.lock().expect("partition lock").end())
+            .collect())
     }
 
     fn producer(&self) -> Arc<dyn Producer> {
@@ -137,7 +151,10 @@ impl Bus for EmbeddedBus {
             Assignment::All => (0..n).collect(),
             Assignment::Partitions(ps) => {
                 if let Some(&bad) = ps.iter().find(|&&p| p >= n) {
-                    return Err(BusError::UnknownPartition { topic: topic.to_string(), partition: bad });
+                    return Err(BusError::UnknownPartition {
+                        topic: topic.to_string(),
+                        partition: bad,
+                    });
                 }
                 ps
             }
@@ -186,7 +203,11 @@ impl Producer for EmbeddedProducer {
                 let mut log = part.log.lock().expect("partition lock");
                 if log.log.len() < self.bus.inner.capacity {
                     let offset = log.end();
-                    log.log.push_back(Entry { key, payload, timestamp_ms });
+                    log.log.push_back(Entry {
+                        key,
+                        payload,
+                        timestamp_ms,
+                    });
                     drop(log);
                     t.data.notify_waiters();
                     return Ok(Delivery { partition, offset });
@@ -218,8 +239,14 @@ impl EmbeddedConsumer {
             }
             let idx = (self.next_partition + i) % self.assigned.len();
             let p = self.assigned[idx];
-            let log = self.topic.partitions[p as usize].log.lock().expect("partition lock");
-            let pos = self.positions.get_mut(&p).expect("assigned partitions have positions");
+            let log = self.topic.partitions[p as usize]
+                .log
+                .lock()
+                .expect("partition lock");
+            let pos = self
+                .positions
+                .get_mut(&p)
+                .expect("assigned partitions have positions");
             if *pos < log.base {
                 *pos = log.base;
             }
@@ -261,10 +288,14 @@ impl Consumer for EmbeddedConsumer {
     }
 
     async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
-        let part = self.topic.partitions.get(partition as usize).ok_or_else(|| BusError::UnknownPartition {
-            topic: self.topic.name.to_string(),
-            partition,
-        })?;
+        let part = self
+            .topic
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| BusError::UnknownPartition {
+                topic: self.topic.name.to_string(),
+                partition,
+            })?;
         let trimmed = {
             let mut log = part.log.lock().expect("partition lock");
             let slot = log.groups.entry(self.group.clone()).or_insert(0);

@@ -14,8 +14,15 @@ async fn records_of_one_key_keep_their_order_and_offsets_count_up() {
     let producer = bus.producer();
     for i in 0..100u32 {
         let key = format!("sensor-{}", i % 7);
-        let d = producer.send("t", key.as_bytes(), Bytes::from(i.to_string()), i as i64).await.unwrap();
-        assert_eq!(d.partition, partition_for(key.as_bytes(), 4), "key decides the partition");
+        let d = producer
+            .send("t", key.as_bytes(), Bytes::from(i.to_string()), i as i64)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.partition,
+            partition_for(key.as_bytes(), 4),
+            "key decides the partition"
+        );
     }
     let mut c = bus.consumer("g", "t", Assignment::All).await.unwrap();
     let mut got = Vec::new();
@@ -25,9 +32,16 @@ async fn records_of_one_key_keep_their_order_and_offsets_count_up() {
         got.extend(batch);
     }
     for p in 0..4 {
-        let offsets: Vec<u64> = got.iter().filter(|r| r.partition == p).map(|r| r.offset).collect();
+        let offsets: Vec<u64> = got
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset)
+            .collect();
         let expect: Vec<u64> = (0..offsets.len() as u64).collect();
-        assert_eq!(offsets, expect, "offsets in partition {p} are dense and ascending");
+        assert_eq!(
+            offsets, expect,
+            "offsets in partition {p} are dense and ascending"
+        );
     }
     for k in 0..7u32 {
         let key = format!("sensor-{k}");
@@ -51,24 +65,46 @@ async fn a_full_partition_makes_the_producer_wait_and_nothing_is_dropped() {
     let producer = bus.producer();
     let sender = tokio::spawn(async move {
         for i in 0..64u32 {
-            producer.send("t", b"k", Bytes::from(i.to_string()), 0).await.unwrap();
+            producer
+                .send("t", b"k", Bytes::from(i.to_string()), 0)
+                .await
+                .unwrap();
         }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!sender.is_finished(), "producer must block while the partition is full");
-    assert_eq!(bus.retained("t").unwrap(), 16, "never more than capacity in memory");
+    assert!(
+        !sender.is_finished(),
+        "producer must block while the partition is full"
+    );
+    assert_eq!(
+        bus.retained("t").unwrap(),
+        16,
+        "never more than capacity in memory"
+    );
 
     let mut seen = Vec::new();
     while seen.len() < 64 {
         let batch = c.poll(8, Duration::from_secs(2)).await.unwrap();
-        assert!(!batch.is_empty(), "records keep coming once the consumer commits");
+        assert!(
+            !batch.is_empty(),
+            "records keep coming once the consumer commits"
+        );
         let last = batch.last().unwrap().offset;
-        seen.extend(batch.iter().map(|r| std::str::from_utf8(&r.payload).unwrap().parse::<u32>().unwrap()));
+        seen.extend(batch.iter().map(|r| {
+            std::str::from_utf8(&r.payload)
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        }));
         c.commit(0, last + 1).await.unwrap();
         assert!(bus.retained("t").unwrap() <= 16);
     }
     sender.await.unwrap();
-    assert_eq!(seen, (0..64).collect::<Vec<_>>(), "every record, once, in order");
+    assert_eq!(
+        seen,
+        (0..64).collect::<Vec<_>>(),
+        "every record, once, in order"
+    );
 }
 
 #[tokio::test]
@@ -77,7 +113,10 @@ async fn groups_read_independently_and_resume_from_their_commit() {
     bus.ensure_topic("t", 2).await.unwrap();
     let producer = bus.producer();
     for i in 0..20u32 {
-        producer.send("t", b"same-key", Bytes::from(i.to_string()), 0).await.unwrap();
+        producer
+            .send("t", b"same-key", Bytes::from(i.to_string()), 0)
+            .await
+            .unwrap();
     }
     let mut fast = bus.consumer("fast", "t", Assignment::All).await.unwrap();
     let mut slow = bus.consumer("slow", "t", Assignment::All).await.unwrap();
@@ -95,12 +134,23 @@ async fn groups_read_independently_and_resume_from_their_commit() {
 
     let mut again = bus.consumer("slow", "t", Assignment::All).await.unwrap();
     let rest = again.poll(100, T).await.unwrap();
-    assert_eq!(rest.first().unwrap().offset, 5, "a restarted consumer resumes at its group's commit");
+    assert_eq!(
+        rest.first().unwrap().offset,
+        5,
+        "a restarted consumer resumes at its group's commit"
+    );
     assert_eq!(rest.len(), 15);
 
-    let mut late = bus.consumer("newcomer", "t", Assignment::All).await.unwrap();
+    let mut late = bus
+        .consumer("newcomer", "t", Assignment::All)
+        .await
+        .unwrap();
     let from_start = late.poll(100, T).await.unwrap();
-    assert_eq!(from_start.first().unwrap().offset, 5, "a new group starts at the earliest retained record");
+    assert_eq!(
+        from_start.first().unwrap().offset,
+        5,
+        "a new group starts at the earliest retained record"
+    );
 }
 
 #[tokio::test]
@@ -109,12 +159,26 @@ async fn static_assignment_reads_only_its_partitions() {
     bus.ensure_topic("t", 4).await.unwrap();
     let producer = bus.producer();
     for i in 0..200u32 {
-        producer.send("t", format!("k{i}").as_bytes(), Bytes::new(), 0).await.unwrap();
+        producer
+            .send("t", format!("k{i}").as_bytes(), Bytes::new(), 0)
+            .await
+            .unwrap();
     }
-    let mut c = bus.consumer("w", "t", Assignment::Partitions(vec![1, 3])).await.unwrap();
+    let mut c = bus
+        .consumer("w", "t", Assignment::Partitions(vec![1, 3]))
+        .await
+        .unwrap();
     let got = c.poll(1000, T).await.unwrap();
     assert!(!got.is_empty());
     assert!(got.iter().all(|r| r.partition == 1 || r.partition == 3));
-    assert!(bus.consumer("w", "t", Assignment::Partitions(vec![9])).await.is_err(), "partition 9 does not exist");
-    assert!(bus.consumer("w", "nope", Assignment::All).await.is_err(), "unknown topic is an error");
+    assert!(
+        bus.consumer("w", "t", Assignment::Partitions(vec![9]))
+            .await
+            .is_err(),
+        "partition 9 does not exist"
+    );
+    assert!(
+        bus.consumer("w", "nope", Assignment::All).await.is_err(),
+        "unknown topic is an error"
+    );
 }

@@ -8,7 +8,7 @@
 use crate::state::{Change, PendingDelta, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
 use floodcmd_model::codec::{decode, encode};
-use floodcmd_model::event::{AlertTransition, Incident, Notification, PointStatus, Reject};
+use floodcmd_model::event::Reject;
 use floodcmd_model::time::Clock;
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
@@ -71,9 +71,21 @@ fn metrics() -> &'static WallMetrics {
     static M: OnceLock<WallMetrics> = OnceLock::new();
     M.get_or_init(|| {
         let m = WallMetrics {
-            clients: IntGauge::new("floodcmd_dashboard_ws_clients", "Connected websocket clients").expect("metric"),
-            deltas: IntCounter::new("floodcmd_dashboard_ws_deltas_total", "Delta messages sent to websocket clients").expect("metric"),
-            resyncs: IntCounter::new("floodcmd_dashboard_ws_resyncs_total", "Snapshots sent to clients that fell behind").expect("metric"),
+            clients: IntGauge::new(
+                "floodcmd_dashboard_ws_clients",
+                "Connected websocket clients",
+            )
+            .expect("metric"),
+            deltas: IntCounter::new(
+                "floodcmd_dashboard_ws_deltas_total",
+                "Delta messages sent to websocket clients",
+            )
+            .expect("metric"),
+            resyncs: IntCounter::new(
+                "floodcmd_dashboard_ws_resyncs_total",
+                "Snapshots sent to clients that fell behind",
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         let _ = r.register(Box::new(m.clients.clone()));
@@ -100,41 +112,65 @@ impl Shared {
     }
 }
 
-/// Follow one topic into the wall state.
-async fn follow<T: DeserializeOwned + Send + 'static>(
+/// What every bus follower of one dashboard shares.
+#[derive(Clone)]
+struct Follower {
     bus: Arc<dyn Bus>,
     producer: Arc<dyn Producer>,
     clock: Arc<dyn Clock>,
     topics: Topics,
     group: String,
-    topic: String,
     shared: Shared,
-    fold: fn(&mut WallState, T) -> Vec<Change>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), BusError> {
-    let mut consumer = bus.consumer(&group, &topic, Assignment::All).await?;
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            batch = consumer.poll(1024, Duration::from_millis(500)) => {
-                let batch = batch?;
-                let mut last = std::collections::BTreeMap::new();
-                for rec in &batch {
-                    match decode::<T>(&rec.payload) {
-                        Ok(v) => shared.apply(|s| fold(s, v)),
-                        Err(e) if topic == topics.rejects() => {
-                            // Dead-lettering a dead letter would loop; log it and go on.
-                            tracing::error!(error = %e, offset = rec.offset, "undecodable record on the rejects topic");
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Follower {
+    /// Follow `topic` into the wall state with `fold`, on its own task.
+    fn spawn<T: DeserializeOwned + Send + 'static>(
+        &self,
+        topic: String,
+        fold: fn(&mut WallState, T) -> Vec<Change>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.follow(&topic, fold).await {
+                tracing::error!(error = %e, topic, "dashboard follower stopped");
+            }
+        });
+    }
+
+    async fn follow<T: DeserializeOwned>(
+        mut self,
+        topic: &str,
+        fold: fn(&mut WallState, T) -> Vec<Change>,
+    ) -> Result<(), BusError> {
+        let mut consumer = self
+            .bus
+            .consumer(&self.group, topic, Assignment::All)
+            .await?;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.changed() => return Ok(()),
+                batch = consumer.poll(1024, Duration::from_millis(500)) => {
+                    let batch = batch?;
+                    let mut last = std::collections::BTreeMap::new();
+                    for rec in &batch {
+                        match decode::<T>(&rec.payload) {
+                            Ok(v) => self.shared.apply(|s| fold(s, v)),
+                            Err(e) if topic == self.topics.rejects() => {
+                                // Dead-lettering a dead letter would loop; log it and go on.
+                                tracing::error!(error = %e, offset = rec.offset, "undecodable record on the rejects topic");
+                            }
+                            Err(e) => {
+                                let reject = Reject::undecodable(rec, &e, self.clock.now_ms());
+                                self.producer.send(&self.topics.rejects(), &rec.key, encode(&reject), reject.received_ms).await?;
+                            }
                         }
-                        Err(e) => {
-                            let reject = Reject::undecodable(rec, &e, clock.now_ms());
-                            producer.send(&topics.rejects(), &rec.key, encode(&reject), reject.received_ms).await?;
-                        }
+                        last.insert(rec.partition, rec.offset + 1);
                     }
-                    last.insert(rec.partition, rec.offset + 1);
-                }
-                for (p, next) in last {
-                    consumer.commit(p, next).await?;
+                    for (p, next) in last {
+                        consumer.commit(p, next).await?;
+                    }
                 }
             }
         }
@@ -146,7 +182,12 @@ async fn client(ws: WebSocket, shared: Shared) {
     let mut changes = shared.changes.subscribe();
     let snapshot = |shared: &Shared| {
         let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-        shared.state.lock().expect("wall state lock").snapshot(seq).to_string()
+        shared
+            .state
+            .lock()
+            .expect("wall state lock")
+            .snapshot(seq)
+            .to_string()
     };
     metrics().clients.inc();
     let first = snapshot(&shared);
@@ -207,33 +248,43 @@ pub async fn serve(
         seq: Arc::new(AtomicU64::new(1)),
     };
     let t = config.topics.clone();
-    let producer = bus.producer();
-    macro_rules! spawn_follow {
-        ($topic:expr, $ty:ty, $fold:expr) => {{
-            let fut = follow::<$ty>(bus.clone(), producer.clone(), clock.clone(), t.clone(), config.group.clone(), $topic, shared.clone(), $fold, shutdown.clone());
-            tokio::spawn(async move {
-                if let Err(e) = fut.await {
-                    tracing::error!(error = %e, "dashboard follower stopped");
-                }
-            });
-        }};
-    }
-    spawn_follow!(t.status(), PointStatus, WallState::on_status);
-    spawn_follow!(t.incidents(), Incident, WallState::on_incident);
-    spawn_follow!(t.alerts(), AlertTransition, WallState::on_alert);
-    spawn_follow!(t.notifications(), Notification, WallState::on_notification);
-    spawn_follow!(t.rejects(), Reject, WallState::on_reject);
+    let follower = Follower {
+        bus: bus.clone(),
+        producer: bus.producer(),
+        clock,
+        topics: t.clone(),
+        group: config.group.clone(),
+        shared: shared.clone(),
+        shutdown: shutdown.clone(),
+    };
+    follower.spawn(t.status(), WallState::on_status);
+    follower.spawn(t.incidents(), WallState::on_incident);
+    follower.spawn(t.alerts(), WallState::on_alert);
+    follower.spawn(t.notifications(), WallState::on_notification);
+    follower.spawn(t.rejects(), WallState::on_reject);
 
     let with_shared = {
         let shared = shared.clone();
         warp::any().map(move || shared.clone())
     };
-    let index = warp::path::end().and(warp::get()).map(|| warp::reply::html(INDEX_HTML).into_response());
-    let app_js = warp::path!("assets" / "app.js")
-        .map(|| warp::reply::with_header(APP_JS, "content-type", "application/javascript; charset=utf-8").into_response());
-    let style = warp::path!("assets" / "style.css")
-        .map(|| warp::reply::with_header(STYLE_CSS, "content-type", "text/css; charset=utf-8").into_response());
-    let health = warp::path!("healthz").and(warp::get()).map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
+    let index = warp::path::end()
+        .and(warp::get())
+        .map(|| warp::reply::html(INDEX_HTML).into_response());
+    let app_js = warp::path!("assets" / "app.js").map(|| {
+        warp::reply::with_header(
+            APP_JS,
+            "content-type",
+            "application/javascript; charset=utf-8",
+        )
+        .into_response()
+    });
+    let style = warp::path!("assets" / "style.css").map(|| {
+        warp::reply::with_header(STYLE_CSS, "content-type", "text/css; charset=utf-8")
+            .into_response()
+    });
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
     let points = warp::path!("api" / "points")
         .and(warp::get())
         .and(with_shared.clone())
@@ -246,14 +297,23 @@ pub async fn serve(
         let mut buf = Vec::new();
         let enc = prometheus::TextEncoder::new();
         if let Err(e) = enc.encode(&prometheus::default_registry().gather(), &mut buf) {
-            return warp::reply::with_status(format!("metrics: {e}"), StatusCode::INTERNAL_SERVER_ERROR).into_response();
+            return warp::reply::with_status(
+                format!("metrics: {e}"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            )
+            .into_response();
         }
         warp::reply::with_header(buf, "content-type", enc.format_type().to_string()).into_response()
     });
-    let ws = warp::path!("ws")
-        .and(warp::ws())
-        .and(with_shared)
-        .map(|ws: warp::ws::Ws, s: Shared| ws.max_message_size(64 * 1024).on_upgrade(move |socket| client(socket, s)).into_response());
+    let ws =
+        warp::path!("ws")
+            .and(warp::ws())
+            .and(with_shared)
+            .map(|ws: warp::ws::Ws, s: Shared| {
+                ws.max_message_size(64 * 1024)
+                    .on_upgrade(move |socket| client(socket, s))
+                    .into_response()
+            });
     let routes = index
         .or(app_js)
         .unify()
@@ -272,8 +332,16 @@ pub async fn serve(
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| DashboardError::Bind { addr: config.listen, source })?;
-    let bound = listener.local_addr().map_err(|source| DashboardError::Bind { addr: config.listen, source })?;
+        .map_err(|source| DashboardError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| DashboardError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let mut stop = shutdown;
     let handle = tokio::spawn(async move {
         warp::serve(routes)

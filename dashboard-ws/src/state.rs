@@ -1,7 +1,9 @@
 //! The wall's view of the district, folded from the bus, and the changes clients are sent.
 
 use floodcmd_model::config::PointKind;
-use floodcmd_model::event::{AlertTransition, Incident, IncidentState, Notification, PointStatus, Reject};
+use floodcmd_model::event::{
+    AlertTransition, Incident, IncidentState, Notification, PointStatus, Reject,
+};
 use floodcmd_model::time::Millis;
 use floodcmd_model::{DataState, District, Level};
 use serde::Serialize;
@@ -59,7 +61,8 @@ pub struct PointView {
 /// Counts shown in the banner.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct Counters {
-    /// Points per level (normal, blue, yellow, orange, red).
+    /// Points per level (normal, blue, yellow, orange, red). Silent points with no alert
+    /// level are counted under `silent` only, never as normal.
     pub levels: BTreeMap<Level, usize>,
     /// Silent points.
     pub silent: usize,
@@ -142,11 +145,24 @@ impl WallState {
     }
 
     fn recount(&mut self) {
-        let mut levels: BTreeMap<Level, usize> = [Level::Normal, Level::Blue, Level::Yellow, Level::Orange, Level::Red].into_iter().map(|l| (l, 0)).collect();
+        let mut levels: BTreeMap<Level, usize> = [
+            Level::Normal,
+            Level::Blue,
+            Level::Yellow,
+            Level::Orange,
+            Level::Red,
+        ]
+        .into_iter()
+        .map(|l| (l, 0))
+        .collect();
         let mut silent = 0;
         for p in self.points.values() {
-            *levels.entry(p.level).or_default() += 1;
-            if p.data_state == DataState::Silent {
+            let silent_point = p.data_state == DataState::Silent;
+            // A silent point is never counted as normal; a silent point that was red stays red.
+            if !(silent_point && p.level == Level::Normal) {
+                *levels.entry(p.level).or_default() += 1;
+            }
+            if silent_point {
                 silent += 1;
             }
         }
@@ -157,13 +173,22 @@ impl WallState {
 
     /// Points, in config order.
     pub fn points(&self) -> Vec<PointView> {
-        self.district.points.iter().filter_map(|p| self.points.get(&p.id).cloned()).collect()
+        self.district
+            .points
+            .iter()
+            .filter_map(|p| self.points.get(&p.id).cloned())
+            .collect()
     }
 
     /// Open incidents, most severe first, then oldest first.
     pub fn incidents(&self) -> Vec<Incident> {
         let mut v: Vec<Incident> = self.incidents.values().cloned().collect();
-        v.sort_by(|a, b| b.level.cmp(&a.level).then(a.opened_at.cmp(&b.opened_at)).then(a.id.cmp(&b.id)));
+        v.sort_by(|a, b| {
+            b.level
+                .cmp(&a.level)
+                .then(a.opened_at.cmp(&b.opened_at))
+                .then(a.id.cmp(&b.id))
+        });
         v
     }
 
@@ -188,7 +213,9 @@ impl WallState {
 
     /// Fold a status record.
     pub fn on_status(&mut self, s: PointStatus) -> Vec<Change> {
-        let Some(p) = self.points.get_mut(&s.point) else { return Vec::new() };
+        let Some(p) = self.points.get_mut(&s.point) else {
+            return Vec::new();
+        };
         p.level = s.level;
         p.data_state = s.data_state;
         p.depth_cm = s.depth_cm;
@@ -270,7 +297,11 @@ impl PendingDelta {
 
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.points.is_empty() && self.incidents.is_empty() && self.alerts.is_empty() && self.rejects.is_empty() && self.counters.is_none()
+        self.points.is_empty()
+            && self.incidents.is_empty()
+            && self.alerts.is_empty()
+            && self.rejects.is_empty()
+            && self.counters.is_none()
     }
 
     /// The delta message, emptying the buffer.

@@ -26,7 +26,7 @@ pub struct DeviceReading {
     /// Event time: RFC 3339 text or integer milliseconds since the epoch.
     pub ts: Timestamp,
     /// The measurement. Devices send `"NaN"` as text (or `null`) when the probe fails.
-    pub value: Option<Value>,
+    pub value: Value,
     /// Device sequence number.
     #[serde(default)]
     pub seq: Option<u64>,
@@ -50,6 +50,8 @@ pub enum Value {
     Number(f64),
     /// Text such as `"NaN"`, `"inf"` or `"12.5"`.
     Text(String),
+    /// `null`.
+    Null(()),
 }
 
 /// How the body is framed.
@@ -64,8 +66,18 @@ pub enum Framing {
 impl Framing {
     /// From a Content-Type header value (parameters ignored).
     pub fn from_content_type(ct: Option<&str>) -> Framing {
-        match ct.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase()) {
-            Some(c) if c == "application/x-ndjson" || c == "application/jsonl" || c == "application/ndjson" => {
+        match ct.map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        }) {
+            Some(c)
+                if c == "application/x-ndjson"
+                    || c == "application/jsonl"
+                    || c == "application/ndjson" =>
+            {
                 Framing::NdJson
             }
             _ => Framing::Json,
@@ -76,7 +88,11 @@ impl Framing {
 fn parse_one(bytes: &[u8]) -> Result<DeviceReading, (RejectReason, String)> {
     serde_json::from_slice::<DeviceReading>(bytes).map_err(|e| {
         let msg = e.to_string();
-        let reason = if msg.starts_with("missing field") { RejectReason::MissingField } else { RejectReason::Malformed };
+        let reason = if msg.starts_with("missing field") {
+            RejectReason::MissingField
+        } else {
+            RejectReason::Malformed
+        };
         (reason, msg)
     })
 }
@@ -90,7 +106,11 @@ pub fn split(body: &[u8], framing: Framing) -> Vec<RawRecord<'_>> {
             .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
             .map(|(index, line)| {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                RawRecord { index, bytes: line, parsed: parse_one(line) }
+                RawRecord {
+                    index,
+                    bytes: line,
+                    parsed: parse_one(line),
+                }
             })
             .collect(),
         Framing::Json => {
@@ -105,17 +125,28 @@ pub fn split(body: &[u8], framing: Framing) -> Vec<RawRecord<'_>> {
                             // RawValue borrows from `body`; find its bytes there to keep lifetimes simple.
                             let start = text.as_ptr() as usize - body.as_ptr() as usize;
                             let bytes = &body[start..start + text.len()];
-                            RawRecord { index, bytes, parsed: parse_one(bytes) }
+                            RawRecord {
+                                index,
+                                bytes,
+                                parsed: parse_one(bytes),
+                            }
                         })
                         .collect(),
                     Err(e) => vec![RawRecord {
                         index: 0,
                         bytes: body,
-                        parsed: Err((RejectReason::Malformed, format!("body is not a JSON array of readings: {e}"))),
+                        parsed: Err((
+                            RejectReason::Malformed,
+                            format!("body is not a JSON array of readings: {e}"),
+                        )),
                     }],
                 }
             } else {
-                vec![RawRecord { index: 0, bytes: body, parsed: parse_one(body) }]
+                vec![RawRecord {
+                    index: 0,
+                    bytes: body,
+                    parsed: parse_one(body),
+                }]
             }
         }
     }
@@ -143,13 +174,19 @@ mod tests {
         let recs = split(body, Framing::NdJson);
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[1].index, 2);
-        assert_eq!(recs[1].parsed.as_ref().unwrap_err().0, RejectReason::Malformed);
+        assert_eq!(
+            recs[1].parsed.as_ref().unwrap_err().0,
+            RejectReason::Malformed
+        );
     }
 
     #[test]
     fn nan_as_text_parses_so_validation_can_name_it() {
         let recs = split(br#"{"sensor":"a","ts":1,"value":"NaN"}"#, Framing::Json);
-        assert_eq!(recs[0].parsed.as_ref().unwrap().value, Some(Value::Text("NaN".into())));
+        assert_eq!(
+            recs[0].parsed.as_ref().unwrap().value,
+            Value::Text("NaN".into())
+        );
         // A bare NaN token is not JSON: a malformed record with line and column.
         let recs = split(br#"{"sensor":"a","ts":1,"value":NaN}"#, Framing::Json);
         let (reason, msg) = recs[0].parsed.as_ref().unwrap_err();

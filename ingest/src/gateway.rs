@@ -97,7 +97,12 @@ impl Gateway {
 
     /// Validate a body and put every record on the bus: readings or rejects. Returns only
     /// when all of them are on the bus.
-    pub async fn ingest(&self, body: &[u8], framing: Framing, source: &str) -> Result<IngestOutcome, GatewayError> {
+    pub async fn ingest(
+        &self,
+        body: &[u8],
+        framing: Framing,
+        source: &str,
+    ) -> Result<IngestOutcome, GatewayError> {
         let now = self.clock.now_ms();
         let records = split(body, framing);
         let mut readings = Vec::with_capacity(records.len());
@@ -127,7 +132,9 @@ impl Gateway {
         }
         let readings_topic = self.topics.readings();
         for r in &readings {
-            self.producer.send(&readings_topic, r.sensor.as_bytes(), encode(r), r.ts_ms).await?;
+            self.producer
+                .send(&readings_topic, r.sensor.as_bytes(), encode(r), r.ts_ms)
+                .await?;
         }
         metrics().accepted.inc_by(readings.len() as u64);
         let outcome = IngestOutcome {
@@ -135,7 +142,11 @@ impl Gateway {
             rejected: rejects.len(),
             rejects: rejects
                 .iter()
-                .map(|r| RejectSummary { index: r.index.unwrap_or(0), reason: r.reason, detail: r.detail.clone() })
+                .map(|r| RejectSummary {
+                    index: r.index.unwrap_or(0),
+                    reason: r.reason,
+                    detail: r.detail.clone(),
+                })
                 .collect(),
         };
         for r in rejects {
@@ -146,19 +157,40 @@ impl Gateway {
 
     /// Put one reject on the rejects topic and count it.
     pub async fn dead_letter(&self, reject: Reject) -> Result<(), GatewayError> {
-        metrics().rejected.with_label_values(&[reject.reason.as_str()]).inc();
+        metrics()
+            .rejected
+            .with_label_values(&[reject.reason.as_str()])
+            .inc();
         tracing::debug!(reason = reject.reason.as_str(), detail = %reject.detail, source = %reject.source, "rejected");
-        let key = reject.sensor.clone().unwrap_or_else(|| reject.source.clone());
-        self.producer.send(&self.topics.rejects(), key.as_bytes(), encode(&reject), reject.received_ms).await?;
+        let key = reject
+            .sensor
+            .clone()
+            .unwrap_or_else(|| reject.source.clone());
+        self.producer
+            .send(
+                &self.topics.rejects(),
+                key.as_bytes(),
+                encode(&reject),
+                reject.received_ms,
+            )
+            .await?;
         Ok(())
     }
 
     /// Refuse a body that exceeded the limit; `head` is what was read of it.
-    async fn too_large(&self, head: &[u8], size: Option<u64>, source: &str) -> Result<(), GatewayError> {
+    async fn too_large(
+        &self,
+        head: &[u8],
+        size: Option<u64>,
+        source: &str,
+    ) -> Result<(), GatewayError> {
         let size = size.map_or_else(|| "more than that".to_string(), |s| format!("{s} bytes"));
         self.dead_letter(Reject {
             reason: RejectReason::TooLarge,
-            detail: format!("body of {size} exceeds the limit of {} bytes", self.config.max_body_bytes),
+            detail: format!(
+                "body of {size} exceeds the limit of {} bytes",
+                self.config.max_body_bytes
+            ),
             source: source.to_string(),
             index: None,
             sensor: None,
@@ -169,7 +201,9 @@ impl Gateway {
     }
 
     /// The HTTP routes: `POST /v1/readings`, `GET /healthz`.
-    pub fn routes(self: Arc<Self>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    pub fn routes(
+        self: Arc<Self>,
+    ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
         let gw = self.clone();
         let readings = warp::path!("v1" / "readings")
             .and(warp::post())
@@ -180,35 +214,56 @@ impl Gateway {
                 let gw = gw.clone();
                 async move { gw.handle_http(ct, len, body).await }
             });
-        let health = warp::path!("healthz").and(warp::get()).map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
+        let health = warp::path!("healthz")
+            .and(warp::get())
+            .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
         readings.or(health).unify()
     }
 
-    async fn handle_http<S, B>(&self, ct: Option<String>, len: Option<u64>, mut body: S) -> warp::reply::Response
+    async fn handle_http<S, B>(
+        &self,
+        ct: Option<String>,
+        len: Option<u64>,
+        mut body: S,
+    ) -> warp::reply::Response
     where
         S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin + Send,
         B: Buf,
     {
         let limit = self.config.max_body_bytes;
         let reply = |status: StatusCode, json: serde_json::Value| {
-            metrics().requests.with_label_values(&[status.as_str()]).inc();
+            metrics()
+                .requests
+                .with_label_values(&[status.as_str()])
+                .inc();
             warp::reply::with_status(warp::reply::json(&json), status).into_response()
         };
         let bus_down = |e: GatewayError| {
             tracing::error!(error = %e, "gateway could not write to the bus");
-            reply(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": e.to_string() }))
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "error": e.to_string() }),
+            )
         };
         if let Some(n) = len.filter(|&n| n > limit) {
             if let Err(e) = self.too_large(&[], Some(n), "http").await {
                 return bus_down(e);
             }
-            return reply(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": format!("body of {n} bytes exceeds the limit of {limit} bytes") }));
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "error": format!("body of {n} bytes exceeds the limit of {limit} bytes") }),
+            );
         }
         let mut buf: Vec<u8> = Vec::with_capacity(len.unwrap_or(4096).min(limit) as usize);
         while let Some(chunk) = body.next().await {
             let mut chunk = match chunk {
                 Ok(c) => c,
-                Err(e) => return reply(StatusCode::BAD_REQUEST, serde_json::json!({ "error": format!("reading body: {e}") })),
+                Err(e) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({ "error": format!("reading body: {e}") }),
+                    )
+                }
             };
             while chunk.has_remaining() {
                 let part = chunk.chunk();
@@ -220,14 +275,24 @@ impl Gateway {
                 if let Err(e) = self.too_large(&buf, None, "http").await {
                     return bus_down(e);
                 }
-                return reply(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": format!("body exceeds the limit of {limit} bytes") }));
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({ "error": format!("body exceeds the limit of {limit} bytes") }),
+                );
             }
         }
         let framing = Framing::from_content_type(ct.as_deref());
         match self.ingest(&buf, framing, "http").await {
             Ok(outcome) => {
-                let status = if outcome.accepted == 0 && outcome.rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-                reply(status, serde_json::to_value(&outcome).expect("outcome serializes"))
+                let status = if outcome.accepted == 0 && outcome.rejected > 0 {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::OK
+                };
+                reply(
+                    status,
+                    serde_json::to_value(&outcome).expect("outcome serializes"),
+                )
             }
             Err(e) => bus_down(e),
         }
@@ -243,7 +308,11 @@ impl Gateway {
         let bound = listener.local_addr()?;
         let routes = self.routes();
         let handle = tokio::spawn(async move {
-            warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await;
         });
         Ok((bound, handle))
     }

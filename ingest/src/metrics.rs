@@ -18,9 +18,27 @@ pub fn metrics() -> &'static IngestMetrics {
     static M: OnceLock<IngestMetrics> = OnceLock::new();
     M.get_or_init(|| {
         let m = IngestMetrics {
-            accepted: IntCounter::new("floodcmd_ingest_readings_accepted_total", "Readings accepted onto the readings topic").expect("metric"),
-            rejected: IntCounterVec::new(Opts::new("floodcmd_ingest_rejects_total", "Records refused and sent to the rejects topic"), &["reason"]).expect("metric"),
-            requests: IntCounterVec::new(Opts::new("floodcmd_ingest_requests_total", "Gateway requests by status"), &["status"]).expect("metric"),
+            accepted: IntCounter::new(
+                "floodcmd_ingest_readings_accepted_total",
+                "Readings accepted onto the readings topic",
+            )
+            .expect("metric"),
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "floodcmd_ingest_rejects_total",
+                    "Records refused and sent to the rejects topic",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "floodcmd_ingest_requests_total",
+                    "Gateway requests by status",
+                ),
+                &["status"],
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         // Registering twice (two gateways in one test process) is harmless: keep the first.

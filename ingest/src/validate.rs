@@ -42,7 +42,10 @@ pub struct Validator {
 impl Validator {
     /// A validator with these time limits.
     pub fn new(limits: TimeLimits) -> Self {
-        Validator { limits, recent_seq: HashMap::new() }
+        Validator {
+            limits,
+            recent_seq: HashMap::new(),
+        }
     }
 
     /// Judge one parsed record at processing time `now`.
@@ -52,52 +55,92 @@ impl Validator {
         r: &DeviceReading,
         now: Millis,
     ) -> Result<Reading, Refusal> {
-        let refuse = |reason, detail: String| Refusal { reason, detail, sensor: Some(r.sensor.clone()) };
+        let refuse = |reason, detail: String| Refusal {
+            reason,
+            detail,
+            sensor: Some(r.sensor.clone()),
+        };
         let Some(sref) = district.sensor(&r.sensor) else {
-            return Err(refuse(RejectReason::UnknownSensor, format!("sensor \"{}\" is not in the district config", r.sensor)));
+            return Err(refuse(
+                RejectReason::UnknownSensor,
+                format!("sensor \"{}\" is not in the district config", r.sensor),
+            ));
         };
         let kind = sref.sensor.kind;
         let value = match &r.value {
-            None => return Err(refuse(RejectReason::NotANumber, "value is null".into())),
-            Some(Value::Number(v)) => *v,
-            Some(Value::Text(t)) => match t.trim().parse::<f64>() {
+            Value::Null(()) => {
+                return Err(refuse(RejectReason::NotANumber, "value is null".into()))
+            }
+            Value::Number(v) => *v,
+            Value::Text(t) => match t.trim().parse::<f64>() {
                 Ok(v) => v,
-                Err(_) => return Err(refuse(RejectReason::NotANumber, format!("value \"{t}\" is not a number"))),
+                Err(_) => {
+                    return Err(refuse(
+                        RejectReason::NotANumber,
+                        format!("value \"{t}\" is not a number"),
+                    ))
+                }
             },
         };
         if !value.is_finite() {
-            return Err(refuse(RejectReason::NotANumber, format!("value is {value}, not a finite number")));
+            return Err(refuse(
+                RejectReason::NotANumber,
+                format!("value is {value}, not a finite number"),
+            ));
         }
         let (lo, hi) = kind.physical_range();
         if value < lo || value > hi {
             return Err(refuse(
                 RejectReason::OutOfRange,
-                format!("value {value} {} is outside the physical range {lo}..{hi} {} of a {:?} sensor", kind.unit(), kind.unit(), kind).to_lowercase(),
+                format!(
+                    "value {value} {} is outside the physical range {lo}..{hi} {} of a {:?} sensor",
+                    kind.unit(),
+                    kind.unit(),
+                    kind
+                )
+                .to_lowercase(),
             ));
         }
         let ts_ms = match &r.ts {
             Timestamp::Millis(ms) => *ms,
             Timestamp::Text(t) => match chrono::DateTime::parse_from_rfc3339(t) {
                 Ok(dt) => dt.timestamp_millis(),
-                Err(e) => return Err(refuse(RejectReason::Malformed, format!("ts \"{t}\" is not RFC 3339: {e}"))),
+                Err(e) => {
+                    return Err(refuse(
+                        RejectReason::Malformed,
+                        format!("ts \"{t}\" is not RFC 3339: {e}"),
+                    ))
+                }
             },
         };
         if ts_ms > now + self.limits.max_future_ms {
             return Err(refuse(
                 RejectReason::FutureTimestamp,
-                format!("ts {} is {} s in the future (limit {} s)", floodcmd_model::time::rfc3339(ts_ms), (ts_ms - now) / 1000, self.limits.max_future_ms / 1000),
+                format!(
+                    "ts {} is {} s in the future (limit {} s)",
+                    floodcmd_model::time::rfc3339(ts_ms),
+                    (ts_ms - now) / 1000,
+                    self.limits.max_future_ms / 1000
+                ),
             ));
         }
         if ts_ms < now - self.limits.retention_ms {
             return Err(refuse(
                 RejectReason::TooOld,
-                format!("ts {} is older than the retention horizon of {} h", floodcmd_model::time::rfc3339(ts_ms), self.limits.retention_ms / 3_600_000),
+                format!(
+                    "ts {} is older than the retention horizon of {} h",
+                    floodcmd_model::time::rfc3339(ts_ms),
+                    self.limits.retention_ms / 3_600_000
+                ),
             ));
         }
         if let Some(seq) = r.seq {
             let recent = self.recent_seq.entry(r.sensor.clone()).or_default();
             if recent.contains(&seq) {
-                return Err(refuse(RejectReason::DuplicateSequence, format!("seq {seq} of sensor \"{}\" was already received", r.sensor)));
+                return Err(refuse(
+                    RejectReason::DuplicateSequence,
+                    format!("seq {seq} of sensor \"{}\" was already received", r.sensor),
+                ));
             }
             if recent.len() == SEQ_MEMORY {
                 recent.pop_front();

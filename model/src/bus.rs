@@ -183,7 +183,12 @@ mod tests {
             (b"a-little-bit-longer-string", -1486304829),
         ];
         for (input, want) in cases {
-            assert_eq!(murmur2(input) as i32, want, "{:?}", std::str::from_utf8(input));
+            assert_eq!(
+                murmur2(input) as i32,
+                want,
+                "{:?}",
+                std::str::from_utf8(input)
+            );
         }
     }
 

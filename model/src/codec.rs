@@ -26,7 +26,10 @@ pub fn encode<T: Serialize>(value: &T) -> Bytes {
 /// Decode a record payload.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     serde_json::from_slice(payload).map_err(|source| DecodeError {
-        what: std::any::type_name::<T>().rsplit("::").next().unwrap_or("record"),
+        what: std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("record"),
         source,
     })
 }
@@ -54,6 +57,9 @@ mod tests {
     #[test]
     fn decode_error_names_the_type() {
         let err = decode::<Reading>(b"{\"sensor\":1}").unwrap_err();
-        assert!(err.to_string().starts_with("cannot decode Reading"), "{err}");
+        assert!(
+            err.to_string().starts_with("cannot decode Reading"),
+            "{err}"
+        );
     }
 }

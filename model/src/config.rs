@@ -125,10 +125,22 @@ pub struct Threshold {
 
 impl Threshold {
     fn depth(raise: f64, reset: f64, hold_s: u32, source: &str) -> Self {
-        Threshold { raise, reset, hold_s, window_min: None, source: source.into() }
+        Threshold {
+            raise,
+            reset,
+            hold_s,
+            window_min: None,
+            source: source.into(),
+        }
     }
     fn rain(window_min: u32, raise: f64, reset: f64, source: &str) -> Self {
-        Threshold { raise, reset, hold_s: 0, window_min: Some(window_min), source: source.into() }
+        Threshold {
+            raise,
+            reset,
+            hold_s: 0,
+            window_min: Some(window_min),
+            source: source.into(),
+        }
     }
 }
 
@@ -160,7 +172,8 @@ impl LevelThresholds {
 
     /// Default depth thresholds for low-lying points (domain notes: 蓝 10, 黄 15, 橙 20, 红 25 cm).
     pub fn low_point_default() -> Self {
-        const SRC: &str = "domain notes default (城市内涝 10-25 cm scale; Shanghai 25 cm no-passage)";
+        const SRC: &str =
+            "domain notes default (城市内涝 10-25 cm scale; Shanghai 25 cm no-passage)";
         LevelThresholds {
             blue: Threshold::depth(10.0, 8.0, 60, SRC),
             yellow: Threshold::depth(15.0, 13.0, 60, SRC),
@@ -175,8 +188,18 @@ impl LevelThresholds {
         LevelThresholds {
             blue: Threshold::depth(10.0, 8.0, 30, "domain notes default"),
             yellow: Threshold::depth(15.0, 13.0, 30, "domain notes default"),
-            orange: Threshold::depth(20.0, 18.0, 30, "Shanghai Putuo closed a tunnel at ~20 cm (2021-07-26)"),
-            red: Threshold::depth(25.0, 22.0, 30, "Shanghai: closure above 25 cm; Xi'an staff line 30 cm"),
+            orange: Threshold::depth(
+                20.0,
+                18.0,
+                30,
+                "Shanghai Putuo closed a tunnel at ~20 cm (2021-07-26)",
+            ),
+            red: Threshold::depth(
+                25.0,
+                22.0,
+                30,
+                "Shanghai: closure above 25 cm; Xi'an staff line 30 cm",
+            ),
         }
     }
 
@@ -584,14 +607,19 @@ impl ConfigErrors {
             }
             None => "file".to_string(),
         };
-        ConfigErrors(vec![ConfigProblem { path, message: err.message().to_string() }])
+        ConfigErrors(vec![ConfigProblem {
+            path,
+            message: err.message().to_string(),
+        }])
     }
 }
 
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
     (line, col)
 }
 
@@ -663,12 +691,20 @@ impl District {
 
     /// Every sensor, with its point, in file order.
     pub fn sensors(&self) -> impl Iterator<Item = SensorRef<'_>> {
-        self.points.iter().flat_map(|p| p.sensors.iter().map(move |s| SensorRef { point: p, sensor: s }))
+        self.points.iter().flat_map(|p| {
+            p.sensors.iter().map(move |s| SensorRef {
+                point: p,
+                sensor: s,
+            })
+        })
     }
 
     /// Name of a sub-district by id.
     pub fn sub_district_name<'a>(&'a self, id: &'a str) -> &'a str {
-        self.sub_districts.iter().find(|s| s.id == id).map_or(id, |s| s.name.as_str())
+        self.sub_districts
+            .iter()
+            .find(|s| s.id == id)
+            .map_or(id, |s| s.name.as_str())
     }
 
     /// One line for `check-config`.
@@ -699,7 +735,10 @@ struct Validator {
 
 impl Validator {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(ConfigProblem { path: path.into(), message: message.into() });
+        self.problems.push(ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn ids<'a>(&mut self, section: &str, ids: impl Iterator<Item = &'a str>) -> HashSet<String> {
@@ -708,7 +747,10 @@ impl Validator {
             if id.trim().is_empty() {
                 self.problem(format!("{section}[{i}].id"), "must not be empty");
             } else if !seen.insert(id.to_string()) {
-                self.problem(format!("{section}[{i}].id"), format!("duplicate id \"{id}\""));
+                self.problem(
+                    format!("{section}[{i}].id"),
+                    format!("duplicate id \"{id}\""),
+                );
             }
         }
         seen
@@ -727,14 +769,23 @@ impl Validator {
             let th = t.get(level).expect("alert levels have thresholds");
             let here = format!("{path}.{level}");
             if !th.raise.is_finite() || th.raise <= 0.0 {
-                self.problem(&here, format!("raise must be a positive number, got {}", th.raise));
+                self.problem(
+                    &here,
+                    format!("raise must be a positive number, got {}", th.raise),
+                );
             }
             if !th.reset.is_finite() || th.reset < 0.0 {
-                self.problem(&here, format!("reset must be zero or more, got {}", th.reset));
+                self.problem(
+                    &here,
+                    format!("reset must be zero or more, got {}", th.reset),
+                );
             } else if th.reset > th.raise {
                 self.problem(
                     &here,
-                    format!("reset {} {unit} is above raise {} {unit}; hysteresis needs reset ≤ raise", th.reset, th.raise),
+                    format!(
+                        "reset {} {unit} is above raise {} {unit}; hysteresis needs reset ≤ raise",
+                        th.reset, th.raise
+                    ),
                 );
             }
             if th.hold_s > 3600 {
@@ -763,7 +814,9 @@ impl Validator {
                             "{} mm in {w} min is not a harder rule than {plevel} {} mm in {pw} min",
                             th.raise, p.raise
                         ),
-                        _ if th.raise == p.raise => format!("{} {unit} equals {plevel} {} {unit}", th.raise, p.raise),
+                        _ if th.raise == p.raise => {
+                            format!("{} {unit} equals {plevel} {} {unit}", th.raise, p.raise)
+                        }
                         _ => format!("{} {unit} is below {plevel} {} {unit}", th.raise, p.raise),
                     };
                     self.problem(&here, msg);
@@ -775,7 +828,10 @@ impl Validator {
 
     fn check(&mut self, f: DistrictFile) -> Option<District> {
         let people = self.ids("people", f.people.iter().map(|p| p.id.as_str()));
-        let subs = self.ids("sub_districts", f.sub_districts.iter().map(|s| s.id.as_str()));
+        let subs = self.ids(
+            "sub_districts",
+            f.sub_districts.iter().map(|s| s.id.as_str()),
+        );
         let comms = self.ids("communities", f.communities.iter().map(|c| c.id.as_str()));
         let grids = self.ids("grids", f.grids.iter().map(|g| g.id.as_str()));
         let cams = self.ids("cameras", f.cameras.iter().map(|c| c.id.as_str()));
@@ -785,24 +841,57 @@ impl Validator {
             if p.name.trim().is_empty() {
                 self.problem(format!("people[{i}].name"), "must not be empty");
             }
-            let digits = p.phone.len() == 11 && p.phone.starts_with('1') && p.phone.bytes().all(|b| b.is_ascii_digit());
+            let digits = p.phone.len() == 11
+                && p.phone.starts_with('1')
+                && p.phone.bytes().all(|b| b.is_ascii_digit());
             if !digits {
-                self.problem(format!("people[{i}].phone"), format!("\"{}\" is not an 11-digit mobile number", p.phone));
+                self.problem(
+                    format!("people[{i}].phone"),
+                    format!("\"{}\" is not an 11-digit mobile number", p.phone),
+                );
             }
         }
-        self.reference("district.duty_leader".into(), "person", &f.district.duty_leader, &people);
+        self.reference(
+            "district.duty_leader".into(),
+            "person",
+            &f.district.duty_leader,
+            &people,
+        );
         if f.district.sms_signature.trim().is_empty() {
-            self.problem("district.sms_signature", "must not be empty (carriers reject unsigned SMS)");
+            self.problem(
+                "district.sms_signature",
+                "must not be empty (carriers reject unsigned SMS)",
+            );
         }
         for (i, s) in f.sub_districts.iter().enumerate() {
-            self.reference(format!("sub_districts[{i}].cadre"), "person", &s.cadre, &people);
+            self.reference(
+                format!("sub_districts[{i}].cadre"),
+                "person",
+                &s.cadre,
+                &people,
+            );
         }
         for (i, c) in f.communities.iter().enumerate() {
-            self.reference(format!("communities[{i}].sub_district"), "sub-district", &c.sub_district, &subs);
-            self.reference(format!("communities[{i}].director"), "person", &c.director, &people);
+            self.reference(
+                format!("communities[{i}].sub_district"),
+                "sub-district",
+                &c.sub_district,
+                &subs,
+            );
+            self.reference(
+                format!("communities[{i}].director"),
+                "person",
+                &c.director,
+                &people,
+            );
         }
         for (i, g) in f.grids.iter().enumerate() {
-            self.reference(format!("grids[{i}].community"), "community", &g.community, &comms);
+            self.reference(
+                format!("grids[{i}].community"),
+                "community",
+                &g.community,
+                &comms,
+            );
             self.reference(format!("grids[{i}].worker"), "person", &g.worker, &people);
         }
         for (name, t, kind) in [
@@ -826,7 +915,10 @@ impl Validator {
         }
         for level in Level::ALERTS {
             if f.escalation.notify_at(level).is_empty() {
-                self.problem(format!("escalation.{level}"), "must notify at least one level of the chain");
+                self.problem(
+                    format!("escalation.{level}"),
+                    "must notify at least one level of the chain",
+                );
             }
         }
         if f.points.is_empty() {
@@ -834,7 +926,8 @@ impl Validator {
         }
 
         let mut sensor_seen: HashMap<&str, usize> = HashMap::new();
-        let kinds: HashMap<&str, PointKind> = f.points.iter().map(|p| (p.id.as_str(), p.kind)).collect();
+        let kinds: HashMap<&str, PointKind> =
+            f.points.iter().map(|p| (p.id.as_str(), p.kind)).collect();
         for (i, p) in f.points.iter().enumerate() {
             let at = |field: &str| format!("points[{i}].{field}");
             if p.name.trim().is_empty() {
@@ -844,7 +937,10 @@ impl Validator {
             self.reference(at("owner_a"), "person", &p.owner_a, &people);
             self.reference(at("owner_b"), "person", &p.owner_b, &people);
             if p.owner_a == p.owner_b {
-                self.problem(at("owner_b"), "the B post must be a different person from the A post");
+                self.problem(
+                    at("owner_b"),
+                    "the B post must be a different person from the A post",
+                );
             }
             if let Some(cam) = &p.camera {
                 self.reference(at("camera"), "camera", cam, &cams);
@@ -853,7 +949,10 @@ impl Validator {
                 match kinds.get(g.as_str()) {
                     None => self.problem(at("rain_gauge"), format!("unknown point \"{g}\"")),
                     Some(PointKind::RainGauge) => {}
-                    Some(k) => self.problem(at("rain_gauge"), format!("\"{g}\" is a {}, not a rain gauge", k.as_str())),
+                    Some(k) => self.problem(
+                        at("rain_gauge"),
+                        format!("\"{g}\" is a {}, not a rain gauge", k.as_str()),
+                    ),
                 }
             }
             if !(-90.0..=90.0).contains(&p.lat) {
@@ -884,7 +983,10 @@ impl Validator {
                 if !s.calibration_offset_cm.is_finite() || s.calibration_offset_cm.abs() > 500.0 {
                     self.problem(
                         at(&format!("sensors[{j}].calibration_offset_cm")),
-                        format!("{} is not a plausible offset (|offset| ≤ 500 cm)", s.calibration_offset_cm),
+                        format!(
+                            "{} is not a plausible offset (|offset| ≤ 500 cm)",
+                            s.calibration_offset_cm
+                        ),
                     );
                 }
             }
@@ -899,11 +1001,14 @@ impl Validator {
         }
 
         // Everything resolves: build the indexes.
-        let people_map: BTreeMap<String, Person> = f.people.iter().map(|p| (p.id.clone(), p.clone())).collect();
+        let people_map: BTreeMap<String, Person> =
+            f.people.iter().map(|p| (p.id.clone(), p.clone())).collect();
         let person = |id: &str| people_map[id].clone();
         let grid_by: HashMap<&str, &Grid> = f.grids.iter().map(|g| (g.id.as_str(), g)).collect();
-        let comm_by: HashMap<&str, &Community> = f.communities.iter().map(|c| (c.id.as_str(), c)).collect();
-        let sub_by: HashMap<&str, &SubDistrict> = f.sub_districts.iter().map(|s| (s.id.as_str(), s)).collect();
+        let comm_by: HashMap<&str, &Community> =
+            f.communities.iter().map(|c| (c.id.as_str(), c)).collect();
+        let sub_by: HashMap<&str, &SubDistrict> =
+            f.sub_districts.iter().map(|s| (s.id.as_str(), s)).collect();
         let cam_by: HashMap<&str, &Camera> = f.cameras.iter().map(|c| (c.id.as_str(), c)).collect();
         let mut points = Vec::with_capacity(f.points.len());
         let mut point_index = HashMap::new();
@@ -969,7 +1074,11 @@ mod tests {
     #[test]
     fn rain_rules_must_get_harder() {
         let mut v = Validator::default();
-        v.thresholds("t", PointKind::RainGauge, &LevelThresholds::rain_gauge_default());
+        v.thresholds(
+            "t",
+            PointKind::RainGauge,
+            &LevelThresholds::rain_gauge_default(),
+        );
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         let mut bad = LevelThresholds::rain_gauge_default();
         bad.red.window_min = Some(360);

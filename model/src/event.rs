@@ -322,14 +322,22 @@ pub struct Reject {
 
 impl Reject {
     /// A dead letter for a record on the bus that could not be decoded.
-    pub fn undecodable(record: &crate::bus::Record, error: &crate::codec::DecodeError, now_ms: Millis) -> Reject {
+    pub fn undecodable(
+        record: &crate::bus::Record,
+        error: &crate::codec::DecodeError,
+        now_ms: Millis,
+    ) -> Reject {
         Reject {
             reason: RejectReason::Undecodable,
-            detail: format!("{error} (partition {}, offset {})", record.partition, record.offset),
+            detail: format!(
+                "{error} (partition {}, offset {})",
+                record.partition, record.offset
+            ),
             source: format!("bus:{}", record.topic),
             index: None,
             sensor: None,
-            raw: String::from_utf8_lossy(&record.payload[..record.payload.len().min(64 * 1024)]).into_owned(),
+            raw: String::from_utf8_lossy(&record.payload[..record.payload.len().min(64 * 1024)])
+                .into_owned(),
             received_ms: now_ms,
         }
     }

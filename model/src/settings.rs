@@ -17,7 +17,9 @@ pub struct DistrictSettings {
 
 impl Default for DistrictSettings {
     fn default() -> Self {
-        DistrictSettings { file: "config/xincheng.toml".into() }
+        DistrictSettings {
+            file: "config/xincheng.toml".into(),
+        }
     }
 }
 
@@ -97,7 +99,10 @@ pub struct StreamSettings {
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        StreamSettings { workers: 2, lateness_s: 120 }
+        StreamSettings {
+            workers: 2,
+            lateness_s: 120,
+        }
     }
 }
 
@@ -111,7 +116,9 @@ pub struct DashboardSettings {
 
 impl Default for DashboardSettings {
     fn default() -> Self {
-        DashboardSettings { listen: "127.0.0.1:8080".into() }
+        DashboardSettings {
+            listen: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -143,12 +150,15 @@ impl Settings {
             toml::from_str(source).map_err(|e| ConfigErrors::from_toml(&e, source))?;
         let mut problems = Vec::new();
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("FLOODCMD_") else { continue };
+            let Some(rest) = key.strip_prefix("FLOODCMD_") else {
+                continue;
+            };
             let rest = rest.to_ascii_lowercase();
-            let Some((section, field)) = SECTIONS
-                .iter()
-                .find_map(|s| rest.strip_prefix(s).and_then(|f| f.strip_prefix('_')).map(|f| (*s, f)))
-            else {
+            let Some((section, field)) = SECTIONS.iter().find_map(|s| {
+                rest.strip_prefix(s)
+                    .and_then(|f| f.strip_prefix('_'))
+                    .map(|f| (*s, f))
+            }) else {
                 // FLOODCMD_LOG and friends belong to the binary, not to settings.
                 continue;
             };
@@ -174,9 +184,15 @@ impl Settings {
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
-        let settings: Settings = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![ConfigProblem { path: "settings".into(), message: e.message().to_string() }])
-        })?;
+        let settings: Settings =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigErrors(vec![ConfigProblem {
+                        path: "settings".into(),
+                        message: e.message().to_string(),
+                    }])
+                })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -184,30 +200,66 @@ impl Settings {
     /// Check values serde cannot.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut p = Vec::new();
-        let mut bad = |path: &str, message: String| p.push(ConfigProblem { path: path.into(), message });
+        let mut bad = |path: &str, message: String| {
+            p.push(ConfigProblem {
+                path: path.into(),
+                message,
+            })
+        };
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
-            bad("bus.partitions", format!("{} must be 1 to 1024", self.bus.partitions));
+            bad(
+                "bus.partitions",
+                format!("{} must be 1 to 1024", self.bus.partitions),
+            );
         }
         if self.bus.capacity < 16 {
-            bad("bus.capacity", format!("{} is too small (at least 16)", self.bus.capacity));
+            bad(
+                "bus.capacity",
+                format!("{} is too small (at least 16)", self.bus.capacity),
+            );
         }
         if self.bus.prefix.is_empty()
-            || !self.bus.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || !self
+                .bus
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            bad("bus.prefix", format!("\"{}\" must be ASCII letters, digits, '-', '_' or '.'", self.bus.prefix));
+            bad(
+                "bus.prefix",
+                format!(
+                    "\"{}\" must be ASCII letters, digits, '-', '_' or '.'",
+                    self.bus.prefix
+                ),
+            );
         }
         if self.stream.workers == 0 || self.stream.workers > 256 {
-            bad("stream.workers", format!("{} must be 1 to 256", self.stream.workers));
+            bad(
+                "stream.workers",
+                format!("{} must be 1 to 256", self.stream.workers),
+            );
         }
         if self.stream.lateness_s > 24 * 3600 {
-            bad("stream.lateness_s", format!("{} is over a day", self.stream.lateness_s));
+            bad(
+                "stream.lateness_s",
+                format!("{} is over a day", self.stream.lateness_s),
+            );
         }
         if self.ingest.max_body_bytes < 1024 {
-            bad("ingest.max_body_bytes", format!("{} is below 1 KiB", self.ingest.max_body_bytes));
+            bad(
+                "ingest.max_body_bytes",
+                format!("{} is below 1 KiB", self.ingest.max_body_bytes),
+            );
         }
-        for (path, addr) in [("ingest.listen", &self.ingest.listen), ("dashboard.listen", &self.dashboard.listen)] {
+        for (path, addr) in [
+            ("ingest.listen", &self.ingest.listen),
+            ("dashboard.listen", &self.dashboard.listen),
+        ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                bad(path, format!("\"{addr}\" is not an address like 127.0.0.1:8080"));
+                bad(
+                    path,
+                    format!("\"{addr}\" is not an address like 127.0.0.1:8080"),
+                );
             }
         }
         if p.is_empty() {
@@ -223,21 +275,35 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn environment_overrides_the_file() {
-        let s = Settings::load("[stream]\nworkers = 1\n", env(&[("FLOODCMD_STREAM_WORKERS", "3"), ("FLOODCMD_BUS_PREFIX", "drill")])).unwrap();
+        let s = Settings::load(
+            "[stream]\nworkers = 1\n",
+            env(&[
+                ("FLOODCMD_STREAM_WORKERS", "3"),
+                ("FLOODCMD_BUS_PREFIX", "drill"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(s.stream.workers, 3);
         assert_eq!(s.bus.prefix, "drill");
     }
 
     #[test]
     fn errors_name_the_field() {
-        let err = Settings::load("[stream]\nworkers = 0\n[bus]\npartitions = 0\n", env(&[])).unwrap_err();
+        let err =
+            Settings::load("[stream]\nworkers = 0\n[bus]\npartitions = 0\n", env(&[])).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("stream.workers: 0 must be 1 to 256"), "{text}");
+        assert!(
+            text.contains("stream.workers: 0 must be 1 to 256"),
+            "{text}"
+        );
         assert!(text.contains("bus.partitions"), "{text}");
         let err = Settings::load("", env(&[("FLOODCMD_STREAM_WORKRS", "2")])).unwrap_err();
         assert!(err.to_string().contains("workrs"), "{err}");

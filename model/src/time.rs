@@ -38,7 +38,11 @@ pub struct ScaledClock {
 impl ScaledClock {
     /// Simulated time `start_sim` now, advancing `speed` simulated ms per real ms.
     pub fn new(start_sim: Millis, speed: f64) -> Self {
-        ScaledClock { start_sim, start_real: std::time::Instant::now(), speed }
+        ScaledClock {
+            start_sim,
+            start_real: std::time::Instant::now(),
+            speed,
+        }
     }
 }
 

@@ -16,7 +16,9 @@ impl Default for Topics {
 impl Topics {
     /// Topics named `<prefix>.readings` and so on.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Topics { prefix: prefix.into() }
+        Topics {
+            prefix: prefix.into(),
+        }
     }
     /// The prefix.
     pub fn prefix(&self) -> &str {

@@ -83,7 +83,13 @@ const SUBSTEP_MS: Millis = 10_000;
 
 impl Simulator {
     /// A simulator whose storm begins at `start_ms` (simulated time).
-    pub fn new(district: &District, start_ms: Millis, seed: u64, interval_s: u32, faults: FaultConfig) -> Self {
+    pub fn new(
+        district: &District,
+        start_ms: Millis,
+        seed: u64,
+        interval_s: u32,
+        faults: FaultConfig,
+    ) -> Self {
         let lat = district.points.iter().map(|p| p.lat);
         let lon = district.points.iter().map(|p| p.lon);
         let bounds = (
@@ -96,7 +102,11 @@ impl Simulator {
         let points = district
             .points
             .iter()
-            .map(|p| SimPoint { lat: p.lat, lon: p.lon, drainage: Drainage::for_point(&p.id, p.kind) })
+            .map(|p| SimPoint {
+                lat: p.lat,
+                lon: p.lon,
+                drainage: Drainage::for_point(&p.id, p.kind),
+            })
             .collect();
         let sensors = district
             .points
@@ -133,7 +143,11 @@ impl Simulator {
             let next = (self.now_ms + SUBSTEP_MS).min(to_ms);
             let minutes = (next - self.now_ms) as f64 / 60_000.0;
             let t = next - self.start_ms;
-            let rain: Vec<f64> = self.points.iter().map(|p| self.storm.intensity(p.lat, p.lon, t)).collect();
+            let rain: Vec<f64> = self
+                .points
+                .iter()
+                .map(|p| self.storm.intensity(p.lat, p.lon, t))
+                .collect();
             for (p, r) in self.points.iter_mut().zip(&rain) {
                 p.drainage.step(*r, minutes);
             }
@@ -167,7 +181,11 @@ impl Simulator {
             }
             SensorKind::Depth => {
                 let d = self.points[s.point].drainage.depth_cm;
-                let noise = if d > 0.0 { self.rng.gen_range(-0.2..0.2) } else { 0.0 };
+                let noise = if d > 0.0 {
+                    self.rng.gen_range(-0.2..0.2)
+                } else {
+                    0.0
+                };
                 // The device reports raw depth: the gateway's calibration offset restores it.
                 ((d + noise).max(0.0) - s.offset_cm).max(-s.offset_cm)
             }
@@ -176,7 +194,11 @@ impl Simulator {
         if self.rng.gen_bool(self.faults.nan_rate.clamp(0.0, 1.0)) {
             return format!(r#"{{"sensor":"{id}","ts":{ts},"value":"NaN","seq":{seq}}}"#);
         }
-        let ts = if self.rng.gen_bool(self.faults.future_rate.clamp(0.0, 1.0)) { ts + 3_600_000 } else { ts };
+        let ts = if self.rng.gen_bool(self.faults.future_rate.clamp(0.0, 1.0)) {
+            ts + 3_600_000
+        } else {
+            ts
+        };
         format!(r#"{{"sensor":"{id}","ts":{ts},"value":{value:.2},"seq":{seq}}}"#)
     }
 
@@ -199,7 +221,13 @@ pub async fn run_sim(
     report: Arc<SimReport>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut sim = Simulator::new(&district, clock.now_ms(), config.seed, config.interval_s, config.faults.clone());
+    let mut sim = Simulator::new(
+        &district,
+        clock.now_ms(),
+        config.seed,
+        config.interval_s,
+        config.faults.clone(),
+    );
     let client = reqwest::Client::new();
     let url = format!("{}/v1/readings", config.target.trim_end_matches('/'));
     let mut backlog: Vec<String> = Vec::new();
@@ -209,18 +237,32 @@ pub async fn run_sim(
             _ = tokio::time::sleep(config.tick) => {}
         }
         let lines = sim.advance(clock.now_ms());
-        report.generated.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        report
+            .generated
+            .fetch_add(lines.len() as u64, Ordering::Relaxed);
         backlog.extend(lines);
         if backlog.is_empty() {
             continue;
         }
         let body = backlog.join("\n");
-        let sent = client.post(&url).header("content-type", "application/x-ndjson").body(body).send().await;
+        let sent = client
+            .post(&url)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
         match sent {
-            Ok(resp) if resp.status().is_success() || resp.status() == reqwest::StatusCode::BAD_REQUEST => {
+            Ok(resp)
+                if resp.status().is_success()
+                    || resp.status() == reqwest::StatusCode::BAD_REQUEST =>
+            {
                 let v: serde_json::Value = resp.json().await.unwrap_or_default();
-                report.accepted.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                report.rejected.fetch_add(v["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                report
+                    .accepted
+                    .fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                report
+                    .rejected
+                    .fetch_add(v["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
                 backlog.clear();
             }
             Ok(resp) => {

@@ -29,7 +29,11 @@ impl Drainage {
             PointKind::LowPoint => (0.5 + 1.2 * u, 0.4 + 0.5 * v),
             PointKind::RainGauge => (0.0, 0.0),
         };
-        Drainage { runoff, drain_cm_min: drain, depth_cm: 0.0 }
+        Drainage {
+            runoff,
+            drain_cm_min: drain,
+            depth_cm: 0.0,
+        }
     }
 
     /// Advance by `minutes` under `rain_mm_h`.
@@ -45,7 +49,11 @@ mod tests {
 
     #[test]
     fn water_rises_under_heavy_rain_and_drains_after() {
-        let mut d = Drainage { runoff: 2.0, drain_cm_min: 0.5, depth_cm: 0.0 };
+        let mut d = Drainage {
+            runoff: 2.0,
+            drain_cm_min: 0.5,
+            depth_cm: 0.0,
+        };
         for _ in 0..20 {
             d.step(90.0, 1.0);
         }

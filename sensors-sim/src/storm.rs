@@ -26,11 +26,20 @@ impl Cell {
             return 0.0;
         }
         let minutes = age as f64 / 60_000.0;
-        let (clat, clon) = (self.start.0 + self.velocity.0 * minutes, self.start.1 + self.velocity.1 * minutes);
+        let (clat, clon) = (
+            self.start.0 + self.velocity.0 * minutes,
+            self.start.1 + self.velocity.1 * minutes,
+        );
         let d2 = (lat - clat).powi(2) + ((lon - clon) * lat.to_radians().cos()).powi(2);
         // Grows over the first fifth of its life, decays over the last third.
         let life = age as f64 / self.lasts_ms as f64;
-        let envelope = if life < 0.2 { life / 0.2 } else if life > 0.67 { (1.0 - life) / 0.33 } else { 1.0 };
+        let envelope = if life < 0.2 {
+            life / 0.2
+        } else if life > 0.67 {
+            (1.0 - life) / 0.33
+        } else {
+            1.0
+        };
         self.peak_mm_h * envelope * (-d2 / (2.0 * self.sigma_deg * self.sigma_deg)).exp()
     }
 }
@@ -82,7 +91,10 @@ impl Storm {
     pub fn intensity(&self, lat: f64, lon: f64, t_ms: Millis) -> f64 {
         let t = t_ms.rem_euclid(self.period_ms.max(1));
         let cells: f64 = self.cells.iter().map(|c| c.intensity(lat, lon, t)).sum();
-        let alive = self.cells.iter().any(|c| t >= c.begins_ms && t <= c.begins_ms + c.lasts_ms);
+        let alive = self
+            .cells
+            .iter()
+            .any(|c| t >= c.begins_ms && t <= c.begins_ms + c.lasts_ms);
         cells + if alive { self.background_mm_h } else { 0.0 }
     }
 }
@@ -98,7 +110,14 @@ mod tests {
         let east = |t| s.intensity(34.275, 109.01, t);
         assert!(west(15 * 60_000) > 50.0, "heavy rain in the west early");
         assert!(east(15 * 60_000) < west(15 * 60_000));
-        assert!(east(55 * 60_000) > east(15 * 60_000), "the cell reaches the east later");
-        assert_eq!(s.intensity(34.275, 108.95, 150 * 60_000), 0.0, "dry between storms");
+        assert!(
+            east(55 * 60_000) > east(15 * 60_000),
+            "the cell reaches the east later"
+        );
+        assert_eq!(
+            s.intensity(34.275, 108.95, 150 * 60_000),
+            0.0,
+            "dry between storms"
+        );
     }
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::core::{Inspect, Probe, UnorderedInput};
+use timely::dataflow::operators::core::{Probe, UnorderedInput};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::Capability;
@@ -35,8 +35,12 @@ pub enum Watermark {
     /// Live: the watermark follows this clock (the demo passes its simulated clock).
     Clock(Arc<dyn Clock>),
     /// Bounded: read what is on the topic at start-up, then finish (replay, tests). The
-    /// watermark follows the newest event time each worker has seen.
-    Bounded,
+    /// watermark follows the newest event time seen per partition; `origin_ms` is the event
+    /// time the run starts at (points never heard from count as silent from there).
+    Bounded {
+        /// Start of the run in event time.
+        origin_ms: Millis,
+    },
 }
 
 /// Settings of the stream stage.
@@ -77,11 +81,34 @@ fn metrics() -> &'static StreamMetrics {
     static M: OnceLock<StreamMetrics> = OnceLock::new();
     M.get_or_init(|| {
         let m = StreamMetrics {
-            readings: IntCounter::new("floodcmd_stream_readings_total", "Readings fed into the dataflow").expect("metric"),
-            late: IntCounter::new("floodcmd_stream_late_readings_total", "Readings that arrived past the lateness budget (applied and flagged)").expect("metric"),
-            undecodable: IntCounter::new("floodcmd_stream_undecodable_total", "Records on the readings topic that could not be decoded (dead-lettered)").expect("metric"),
-            outputs: IntCounterVec::new(Opts::new("floodcmd_stream_outputs_total", "Status deltas and alert transitions produced"), &["kind"]).expect("metric"),
-            watermark: IntGauge::new("floodcmd_stream_watermark_seconds", "Event-time watermark of worker 0, Unix seconds").expect("metric"),
+            readings: IntCounter::new(
+                "floodcmd_stream_readings_total",
+                "Readings fed into the dataflow",
+            )
+            .expect("metric"),
+            late: IntCounter::new(
+                "floodcmd_stream_late_readings_total",
+                "Readings that arrived past the lateness budget (applied and flagged)",
+            )
+            .expect("metric"),
+            undecodable: IntCounter::new(
+                "floodcmd_stream_undecodable_total",
+                "Records on the readings topic that could not be decoded (dead-lettered)",
+            )
+            .expect("metric"),
+            outputs: IntCounterVec::new(
+                Opts::new(
+                    "floodcmd_stream_outputs_total",
+                    "Status deltas and alert transitions produced",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+            watermark: IntGauge::new(
+                "floodcmd_stream_watermark_seconds",
+                "Event-time watermark of worker 0, Unix seconds",
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         let _ = r.register(Box::new(m.readings.clone()));
@@ -142,9 +169,14 @@ pub async fn run_stream(
     let readings_topic = config.topics.readings();
     let partitions = bus.partitions(&readings_topic).await?;
     let end_offsets = match config.watermark {
-        Watermark::Bounded => Some(bus.end_offsets(&readings_topic).await?),
+        Watermark::Bounded { .. } => Some(bus.end_offsets(&readings_topic).await?),
         Watermark::Clock(_) => None,
     };
+    let origin_ms = match &config.watermark {
+        Watermark::Bounded { origin_ms } => *origin_ms,
+        Watermark::Clock(c) => c.now_ms() - config.lateness_ms,
+    };
+    let bounded_end = Arc::new(BoundedEnd::default());
     let stop = Arc::new(AtomicBool::new(false));
     let stop_w = stop.clone();
     let workers = config.workers.max(1);
@@ -161,6 +193,8 @@ pub async fn run_stream(
                     stop: stop_w.clone(),
                     partitions,
                     end_offsets: end_offsets.clone(),
+                    origin_ms,
+                    bounded_end: bounded_end.clone(),
                 };
                 if let Err(e) = ctx.run(worker) {
                     tracing::error!(error = %e, "stream worker failed");
@@ -172,7 +206,10 @@ pub async fn run_stream(
             Ok(())
         })
         .map_err(|e| StreamError::Timely(e.to_string()))?;
-    Ok(StreamHandle { stop, thread: Some(thread) })
+    Ok(StreamHandle {
+        stop,
+        thread: Some(thread),
+    })
 }
 
 struct WorkerContext {
@@ -184,6 +221,16 @@ struct WorkerContext {
     stop: Arc<AtomicBool>,
     partitions: u32,
     end_offsets: Option<Vec<u64>>,
+    origin_ms: Millis,
+    bounded_end: Arc<BoundedEnd>,
+}
+
+/// How the workers of a bounded run agree on where event time ends, so every run of the same
+/// input judges silence up to the same moment, whatever the scheduling.
+#[derive(Default)]
+struct BoundedEnd {
+    finished: std::sync::atomic::AtomicUsize,
+    max_event_s: std::sync::atomic::AtomicU64,
 }
 
 fn output_key(o: &StreamOutput) -> &str {
@@ -198,15 +245,25 @@ impl WorkerContext {
         let index = worker.index();
         let peers = worker.peers();
         let topics = self.config.topics.clone();
-        let mine: Vec<u32> = (0..self.partitions).filter(|p| *p as usize % peers == index).collect();
+        let mine: Vec<u32> = (0..self.partitions)
+            .filter(|p| *p as usize % peers == index)
+            .collect();
         let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() {
             None
         } else {
-            Some(self.rt.block_on(self.bus.consumer(&self.config.group, &topics.readings(), Assignment::Partitions(mine.clone())))?)
+            Some(self.rt.block_on(self.bus.consumer(
+                &self.config.group,
+                &topics.readings(),
+                Assignment::Partitions(mine.clone()),
+            ))?)
         };
         // Bounded mode: the offsets to read up to, per partition of this worker.
         let mut remaining: BTreeMap<u32, u64> = match &self.end_offsets {
-            Some(ends) => mine.iter().map(|p| (*p, ends[*p as usize])).filter(|(_, e)| *e > 0).collect(),
+            Some(ends) => mine
+                .iter()
+                .map(|p| (*p, ends[*p as usize]))
+                .filter(|(_, e)| *e > 0)
+                .collect(),
             None => BTreeMap::new(),
         };
         let producer = self.bus.producer();
@@ -214,41 +271,55 @@ impl WorkerContext {
 
         let district = self.district.clone();
         let clock = self.clock.clone();
-        let (sink_rt, sink_producer, sink_topics) = (self.rt.clone(), producer.clone(), topics.clone());
+        let origin_ms = self.origin_ms;
+        let (sink_rt, sink_producer, sink_topics) =
+            (self.rt.clone(), producer.clone(), topics.clone());
         let (mut input, cap) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, cap), stream) = scope.new_unordered_input::<timely::container::CapacityContainerBuilder<Vec<TimedReading>>>();
             stream
-                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<StreamOutput>>, _, _, _>(
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
                     Exchange::new(|r: &TimedReading| murmur2(r.reading.point.as_bytes()) as u64),
                     "PointRules",
                     move |default_cap, _info| {
-                        let mut engine = Engine::new(&district, |p| owner(p, peers) == index, clock);
+                        let mut engine = Engine::new(&district, |p| owner(p, peers) == index, clock, origin_ms);
+                        // Held at the input frontier so the probe downstream only passes a time
+                        // once this operator has put every output for it on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
-                        move |(input, frontier), output| {
+                        let mut out = Vec::new();
+                        // Outputs go to the bus from here, in the engine's order: timely may
+                        // reorder containers of different times downstream, the bus must not.
+                        let emit = move |out: &mut Vec<StreamOutput>| {
+                            for o in out.drain(..) {
+                                let (topic, kind, payload, ts) = match &o {
+                                    StreamOutput::Status(s) => (sink_topics.status(), "status", encode(s), s.as_of_ms),
+                                    StreamOutput::Transition(t) => (sink_topics.alerts(), t.transition.as_str(), encode(t), t.event_ms),
+                                };
+                                metrics().outputs.with_label_values(&[kind]).inc();
+                                if let Err(e) = sink_rt.block_on(sink_producer.send(&topic, output_key(&o).as_bytes(), payload, ts)) {
+                                    tracing::error!(error = %e, topic, "stream could not produce an output");
+                                }
+                            }
+                        };
+                        move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 let t = *cap.least().expect("u64 stamps have a least time");
                                 stash.entry(t).or_default().extend(data.flat_map(|d| d.drain(..)));
                             });
                             let Some(cap) = held.as_mut() else { return };
                             let f = frontier.frontier();
-                            let mut out = Vec::new();
                             while let Some((&t, _)) = stash.first_key_value() {
                                 if f.less_equal(&t) {
                                     break;
                                 }
                                 let mut rs = stash.remove(&t).expect("key just seen");
                                 engine.apply_epoch(t as Millis * 1000, &mut rs, &mut out);
-                                if !out.is_empty() {
-                                    output.session(&cap.delayed(&t)).give_iterator(out.drain(..));
-                                }
+                                emit(&mut out);
                             }
                             match f.first() {
                                 Some(&ft) => {
                                     engine.advance_to(ft as Millis * 1000, &mut out);
-                                    if !out.is_empty() {
-                                        output.session(&*cap).give_iterator(out.drain(..));
-                                    }
+                                    emit(&mut out);
                                     if ft > *cap.time() {
                                         cap.downgrade(&ft);
                                     }
@@ -261,38 +332,56 @@ impl WorkerContext {
                         }
                     },
                 )
-                .inspect(move |o: &StreamOutput| {
-                    let (topic, kind) = match o {
-                        StreamOutput::Status(_) => (sink_topics.status(), "status"),
-                        StreamOutput::Transition(t) => (sink_topics.alerts(), t.transition.as_str()),
-                    };
-                    let (payload, ts) = match o {
-                        StreamOutput::Status(s) => (encode(s), s.as_of_ms),
-                        StreamOutput::Transition(t) => (encode(t), t.event_ms),
-                    };
-                    metrics().outputs.with_label_values(&[kind]).inc();
-                    if let Err(e) = sink_rt.block_on(sink_producer.send(&topic, output_key(o).as_bytes(), payload, ts)) {
-                        tracing::error!(error = %e, topic, "stream could not produce an output");
-                    }
-                })
                 .probe_with(&probe);
             (input, cap)
         });
 
         let lateness_s = (self.config.lateness_ms.max(0) as u64).div_ceil(1000);
         let mut cap = Some(cap);
-        let mut max_event_s: u64 = 0;
+        // Newest event time seen per partition. In bounded mode the watermark is the oldest of
+        // these over the partitions not yet read to the end, so the order in which partitions
+        // happen to be polled cannot make a reading late.
+        let mut partition_max: BTreeMap<u32, u64> = mine.iter().map(|p| (*p, 0)).collect();
         // (epoch the record was fed at, partition, next offset): committed once the probe passes.
         let mut pending: VecDeque<(u64, u32, u64)> = VecDeque::new();
         let m = metrics();
+        let mut published_end = false;
+        let mut final_time: Option<u64> = None;
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             let bounded_done = self.end_offsets.is_some() && remaining.is_empty();
-            if (stopping || bounded_done) && cap.is_some() {
+            if stopping && cap.is_some() {
                 cap = None;
             }
-            if let (Some(c), Some(consumer)) = (cap.as_mut(), consumer.as_mut()) {
-                let records = self.rt.block_on(consumer.poll(4096, Duration::from_millis(5)))?;
+            if bounded_done && cap.is_some() {
+                let end = &self.bounded_end;
+                if !published_end {
+                    published_end = true;
+                    end.max_event_s.fetch_max(
+                        partition_max.values().copied().max().unwrap_or(0),
+                        Ordering::SeqCst,
+                    );
+                    end.finished.fetch_add(1, Ordering::SeqCst);
+                }
+                if end.finished.load(Ordering::SeqCst) == peers {
+                    // Every worker has read its share: move time just past the newest reading
+                    // anywhere, let the dataflow see that frontier, then close the input.
+                    let t = *final_time.get_or_insert(end.max_event_s.load(Ordering::SeqCst) + 1);
+                    let c = cap.as_mut().expect("checked above");
+                    if *c.time() < t {
+                        c.downgrade(&t);
+                    }
+                    if !probe.less_than(&t) {
+                        cap = None;
+                    }
+                }
+            }
+            if let (Some(c), Some(consumer), false) =
+                (cap.as_mut(), consumer.as_mut(), bounded_done)
+            {
+                let records = self
+                    .rt
+                    .block_on(consumer.poll(4096, Duration::from_millis(5)))?;
                 let mut session = input.activate();
                 for rec in records {
                     if let Some(end) = remaining.get(&rec.partition) {
@@ -305,26 +394,50 @@ impl WorkerContext {
                         Err(e) => {
                             m.undecodable.inc();
                             let reject = Reject::undecodable(&rec, &e, self.clock.now_ms());
-                            self.rt.block_on(producer.send(&topics.rejects(), &rec.key, encode(&reject), reject.received_ms))?;
+                            self.rt.block_on(producer.send(
+                                &topics.rejects(),
+                                &rec.key,
+                                encode(&reject),
+                                reject.received_ms,
+                            ))?;
                             pending.push_back((*c.time(), rec.partition, rec.offset + 1));
                             continue;
                         }
                     };
                     m.readings.inc();
                     let epoch = (reading.ts_ms.max(0) / 1000) as u64;
-                    max_event_s = max_event_s.max(epoch);
-                    let late = epoch < *c.time();
+                    let pmax = partition_max.entry(rec.partition).or_insert(0);
+                    // Live, late means behind the clock's watermark. Bounded, it means behind
+                    // the newest reading of the same partition by more than the budget, which
+                    // depends only on that partition's order, so every run agrees.
+                    let late = match &self.config.watermark {
+                        Watermark::Clock(_) => epoch < *c.time(),
+                        Watermark::Bounded { .. } => {
+                            epoch + lateness_s < *pmax || epoch < *c.time()
+                        }
+                    };
+                    *pmax = (*pmax).max(epoch);
                     if late {
                         m.late.inc();
                     }
                     let t = epoch.max(*c.time());
                     pending.push_back((t, rec.partition, rec.offset + 1));
-                    session.session(&c.delayed(&t)).give(TimedReading { reading, late });
+                    session
+                        .session(&c.delayed(&t))
+                        .give(TimedReading { reading, late });
                 }
                 drop(session);
                 let now_s = match &self.config.watermark {
                     Watermark::Clock(clock) => (clock.now_ms().max(0) / 1000) as u64,
-                    Watermark::Bounded => max_event_s,
+                    Watermark::Bounded { .. } => {
+                        let open = partition_max
+                            .iter()
+                            .filter(|(p, _)| remaining.contains_key(p))
+                            .map(|(_, m)| *m)
+                            .min();
+                        // Every partition read to the end: the cap is dropped at the loop's top.
+                        open.unwrap_or_else(|| partition_max.values().copied().max().unwrap_or(0))
+                    }
                 };
                 let wm = now_s.saturating_sub(lateness_s);
                 if wm > *c.time() {
@@ -333,26 +446,32 @@ impl WorkerContext {
                         m.watermark.set(wm as i64);
                     }
                 }
-            } else if let Some(c) = cap.as_mut() {
+            } else if let (Some(c), Watermark::Clock(clock)) =
+                (cap.as_mut(), &self.config.watermark)
+            {
                 // No partitions here: follow the clock so the other workers are not held back.
                 std::thread::sleep(Duration::from_millis(5));
-                if let Watermark::Clock(clock) = &self.config.watermark {
-                    let wm = ((clock.now_ms().max(0) / 1000) as u64).saturating_sub(lateness_s);
-                    if wm > *c.time() {
-                        c.downgrade(&wm);
-                    }
-                } else {
-                    cap = None;
+                let wm = ((clock.now_ms().max(0) / 1000) as u64).saturating_sub(lateness_s);
+                if wm > *c.time() {
+                    c.downgrade(&wm);
                 }
             }
-            worker.step();
+            if bounded_done {
+                // Waiting for the other workers to finish their share: don't spin.
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            } else {
+                worker.step();
+            }
             while let Some(&(t, p, next)) = pending.front() {
                 if probe.less_equal(&t) {
                     break;
                 }
                 pending.pop_front();
                 // Later entries of the same partition supersede this one; commit the last.
-                if pending.iter().any(|(t2, p2, _)| *p2 == p && !probe.less_equal(t2)) {
+                if pending
+                    .iter()
+                    .any(|(t2, p2, _)| *p2 == p && !probe.less_equal(t2))
+                {
                     continue;
                 }
                 if let Some(c) = consumer.as_mut() {

@@ -52,13 +52,16 @@ struct PointState {
     silent_reported: bool,
     data_state: DataState,
     last_status: Option<PointStatus>,
-    late_in_epoch: bool,
 }
 
 impl PointState {
     fn new(point: Arc<Point>) -> Self {
         let rain = (point.kind == PointKind::RainGauge).then(|| {
-            RainWindows::new(floodcmd_model::Level::ALERTS.iter().filter_map(|l| point.thresholds.get(*l).and_then(|t| t.window_min)))
+            RainWindows::new(
+                floodcmd_model::Level::ALERTS
+                    .iter()
+                    .filter_map(|l| point.thresholds.get(*l).and_then(|t| t.window_min)),
+            )
         });
         PointState {
             point,
@@ -71,12 +74,14 @@ impl PointState {
             silent_reported: false,
             data_state: DataState::Silent,
             last_status: None,
-            late_in_epoch: false,
         }
     }
 
     fn depth(&self) -> Option<f64> {
-        self.depth_by_sensor.values().map(|(_, d)| *d).reduce(f64::max)
+        self.depth_by_sensor
+            .values()
+            .map(|(_, d)| *d)
+            .reduce(f64::max)
     }
 
     /// Least-squares slope of depth over the recent window, cm per minute.
@@ -139,7 +144,12 @@ impl PointState {
             Some(r) => {
                 let mut v = [0.0; 4];
                 for (i, l) in Level::ALERTS.iter().enumerate() {
-                    let w = self.point.thresholds.get(*l).and_then(|t| t.window_min).unwrap_or(60);
+                    let w = self
+                        .point
+                        .thresholds
+                        .get(*l)
+                        .and_then(|t| t.window_min)
+                        .unwrap_or(60);
                     v[i] = r.total(w).unwrap_or(0.0);
                 }
                 v
@@ -161,10 +171,24 @@ impl PointState {
         let rule = if change.up {
             format!("{what} {v:.1} {unit} >= {} {} {unit}", change.by, th.raise)
         } else {
-            format!("{what} {v:.1} {unit} < {} reset {} {unit}", change.by, th.reset)
+            format!(
+                "{what} {v:.1} {unit} < {} reset {} {unit}",
+                change.by, th.reset
+            )
         };
         (rule, v)
     }
+}
+
+/// What caused a transition.
+struct Cause {
+    kind: TransitionKind,
+    from: Level,
+    to: Level,
+    at: Millis,
+    rule: String,
+    value: f64,
+    late: bool,
 }
 
 /// The rules for the points one worker owns.
@@ -172,54 +196,62 @@ pub struct Engine {
     points: BTreeMap<String, PointState>,
     cadence: Cadence,
     clock: Arc<dyn Clock>,
-    /// Event time the engine first saw; never-heard points count as silent from here.
-    started_ms: Option<Millis>,
+    /// When the stage started, in event time; never-heard points count as silent from here.
+    origin_ms: Millis,
     /// Readings that could not be applied (unknown point: config changed under the topic).
     pub unknown_points: u64,
 }
 
 impl Engine {
-    /// An engine for the points `owns` accepts.
-    pub fn new(district: &District, owns: impl Fn(&str) -> bool, clock: Arc<dyn Clock>) -> Self {
+    /// An engine for the points `owns` accepts, started at event time `origin_ms`.
+    pub fn new(
+        district: &District,
+        owns: impl Fn(&str) -> bool,
+        clock: Arc<dyn Clock>,
+        origin_ms: Millis,
+    ) -> Self {
         let points = district
             .points
             .iter()
             .filter(|p| owns(&p.id))
             .map(|p| (p.id.clone(), PointState::new(Arc::new(p.clone()))))
             .collect();
-        Engine { points, cadence: district.defaults.cadence.clone(), clock, started_ms: None, unknown_points: 0 }
+        Engine {
+            points,
+            cadence: district.defaults.cadence.clone(),
+            clock,
+            origin_ms,
+            unknown_points: 0,
+        }
     }
 
-    fn transition(&self, st: &PointState, kind: TransitionKind, from: Level, to: Level, event_ms: Millis, rule: String, value: f64, late: bool) -> StreamOutput {
+    fn transition(&self, st: &PointState, c: Cause) -> StreamOutput {
         StreamOutput::Transition(AlertTransition {
             point: st.point.id.clone(),
             point_kind: st.point.kind,
-            transition: kind,
-            from,
-            to,
-            event_ms,
+            transition: c.kind,
+            from: c.from,
+            to: c.to,
+            event_ms: c.at,
             processed_ms: self.clock.now_ms(),
-            rule,
-            value,
+            rule: c.rule,
+            value: c.value,
             rise_cm_per_min: st.rise_cm_per_min(),
-            late,
+            late: c.late,
         })
     }
 
     /// Judge silence for every owned point up to (not including) `t_ms`.
     pub fn advance_to(&mut self, t_ms: Millis, out: &mut Vec<StreamOutput>) {
-        // Before any worker has moved its watermark the frontier sits at the epoch 0 of the
-        // timestamp type: that is not a time anything was expected at.
-        if t_ms <= 0 {
-            return;
-        }
-        let started = *self.started_ms.get_or_insert(t_ms);
+        let started = self.origin_ms;
         let mut fired = Vec::new();
         for (id, st) in &self.points {
             if st.silent_reported {
                 continue;
             }
-            let at = st.silent_at.unwrap_or_else(|| started + st.silent_after_ms(&self.cadence));
+            let at = st
+                .silent_at
+                .unwrap_or_else(|| started + st.silent_after_ms(&self.cadence));
             if at < t_ms {
                 fired.push((id.clone(), at));
             }
@@ -238,7 +270,16 @@ impl Engine {
                 Some(_) => format!("no reading for {} s", self.cadence_gap(st) / 1000),
                 None => "never heard from".to_string(),
             };
-            out.push(self.transition(st, TransitionKind::Silent, level, level, at, rule, 0.0, false));
+            let cause = Cause {
+                kind: TransitionKind::Silent,
+                from: level,
+                to: level,
+                at,
+                rule,
+                value: 0.0,
+                late: false,
+            };
+            out.push(self.transition(st, cause));
             out.push(StreamOutput::Status(status));
         }
     }
@@ -248,7 +289,12 @@ impl Engine {
     }
 
     /// Apply one complete epoch. `epoch_ms` is the epoch's start; readings are sorted here.
-    pub fn apply_epoch(&mut self, epoch_ms: Millis, readings: &mut [TimedReading], out: &mut Vec<StreamOutput>) {
+    pub fn apply_epoch(
+        &mut self,
+        epoch_ms: Millis,
+        readings: &mut [TimedReading],
+        out: &mut Vec<StreamOutput>,
+    ) {
         self.advance_to(epoch_ms, out);
         readings.sort_by(|a, b| {
             let (x, y) = (&a.reading, &b.reading);
@@ -269,20 +315,40 @@ impl Engine {
             if touched.last() != Some(&r.point) && !touched.contains(&r.point) {
                 touched.push(r.point.clone());
             }
-            // A late reading is judged at the epoch it was applied in, so its effects carry
-            // the epoch's time, never one the frontier already passed.
-            let at = if tr.late { epoch_ms.max(r.ts_ms) } else { r.ts_ms };
+            // Rules judge event time, late or not: a late reading that shows water held above
+            // red for a minute raises red (flagged late), as it would have on time.
+            let at = r.ts_ms;
             match (&mut st.rain, r.kind) {
                 (Some(rain), SensorKind::Rain) => {
                     let _ = rain.add(r.ts_ms, r.value);
                     rain.advance_to(at);
                 }
                 (None, SensorKind::Depth) => {
-                    let offset = st.point.sensors.iter().find(|s| s.id == r.sensor).map_or(0.0, |s| s.calibration_offset_cm);
-                    st.depth_by_sensor.insert(r.sensor.clone(), (r.ts_ms, r.value + offset));
+                    let offset = st
+                        .point
+                        .sensors
+                        .iter()
+                        .find(|s| s.id == r.sensor)
+                        .map_or(0.0, |s| s.calibration_offset_cm);
+                    // The newest measurement of each sensor is its depth; an older one that
+                    // arrives late only adds to the history behind the rate of rise.
+                    let newest = st
+                        .depth_by_sensor
+                        .get(&r.sensor)
+                        .is_none_or(|(t, _)| *t <= r.ts_ms);
+                    if newest {
+                        st.depth_by_sensor
+                            .insert(r.sensor.clone(), (r.ts_ms, r.value + offset));
+                    }
                     let d = st.depth().unwrap_or(0.0);
-                    st.recent.push_back((at, d));
-                    while st.recent.front().is_some_and(|(t, _)| *t < at - RISE_WINDOW_MS) {
+                    let pos = st.recent.partition_point(|(t, _)| *t <= at);
+                    st.recent.insert(pos, (at, d));
+                    let newest = st.recent.back().map_or(at, |(t, _)| *t);
+                    while st
+                        .recent
+                        .front()
+                        .is_some_and(|(t, _)| *t < newest - RISE_WINDOW_MS)
+                    {
                         st.recent.pop_front();
                     }
                 }
@@ -292,8 +358,11 @@ impl Engine {
             let was_silent = st.silent_reported;
             st.last_ms = Some(st.last_ms.map_or(r.ts_ms, |l| l.max(r.ts_ms)));
             st.silent_reported = false;
-            st.data_state = if tr.late { DataState::Late } else { DataState::Fresh };
-            st.late_in_epoch |= tr.late;
+            st.data_state = if tr.late {
+                DataState::Late
+            } else {
+                DataState::Fresh
+            };
             let values = st.rule_values();
             let change = st.tracker.evaluate(values, at, &st.point.thresholds);
             let after = st.silent_after_ms(&self.cadence);
@@ -301,7 +370,17 @@ impl Engine {
             let st = &self.points[&r.point];
             if was_silent {
                 let level = st.tracker.level();
-                out.push(self.transition(st, TransitionKind::Recovered, level, level, at, "reading received".into(), values[0], tr.late));
+                let rule = "reading received".to_string();
+                let cause = Cause {
+                    kind: TransitionKind::Recovered,
+                    from: level,
+                    to: level,
+                    at,
+                    rule,
+                    value: values[0],
+                    late: tr.late,
+                };
+                out.push(self.transition(st, cause));
             }
             if let Some(change) = change {
                 let kind = match (change.from, change.to) {
@@ -311,12 +390,20 @@ impl Engine {
                     _ => TransitionKind::Downgraded,
                 };
                 let (rule, value) = st.describe(&change, &values);
-                out.push(self.transition(st, kind, change.from, change.to, at, rule, value, tr.late));
+                let cause = Cause {
+                    kind,
+                    from: change.from,
+                    to: change.to,
+                    at,
+                    rule,
+                    value,
+                    late: tr.late,
+                };
+                out.push(self.transition(st, cause));
             }
         }
         for id in touched {
             let st = self.points.get_mut(&id).expect("touched point exists");
-            st.late_in_epoch = false;
             let status = st.status(epoch_ms);
             let changed = st.last_status.as_ref().is_none_or(|prev| {
                 let mut p = prev.clone();

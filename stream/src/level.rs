@@ -37,7 +37,12 @@ impl LevelTracker {
 
     /// Judge new values at event time `at`. `values[i]` is what the rule of alert level `i`
     /// looks at (the same depth for all four; a different window total for rain).
-    pub fn evaluate(&mut self, values: [f64; 4], at: Millis, th: &LevelThresholds) -> Option<LevelChange> {
+    pub fn evaluate(
+        &mut self,
+        values: [f64; 4],
+        at: Millis,
+        th: &LevelThresholds,
+    ) -> Option<LevelChange> {
         for (i, level) in Level::ALERTS.iter().enumerate() {
             let t = th.get(*level).expect("alert level");
             if values[i] >= t.raise {
@@ -59,7 +64,12 @@ impl LevelTracker {
         if let Some(to) = up {
             let from = self.level;
             self.level = to;
-            return Some(LevelChange { from, to, by: to, up: true });
+            return Some(LevelChange {
+                from,
+                to,
+                by: to,
+                up: true,
+            });
         }
         let mut down = self.level;
         let mut by = down;
@@ -75,7 +85,12 @@ impl LevelTracker {
         if down < self.level {
             let from = self.level;
             self.level = down;
-            return Some(LevelChange { from, to: down, by, up: false });
+            return Some(LevelChange {
+                from,
+                to: down,
+                by,
+                up: false,
+            });
         }
         None
     }
@@ -116,7 +131,10 @@ mod tests {
         let mut tr = LevelTracker::default();
         let levels = run(&mut tr, &[5.0, 26.0, 24.0, 23.0, 25.5, 21.0, 9.0, 7.0], &t);
         use Level::*;
-        assert_eq!(levels, vec![Normal, Red, Red, Red, Red, Orange, Blue, Normal]);
+        assert_eq!(
+            levels,
+            vec![Normal, Red, Red, Red, Red, Orange, Blue, Normal]
+        );
     }
 
     #[test]

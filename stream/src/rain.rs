@@ -30,7 +30,12 @@ pub struct TooOldForWindows;
 impl RainWindows {
     /// Keep the standard windows plus `extra` (e.g. windows named by thresholds).
     pub fn new(extra: impl IntoIterator<Item = u32>) -> Self {
-        let mut windows: Vec<u32> = STANDARD_WINDOWS_MIN.iter().copied().chain(extra).map(|w| w.clamp(1, MAX_WINDOW_MIN)).collect();
+        let mut windows: Vec<u32> = STANDARD_WINDOWS_MIN
+            .iter()
+            .copied()
+            .chain(extra)
+            .map(|w| w.clamp(1, MAX_WINDOW_MIN))
+            .collect();
         windows.sort_unstable();
         windows.dedup();
         RainWindows {
@@ -100,7 +105,10 @@ impl RainWindows {
 
     /// Total over the last `window_min` minutes, if that window is kept.
     pub fn total(&self, window_min: u32) -> Option<f64> {
-        self.windows.iter().position(|&w| w == window_min).map(|i| self.sums[i])
+        self.windows
+            .iter()
+            .position(|&w| w == window_min)
+            .map(|i| self.sums[i])
     }
 }
 
@@ -148,8 +156,15 @@ mod tests {
             if i % 97 == 0 {
                 let head = (i * M / 2).div_euclid(M);
                 for win in [10u32, 30, 60, 1440] {
-                    let plain: f64 = series.iter().filter(|(t, _)| t.div_euclid(M) > head - win as i64).map(|(_, v)| v).sum();
-                    assert!((w.total(win).unwrap() - plain).abs() < 1e-6, "window {win} at {i}");
+                    let plain: f64 = series
+                        .iter()
+                        .filter(|(t, _)| t.div_euclid(M) > head - win as i64)
+                        .map(|(_, v)| v)
+                        .sum();
+                    assert!(
+                        (w.total(win).unwrap() - plain).abs() < 1e-6,
+                        "window {win} at {i}"
+                    );
                 }
             }
         }

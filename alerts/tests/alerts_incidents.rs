@@ -1,0 +1,245 @@
+//! The incident book from the duty room's side: who is told, when, and what they read.
+
+use floodcmd_alerts::{Effect, IncidentBook};
+use floodcmd_model::config::{PointKind, ResponsibilityLevel};
+use floodcmd_model::event::{
+    Action, ActionKind, AlertTransition, IncidentState, Notification, Problem, TransitionKind,
+};
+use floodcmd_model::{District, Level};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+fn district() -> Arc<District> {
+    Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap())
+}
+
+fn t(
+    point: &str,
+    kind: TransitionKind,
+    from: Level,
+    to: Level,
+    at: i64,
+    value: f64,
+) -> AlertTransition {
+    AlertTransition {
+        point: point.into(),
+        point_kind: PointKind::Underpass,
+        transition: kind,
+        from,
+        to,
+        event_ms: at,
+        processed_ms: at,
+        rule: format!("depth {value} cm >= {to}"),
+        value,
+        rise_cm_per_min: Some(2.1),
+        late: false,
+    }
+}
+
+fn notes(effects: &[Effect]) -> Vec<&Notification> {
+    effects
+        .iter()
+        .filter_map(|e| {
+            if let Effect::Notify(n) = e {
+                Some(n)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn blue_tells_the_point_owners_and_red_tells_all_five_levels_at_once() {
+    let d = district();
+    let mut book = IncidentBook::new(d.clone(), false);
+    let e = book.on_transition(&t(
+        "UP-09",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Blue,
+        1_000,
+        11.0,
+    ));
+    let n = notes(&e);
+    assert_eq!(n.len(), 2, "A and B posts");
+    assert!(n
+        .iter()
+        .all(|x| x.recipient.responsibility == ResponsibilityLevel::PointOwner));
+    let p = d.point("UP-09").unwrap();
+    assert_eq!(n[0].recipient.phone, p.chain.owner_a.phone);
+
+    let e = book.on_transition(&t(
+        "UP-09",
+        TransitionKind::Upgraded,
+        Level::Blue,
+        Level::Red,
+        2_000,
+        32.0,
+    ));
+    let n = notes(&e);
+    let levels: HashSet<ResponsibilityLevel> =
+        n.iter().map(|x| x.recipient.responsibility).collect();
+    assert_eq!(
+        levels.len(),
+        5,
+        "red notifies the whole chain together: {levels:?}"
+    );
+    assert_eq!(n.len(), 6);
+    let text = &n[0].text;
+    assert!(
+        text.starts_with("【新城区防汛】红色预警 解放门下穿 积水32cm ↑2.1cm/分"),
+        "{text}"
+    );
+    assert!(text.ends_with("回复1确认"), "{text}");
+    let keys: HashSet<&str> = n.iter().map(|x| x.key.as_str()).collect();
+    assert_eq!(keys.len(), n.len(), "idempotency keys are unique");
+    assert!(
+        n[0].key.starts_with("UP-09:water:1000/red/"),
+        "{}",
+        n[0].key
+    );
+
+    let open = book.open();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].level, open[0].peak_level),
+        (Level::Red, Level::Red)
+    );
+    assert!(
+        open[0]
+            .timeline
+            .iter()
+            .filter(|x| x.what == "notified")
+            .count()
+            == 8
+    );
+}
+
+#[test]
+fn the_same_transition_twice_notifies_nobody_twice() {
+    let mut book = IncidentBook::new(district(), false);
+    let raise = t(
+        "UP-01",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Red,
+        1_000,
+        30.0,
+    );
+    let first = notes(&book.on_transition(&raise)).len();
+    let again = notes(&book.on_transition(&t(
+        "UP-01",
+        TransitionKind::Upgraded,
+        Level::Red,
+        Level::Red,
+        1_500,
+        31.0,
+    )))
+    .len();
+    assert_eq!(first, 6);
+    assert_eq!(again, 0, "everyone at red was already told");
+}
+
+#[test]
+fn clearing_closes_the_incident_and_silence_opens_maintenance_without_touching_water() {
+    let mut book = IncidentBook::new(district(), false);
+    book.on_transition(&t(
+        "UP-02",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Orange,
+        1_000,
+        21.0,
+    ));
+    let e = book.on_transition(&t(
+        "UP-02",
+        TransitionKind::Silent,
+        Level::Orange,
+        Level::Orange,
+        5_000,
+        0.0,
+    ));
+    let n = notes(&e);
+    assert_eq!(n.len(), 1);
+    assert_eq!(
+        n[0].recipient.responsibility,
+        ResponsibilityLevel::Grid,
+        "maintenance goes to the grid worker"
+    );
+    assert!(n[0].text.contains("设备失联"), "{}", n[0].text);
+    let open = book.open();
+    assert_eq!(open.len(), 2);
+    let water = open.iter().find(|i| i.problem == Problem::Water).unwrap();
+    assert_eq!(
+        water.level,
+        Level::Orange,
+        "silence does not resolve the water incident"
+    );
+    assert_eq!(water.state, IncidentState::Open);
+
+    book.on_transition(&t(
+        "UP-02",
+        TransitionKind::Recovered,
+        Level::Orange,
+        Level::Orange,
+        6_000,
+        19.0,
+    ));
+    let e = book.on_transition(&t(
+        "UP-02",
+        TransitionKind::Cleared,
+        Level::Orange,
+        Level::Normal,
+        9_000,
+        5.0,
+    ));
+    assert!(book.open().is_empty());
+    let closed = e
+        .iter()
+        .find_map(|x| {
+            if let Effect::Incident(i) = x {
+                Some(i)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        (closed.state, closed.closed_at),
+        (IncidentState::Closed, Some(9_000))
+    );
+}
+
+#[test]
+fn actions_are_attributed_in_the_timeline_and_drills_are_marked() {
+    let mut book = IncidentBook::new(district(), true);
+    let e = book.on_transition(&t(
+        "UP-03",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Yellow,
+        1_000,
+        16.0,
+    ));
+    assert!(
+        notes(&e).iter().all(|n| n.drill),
+        "a drill's notifications are marked, never to be sent"
+    );
+    let id = book.open()[0].id.clone();
+    let e = book.on_action(&Action {
+        id: "a1".into(),
+        incident: id,
+        kind: ActionKind::Acknowledge,
+        by: "commander-1".into(),
+        at_ms: 2_000,
+    });
+    let Effect::Incident(inc) = &e[0] else {
+        panic!("incident update expected")
+    };
+    let last = inc.timeline.last().unwrap();
+    assert_eq!(
+        (last.what.as_str(), last.by.as_deref()),
+        ("acknowledged", Some("commander-1"))
+    );
+}

@@ -1,0 +1,240 @@
+//! The gateway from a device's side: formats, rejects with reasons, size limits, and what
+//! lands on the bus.
+
+use floodcmd_bus::EmbeddedBus;
+use floodcmd_ingest::validate::TimeLimits;
+use floodcmd_ingest::{Gateway, GatewayConfig};
+use floodcmd_model::bus::{Assignment, Bus};
+use floodcmd_model::codec::decode;
+use floodcmd_model::event::{Reject, RejectReason};
+use floodcmd_model::time::{Clock, ManualClock};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::{District, Reading};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NOW: i64 = 1_783_000_000_000;
+
+struct Rig {
+    url: String,
+    bus: EmbeddedBus,
+    topics: Topics,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn rig(max_body_bytes: u64) -> Rig {
+    let district =
+        Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap());
+    let bus = EmbeddedBus::new(1024);
+    let topics = Topics::new("t");
+    for t in topics.all() {
+        bus.ensure_topic(&t, 2).await.unwrap();
+    }
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+    let gw = Arc::new(Gateway::new(
+        district,
+        bus.producer(),
+        topics.clone(),
+        clock,
+        GatewayConfig {
+            max_body_bytes,
+            limits: TimeLimits {
+                max_future_ms: 300_000,
+                retention_ms: 72 * 3_600_000,
+            },
+        },
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, _h) = gw
+        .serve(([127, 0, 0, 1], 0).into(), async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    Rig {
+        url: format!("http://{addr}/v1/readings"),
+        bus,
+        topics,
+        _stop: tx,
+    }
+}
+
+async fn drain<T: serde::de::DeserializeOwned>(bus: &EmbeddedBus, topic: &str) -> Vec<T> {
+    let mut c = bus.consumer("test", topic, Assignment::All).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = c.poll(1000, Duration::from_millis(100)).await.unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch.iter().map(|r| decode::<T>(&r.payload).unwrap()));
+    }
+}
+
+async fn post(url: &str, ct: &str, body: String) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn one_object_an_array_and_ndjson_all_land_on_the_readings_topic() {
+    let r = rig(1 << 20).await;
+    let (s, v) = post(
+        &r.url,
+        "application/json",
+        format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":12.5,"seq":1}}"#),
+    )
+    .await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(1)));
+    let (s, v) = post(
+        &r.url,
+        "application/json",
+        format!(r#"[{{"sensor":"WL-UP-02","ts":"2026-07-02T08:00:00+08:00","value":3}}, {{"sensor":"RN-RG-01","ts":{NOW},"value":0.5}}]"#),
+    )
+    .await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(2)), "{v}");
+    let nd = format!("{{\"sensor\":\"WL-UP-01\",\"ts\":{},\"value\":13.0,\"seq\":2}}\n{{\"sensor\":\"WL-UP-01\",\"ts\":{},\"value\":14.0,\"seq\":3}}\n", NOW + 1000, NOW + 2000);
+    let (s, v) = post(&r.url, "application/x-ndjson", nd).await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(2)));
+
+    let readings: Vec<Reading> = drain(&r.bus, &r.topics.readings()).await;
+    assert_eq!(readings.len(), 5);
+    let up01: Vec<f64> = readings
+        .iter()
+        .filter(|x| x.sensor == "WL-UP-01")
+        .map(|x| x.value)
+        .collect();
+    assert_eq!(
+        up01,
+        vec![12.5, 13.0, 14.0],
+        "one sensor's readings keep their order"
+    );
+    let rfc = readings.iter().find(|x| x.sensor == "WL-UP-02").unwrap();
+    assert_eq!(
+        rfc.ts_ms, 1_782_950_400_000,
+        "RFC 3339 with an offset is converted to UTC ms"
+    );
+    assert_eq!(rfc.point, "UP-02");
+}
+
+#[tokio::test]
+async fn each_bad_record_is_rejected_alone_with_its_reason() {
+    let r = rig(1 << 20).await;
+    let lines = [
+        format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":10.0,"seq":7}}"#),
+        format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":"NaN","seq":8}}"#),
+        format!(r#"{{"sensor":"NO-SUCH","ts":{NOW},"value":1.0}}"#),
+        format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":99999.0}}"#),
+        format!(
+            r#"{{"sensor":"WL-UP-01","ts":{},"value":1.0}}"#,
+            NOW + 3_600_000
+        ),
+        format!(
+            r#"{{"sensor":"WL-UP-01","ts":{},"value":1.0}}"#,
+            NOW - 100 * 3_600_000
+        ),
+        format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":11.0,"seq":7}}"#),
+        r#"{"sensor":"WL-UP-01","ts":1,"value":NaN}"#.to_string(),
+        r#"{"sensor":"WL-UP-01","value":1}"#.to_string(),
+        format!(r#"{{"sensor":"RN-RG-01","ts":{NOW},"value":-3}}"#),
+    ];
+    let (s, v) = post(&r.url, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["accepted"], 1);
+    assert_eq!(v["rejected"], 9);
+    let reasons: Vec<(u64, String)> = v["rejects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["index"].as_u64().unwrap(),
+                x["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        (1, "not_a_number"),
+        (2, "unknown_sensor"),
+        (3, "out_of_range"),
+        (4, "future_timestamp"),
+        (5, "too_old"),
+        (6, "duplicate_sequence"),
+        (7, "malformed"),
+        (8, "missing_field"),
+        (9, "out_of_range"),
+    ];
+    assert_eq!(
+        reasons,
+        want.iter()
+            .map(|(i, r)| (*i, r.to_string()))
+            .collect::<Vec<_>>()
+    );
+
+    let rejects: Vec<Reject> = drain(&r.bus, &r.topics.rejects()).await;
+    assert_eq!(rejects.len(), 9, "every reject is kept as a dead letter");
+    let nan = rejects
+        .iter()
+        .find(|x| x.reason == RejectReason::NotANumber)
+        .unwrap();
+    assert!(
+        nan.raw.contains("\"NaN\""),
+        "the dead letter keeps the original bytes: {}",
+        nan.raw
+    );
+    assert_eq!(nan.index, Some(1));
+    assert_eq!(nan.sensor.as_deref(), Some("WL-UP-01"));
+    let unknown = rejects
+        .iter()
+        .find(|x| x.reason == RejectReason::UnknownSensor)
+        .unwrap();
+    assert!(unknown.detail.contains("NO-SUCH"), "{}", unknown.detail);
+    let readings: Vec<Reading> = drain(&r.bus, &r.topics.readings()).await;
+    assert_eq!(readings.len(), 1, "the good neighbour still went through");
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413_and_a_dead_letter() {
+    let r = rig(2048).await;
+    let one = format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":1.0}}"#);
+    let body = vec![one; 100].join("\n");
+    let (s, v) = post(&r.url, "application/x-ndjson", body).await;
+    assert_eq!(s, 413);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the limit of 2048 bytes"),
+        "{v}"
+    );
+    let rejects: Vec<Reject> = drain(&r.bus, &r.topics.rejects()).await;
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].reason, RejectReason::TooLarge);
+    let readings: Vec<Reading> = drain(&r.bus, &r.topics.readings()).await;
+    assert!(
+        readings.is_empty(),
+        "nothing of a refused body is half-accepted"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_one_malformed_reject_and_a_400() {
+    let r = rig(1 << 20).await;
+    let (s, v) = post(&r.url, "application/json", "[{\"sensor\": ".to_string()).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["rejects"][0]["reason"], "malformed");
+    assert!(
+        v["rejects"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON array"),
+        "{v}"
+    );
+}
