@@ -27,7 +27,8 @@ from pathlib import Path
 
 # ---------------------------------------------------------------------------------------------
 # Defaults: copied from model/src/config.rs (LevelThresholds::*_default, Cadence::default,
-# Escalation::default). Keep in sync by hand.
+# QualityControl, RainIntensityRule, Flapping and Rise defaults, Escalation::default). Keep in
+# sync by hand.
 # ---------------------------------------------------------------------------------------------
 
 LOW_SRC = "domain notes default (城市内涝 10-25 cm scale; Shanghai 25 cm no-passage)"
@@ -57,6 +58,45 @@ CADENCE = [
     ("rain_normal_s", 300),
     ("rain_storm_s", 60),
     ("silent_after_missed", 3),
+]
+# Quality control, the short-duration heavy rain rule, flap detection and rate of rise: the
+# Rust defaults of QualityControl, RainIntensityRule, Flapping and Rise. Values are TOML literals
+# (str goes through s(), float through f(), int as is).
+EXTRA_DEFAULTS = [
+    ("qc", [
+        ("spike_cm", 15.0),
+        ("median_of", 5),
+        ("max_rate_cm_per_min", 10.0),
+        ("stuck_after_s", 1800),
+        ("stuck_after_readings", 10),
+        ("rain_max_mm_h", 200.0),
+        ("rain_min_interval_s", 60),
+        ("source", "floodcmd defaults: median of 5 as FloodNet sensors do; 15 cm spike, "
+                   "10 cm/min rate, stuck = same value ≥ 30 min and ≥ 10 readings; rain cap "
+                   "200 mm/h (mainland hourly record 201.9 mm, Zhengzhou 2021-07-20; Houston "
+                   "gauge 520's 100.6 mm in 5 min during Harvey was a fault)"),
+    ]),
+    ("rain_intensity", [
+        ("window_min", 60),
+        ("mm", 20.0),
+        ("reset", 16.0),
+        ("level", "blue"),
+        ("source", "短时强降水 ≥ 20 mm/h (operational convention, domain notes); reset at 80 % "
+                   "like the rainstorm signal rules here"),
+    ]),
+    ("flapping", [
+        ("history", 21),
+        ("low", 0.25),
+        ("high", 0.5),
+        ("source", "Kapacitor flap detection: history 21, low 0.25, high 0.5 (domain notes)"),
+    ]),
+    ("rise", [
+        ("window_min", 10),
+        ("min_cm_per_min", 0.1),
+        ("horizon_min", 60),
+        ("source", "floodcmd defaults: 10 min least squares; below 0.1 cm/min or beyond 60 min "
+                   "a prediction is noise"),
+    ]),
 ]
 ESCALATION = [
     ("blue", ["point_owner"]),
@@ -410,6 +450,14 @@ def f(v: float) -> str:
     return repr(float(v))
 
 
+def toml_value(v) -> str:
+    if isinstance(v, str):
+        return s(v)
+    if isinstance(v, float):
+        return f(v)
+    return str(v)
+
+
 def threshold_lines(header: str, level: str, raise_: float, reset: float, hold: int, window, src: str) -> list[str]:
     out = [f"[{header}.{level}]", f"raise = {f(raise_)}", f"reset = {f(reset)}", f"hold_s = {hold}"]
     if window is not None:
@@ -454,6 +502,9 @@ def render(d: dict) -> str:
             L += threshold_lines(f"defaults.{kind}", level, raise_, reset, hold, window, src) + [""]
     L.append("[defaults.cadence]")
     L += [f"{k} = {v}" for k, v in CADENCE] + [""]
+    for section, fields in EXTRA_DEFAULTS:
+        L.append(f"[defaults.{section}]")
+        L += [f"{k} = {toml_value(v)}" for k, v in fields] + [""]
 
     L.append("# Who is told at once per level (the Rust default).")
     L.append("[escalation]")

@@ -1,13 +1,19 @@
 //! The `floodcmd` command line.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use floodcmd::pipeline::{Pipeline, PipelineOptions};
+use floodcmd::stages::{self, StageContext};
+use floodcmd_model::settings::Settings;
+use floodcmd_model::time::{Clock, SystemClock};
+use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
-use floodcmd_sim::FaultConfig;
+use floodcmd_sim::{run_sim, synthetic_district, FaultConfig, SimConfig, SimReport, Target};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +24,32 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options every stage command takes.
+#[derive(clap::Args, Clone)]
+struct StageArgs {
+    /// Settings file (TOML; `FLOODCMD_<SECTION>_<FIELD>` variables override it).
+    #[arg(long, default_value = "config/floodcmd.toml")]
+    config: PathBuf,
+    /// Kafka bootstrap servers; overrides the settings and forces the Kafka bus.
+    #[arg(long)]
+    kafka: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchScenario {
+    /// Raw librdkafka produce and consume of our record size.
+    KafkaCeiling,
+    /// The HTTP gateway writing to Kafka, beside the raw ceiling of the same run.
+    Gateway,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SimTarget {
+    Http,
+    Mqtt,
+    Kafka,
 }
 
 #[derive(Subcommand)]
@@ -38,10 +70,93 @@ enum Command {
         duration: Option<u64>,
         /// District file (the sample 新城区 compiled into the binary without it).
         #[arg(long)]
-        district: Option<PathBuf>,
+        district: Option<String>,
         /// Fraction of readings the simulated devices send as "NaN" (a failed probe).
         #[arg(long, default_value_t = 0.002)]
         nan_rate: f64,
+    },
+    /// Run every stage (ingest, stream, alerts, dashboard) in this process against the bus
+    /// the settings name (Kafka with --kafka).
+    Run(StageArgs),
+    /// Run the ingest gateway (HTTP, and MQTT when ingest.mqtt is set).
+    Ingest(StageArgs),
+    /// Run the stream stage (timely dataflow).
+    Stream(StageArgs),
+    /// Run the alerts stage.
+    Alerts(StageArgs),
+    /// Run the command wall.
+    Dashboard(StageArgs),
+    /// Simulated sensors as a load and fault source.
+    Sim {
+        #[command(flatten)]
+        stage: StageArgs,
+        /// Where the readings go: the HTTP gateway, the MQTT broker, or straight to Kafka.
+        #[arg(long, value_enum, default_value = "http")]
+        target: SimTarget,
+        /// Gateway URL (http target); defaults to the settings' ingest.listen.
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token (http target).
+        #[arg(long, env = "FLOODCMD_SIM_TOKEN")]
+        token: Option<String>,
+        /// Use a synthetic district of this many depth sensors (the settings' district without it).
+        #[arg(long)]
+        sensors: Option<usize>,
+        /// Readings per second, over all sensors.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Simulated seconds per real second (the storm's clock).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Fraction of readings dropped.
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f64,
+        /// Fraction of depth readings with a 40 cm spike.
+        #[arg(long, default_value_t = 0.0)]
+        spikes: f64,
+        /// Chance per report that a depth sensor freezes for 30 reports.
+        #[arg(long, default_value_t = 0.0)]
+        stuck: f64,
+        /// Clock skew per sensor, up to this many seconds either way.
+        #[arg(long, default_value_t = 0.0)]
+        skew: f64,
+        /// Fraction of readings sent twice.
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Shuffle readings within each delivery.
+        #[arg(long)]
+        reorder: bool,
+        /// Fraction of readings sent as "NaN".
+        #[arg(long, default_value_t = 0.0)]
+        nan: f64,
+        /// RNG seed.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Measure: `kafka-ceiling` (raw librdkafka) or `gateway` (HTTP ingest → Kafka). Writes
+    /// JSON and Markdown to --out and prints the table.
+    Bench {
+        /// The scenario.
+        #[arg(value_enum)]
+        scenario: BenchScenario,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "FLOODCMD_KAFKA", default_value = "127.0.0.1:19092")]
+        kafka: String,
+        /// Records (readings) to send.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Readings per HTTP request (gateway).
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Concurrent HTTP clients (gateway).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Where the JSON and Markdown go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
     },
     /// Check a district file (or a settings file); list every problem with its field path.
     CheckConfig {
@@ -50,11 +165,19 @@ enum Command {
     },
 }
 
-fn load_district(path: Option<&PathBuf>) -> Result<Arc<District>> {
-    let (name, text) = match path {
+fn load_district(spec: Option<&str>) -> Result<Arc<District>> {
+    let (name, text) = match spec {
+        Some(s) if s.starts_with("synthetic:") => {
+            let n: usize = s["synthetic:".len()..]
+                .parse()
+                .with_context(|| format!("{s}: synthetic:N needs a number"))?;
+            return District::from_file(synthetic_district(n))
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("{s}: {e}"));
+        }
         Some(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("reading {p}"))?,
         ),
         None => (
             "built-in xincheng.toml".to_string(),
@@ -66,6 +189,13 @@ fn load_district(path: Option<&PathBuf>) -> Result<Arc<District>> {
         .map_err(|e| anyhow::anyhow!("{name} is not a valid district:\n{e}"))
 }
 
+fn load_settings(path: &PathBuf) -> Result<Settings> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Settings::load(&text, std::env::vars())
+        .map_err(|e| anyhow::anyhow!("{} is not valid:\n{e}", path.display()))
+}
+
 fn check_config(file: &PathBuf) -> Result<bool> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -73,39 +203,27 @@ fn check_config(file: &PathBuf) -> Result<bool> {
         .parse::<toml::Table>()
         .map(|t| t.contains_key("points"))
         .unwrap_or(true);
-    if is_district {
-        match District::from_toml_str(&text) {
-            Ok(d) => {
-                println!("{}: ok: {}", file.display(), d.summary());
-                Ok(true)
-            }
-            Err(errors) => {
-                eprintln!("{}: {} problem(s):", file.display(), errors.0.len());
-                for p in &errors.0 {
-                    eprintln!("  {p}");
-                }
-                Ok(false)
-            }
-        }
+    let result = if is_district {
+        District::from_toml_str(&text).map(|d| d.summary())
     } else {
-        match floodcmd_model::settings::Settings::load(&text, std::env::vars()) {
-            Ok(s) => {
-                println!(
-                    "{}: ok: settings (bus {:?}, prefix {}, {} stream workers)",
-                    file.display(),
-                    s.bus.kind,
-                    s.bus.prefix,
-                    s.stream.workers
-                );
-                Ok(true)
+        Settings::load(&text, std::env::vars()).map(|s| {
+            format!(
+                "settings (bus {:?}, prefix {}, {} stream workers)",
+                s.bus.kind, s.bus.prefix, s.stream.workers
+            )
+        })
+    };
+    match result {
+        Ok(summary) => {
+            println!("{}: ok: {summary}", file.display());
+            Ok(true)
+        }
+        Err(errors) => {
+            eprintln!("{}: {} problem(s):", file.display(), errors.0.len());
+            for p in &errors.0 {
+                eprintln!("  {p}");
             }
-            Err(errors) => {
-                eprintln!("{}: {} problem(s):", file.display(), errors.0.len());
-                for p in &errors.0 {
-                    eprintln!("  {p}");
-                }
-                Ok(false)
-            }
+            Ok(false)
         }
     }
 }
@@ -115,7 +233,7 @@ async fn demo(
     bind: std::net::IpAddr,
     speed: f64,
     duration: Option<u64>,
-    district: Option<PathBuf>,
+    district: Option<String>,
     nan_rate: f64,
 ) -> Result<()> {
     anyhow::ensure!(
@@ -126,14 +244,14 @@ async fn demo(
         (0.0..=1.0).contains(&nan_rate),
         "--nan-rate must be a fraction from 0 to 1, got {nan_rate}"
     );
-    let district = load_district(district.as_ref())?;
+    let district = load_district(district.as_deref())?;
     let mut opts = PipelineOptions::new(district.clone());
     opts.dashboard = (bind, port).into();
     opts.speed = speed;
     opts.simulate = true;
     opts.faults = FaultConfig {
         nan_rate,
-        future_rate: 0.0,
+        ..FaultConfig::default()
     };
     let pipeline = Pipeline::start(opts)
         .await
@@ -147,17 +265,8 @@ async fn demo(
         "ingest gateway: http://{}/v1/readings",
         pipeline.ingest_addr
     );
-    let wait = async {
-        match duration {
-            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    };
-    wait.await;
+    wait_for_end(duration).await;
     let r = &pipeline.sim_report;
-    use std::sync::atomic::Ordering::Relaxed;
     println!(
         "stopping: {} readings generated, {} accepted, {} rejected",
         r.generated.load(Relaxed),
@@ -165,6 +274,265 @@ async fn demo(
         r.rejected.load(Relaxed)
     );
     pipeline.stop().await;
+    Ok(())
+}
+
+async fn wait_for_end(duration: Option<u64>) {
+    match duration {
+        Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+        None => {
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Which {
+    All,
+    Ingest,
+    Stream,
+    Alerts,
+    Dashboard,
+}
+
+async fn stage(which: Which, args: StageArgs) -> Result<()> {
+    let settings = load_settings(&args.config)?;
+    let district = load_district(Some(&settings.district.file))?;
+    let topics = Topics::new(settings.bus.prefix.clone());
+    let connected = stages::connect_bus(&settings.bus, args.kafka.as_deref(), &topics)
+        .await
+        .context("connecting to the bus")?;
+    let (shutdown, rx) = watch::channel(false);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let ctx = StageContext {
+        bus: connected.bus,
+        district,
+        clock,
+        topics,
+        shutdown: rx,
+    };
+    let mut tasks = Vec::new();
+    let mut stream = None;
+    if matches!(which, Which::All | Which::Dashboard) {
+        let listen = settings
+            .dashboard
+            .listen
+            .parse()
+            .context("dashboard.listen")?;
+        let (addr, h) = stages::start_dashboard(&ctx, listen, &settings.dashboard.group).await?;
+        println!("command wall:   http://{addr}/");
+        tasks.push(h);
+    }
+    if matches!(which, Which::All | Which::Alerts) {
+        tasks.push(stages::start_alerts(&ctx, settings.alerts.drill));
+        println!(
+            "alerts stage running{}",
+            if settings.alerts.drill {
+                " (drill: nothing is sent)"
+            } else {
+                ""
+            }
+        );
+    }
+    if matches!(which, Which::All | Which::Stream) {
+        let rebuild =
+            (settings.stream.rebuild_h > 0).then_some(settings.stream.rebuild_h as i64 * 3_600_000);
+        stream = Some(
+            stages::start_stream(
+                &ctx,
+                settings.stream.workers,
+                settings.stream.lateness_s as i64 * 1000,
+                rebuild,
+            )
+            .await?,
+        );
+        println!(
+            "stream stage running with {} workers",
+            settings.stream.workers
+        );
+    }
+    if matches!(which, Which::All | Which::Ingest) {
+        let listen = settings.ingest.listen.parse().context("ingest.listen")?;
+        let access = stages::access_from(&settings.ingest, &ctx.district)?;
+        let (addr, hs) = stages::start_ingest(&ctx, &settings.ingest, listen, access).await?;
+        println!("ingest gateway: http://{addr}/v1/readings");
+        if !settings.ingest.mqtt.is_empty() {
+            println!(
+                "ingest MQTT:    {} {}/#",
+                settings.ingest.mqtt, settings.ingest.mqtt_prefix
+            );
+        }
+        tasks.extend(hs);
+    }
+    wait_for_end(None).await;
+    let _ = shutdown.send(true);
+    if let Some(s) = stream {
+        s.stop();
+        let _ = tokio::task::spawn_blocking(move || s.join()).await;
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sim(cmd: Command) -> Result<()> {
+    let Command::Sim {
+        stage,
+        target,
+        url,
+        token,
+        sensors,
+        rate,
+        duration,
+        speed,
+        dropout,
+        spikes,
+        stuck,
+        skew,
+        duplicates,
+        reorder,
+        nan,
+        seed,
+    } = cmd
+    else {
+        unreachable!("called with the sim command")
+    };
+    anyhow::ensure!(
+        rate > 0.0 && rate.is_finite(),
+        "--rate must be positive, got {rate}"
+    );
+    let settings = load_settings(&stage.config)?;
+    let district = match sensors {
+        Some(n) => load_district(Some(&format!("synthetic:{n}")))?,
+        None => load_district(Some(&settings.district.file))?,
+    };
+    let n = district.sensors().count() as f64;
+    let interval_ms = ((n / rate) * 1000.0 * speed).max(1.0) as i64;
+    let topics = Topics::new(settings.bus.prefix.clone());
+    let target = match target {
+        SimTarget::Http => Target::Http {
+            url: url.unwrap_or_else(|| format!("http://{}", settings.ingest.listen)),
+            token,
+        },
+        SimTarget::Mqtt => {
+            let (host, port) = settings
+                .ingest
+                .mqtt
+                .rsplit_once(':')
+                .unwrap_or(("127.0.0.1", "18830"));
+            Target::Mqtt {
+                host: host.into(),
+                port: port.parse().context("ingest.mqtt port")?,
+                prefix: settings.ingest.mqtt_prefix.clone(),
+                device: "sim".into(),
+            }
+        }
+        SimTarget::Kafka => {
+            let connected = stages::connect_bus(
+                &settings.bus,
+                Some(stage.kafka.as_deref().unwrap_or(&settings.bus.bootstrap)),
+                &topics,
+            )
+            .await?;
+            Target::Bus {
+                producer: connected.bus.producer(),
+                topics,
+            }
+        }
+    };
+    let clock: Arc<dyn Clock> = if speed == 1.0 {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(floodcmd_model::time::ScaledClock::new(
+            SystemClock.now_ms(),
+            speed,
+        ))
+    };
+    let faults = FaultConfig {
+        nan_rate: nan,
+        dropout_rate: dropout,
+        spike_rate: spikes,
+        stuck_rate: stuck,
+        skew_s: skew,
+        duplicate_rate: duplicates,
+        reorder,
+        ..FaultConfig::default()
+    };
+    let report = Arc::new(SimReport::default());
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(run_sim(
+        district.clone(),
+        clock,
+        SimConfig {
+            target,
+            seed,
+            faults,
+            interval_ms,
+            tick: Duration::from_millis(100),
+        },
+        report.clone(),
+        rx,
+    ));
+    eprintln!(
+        "sim: {} sensors, one reading each {} ms of storm time, for {duration} s",
+        n, interval_ms
+    );
+    tokio::time::sleep(Duration::from_secs(duration)).await;
+    let _ = tx.send(true);
+    let _ = task.await;
+    println!(
+        "sim: {} generated, {} accepted, {} rejected, {} failed deliveries",
+        report.generated.load(Relaxed),
+        report.accepted.load(Relaxed),
+        report.rejected.load(Relaxed),
+        report.failed_posts.load(Relaxed)
+    );
+    Ok(())
+}
+
+async fn bench(
+    scenario: BenchScenario,
+    kafka: String,
+    records: u64,
+    batch: usize,
+    clients: usize,
+    out: PathBuf,
+) -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = match scenario {
+        BenchScenario::KafkaCeiling => {
+            let k = kafka.clone();
+            tokio::task::spawn_blocking(move || {
+                floodcmd_benches::kafka::ceiling(&k, records, &command)
+            })
+            .await??
+            .0
+        }
+        BenchScenario::Gateway => {
+            floodcmd_benches::gateway::throughput(&kafka, records, batch, clients, &command).await?
+        }
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let stem = out.join(&report.scenario);
+    std::fs::write(
+        stem.with_extension("json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(stem.with_extension("md"), report.markdown())?;
+    println!("{}", report.markdown());
     Ok(())
 }
 
@@ -177,6 +545,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::CheckConfig { file } => {
             if !check_config(&file)? {
@@ -191,11 +564,20 @@ fn main() -> Result<()> {
             duration,
             district,
             nan_rate,
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(demo(port, bind, speed, duration, district, nan_rate))
-        }
+        } => rt()?.block_on(demo(port, bind, speed, duration, district, nan_rate)),
+        Command::Run(a) => rt()?.block_on(stage(Which::All, a)),
+        Command::Ingest(a) => rt()?.block_on(stage(Which::Ingest, a)),
+        Command::Stream(a) => rt()?.block_on(stage(Which::Stream, a)),
+        Command::Alerts(a) => rt()?.block_on(stage(Which::Alerts, a)),
+        Command::Dashboard(a) => rt()?.block_on(stage(Which::Dashboard, a)),
+        cmd @ Command::Sim { .. } => rt()?.block_on(sim(cmd)),
+        Command::Bench {
+            scenario,
+            kafka,
+            records,
+            batch,
+            clients,
+            out,
+        } => rt()?.block_on(bench(scenario, kafka, records, batch, clients, out)),
     }
 }

@@ -1,17 +1,17 @@
 //! Every stage in one process on the embedded bus: sensors-sim → ingest → stream → alerts →
-//! dashboard. Each stage talks only to the bus; this module only starts and stops them.
+//! dashboard (`floodcmd demo`). Each stage talks only to the bus; this module only starts and
+//! stops them, through [`crate::stages`].
 
-use floodcmd_alerts::{run_alerts, AlertsConfig};
+use crate::stages::{self, StageContext, StageError};
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_dashboard::{serve, DashboardConfig};
-use floodcmd_ingest::validate::TimeLimits;
-use floodcmd_ingest::{Gateway, GatewayConfig};
-use floodcmd_model::bus::Bus;
+use floodcmd_ingest::auth::{Device, DeviceRegistry};
+use floodcmd_ingest::Access;
+use floodcmd_model::settings::{BusSettings, IngestSettings};
 use floodcmd_model::time::{Clock, Millis, ScaledClock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
-use floodcmd_sim::{run_sim, FaultConfig, SimConfig, SimReport};
-use floodcmd_stream::{run_stream, StreamConfig, StreamHandle, Watermark};
+use floodcmd_sim::{run_sim, FaultConfig, SimConfig, SimReport, Target};
+use floodcmd_stream::StreamHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,23 +61,6 @@ impl PipelineOptions {
     }
 }
 
-/// Errors starting the pipeline.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// The bus failed.
-    #[error("bus: {0}")]
-    Bus(#[from] floodcmd_model::bus::BusError),
-    /// The stream stage failed to start.
-    #[error("stream: {0}")]
-    Stream(#[from] floodcmd_stream::dataflow::StreamError),
-    /// The dashboard failed to start.
-    #[error("dashboard: {0}")]
-    Dashboard(#[from] floodcmd_dashboard::server::DashboardError),
-    /// The gateway could not listen.
-    #[error("ingest gateway: {0}")]
-    Ingest(#[from] std::io::Error),
-}
-
 /// A running pipeline.
 pub struct Pipeline {
     /// Where the command wall is.
@@ -92,6 +75,8 @@ pub struct Pipeline {
     pub clock: Arc<dyn Clock>,
     /// What the simulator did.
     pub sim_report: Arc<SimReport>,
+    /// The bearer token the gateway accepts from the simulated devices.
+    pub device_token: String,
     shutdown: watch::Sender<bool>,
     stream: Option<StreamHandle>,
     tasks: Vec<JoinHandle<()>>,
@@ -99,89 +84,53 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Start every stage.
-    pub async fn start(opts: PipelineOptions) -> Result<Pipeline, PipelineError> {
+    pub async fn start(opts: PipelineOptions) -> Result<Pipeline, StageError> {
         let topics = Topics::default();
-        let bus = EmbeddedBus::new(opts.capacity);
-        for t in topics.all() {
-            bus.ensure_topic(&t, opts.partitions).await?;
-        }
-        let dyn_bus: Arc<dyn Bus> = Arc::new(bus.clone());
+        let bus_settings = BusSettings {
+            partitions: opts.partitions,
+            capacity: opts.capacity,
+            ..BusSettings::default()
+        };
+        let connected = stages::connect_bus(&bus_settings, None, &topics).await?;
+        let bus = connected
+            .embedded
+            .expect("the default bus settings name the embedded bus");
         let clock: Arc<dyn Clock> = if (opts.speed - 1.0).abs() < f64::EPSILON {
             Arc::new(SystemClock)
         } else {
             Arc::new(ScaledClock::new(SystemClock.now_ms(), opts.speed))
         };
         let (shutdown, rx) = watch::channel(false);
+        let ctx = StageContext {
+            bus: connected.bus,
+            district: opts.district.clone(),
+            clock: clock.clone(),
+            topics: topics.clone(),
+            shutdown: rx.clone(),
+        };
         let mut tasks = Vec::new();
 
         // Dashboard first, so the wall sees everything from the first reading on.
-        let (dashboard_addr, h) = serve(
-            dyn_bus.clone(),
-            opts.district.clone(),
-            clock.clone(),
-            DashboardConfig {
-                listen: opts.dashboard,
-                topics: topics.clone(),
-                group: "dashboard".into(),
-            },
-            rx.clone(),
-        )
-        .await?;
+        let (dashboard_addr, h) =
+            stages::start_dashboard(&ctx, opts.dashboard, "dashboard").await?;
         tasks.push(h);
-
-        let alerts_fut = run_alerts(
-            dyn_bus.clone(),
-            opts.district.clone(),
-            clock.clone(),
-            AlertsConfig {
-                topics: topics.clone(),
-                group: "alerts".into(),
-                drill: false,
-            },
-            rx.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = alerts_fut.await {
-                tracing::error!(error = %e, "alerts stage stopped");
-            }
-        }));
-
+        tasks.push(stages::start_alerts(&ctx, false));
         // Half a real second of delivery delay is on time, whatever the speed.
         let lateness_ms: Millis = ((opts.speed * 500.0) as Millis).max(10_000);
-        let stream = run_stream(
-            dyn_bus.clone(),
-            opts.district.clone(),
-            clock.clone(),
-            StreamConfig {
-                workers: opts.workers,
-                lateness_ms,
-                topics: topics.clone(),
-                group: "stream".into(),
-                watermark: Watermark::Clock(clock.clone()),
-            },
+        let stream = stages::start_stream(&ctx, opts.workers, lateness_ms, None).await?;
+
+        // The simulator is one vendor gateway relaying every sensor, with its own token.
+        let sim_token = format!("sim-{}", opts.seed);
+        let mut devices = DeviceRegistry::default();
+        devices.insert(&sim_token, Device::any("simulated-vendor-gateway"));
+        let (ingest_addr, hs) = stages::start_ingest(
+            &ctx,
+            &IngestSettings::default(),
+            opts.ingest,
+            Access::Devices(devices),
         )
         .await?;
-
-        let gateway = Arc::new(Gateway::new(
-            opts.district.clone(),
-            dyn_bus.producer(),
-            topics.clone(),
-            clock.clone(),
-            GatewayConfig {
-                max_body_bytes: 8 * 1024 * 1024,
-                limits: TimeLimits {
-                    max_future_ms: 300_000,
-                    retention_ms: 72 * 3_600_000,
-                },
-            },
-        ));
-        let mut stop = rx.clone();
-        let (ingest_addr, h) = gateway
-            .serve(opts.ingest, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await?;
-        tasks.push(h);
+        tasks.extend(hs);
 
         let sim_report = Arc::new(SimReport::default());
         if opts.simulate {
@@ -189,10 +138,13 @@ impl Pipeline {
                 opts.district.clone(),
                 clock.clone(),
                 SimConfig {
-                    target: format!("http://{ingest_addr}"),
+                    target: Target::Http {
+                        url: format!("http://{ingest_addr}"),
+                        token: Some(sim_token.clone()),
+                    },
                     seed: opts.seed,
                     faults: opts.faults.clone(),
-                    interval_s: 60,
+                    interval_ms: 60_000,
                     tick: Duration::from_millis(100),
                 },
                 sim_report.clone(),
@@ -207,6 +159,7 @@ impl Pipeline {
             topics,
             clock,
             sim_report,
+            device_token: sim_token,
             shutdown,
             stream: Some(stream),
             tasks,

@@ -35,7 +35,7 @@ async fn the_storm_raises_a_red_underpass_on_the_wall_and_bad_readings_are_dead_
     let district = Arc::new(District::from_toml_str(floodcmd::XINCHENG_TOML).unwrap());
     let mut opts = PipelineOptions::new(district.clone());
     opts.simulate = true;
-    opts.speed = 120.0;
+    opts.speed = 60.0; // the demo's default
     let p = Pipeline::start(opts).await.unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{}", p.dashboard_addr);
@@ -125,6 +125,7 @@ async fn the_storm_raises_a_red_underpass_on_the_wall_and_bad_readings_are_dead_
     let now = p.clock.now_ms();
     let resp = http
         .post(format!("http://{}/v1/readings", p.ingest_addr))
+        .bearer_auth(&p.device_token)
         .header("content-type", "application/json")
         .body(format!(
             r#"{{"sensor":"WL-UP-01","ts":{now},"value":"NaN","seq":999999}}"#

@@ -5,6 +5,11 @@
 //! maintenance incident and never touches the water incident's level: silence is not "all
 //! clear". Each notification carries an idempotency key `<incident>/<step>/<person>`, and the
 //! book never emits the same key twice.
+//!
+//! A flapping point (the stream marks its transitions `flapping`) still has every move on the
+//! record, but its people are not told again and again: while it flaps, a raise reopens the
+//! point's last closed water incident instead of opening a new one, and people are notified
+//! only when the incident reaches a level above its peak so far.
 
 use crate::message;
 use floodcmd_model::config::ResponsibilityLevel;
@@ -32,8 +37,10 @@ pub struct IncidentBook {
     drill: bool,
     /// Open incidents by (point, problem).
     open: BTreeMap<(String, ProblemKey), Incident>,
-    /// Every incident by id, for actions (closed ones too, bounded by `closed_kept`).
+    /// Idempotency keys already notified.
     notified: HashSet<String>,
+    /// The last closed water incident of each point: a flapping point's next raise reopens it.
+    last_closed_water: BTreeMap<String, Incident>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +57,7 @@ impl IncidentBook {
             drill,
             open: BTreeMap::new(),
             notified: HashSet::new(),
+            last_closed_water: BTreeMap::new(),
         }
     }
 
@@ -132,19 +140,42 @@ impl IncidentBook {
         match t.transition {
             TransitionKind::Raised | TransitionKind::Upgraded => {
                 let key = (t.point.clone(), ProblemKey::Water);
-                let mut inc = self.open.remove(&key).unwrap_or_else(|| Incident {
-                    id: format!("{}:water:{}", t.point, t.event_ms),
-                    point_id: t.point.clone(),
-                    problem: Problem::Water,
-                    level: t.to,
-                    peak_level: t.to,
-                    state: IncidentState::Open,
-                    opened_at: t.event_ms,
-                    updated_at: t.event_ms,
-                    closed_at: None,
-                    value: t.value,
-                    timeline: Vec::new(),
-                });
+                let last_closed = self.last_closed_water.remove(&t.point);
+                let (mut inc, peak_before) = match self.open.remove(&key) {
+                    Some(inc) => {
+                        let peak = inc.peak_level;
+                        (inc, peak)
+                    }
+                    // Flapping: the water went down and up again; it is the same episode.
+                    None => match last_closed.filter(|_| t.flapping) {
+                        Some(mut inc) => {
+                            let peak = inc.peak_level;
+                            inc.state = IncidentState::Open;
+                            inc.closed_at = None;
+                            inc.timeline.push(entry(
+                                "reopened",
+                                "级别反复波动, 重新打开原事件".to_string(),
+                            ));
+                            (inc, peak)
+                        }
+                        None => (
+                            Incident {
+                                id: format!("{}:water:{}", t.point, t.event_ms),
+                                point_id: t.point.clone(),
+                                problem: Problem::Water,
+                                level: t.to,
+                                peak_level: t.to,
+                                state: IncidentState::Open,
+                                opened_at: t.event_ms,
+                                updated_at: t.event_ms,
+                                closed_at: None,
+                                value: t.value,
+                                timeline: Vec::new(),
+                            },
+                            Level::Normal,
+                        ),
+                    },
+                };
                 inc.level = t.to;
                 inc.peak_level = inc.peak_level.max(t.to);
                 inc.updated_at = t.event_ms;
@@ -154,16 +185,27 @@ impl IncidentBook {
                     t.transition.as_str(),
                     format!("{} → {}: {}{late}", t.from.zh(), t.to.zh(), t.rule),
                 ));
-                let text = message::water_alert(&sig, &point, t.to, t);
-                let levels = self.district.escalation.notify_at(t.to).to_vec();
-                self.notify(
-                    &mut inc,
-                    t.to.as_str(),
-                    &levels,
-                    &text,
-                    t.event_ms,
-                    &mut out,
-                );
+                if t.flapping && t.to <= peak_before {
+                    // People were told about this level (or a higher one) already.
+                    inc.timeline.push(entry(
+                        "not_notified",
+                        format!(
+                            "级别反复波动, 未超过本事件最高级别{}, 不重复通知",
+                            peak_before.zh()
+                        ),
+                    ));
+                } else {
+                    let text = message::water_alert(&sig, &point, t.to, t);
+                    let levels = self.district.escalation.notify_at(t.to).to_vec();
+                    self.notify(
+                        &mut inc,
+                        t.to.as_str(),
+                        &levels,
+                        &text,
+                        t.event_ms,
+                        &mut out,
+                    );
+                }
                 out.insert(0, Effect::Incident(inc.clone()));
                 self.open.insert(key, inc);
             }
@@ -180,7 +222,8 @@ impl IncidentBook {
                     if t.to == Level::Normal {
                         inc.state = IncidentState::Closed;
                         inc.closed_at = Some(t.event_ms);
-                        out.push(Effect::Incident(inc));
+                        out.push(Effect::Incident(inc.clone()));
+                        self.last_closed_water.insert(t.point.clone(), inc);
                     } else {
                         out.push(Effect::Incident(inc.clone()));
                         self.open.insert(key, inc);

@@ -33,7 +33,16 @@ fn t(
         value,
         rise_cm_per_min: Some(2.1),
         late: false,
+        next_level: None,
+        minutes_to_next: None,
+        flapping: false,
     }
+}
+
+/// The same transition, from a point the stream finds flapping.
+fn flapping(mut t: AlertTransition) -> AlertTransition {
+    t.flapping = true;
+    t
 }
 
 fn notes(effects: &[Effect]) -> Vec<&Notification> {
@@ -242,4 +251,83 @@ fn actions_are_attributed_in_the_timeline_and_drills_are_marked() {
         (last.what.as_str(), last.by.as_deref()),
         ("acknowledged", Some("commander-1"))
     );
+}
+
+#[test]
+fn a_flapping_point_is_told_once_and_again_only_above_its_peak() {
+    use Level::*;
+    use TransitionKind::*;
+    let mut book = IncidentBook::new(district(), false);
+    let told = |book: &mut IncidentBook, tr: AlertTransition| notes(&book.on_transition(&tr)).len();
+
+    assert_eq!(
+        told(&mut book, t("UP-06", Raised, Normal, Blue, 1_000, 11.0)),
+        2
+    );
+    let first_id = book.open()[0].id.clone();
+    assert_eq!(
+        told(&mut book, t("UP-06", Cleared, Blue, Normal, 2_000, 7.0)),
+        0
+    );
+    // The water goes up and down around the blue line: the record grows, the phones stay quiet.
+    for i in 0..5 {
+        let at = 3_000 + i * 2_000;
+        let n = told(
+            &mut book,
+            flapping(t("UP-06", Raised, Normal, Blue, at, 11.0)),
+        );
+        assert_eq!(n, 0, "raise {i} while flapping");
+        let open = book.open();
+        assert_eq!(open[0].id, first_id, "the same incident is reopened");
+        assert_eq!(
+            told(
+                &mut book,
+                flapping(t("UP-06", Cleared, Blue, Normal, at + 1_000, 7.0))
+            ),
+            0
+        );
+    }
+    // Still flapping, but higher than ever: that is news.
+    let n = told(
+        &mut book,
+        flapping(t("UP-06", Raised, Normal, Yellow, 20_000, 16.0)),
+    );
+    assert_eq!(n, 3, "yellow goes to the owners and the grid worker");
+    assert_eq!(
+        told(
+            &mut book,
+            flapping(t("UP-06", Downgraded, Yellow, Blue, 21_000, 12.0))
+        ),
+        0
+    );
+    assert_eq!(
+        told(
+            &mut book,
+            flapping(t("UP-06", Upgraded, Blue, Yellow, 22_000, 16.0))
+        ),
+        0
+    );
+    let inc = book.open()[0].clone();
+    assert_eq!(
+        (inc.id.as_str(), inc.peak_level),
+        (first_id.as_str(), Yellow)
+    );
+    assert!(inc.timeline.iter().any(|e| e.what == "reopened"));
+    assert!(inc.timeline.iter().any(|e| e.what == "not_notified"));
+    assert_eq!(
+        inc.timeline.iter().filter(|e| e.what == "notified").count(),
+        5,
+        "two at blue, three at yellow, over the whole flapping episode"
+    );
+
+    // Settled: the next storm is a new incident, and people are told again.
+    assert_eq!(
+        told(&mut book, t("UP-06", Cleared, Yellow, Normal, 30_000, 5.0)),
+        0
+    );
+    assert_eq!(
+        told(&mut book, t("UP-06", Raised, Normal, Blue, 90_000, 11.0)),
+        2
+    );
+    assert_ne!(book.open()[0].id, first_id);
 }

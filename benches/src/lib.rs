@@ -1,6 +1,17 @@
-//! Benchmarks of floodcmd. `benches/micro.rs` holds the criterion micro-benchmarks (record
-//! codec, rain window update, threshold evaluation); run them with
-//! `cargo bench -p floodcmd-benches`. The end-to-end load and latency harness grows here.
+//! The benchmark harness behind `floodcmd bench <scenario>`: every performance figure the
+//! project reports comes from here, with the machine it ran on, as JSON and a Markdown table.
+//!
+//! - [`kafka::ceiling`]: raw librdkafka produce and consume of our record size and format
+//!   against the same broker: the yardstick the other scenarios are divided by;
+//! - [`gateway::throughput`]: the HTTP ingest gateway writing to Kafka, batched NDJSON from
+//!   several clients.
+//!
+//! `benches/micro.rs` holds the criterion micro-benchmarks (record codec, rain window update,
+//! threshold evaluation): `cargo bench -p floodcmd-benches`.
+
+pub mod gateway;
+pub mod kafka;
+pub mod report;
 
 use floodcmd_model::{Reading, SensorKind};
 

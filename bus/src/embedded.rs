@@ -135,6 +135,18 @@ impl Bus for EmbeddedBus {
             .collect())
     }
 
+    async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError> {
+        let t = self.topic(topic)?;
+        Ok(t.partitions
+            .iter()
+            .map(|p| {
+                let log = p.log.lock().expect("partition lock");
+                let hit = log.log.iter().position(|e| e.timestamp_ms >= timestamp_ms);
+                hit.map_or(log.end(), |i| log.base + i as u64)
+            })
+            .collect())
+    }
+
     fn producer(&self) -> Arc<dyn Producer> {
         Arc::new(EmbeddedProducer { bus: self.clone() })
     }
@@ -306,6 +318,19 @@ impl Consumer for EmbeddedConsumer {
             part.space.notify_waiters();
         }
         Ok(())
+    }
+
+    async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
+        match self.positions.get_mut(&partition) {
+            Some(pos) => {
+                *pos = offset;
+                Ok(())
+            }
+            None => Err(BusError::UnknownPartition {
+                topic: self.topic.name.to_string(),
+                partition,
+            }),
+        }
     }
 
     fn assigned(&self) -> Vec<u32> {

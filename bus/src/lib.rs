@@ -5,7 +5,10 @@
 //!   reset for new groups) plus bounded memory: a partition holds at most `capacity` records
 //!   not yet committed by every group reading it, and a producer waits for space. It never
 //!   drops.
+//! - [`kafka::KafkaBus`]: Apache Kafka through librdkafka, same trait, same partitioner.
 
 pub mod embedded;
+pub mod kafka;
 
 pub use embedded::EmbeddedBus;
+pub use kafka::{KafkaBus, KafkaConfig};

@@ -12,6 +12,7 @@
   const KIND_ZH = { underpass: '下穿', low_point: '低洼点', rain_gauge: '雨量站' };
   const STATE_ZH = { fresh: '正常', late: '迟到', suspect: '可疑', silent: '失联' };
   const STATE_RANK = { fresh: 0, late: 1, suspect: 2, silent: 3 };
+  const QC_ZH = { range: '超出量程', spike: '跳变', stuck: '数值不变', rate: '变化过快', rain_intensity: '雨强异常' };
   const PROBLEM_ZH = { water: '积水', silent: '设备失联' };
   const TRANSITION_ZH = { raised: '发布', upgraded: '升级', downgraded: '降级', cleared: '解除', silent: '失联', recovered: '恢复' };
   const WHAT_ZH = Object.assign({ notified: '通知', acknowledged: '确认', checked_in: '到岗', note: '备注', closed: '关闭' }, TRANSITION_ZH);
@@ -52,6 +53,19 @@
     if (!isNum(v)) return '';
     const arrow = v > 0.05 ? '↑' : v < -0.05 ? '↓' : '→';
     return arrow + Math.abs(v).toFixed(1) + ' cm/分';
+  }
+
+  /** When a rising point reaches its next level: '8 分钟后达到红色', '即将达到红色'; '' when unknown. */
+  function forecastText(next, minutes) {
+    if (!next || !isNum(minutes) || minutes < 0) return '';
+    const when = minutes < 1 ? '即将' : Math.floor(minutes) + ' 分钟后';
+    return when + '达到' + levelZh(next);
+  }
+
+  /** Quality-control flags in words: '跳变、变化过快'; '' when none. */
+  function qcText(flags) {
+    if (!Array.isArray(flags) || !flags.length) return '';
+    return flags.map((f) => QC_ZH[f] || String(f)).join('、');
   }
 
   /** The current reading of a point: depth for depth points, rolling rain for gauges. */
@@ -107,13 +121,15 @@
       levels: same ? '(' + levelZh(a.to) + ')' : levelZh(a.from) + '→' + levelZh(a.to),
       rule: String(a.rule == null ? '' : a.rule),
       rise: riseText(a.rise_cm_per_min),
+      forecast: forecastText(a.next_level, a.minutes_to_next),
       late: a.late ? '(迟到)' : '',
+      flapping: a.flapping ? '(反复波动)' : '',
     };
   }
 
   function alertLine(a, points) {
     const x = alertParts(a, points);
-    return [x.time, x.name, x.word, x.levels, x.rule, x.rise, x.late].filter(Boolean).join(' ');
+    return [x.time, x.name, x.word, x.levels, x.rule, x.rise, x.forecast, x.late, x.flapping].filter(Boolean).join(' ');
   }
 
   /** lat/lon → px inside w×h with padding, equal scale after cos(lat) correction. */
@@ -222,7 +238,8 @@
   }
 
   const pure = {
-    LEVELS, LEVEL_ZH, KIND_ZH, STATE_ZH, TRANSITION_ZH, levelRank, fmtTime, fmtNum, truncate, riseText,
+    LEVELS, LEVEL_ZH, KIND_ZH, STATE_ZH, TRANSITION_ZH, QC_ZH, levelRank, fmtTime, fmtNum, truncate, riseText,
+    forecastText, qcText,
     pointValueText, incidentValueText, sortIncidents, troublePoints, computeCounters, alertParts, alertLine,
     makeProjection, backoffDelay, wsUrl, createState, applySnapshot, applyDelta, applyMessage,
   };
@@ -453,8 +470,11 @@
     } else {
       tipRow(body, '水深', isNum(p.depth_cm) ? fmtNum(p.depth_cm) + ' cm' : '—');
       tipRow(body, '涨速', riseText(p.rise_cm_per_min) || '—');
+      tipRow(body, '预计', forecastText(p.next_level, p.minutes_to_next));
     }
     tipRow(body, '数据', STATE_ZH[p.data_state] || p.data_state);
+    tipRow(body, '质控', qcText(p.qc_flags));
+    if (p.flapping) tipRow(body, '波动', '级别反复波动');
     tipRow(body, '最近读数', fmtTime(p.last_reading_ms));
     if (p.camera) tipRow(body, '摄像头', p.camera);
     box.replaceChildren(head, body);
@@ -547,7 +567,9 @@
       li.append(el('span', 'time', x.time), el('span', 'name', x.name), el('span', 'word', x.word),
         el('span', 'levels', x.levels), el('span', 'rule', x.rule));
       if (x.rise) li.append(el('span', 'rise', x.rise));
+      if (x.forecast) li.append(el('span', 'forecast', x.forecast));
       if (x.late) li.append(el('span', 'late', x.late));
+      if (x.flapping) li.append(el('span', 'flapping', x.flapping));
       frag.append(li);
     }
     if (!state.alerts.length) frag.append(el('li', 'empty', '暂无预警变化'));

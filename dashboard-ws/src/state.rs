@@ -2,7 +2,7 @@
 
 use floodcmd_model::config::PointKind;
 use floodcmd_model::event::{
-    AlertTransition, Incident, IncidentState, Notification, PointStatus, Reject,
+    AlertTransition, Incident, IncidentState, Notification, PointStatus, QcFlag, Reject,
 };
 use floodcmd_model::time::Millis;
 use floodcmd_model::{DataState, District, Level};
@@ -56,6 +56,17 @@ pub struct PointView {
     /// Event time of the latest reading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reading_ms: Option<Millis>,
+    /// What quality control found wrong with the latest reading.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub qc_flags: Vec<QcFlag>,
+    /// The next level up, when the water is rising fast enough to predict reaching it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_level: Option<Level>,
+    /// Minutes until `next_level` at the current rate of rise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minutes_to_next: Option<f64>,
+    /// The level keeps going up and down around a threshold.
+    pub flapping: bool,
 }
 
 /// Counts shown in the banner.
@@ -128,6 +139,10 @@ impl WallState {
                         rain_3h_mm: None,
                         rain_24h_mm: None,
                         last_reading_ms: None,
+                        qc_flags: Vec::new(),
+                        next_level: None,
+                        minutes_to_next: None,
+                        flapping: false,
                     },
                 )
             })
@@ -225,6 +240,10 @@ impl WallState {
         p.rain_3h_mm = s.rain_3h_mm;
         p.rain_24h_mm = s.rain_24h_mm;
         p.last_reading_ms = s.last_reading_ms;
+        p.qc_flags = s.qc_flags;
+        p.next_level = s.next_level;
+        p.minutes_to_next = s.minutes_to_next;
+        p.flapping = s.flapping;
         let view = p.clone();
         self.recount();
         vec![Change::Point(view), Change::Counters(self.counters.clone())]

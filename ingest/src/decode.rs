@@ -24,8 +24,10 @@ pub struct DeviceReading {
     /// Sensor id.
     pub sensor: String,
     /// Event time: RFC 3339 text or integer milliseconds since the epoch.
+    #[serde(deserialize_with = "timestamp")]
     pub ts: Timestamp,
     /// The measurement. Devices send `"NaN"` as text (or `null`) when the probe fails.
+    #[serde(deserialize_with = "value")]
     pub value: Value,
     /// Device sequence number.
     #[serde(default)]
@@ -33,8 +35,7 @@ pub struct DeviceReading {
 }
 
 /// Event time as sent.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Timestamp {
     /// Milliseconds since the epoch.
     Millis(i64),
@@ -43,8 +44,7 @@ pub enum Timestamp {
 }
 
 /// A value as sent: a number, or text a device writes instead of a number.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     /// A JSON number.
     Number(f64),
@@ -52,6 +52,70 @@ pub enum Value {
     Text(String),
     /// `null`.
     Null(()),
+}
+
+// Hand-written visitors instead of `#[serde(untagged)]`: untagged enums buffer every field
+// into an intermediate tree first, which costs more than the rest of the parse together.
+struct TimestampVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TimestampVisitor {
+    type Value = Timestamp;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("milliseconds since the epoch or an RFC 3339 string")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+        Ok(Timestamp::Millis(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+        i64::try_from(v)
+            .map(Timestamp::Millis)
+            .map_err(|_| E::custom(format!("ts {v} is out of range")))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Timestamp, E> {
+        if v.is_finite() && v.abs() < 9.0e15 {
+            Ok(Timestamp::Millis(v as i64))
+        } else {
+            Err(E::custom(format!("ts {v} is out of range")))
+        }
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+        Ok(Timestamp::Text(v.to_string()))
+    }
+}
+
+fn timestamp<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    d.deserialize_any(TimestampVisitor)
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number, a string or null")
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v as f64))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v as f64))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Number(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Text(v.to_string()))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null(()))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null(()))
+    }
+}
+
+fn value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    d.deserialize_any(ValueVisitor)
 }
 
 /// How the body is framed.

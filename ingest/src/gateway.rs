@@ -1,27 +1,40 @@
 //! The gateway: bytes in from a device channel, readings and rejects out onto the bus.
 //!
-//! [`Gateway::ingest`] is the one path every channel (HTTP here, MQTT beside it) goes
-//! through, so validation and dead-lettering cannot drift between channels.
+//! [`Gateway::ingest`] is the one path every channel (HTTP here, MQTT in [`crate::mqtt`]) goes
+//! through, so authorisation, validation and dead-lettering cannot drift between channels.
+//! A request is answered only after everything it carried is on the bus; when the bus cannot
+//! take more, the answer says exactly which records were not accepted (429 over HTTP), so a
+//! device sends those again and nothing is accepted and then dropped.
 
+use crate::auth::{Device, DeviceRegistry};
 use crate::decode::{split, Framing};
 use crate::metrics::metrics;
 use crate::validate::{TimeLimits, Validator};
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use floodcmd_model::bus::{BusError, Producer};
 use floodcmd_model::codec::encode;
 use floodcmd_model::event::{Reject, RejectReason};
 use floodcmd_model::time::Clock;
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
-use futures_util::StreamExt;
+use futures::StreamExt;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use warp::http::StatusCode;
-use warp::Filter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::{Filter, Reply};
 
 /// The longest slice of original bytes kept in one dead letter.
 const MAX_RAW_KEPT: usize = 64 * 1024;
+
+/// Who may write.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Anyone (the in-process demo, tests of validation alone).
+    Open,
+    /// Devices with bearer tokens, each limited to its own sensors.
+    Devices(DeviceRegistry),
+}
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -30,6 +43,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Time limits for readings.
     pub limits: TimeLimits,
+    /// Who may write.
+    pub access: Access,
 }
 
 /// What became of one request.
@@ -57,9 +72,18 @@ pub struct RejectSummary {
 /// Errors of the gateway itself (not of the input).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The bus refused or failed.
-    #[error("bus: {0}")]
-    Bus(#[from] BusError),
+    /// The bus refused or failed for some records: the device must send those again.
+    #[error("bus: {cause}; {accepted} accepted, {} not accepted", not_accepted.len())]
+    Incomplete {
+        /// Readings that are on the bus.
+        accepted: usize,
+        /// Indexes of records that are not (the device sends them again).
+        not_accepted: Vec<usize>,
+        /// True when the bus is full (back off and retry) rather than failing.
+        busy: bool,
+        /// What the bus said.
+        cause: BusError,
+    },
 }
 
 /// The gateway, shared by every channel.
@@ -74,6 +98,24 @@ pub struct Gateway {
 
 fn lossy_prefix(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_RAW_KEPT)]).into_owned()
+}
+
+fn reply(status: StatusCode, json: serde_json::Value) -> warp::reply::Response {
+    metrics()
+        .requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    warp::reply::with_status(warp::reply::json(&json), status).into_response()
+}
+
+fn with_header(
+    mut r: warp::reply::Response,
+    name: &'static str,
+    value: &'static str,
+) -> warp::reply::Response {
+    r.headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    r
 }
 
 impl Gateway {
@@ -95,13 +137,20 @@ impl Gateway {
         }
     }
 
-    /// Validate a body and put every record on the bus: readings or rejects. Returns only
-    /// when all of them are on the bus.
+    /// Who may write through this gateway.
+    pub fn access(&self) -> &Access {
+        &self.config.access
+    }
+
+    /// Validate a body and put every record on the bus: readings or rejects. `device` is the
+    /// authenticated sender (`None` when access is open). Returns only when all of them are on
+    /// the bus, or says which are not.
     pub async fn ingest(
         &self,
         body: &[u8],
         framing: Framing,
         source: &str,
+        device: Option<&Device>,
     ) -> Result<IngestOutcome, GatewayError> {
         let now = self.clock.now_ms();
         let records = split(body, framing);
@@ -111,13 +160,22 @@ impl Gateway {
             let mut validator = self.validator.lock().expect("validator lock");
             for rec in &records {
                 let verdict = match &rec.parsed {
-                    Ok(device) => validator
-                        .validate(&self.district, device, now)
+                    Ok(r) if device.is_some_and(|d| !d.may_write(&r.sensor)) => Err((
+                        RejectReason::Forbidden,
+                        format!(
+                            "device \"{}\" may not write sensor \"{}\"",
+                            device.map_or("", |d| d.id.as_str()),
+                            r.sensor
+                        ),
+                        Some(r.sensor.clone()),
+                    )),
+                    Ok(r) => validator
+                        .validate(&self.district, r, now)
                         .map_err(|r| (r.reason, r.detail, r.sensor)),
                     Err((reason, detail)) => Err((*reason, detail.clone(), None)),
                 };
                 match verdict {
-                    Ok(reading) => readings.push(reading),
+                    Ok(reading) => readings.push((rec.index, reading)),
                     Err((reason, detail, sensor)) => rejects.push(Reject {
                         reason,
                         detail,
@@ -131,14 +189,28 @@ impl Gateway {
             }
         }
         let readings_topic = self.topics.readings();
-        for r in &readings {
+        // All sends start at once (the producer batches them); each key's records are
+        // enqueued in body order, so one sensor's readings keep their order.
+        let sends = readings.iter().map(|(_, r)| {
             self.producer
                 .send(&readings_topic, r.sensor.as_bytes(), encode(r), r.ts_ms)
-                .await?;
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut accepted = 0;
+        let mut not_accepted = Vec::new();
+        let mut failure: Option<BusError> = None;
+        for ((index, _), result) in readings.iter().zip(results) {
+            match result {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    not_accepted.push(*index);
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        metrics().accepted.inc_by(readings.len() as u64);
+        metrics().accepted.inc_by(accepted as u64);
         let outcome = IngestOutcome {
-            accepted: readings.len(),
+            accepted,
             rejected: rejects.len(),
             rejects: rejects
                 .iter()
@@ -149,14 +221,28 @@ impl Gateway {
                 })
                 .collect(),
         };
-        for r in rejects {
-            self.dead_letter(r).await?;
+        let indexes: Vec<usize> = rejects.iter().map(|r| r.index.unwrap_or(0)).collect();
+        let dead =
+            futures::future::join_all(rejects.into_iter().map(|r| self.dead_letter(r))).await;
+        for (index, result) in indexes.into_iter().zip(dead) {
+            if let Err(e) = result {
+                not_accepted.push(index);
+                failure.get_or_insert(e);
+            }
         }
-        Ok(outcome)
+        match failure {
+            None => Ok(outcome),
+            Some(cause) => Err(GatewayError::Incomplete {
+                accepted,
+                busy: matches!(cause, BusError::Timeout { .. }),
+                not_accepted,
+                cause,
+            }),
+        }
     }
 
     /// Put one reject on the rejects topic and count it.
-    pub async fn dead_letter(&self, reject: Reject) -> Result<(), GatewayError> {
+    pub async fn dead_letter(&self, reject: Reject) -> Result<(), BusError> {
         metrics()
             .rejected
             .with_label_values(&[reject.reason.as_str()])
@@ -183,7 +269,7 @@ impl Gateway {
         head: &[u8],
         size: Option<u64>,
         source: &str,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), BusError> {
         let size = size.map_or_else(|| "more than that".to_string(), |s| format!("{s} bytes"));
         self.dead_letter(Reject {
             reason: RejectReason::TooLarge,
@@ -209,45 +295,91 @@ impl Gateway {
             .and(warp::post())
             .and(warp::header::optional::<String>("content-type"))
             .and(warp::header::optional::<u64>("content-length"))
+            .and(warp::header::optional::<String>("authorization"))
             .and(warp::body::stream())
-            .then(move |ct: Option<String>, len: Option<u64>, body| {
-                let gw = gw.clone();
-                async move { gw.handle_http(ct, len, body).await }
-            });
+            .then(
+                move |ct: Option<String>, len: Option<u64>, auth: Option<String>, body| {
+                    let gw = gw.clone();
+                    async move { gw.handle_http(ct, len, auth, body).await }
+                },
+            );
         let health = warp::path!("healthz")
             .and(warp::get())
             .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
-        readings.or(health).unify()
+        let metrics_route = warp::path!("metrics").and(warp::get()).map(|| {
+            let mut buf = Vec::new();
+            let enc = prometheus::TextEncoder::new();
+            match prometheus::Encoder::encode(
+                &enc,
+                &prometheus::default_registry().gather(),
+                &mut buf,
+            ) {
+                Ok(()) => warp::reply::with_header(buf, "content-type", prometheus::TEXT_FORMAT)
+                    .into_response(),
+                Err(e) => warp::reply::with_status(
+                    format!("metrics: {e}"),
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                )
+                .into_response(),
+            }
+        });
+        readings.or(health).unify().or(metrics_route).unify()
+    }
+
+    /// The device behind an `Authorization` header; `Err` says why there is none.
+    fn authenticate(&self, auth: Option<&str>) -> Result<Option<&Device>, &'static str> {
+        match &self.config.access {
+            Access::Open => Ok(None),
+            Access::Devices(registry) => {
+                let token = auth.and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
+                match token.and_then(|t| registry.authenticate(t)) {
+                    Some(d) => Ok(Some(d)),
+                    None => {
+                        if token.is_some() {
+                            Err("unknown device token")
+                        } else {
+                            Err("missing bearer token")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn bus_down(e: &BusError) -> warp::reply::Response {
+        tracing::error!(error = %e, "gateway could not write to the bus");
+        let r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": e.to_string() }),
+        );
+        with_header(r, "retry-after", "5")
     }
 
     async fn handle_http<S, B>(
         &self,
         ct: Option<String>,
         len: Option<u64>,
+        auth: Option<String>,
         mut body: S,
     ) -> warp::reply::Response
     where
-        S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+        S: futures::Stream<Item = Result<B, warp::Error>> + Unpin + Send,
         B: Buf,
     {
+        let device = match self.authenticate(auth.as_deref()) {
+            Ok(d) => d,
+            Err(why) => {
+                let r = reply(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({ "error": why }),
+                );
+                return with_header(r, "www-authenticate", "Bearer");
+            }
+        };
         let limit = self.config.max_body_bytes;
-        let reply = |status: StatusCode, json: serde_json::Value| {
-            metrics()
-                .requests
-                .with_label_values(&[status.as_str()])
-                .inc();
-            warp::reply::with_status(warp::reply::json(&json), status).into_response()
-        };
-        let bus_down = |e: GatewayError| {
-            tracing::error!(error = %e, "gateway could not write to the bus");
-            reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({ "error": e.to_string() }),
-            )
-        };
         if let Some(n) = len.filter(|&n| n > limit) {
             if let Err(e) = self.too_large(&[], Some(n), "http").await {
-                return bus_down(e);
+                return Self::bus_down(&e);
             }
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -262,7 +394,7 @@ impl Gateway {
                     return reply(
                         StatusCode::BAD_REQUEST,
                         serde_json::json!({ "error": format!("reading body: {e}") }),
-                    )
+                    );
                 }
             };
             while chunk.has_remaining() {
@@ -273,7 +405,7 @@ impl Gateway {
             }
             if buf.len() as u64 > limit {
                 if let Err(e) = self.too_large(&buf, None, "http").await {
-                    return bus_down(e);
+                    return Self::bus_down(&e);
                 }
                 return reply(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -282,19 +414,40 @@ impl Gateway {
             }
         }
         let framing = Framing::from_content_type(ct.as_deref());
-        match self.ingest(&buf, framing, "http").await {
+        match self.ingest(&buf, framing, "http", device).await {
             Ok(outcome) => {
-                let status = if outcome.accepted == 0 && outcome.rejected > 0 {
-                    StatusCode::BAD_REQUEST
-                } else {
-                    StatusCode::OK
+                let all_forbidden = outcome
+                    .rejects
+                    .iter()
+                    .all(|r| r.reason == RejectReason::Forbidden);
+                let status = match (outcome.accepted, outcome.rejected) {
+                    (0, n) if n > 0 && all_forbidden => StatusCode::FORBIDDEN,
+                    (0, n) if n > 0 => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::OK,
                 };
                 reply(
                     status,
                     serde_json::to_value(&outcome).expect("outcome serializes"),
                 )
             }
-            Err(e) => bus_down(e),
+            Err(GatewayError::Incomplete {
+                accepted,
+                not_accepted,
+                busy,
+                cause,
+            }) => {
+                tracing::warn!(error = %cause, accepted, not_accepted = not_accepted.len(), "the bus could not take a whole request");
+                let (status, retry) = if busy {
+                    (StatusCode::TOO_MANY_REQUESTS, "1")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "5")
+                };
+                let r = reply(
+                    status,
+                    serde_json::json!({ "error": cause.to_string(), "accepted": accepted, "not_accepted": not_accepted }),
+                );
+                with_header(r, "retry-after", retry)
+            }
         }
     }
 
@@ -317,10 +470,3 @@ impl Gateway {
         Ok((bound, handle))
     }
 }
-
-/// A body as bytes, for callers that already hold it (MQTT, tests).
-pub fn body(bytes: &'static [u8]) -> Bytes {
-    Bytes::from_static(bytes)
-}
-
-use warp::Reply;

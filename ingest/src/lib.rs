@@ -6,9 +6,11 @@
 //! and a reason. One bad record never takes its neighbours down with it, and a request is
 //! answered only after everything it carried is on the bus.
 
+pub mod auth;
 pub mod decode;
 pub mod gateway;
 pub mod metrics;
+pub mod mqtt;
 pub mod validate;
 
-pub use gateway::{Gateway, GatewayConfig, IngestOutcome};
+pub use gateway::{Access, Gateway, GatewayConfig, IngestOutcome};

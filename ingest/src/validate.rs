@@ -8,10 +8,68 @@ use crate::decode::{DeviceReading, Timestamp, Value};
 use floodcmd_model::event::RejectReason;
 use floodcmd_model::time::Millis;
 use floodcmd_model::{District, Reading};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
-/// How many recent sequence numbers per sensor are remembered for duplicate detection.
-const SEQ_MEMORY: usize = 128;
+/// How many sequence numbers below the newest one are remembered per sensor.
+const SEQ_WINDOW: u64 = 1024;
+const WORDS: usize = (SEQ_WINDOW / 128) as usize;
+
+/// The sequence numbers seen lately from one sensor: the newest, and a bit per number in the
+/// 1,024 below it (128 bytes per sensor). O(1) per reading. A number older than the window
+/// cannot be judged and is let through: refusing it would lose the backlog of a device that
+/// was offline, and a repeat that old is rare enough to leave to downstream idempotence.
+#[derive(Default)]
+struct SeqWindow {
+    newest: Option<u64>,
+    /// Bit `k` of the window is set when `newest - k` was seen.
+    seen: [u128; WORDS],
+}
+
+impl SeqWindow {
+    fn shift(&mut self, by: u64) {
+        if by >= SEQ_WINDOW {
+            self.seen = [0; WORDS];
+            return;
+        }
+        let (words, bits) = ((by / 128) as usize, (by % 128) as u32);
+        for i in (0..WORDS).rev() {
+            let lo = if i >= words { self.seen[i - words] } else { 0 };
+            let carry = if bits > 0 && i > words {
+                self.seen[i - words - 1] >> (128 - bits)
+            } else {
+                0
+            };
+            self.seen[i] = if bits > 0 { (lo << bits) | carry } else { lo };
+        }
+    }
+
+    fn test_and_set(&mut self, back: u64) -> bool {
+        let (w, b) = ((back / 128) as usize, back % 128);
+        let bit = 1u128 << b;
+        let fresh = self.seen[w] & bit == 0;
+        self.seen[w] |= bit;
+        fresh
+    }
+}
+
+impl SeqWindow {
+    /// Record `seq`; false if it was seen already.
+    fn insert(&mut self, seq: u64) -> bool {
+        match self.newest {
+            None => {
+                self.newest = Some(seq);
+                self.test_and_set(0)
+            }
+            Some(n) if seq > n => {
+                self.shift(seq - n);
+                self.newest = Some(seq);
+                self.test_and_set(0)
+            }
+            Some(n) if n - seq >= SEQ_WINDOW => true,
+            Some(n) => self.test_and_set(n - seq),
+        }
+    }
+}
 
 /// Limits on time.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +94,7 @@ pub struct Refusal {
 /// Validates records against the district; remembers recent sequence numbers.
 pub struct Validator {
     limits: TimeLimits,
-    recent_seq: HashMap<String, VecDeque<u64>>,
+    recent_seq: HashMap<String, SeqWindow>,
 }
 
 impl Validator {
@@ -135,17 +193,20 @@ impl Validator {
             ));
         }
         if let Some(seq) = r.seq {
-            let recent = self.recent_seq.entry(r.sensor.clone()).or_default();
-            if recent.contains(&seq) {
+            let fresh = match self.recent_seq.get_mut(&r.sensor) {
+                Some(w) => w.insert(seq),
+                None => self
+                    .recent_seq
+                    .entry(r.sensor.clone())
+                    .or_default()
+                    .insert(seq),
+            };
+            if !fresh {
                 return Err(refuse(
                     RejectReason::DuplicateSequence,
                     format!("seq {seq} of sensor \"{}\" was already received", r.sensor),
                 ));
             }
-            if recent.len() == SEQ_MEMORY {
-                recent.pop_front();
-            }
-            recent.push_back(seq);
         }
         Ok(Reading {
             sensor: r.sensor.clone(),
@@ -156,5 +217,34 @@ impl Validator {
             seq: r.seq,
             received_ms: now,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeqWindow;
+
+    #[test]
+    fn the_sequence_window_catches_repeats_in_any_order() {
+        let mut w = SeqWindow::default();
+        assert!(w.insert(10));
+        assert!(w.insert(12));
+        assert!(w.insert(11), "out of order is fine");
+        assert!(!w.insert(11), "a repeat is not");
+        assert!(!w.insert(10));
+        assert!(w.insert(500));
+        assert!(!w.insert(12), "still inside the window");
+        assert!(w.insert(499));
+        assert!(w.insert(300));
+        assert!(!w.insert(300));
+        assert!(w.insert(5000));
+        assert!(
+            w.insert(12),
+            "a backlog far behind the newest is let through"
+        );
+        for s in 4000..5000 {
+            assert!(w.insert(s), "{s}");
+        }
+        assert!(!w.insert(4500));
     }
 }

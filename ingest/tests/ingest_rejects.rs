@@ -2,8 +2,9 @@
 //! lands on the bus.
 
 use floodcmd_bus::EmbeddedBus;
+use floodcmd_ingest::auth::{token_sha256, DeviceRegistry};
 use floodcmd_ingest::validate::TimeLimits;
-use floodcmd_ingest::{Gateway, GatewayConfig};
+use floodcmd_ingest::{Access, Gateway, GatewayConfig};
 use floodcmd_model::bus::{Assignment, Bus};
 use floodcmd_model::codec::decode;
 use floodcmd_model::event::{Reject, RejectReason};
@@ -23,6 +24,10 @@ struct Rig {
 }
 
 async fn rig(max_body_bytes: u64) -> Rig {
+    rig_with(max_body_bytes, Access::Open).await
+}
+
+async fn rig_with(max_body_bytes: u64, access: Access) -> Rig {
     let district =
         Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap());
     let bus = EmbeddedBus::new(1024);
@@ -42,6 +47,7 @@ async fn rig(max_body_bytes: u64) -> Rig {
                 max_future_ms: 300_000,
                 retention_ms: 72 * 3_600_000,
             },
+            access,
         },
     ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -72,13 +78,23 @@ async fn drain<T: serde::de::DeserializeOwned>(bus: &EmbeddedBus, topic: &str) -
 }
 
 async fn post(url: &str, ct: &str, body: String) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
+    post_as(url, ct, None, body).await
+}
+
+async fn post_as(
+    url: &str,
+    ct: &str,
+    token: Option<&str>,
+    body: String,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
         .post(url)
         .header("content-type", ct)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or_default())
 }
@@ -237,4 +253,57 @@ async fn a_body_that_is_not_json_is_one_malformed_reject_and_a_400() {
             .contains("not a JSON array"),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn devices_need_their_token_and_write_only_their_own_sensors() {
+    let district = District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap();
+    let devices = format!(
+        "[[devices]]\nid = \"up01-station\"\ntoken_sha256 = \"{}\"\nsensors = [\"WL-UP-01\", \"WL-UP-01-B\"]\n",
+        token_sha256("tok-up01")
+    );
+    let registry = DeviceRegistry::from_toml_str(&devices, &district).unwrap();
+    let r = rig_with(1 << 20, Access::Devices(registry)).await;
+    let mine = format!(r#"{{"sensor":"WL-UP-01","ts":{NOW},"value":5.0}}"#);
+    let other = format!(r#"{{"sensor":"WL-UP-02","ts":{NOW},"value":5.0}}"#);
+
+    let (s, v) = post_as(&r.url, "application/json", None, mine.clone()).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (401, Some("missing bearer token"))
+    );
+    let (s, _) = post_as(&r.url, "application/json", Some("wrong"), mine.clone()).await;
+    assert_eq!(s, 401);
+    let (s, v) = post_as(&r.url, "application/json", Some("tok-up01"), other.clone()).await;
+    assert_eq!(s, 403);
+    assert_eq!(v["rejects"][0]["reason"], "forbidden");
+    let (s, v) = post_as(
+        &r.url,
+        "application/x-ndjson",
+        Some("tok-up01"),
+        format!("{mine}\n{other}"),
+    )
+    .await;
+    assert_eq!(
+        (s, v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (200, Some(1), Some(1))
+    );
+
+    let readings: Vec<Reading> = drain(&r.bus, &r.topics.readings()).await;
+    assert_eq!(
+        readings
+            .iter()
+            .map(|x| x.sensor.as_str())
+            .collect::<Vec<_>>(),
+        vec!["WL-UP-01"]
+    );
+    let rejects: Vec<Reject> = drain(&r.bus, &r.topics.rejects()).await;
+    assert_eq!(
+        rejects.len(),
+        2,
+        "both forbidden records are dead letters; unauthenticated requests are only counted"
+    );
+    assert!(rejects
+        .iter()
+        .all(|x| x.reason == RejectReason::Forbidden && x.detail.contains("up01-station")));
 }

@@ -86,6 +86,9 @@ pub trait Bus: Send + Sync + 'static {
     /// The next offset to be written in each partition (Kafka's high watermark). A bounded
     /// reader (replay, tests) reads up to these and stops.
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError>;
+    /// Per partition, the first offset whose record timestamp is at or after `timestamp_ms`
+    /// (the end offset where there is none). Replays and archives start there.
+    async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError>;
     /// A producer. Cheap to clone through the `Arc`.
     fn producer(&self) -> Arc<dyn Producer>;
     /// A consumer in `group` reading `topic`. It starts at the group's committed position, or
@@ -119,6 +122,8 @@ pub trait Consumer: Send {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError>;
     /// Commit the group's position: `next` is the next offset to read in `partition`.
     async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError>;
+    /// Read `partition` from `offset` on (replays and archives start at a time's offsets).
+    async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError>;
     /// The partitions this consumer reads.
     fn assigned(&self) -> Vec<u32>;
 }

@@ -270,6 +270,139 @@ impl Default for Cadence {
     }
 }
 
+/// Quality control of readings, per sensor: what makes a reading suspect.
+///
+/// A flagged reading is kept on the record (the point shows `suspect`) but never moves a level
+/// on its own. The physical range is not here: the stream judges it again with the same
+/// range ingest uses ([`SensorKind::physical_range`]), because other producers can write the
+/// topic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityControl {
+    /// A depth further than this from the median of the sensor's recent accepted readings is
+    /// a spike, cm. It counts only once the next reading agrees with it.
+    pub spike_cm: f64,
+    /// How many recent accepted readings the median is taken over.
+    pub median_of: u32,
+    /// A depth changing faster than this since the sensor's last accepted reading is
+    /// flagged, cm per minute.
+    pub max_rate_cm_per_min: f64,
+    /// The same non-zero depth for at least this long is a stuck sensor, seconds...
+    pub stuck_after_s: u32,
+    /// ...and over at least this many readings.
+    pub stuck_after_readings: u32,
+    /// A rain increment implying more than this over its reporting interval is suspect, mm/h.
+    pub rain_max_mm_h: f64,
+    /// Rain intervals shorter than this are judged as this long: one 0.1 mm tip a second
+    /// apart is not 360 mm/h, seconds.
+    pub rain_min_interval_s: u32,
+    /// Where these numbers come from.
+    pub source: String,
+}
+
+impl Default for QualityControl {
+    fn default() -> Self {
+        QualityControl {
+            spike_cm: 15.0,
+            median_of: 5,
+            max_rate_cm_per_min: 10.0,
+            stuck_after_s: 1800,
+            stuck_after_readings: 10,
+            rain_max_mm_h: 200.0,
+            rain_min_interval_s: 60,
+            source: "floodcmd defaults: median of 5 as FloodNet sensors do; 15 cm spike, \
+                     10 cm/min rate, stuck = same value ≥ 30 min and ≥ 10 readings; rain cap \
+                     200 mm/h (mainland hourly record 201.9 mm, Zhengzhou 2021-07-20; Houston \
+                     gauge 520's 100.6 mm in 5 min during Harvey was a fault)"
+                .into(),
+        }
+    }
+}
+
+/// The short-duration heavy rain rule (短时强降水) of rain gauges, beside the rainstorm signals.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RainIntensityRule {
+    /// The rolling window, minutes.
+    pub window_min: u32,
+    /// Raise at or above this total over the window, mm.
+    pub mm: f64,
+    /// Let go only below this total (hysteresis), mm.
+    pub reset: f64,
+    /// The level it raises.
+    pub level: Level,
+    /// Where this rule comes from.
+    pub source: String,
+}
+
+impl Default for RainIntensityRule {
+    fn default() -> Self {
+        RainIntensityRule {
+            window_min: 60,
+            mm: 20.0,
+            reset: 16.0,
+            level: Level::Blue,
+            source: "短时强降水 ≥ 20 mm/h (operational convention, domain notes); reset at 80 % \
+                     like the rainstorm signal rules here"
+                .into(),
+        }
+    }
+}
+
+/// Flap detection, as Kapacitor's `.flapping(low, high)` with `.history(n)`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flapping {
+    /// How many evaluations of the level are remembered.
+    pub history: u32,
+    /// A flapping point settles once the weighted change ratio falls below this.
+    pub low: f64,
+    /// A point flaps once the weighted change ratio rises above this.
+    pub high: f64,
+    /// Where these numbers come from.
+    pub source: String,
+}
+
+impl Default for Flapping {
+    fn default() -> Self {
+        Flapping {
+            history: 21,
+            low: 0.25,
+            high: 0.5,
+            source: "Kapacitor flap detection: history 21, low 0.25, high 0.5 (domain notes)"
+                .into(),
+        }
+    }
+}
+
+/// Rate of rise of depth points and the predicted time to the next level.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rise {
+    /// The least-squares line is fitted over this many recent minutes.
+    pub window_min: u32,
+    /// Predict the next level only when rising at least this fast, cm per minute (slower is
+    /// sensor noise).
+    pub min_cm_per_min: f64,
+    /// Predictions further ahead than this are not given, minutes.
+    pub horizon_min: u32,
+    /// Where these numbers come from.
+    pub source: String,
+}
+
+impl Default for Rise {
+    fn default() -> Self {
+        Rise {
+            window_min: 10,
+            min_cm_per_min: 0.1,
+            horizon_min: 60,
+            source: "floodcmd defaults: 10 min least squares; below 0.1 cm/min or beyond 60 min \
+                     a prediction is noise"
+                .into(),
+        }
+    }
+}
+
 /// Defaults applied to every point unless it overrides them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -282,6 +415,14 @@ pub struct Defaults {
     pub rain_gauge: LevelThresholds,
     /// Reporting cadence.
     pub cadence: Cadence,
+    /// Quality control of readings.
+    pub qc: QualityControl,
+    /// The short-duration heavy rain rule of rain gauges.
+    pub rain_intensity: RainIntensityRule,
+    /// Flap detection.
+    pub flapping: Flapping,
+    /// Rate of rise and the predicted time to the next level.
+    pub rise: Rise,
 }
 
 impl Default for Defaults {
@@ -291,6 +432,10 @@ impl Default for Defaults {
             underpass: LevelThresholds::underpass_default(),
             rain_gauge: LevelThresholds::rain_gauge_default(),
             cadence: Cadence::default(),
+            qc: QualityControl::default(),
+            rain_intensity: RainIntensityRule::default(),
+            flapping: Flapping::default(),
+            rise: Rise::default(),
         }
     }
 }
@@ -826,6 +971,81 @@ impl Validator {
         }
     }
 
+    fn positive(&mut self, path: &str, v: f64) {
+        if !v.is_finite() || v <= 0.0 {
+            self.problem(path, format!("must be > 0, got {v}"));
+        }
+    }
+
+    fn whole_in(&mut self, path: &str, v: u32, lo: u32, hi: u32) {
+        if v < lo || v > hi {
+            self.problem(path, format!("must be {lo} to {hi}, got {v}"));
+        }
+    }
+
+    fn quality_control(&mut self, q: &QualityControl) {
+        let at = |field: &str| format!("defaults.qc.{field}");
+        self.positive(&at("spike_cm"), q.spike_cm);
+        self.whole_in(&at("median_of"), q.median_of, 1, 99);
+        self.positive(&at("max_rate_cm_per_min"), q.max_rate_cm_per_min);
+        self.whole_in(&at("stuck_after_s"), q.stuck_after_s, 1, 86_400);
+        // One reading is always "the same as itself": a run needs at least two.
+        self.whole_in(
+            &at("stuck_after_readings"),
+            q.stuck_after_readings,
+            2,
+            10_000,
+        );
+        self.positive(&at("rain_max_mm_h"), q.rain_max_mm_h);
+        self.whole_in(&at("rain_min_interval_s"), q.rain_min_interval_s, 1, 3600);
+    }
+
+    fn rain_intensity(&mut self, r: &RainIntensityRule) {
+        let at = |field: &str| format!("defaults.rain_intensity.{field}");
+        self.whole_in(&at("window_min"), r.window_min, 1, 1440);
+        self.positive(&at("mm"), r.mm);
+        if !r.reset.is_finite() || r.reset < 0.0 {
+            self.problem(
+                at("reset"),
+                format!("must be zero or more, got {}", r.reset),
+            );
+        } else if r.reset > r.mm {
+            self.problem(
+                at("reset"),
+                format!(
+                    "reset {} mm is above mm {} mm; hysteresis needs reset ≤ mm",
+                    r.reset, r.mm
+                ),
+            );
+        }
+        if r.level == Level::Normal {
+            self.problem(at("level"), "must be an alert level (blue to red)");
+        }
+    }
+
+    fn flapping(&mut self, fl: &Flapping) {
+        let at = |field: &str| format!("defaults.flapping.{field}");
+        self.whole_in(&at("history"), fl.history, 2, 1000);
+        for (name, v) in [("low", fl.low), ("high", fl.high)] {
+            if !(0.0..=1.0).contains(&v) {
+                self.problem(at(name), format!("must be a ratio from 0 to 1, got {v}"));
+            }
+        }
+        if fl.low >= fl.high {
+            self.problem(
+                at("low"),
+                format!("{} must be below high {}", fl.low, fl.high),
+            );
+        }
+    }
+
+    fn rise(&mut self, r: &Rise) {
+        let at = |field: &str| format!("defaults.rise.{field}");
+        self.whole_in(&at("window_min"), r.window_min, 1, 120);
+        self.positive(&at("min_cm_per_min"), r.min_cm_per_min);
+        self.whole_in(&at("horizon_min"), r.horizon_min, 1, 1440);
+    }
+
     fn check(&mut self, f: DistrictFile) -> Option<District> {
         let people = self.ids("people", f.people.iter().map(|p| p.id.as_str()));
         let subs = self.ids(
@@ -913,6 +1133,10 @@ impl Validator {
                 self.problem(format!("defaults.cadence.{name}"), "must be at least 1");
             }
         }
+        self.quality_control(&f.defaults.qc);
+        self.rain_intensity(&f.defaults.rain_intensity);
+        self.flapping(&f.defaults.flapping);
+        self.rise(&f.defaults.rise);
         for level in Level::ALERTS {
             if f.escalation.notify_at(level).is_empty() {
                 self.problem(

@@ -1,6 +1,7 @@
 //! What the stages publish on the bus.
 //!
-//! - [`PointStatus`]: the stream stage's latest view of one point (`status` topic);
+//! - [`PointStatus`]: the stream stage's latest view of one point (`status` topic), with the
+//!   [`QcFlag`]s of its latest reading;
 //! - [`AlertTransition`]: a change of a point's level or data state (`alerts` topic);
 //! - [`Incident`]: the alerts stage's incident state (`incidents` topic, latest wins);
 //! - [`Notification`]: one message to one person, in the outbox (`notifications` topic);
@@ -44,8 +45,51 @@ pub struct PointStatus {
     /// Event time of the latest reading applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reading_ms: Option<Millis>,
+    /// What quality control found wrong with the latest reading (empty: nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qc_flags: Vec<QcFlag>,
+    /// The next level up, when the water is rising fast enough to predict reaching it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_level: Option<Level>,
+    /// Minutes until `next_level`'s raise threshold at the current rate of rise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes_to_next: Option<f64>,
+    /// The level keeps going up and down around a threshold (flap detection).
+    #[serde(default)]
+    pub flapping: bool,
     /// The event time this status describes (the dataflow epoch it was computed at).
     pub as_of_ms: Millis,
+}
+
+/// What quality control found wrong with a reading. A flagged reading never moves a level on
+/// its own.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum QcFlag {
+    /// Outside the sensor's physical range.
+    Range,
+    /// Too far from the median of the sensor's recent readings, and not (yet) confirmed by
+    /// the next one.
+    Spike,
+    /// The same non-zero value for too long: the sensor is stuck.
+    Stuck,
+    /// Changed faster than water can between consecutive readings.
+    Rate,
+    /// A rain increment implying an impossible intensity over its reporting interval.
+    RainIntensity,
+}
+
+impl QcFlag {
+    /// Name used in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QcFlag::Range => "range",
+            QcFlag::Spike => "spike",
+            QcFlag::Stuck => "stuck",
+            QcFlag::Rate => "rate",
+            QcFlag::RainIntensity => "rain_intensity",
+        }
+    }
 }
 
 /// Why a transition happened.
@@ -107,6 +151,16 @@ pub struct AlertTransition {
     /// True when a late reading (past the lateness budget) caused it.
     #[serde(default)]
     pub late: bool,
+    /// The next level up, when the water is rising fast enough to predict reaching it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_level: Option<Level>,
+    /// Minutes until `next_level`'s raise threshold at the current rate of rise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes_to_next: Option<f64>,
+    /// The point is flapping: the transition is on the record, but people need not be told
+    /// of every up and down again.
+    #[serde(default)]
+    pub flapping: bool,
 }
 
 /// What an incident is about.
@@ -279,6 +333,8 @@ pub enum RejectReason {
     TooLarge,
     /// A record on the bus that could not be decoded.
     Undecodable,
+    /// The device's token does not allow it to write this sensor.
+    Forbidden,
 }
 
 impl RejectReason {
@@ -295,6 +351,7 @@ impl RejectReason {
             RejectReason::DuplicateSequence => "duplicate_sequence",
             RejectReason::TooLarge => "too_large",
             RejectReason::Undecodable => "undecodable",
+            RejectReason::Forbidden => "forbidden",
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct BusSettings {
     pub capacity: usize,
     /// Kafka bootstrap servers, `host:port,...`.
     pub bootstrap: String,
+    /// Kafka: replication factor of the topics floodcmd creates.
+    pub replication: u32,
 }
 
 impl Default for BusSettings {
@@ -57,6 +59,7 @@ impl Default for BusSettings {
             partitions: 4,
             capacity: 65_536,
             bootstrap: "127.0.0.1:19092".into(),
+            replication: 1,
         }
     }
 }
@@ -73,6 +76,13 @@ pub struct IngestSettings {
     pub max_future_s: u64,
     /// Readings older than this are rejected (retention horizon), hours.
     pub retention_h: u64,
+    /// Devices file (tokens as SHA-256, sensors each device may write). Empty: open access,
+    /// for trials only.
+    pub devices_file: String,
+    /// MQTT broker `host:port` to subscribe to; empty: no MQTT.
+    pub mqtt: String,
+    /// MQTT topic prefix; the adapter subscribes to `<prefix>/#`.
+    pub mqtt_prefix: String,
 }
 
 impl Default for IngestSettings {
@@ -82,6 +92,9 @@ impl Default for IngestSettings {
             max_body_bytes: 8 * 1024 * 1024,
             max_future_s: 300,
             retention_h: 72,
+            devices_file: String::new(),
+            mqtt: String::new(),
+            mqtt_prefix: "floodcmd/readings".into(),
         }
     }
 }
@@ -95,15 +108,27 @@ pub struct StreamSettings {
     /// Lateness budget: how far behind the newest event time a reading may arrive and still be
     /// judged in order, seconds.
     pub lateness_s: u64,
+    /// How far back the stage re-reads readings on start to rebuild its windows, hours
+    /// (covers the longest rain window, 24 h).
+    pub rebuild_h: u64,
 }
 
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
             workers: 2,
-            lateness_s: 120,
+            lateness_s: 10,
+            rebuild_h: 25,
         }
     }
+}
+
+/// The alerts stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSettings {
+    /// Drill: notifications are captured on the outbox marked `drill`, never sent.
+    pub drill: bool,
 }
 
 /// The command wall.
@@ -112,12 +137,15 @@ impl Default for StreamSettings {
 pub struct DashboardSettings {
     /// Listen address.
     pub listen: String,
+    /// Consumer group; each dashboard instance needs its own to see everything.
+    pub group: String,
 }
 
 impl Default for DashboardSettings {
     fn default() -> Self {
         DashboardSettings {
             listen: "127.0.0.1:8080".into(),
+            group: "dashboard".into(),
         }
     }
 }
@@ -134,11 +162,13 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// Stream.
     pub stream: StreamSettings,
+    /// Alerts.
+    pub alerts: AlertsSettings,
     /// Dashboard.
     pub dashboard: DashboardSettings,
 }
 
-const SECTIONS: [&str; 5] = ["district", "bus", "ingest", "stream", "dashboard"];
+const SECTIONS: [&str; 6] = ["district", "bus", "ingest", "stream", "alerts", "dashboard"];
 
 impl Settings {
     /// Parse a settings file, apply `FLOODCMD_*` overrides from `env`, validate.
@@ -159,7 +189,7 @@ impl Settings {
                     .and_then(|f| f.strip_prefix('_'))
                     .map(|f| (*s, f))
             }) else {
-                // FLOODCMD_LOG and friends belong to the binary, not to settings.
+                // FLOODCMD_LOG, FLOODCMD_KAFKA and friends belong to the binary or tests.
                 continue;
             };
             // Numbers and booleans keep their type; anything else is a string.
@@ -218,6 +248,12 @@ impl Settings {
                 format!("{} is too small (at least 16)", self.bus.capacity),
             );
         }
+        if self.bus.replication == 0 || self.bus.replication > 16 {
+            bad(
+                "bus.replication",
+                format!("{} must be 1 to 16", self.bus.replication),
+            );
+        }
         if self.bus.prefix.is_empty()
             || !self
                 .bus
@@ -230,6 +266,21 @@ impl Settings {
                 format!(
                     "\"{}\" must be ASCII letters, digits, '-', '_' or '.'",
                     self.bus.prefix
+                ),
+            );
+        }
+        if self.bus.kind == BusKind::Kafka
+            && self
+                .bus
+                .bootstrap
+                .split(',')
+                .any(|h| h.trim().rsplit_once(':').is_none())
+        {
+            bad(
+                "bus.bootstrap",
+                format!(
+                    "\"{}\" must be host:port[,host:port...]",
+                    self.bus.bootstrap
                 ),
             );
         }
@@ -249,6 +300,18 @@ impl Settings {
             bad(
                 "ingest.max_body_bytes",
                 format!("{} is below 1 KiB", self.ingest.max_body_bytes),
+            );
+        }
+        if !self.ingest.mqtt.is_empty()
+            && self
+                .ingest
+                .mqtt
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            bad(
+                "ingest.mqtt",
+                format!("\"{}\" must be host:port or empty", self.ingest.mqtt),
             );
         }
         for (path, addr) in [
@@ -288,11 +351,13 @@ mod tests {
             env(&[
                 ("FLOODCMD_STREAM_WORKERS", "3"),
                 ("FLOODCMD_BUS_PREFIX", "drill"),
+                ("FLOODCMD_ALERTS_DRILL", "true"),
             ]),
         )
         .unwrap();
         assert_eq!(s.stream.workers, 3);
         assert_eq!(s.bus.prefix, "drill");
+        assert!(s.alerts.drill);
     }
 
     #[test]
@@ -307,5 +372,7 @@ mod tests {
         assert!(text.contains("bus.partitions"), "{text}");
         let err = Settings::load("", env(&[("FLOODCMD_STREAM_WORKRS", "2")])).unwrap_err();
         assert!(err.to_string().contains("workrs"), "{err}");
+        let err = Settings::load("[ingest]\nmqtt = \"nohost\"\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("ingest.mqtt"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! The district file from a user's side: the sample parses, broken files name what is wrong.
 
-use floodcmd_model::config::{PointKind, ResponsibilityLevel};
-use floodcmd_model::District;
+use floodcmd_model::config::{Defaults, PointKind, ResponsibilityLevel};
+use floodcmd_model::{District, Level};
 
 const SAMPLE: &str = include_str!("../../config/xincheng.toml");
 
@@ -272,4 +272,83 @@ fn unknown_fields_are_refused() {
     );
     let p = problems(&src);
     assert!(has(&p, "unknown field `colour`"), "{p:?}");
+}
+
+/// MINI with `section` added right after the `[district]` table.
+fn with_defaults(section: &str) -> String {
+    MINI.replace(
+        "duty_leader = \"lead\"\n",
+        &format!("duty_leader = \"lead\"\n\n{section}\n"),
+    )
+}
+
+#[test]
+fn the_sample_writes_out_exactly_the_built_in_defaults() {
+    let d = District::from_toml_str(SAMPLE).unwrap();
+    assert_eq!(
+        d.defaults,
+        Defaults::default(),
+        "scripts/gen_xincheng.py and model/src/config.rs disagree"
+    );
+    for source in [
+        &d.defaults.qc.source,
+        &d.defaults.rain_intensity.source,
+        &d.defaults.flapping.source,
+        &d.defaults.rise.source,
+    ] {
+        assert!(!source.is_empty(), "every default says where it comes from");
+    }
+}
+
+#[test]
+fn a_file_without_the_new_sections_gets_the_defaults() {
+    let d = District::from_toml_str(MINI).unwrap();
+    assert_eq!(d.defaults.qc.spike_cm, 15.0);
+    assert_eq!(d.defaults.qc.median_of, 5);
+    assert_eq!(d.defaults.rain_intensity.mm, 20.0);
+    assert_eq!(d.defaults.rain_intensity.level, Level::Blue);
+    assert_eq!(
+        (
+            d.defaults.flapping.history,
+            d.defaults.flapping.low,
+            d.defaults.flapping.high
+        ),
+        (21, 0.25, 0.5)
+    );
+    assert_eq!(d.defaults.rise.window_min, 10);
+    let d = District::from_toml_str(&with_defaults("[defaults.qc]\nspike_cm = 20.0")).unwrap();
+    assert_eq!(d.defaults.qc.spike_cm, 20.0);
+    assert_eq!(
+        d.defaults.qc.stuck_after_s, 1800,
+        "the other fields keep their defaults"
+    );
+}
+
+#[test]
+fn bad_quality_control_and_rule_settings_are_named_by_field() {
+    let src = with_defaults(
+        "[defaults.qc]\nspike_cm = 0.0\nmedian_of = 0\nrain_max_mm_h = -1.0\n\n\
+         [defaults.rain_intensity]\nmm = 20.0\nreset = 25.0\nlevel = \"normal\"\n\n\
+         [defaults.flapping]\nlow = 0.6\nhigh = 0.5\n\n\
+         [defaults.rise]\nwindow_min = 0",
+    );
+    let p = problems(&src);
+    for needle in [
+        "defaults.qc.spike_cm: must be > 0",
+        "defaults.qc.median_of: must be 1 to 99, got 0",
+        "defaults.qc.rain_max_mm_h: must be > 0",
+        "defaults.rain_intensity.reset: reset 25 mm is above mm 20 mm",
+        "defaults.rain_intensity.level: must be an alert level",
+        "defaults.flapping.low: 0.6 must be below high 0.5",
+        "defaults.rise.window_min: must be 1 to 120, got 0",
+    ] {
+        assert!(has(&p, needle), "{needle} in {p:?}");
+    }
+    assert_eq!(p.len(), 7, "{p:?}");
+}
+
+#[test]
+fn unknown_quality_control_fields_are_refused() {
+    let p = problems(&with_defaults("[defaults.qc]\nspike_mm = 15.0"));
+    assert!(has(&p, "unknown field `spike_mm`"), "{p:?}");
 }

@@ -56,6 +56,9 @@ pub struct StreamConfig {
     pub group: String,
     /// Live or bounded.
     pub watermark: Watermark,
+    /// On start, re-read this much history before the committed offsets to rebuild windows
+    /// and levels, without emitting what was already emitted. `None`: start cold.
+    pub rebuild_ms: Option<Millis>,
 }
 
 /// Errors starting the stage.

@@ -7,14 +7,26 @@
 //! or replay speed. Silence is judged against event time too: a point becomes silent at
 //! `last reading + expected interval × allowed misses`, and that moment is emitted once the
 //! frontier passes it.
+//!
+//! For each reading, in order: quality control ([`crate::qc`]) decides whether it may move the
+//! level; an accepted one updates the depth or the rain windows, the rate of rise
+//! ([`crate::rise`]) and the levels ([`crate::level`], plus [`crate::intensity`] for rain
+//! gauges); every evaluation feeds flap detection ([`crate::flap`]). Nothing here reads the
+//! wall clock except to stamp `processed_ms`.
 
+use crate::flap::FlapDetector;
+use crate::intensity::IntensityLatch;
 use crate::level::{LevelChange, LevelTracker};
+use crate::qc::{DepthQc, RainQc, Verdict};
 use crate::rain::RainWindows;
-use floodcmd_model::config::{Cadence, Point, PointKind};
-use floodcmd_model::event::{AlertTransition, PointStatus, TransitionKind};
+use crate::rise::{predict, Prediction, RiseWindow};
+use floodcmd_model::config::{
+    Cadence, Flapping, Point, PointKind, QualityControl, RainIntensityRule, Rise,
+};
+use floodcmd_model::event::{AlertTransition, PointStatus, QcFlag, TransitionKind};
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the engine emits.
@@ -35,17 +47,49 @@ pub struct TimedReading {
     pub late: bool,
 }
 
-/// How far back the rate of rise looks.
-const RISE_WINDOW_MS: Millis = 10 * 60_000;
+/// The district-wide settings the rules read.
+struct Rules {
+    cadence: Cadence,
+    qc: QualityControl,
+    intensity: RainIntensityRule,
+    flapping: Flapping,
+    rise: Rise,
+}
+
+/// "1h", "3h", "10min": how rules name a rain window (the SMS text reads it back).
+fn window_label(window_min: u32) -> String {
+    // Not `is_multiple_of`: the workspace still promises Rust 1.85.
+    match (window_min / 60, window_min % 60) {
+        (hours, 0) => format!("{hours}h"),
+        _ => format!("{window_min}min"),
+    }
+}
+
+/// What a transition says happened, and the rule behind it.
+struct Cause {
+    kind: TransitionKind,
+    from: Level,
+    to: Level,
+    at: Millis,
+    rule: String,
+    value: f64,
+}
 
 struct PointState {
     point: Arc<Point>,
+    /// The threshold rules: depth, or the rainstorm signals of a rain gauge.
     tracker: LevelTracker,
+    /// Rain gauges only: the short-duration heavy rain rule beside the signal rules.
+    intensity: Option<IntensityLatch>,
     rain: Option<RainWindows>,
-    /// Latest calibrated depth per depth sensor: (event time, cm).
+    depth_qc: BTreeMap<String, DepthQc>,
+    rain_qc: BTreeMap<String, RainQc>,
+    /// Latest accepted calibrated depth per depth sensor: (event time, cm).
     depth_by_sensor: BTreeMap<String, (Millis, f64)>,
-    /// Recent (event time, point depth) for the rate of rise.
-    recent: VecDeque<(Millis, f64)>,
+    rise: RiseWindow,
+    flap: FlapDetector,
+    /// What quality control found wrong with the latest reading.
+    qc_flags: Vec<QcFlag>,
     last_ms: Option<Millis>,
     /// When the point will count as silent if nothing arrives.
     silent_at: Option<Millis>,
@@ -55,26 +99,41 @@ struct PointState {
 }
 
 impl PointState {
-    fn new(point: Arc<Point>) -> Self {
-        let rain = (point.kind == PointKind::RainGauge).then(|| {
+    fn new(point: Arc<Point>, rules: &Rules) -> Self {
+        let gauge = point.kind == PointKind::RainGauge;
+        let rain = gauge.then(|| {
             RainWindows::new(
-                floodcmd_model::Level::ALERTS
+                Level::ALERTS
                     .iter()
-                    .filter_map(|l| point.thresholds.get(*l).and_then(|t| t.window_min)),
+                    .filter_map(|l| point.thresholds.get(*l).and_then(|t| t.window_min))
+                    .chain([rules.intensity.window_min]),
             )
         });
         PointState {
             point,
             tracker: LevelTracker::default(),
+            intensity: gauge.then(IntensityLatch::default),
             rain,
+            depth_qc: BTreeMap::new(),
+            rain_qc: BTreeMap::new(),
             depth_by_sensor: BTreeMap::new(),
-            recent: VecDeque::new(),
+            rise: RiseWindow::new(rules.rise.window_min),
+            flap: FlapDetector::new(rules.flapping.history),
+            qc_flags: Vec::new(),
             last_ms: None,
             silent_at: None,
             silent_reported: false,
             data_state: DataState::Silent,
             last_status: None,
         }
+    }
+
+    /// The point's level: the higher of its threshold rules and, for a gauge, the intensity rule.
+    fn level(&self, rules: &Rules) -> Level {
+        let burst = self
+            .intensity
+            .map_or(Level::Normal, |latch| latch.level(&rules.intensity));
+        self.tracker.level().max(burst)
     }
 
     fn depth(&self) -> Option<f64> {
@@ -84,22 +143,21 @@ impl PointState {
             .reduce(f64::max)
     }
 
-    /// Least-squares slope of depth over the recent window, cm per minute.
     fn rise_cm_per_min(&self) -> Option<f64> {
-        if self.recent.len() < 2 {
+        if self.rain.is_some() {
             return None;
         }
-        let t0 = self.recent[0].0;
-        let n = self.recent.len() as f64;
-        let xs = self.recent.iter().map(|(t, _)| (t - t0) as f64 / 60_000.0);
-        let mean_x = xs.clone().sum::<f64>() / n;
-        let mean_y = self.recent.iter().map(|(_, d)| d).sum::<f64>() / n;
-        let (mut sxy, mut sxx) = (0.0, 0.0);
-        for (x, (_, y)) in xs.zip(self.recent.iter()) {
-            sxy += (x - mean_x) * (y - mean_y);
-            sxx += (x - mean_x) * (x - mean_x);
-        }
-        (sxx > 0.0).then(|| sxy / sxx)
+        self.rise.cm_per_min()
+    }
+
+    fn prediction(&self, rules: &Rules) -> Option<Prediction> {
+        predict(
+            self.level(rules),
+            self.depth()?,
+            self.rise_cm_per_min()?,
+            &self.point.thresholds,
+            &rules.rise,
+        )
     }
 
     fn wet(&self) -> bool {
@@ -109,8 +167,9 @@ impl PointState {
         }
     }
 
-    fn silent_after_ms(&self, cadence: &Cadence) -> Millis {
-        let storm = self.tracker.level() > Level::Normal || self.wet();
+    fn silent_after_ms(&self, rules: &Rules) -> Millis {
+        let cadence = &rules.cadence;
+        let storm = self.level(rules) > Level::Normal || self.wet();
         let interval = match (self.point.kind.judged_by(), storm) {
             (SensorKind::Depth, false) => cadence.depth_normal_s,
             (SensorKind::Depth, true) => cadence.depth_storm_s,
@@ -120,12 +179,13 @@ impl PointState {
         interval as Millis * 1000 * cadence.silent_after_missed as Millis
     }
 
-    fn status(&self, as_of_ms: Millis) -> PointStatus {
+    fn status(&self, as_of_ms: Millis, rules: &Rules) -> PointStatus {
         let rain = |w| self.rain.as_ref().and_then(|r| r.total(w));
+        let prediction = self.prediction(rules);
         PointStatus {
             point: self.point.id.clone(),
             kind: self.point.kind,
-            level: self.tracker.level(),
+            level: self.level(rules),
             data_state: self.data_state,
             depth_cm: self.depth(),
             rise_cm_per_min: self.rise_cm_per_min(),
@@ -134,6 +194,10 @@ impl PointState {
             rain_3h_mm: rain(180),
             rain_24h_mm: rain(1440),
             last_reading_ms: self.last_ms,
+            qc_flags: self.qc_flags.clone(),
+            next_level: prediction.map(|p| p.next_level),
+            minutes_to_next: prediction.map(|p| p.minutes),
+            flapping: self.flap.is_flapping(),
             as_of_ms,
         }
     }
@@ -159,12 +223,15 @@ impl PointState {
     }
 
     fn describe(&self, change: &LevelChange, values: &[f64; 4]) -> (String, f64) {
-        let th = self.point.thresholds.get(change.by).expect("alert level");
-        let i = change.by.alert_index().expect("alert level");
+        let (Some(th), Some(i)) = (
+            self.point.thresholds.get(change.by),
+            change.by.alert_index(),
+        ) else {
+            return (format!("{} → {}", change.from, change.to), 0.0);
+        };
         let v = values[i];
         let what = match th.window_min {
-            Some(w) if w % 60 == 0 => format!("rain {}h", w / 60),
-            Some(w) => format!("rain {w}min"),
+            Some(w) => format!("rain {}", window_label(w)),
             None => "depth".to_string(),
         };
         let unit = self.point.kind.unit();
@@ -178,28 +245,124 @@ impl PointState {
         };
         (rule, v)
     }
-}
 
-/// What caused a transition.
-struct Cause {
-    kind: TransitionKind,
-    from: Level,
-    to: Level,
-    at: Millis,
-    rule: String,
-    value: f64,
-    late: bool,
+    fn describe_intensity(rule: &RainIntensityRule, raised: bool, total: f64) -> (String, f64) {
+        let what = format!("rain {} {total:.1} mm", window_label(rule.window_min));
+        let text = if raised {
+            format!("{what} >= 短时强降水 {} mm ({})", rule.mm, rule.level)
+        } else {
+            format!("{what} < 短时强降水 reset {} mm", rule.reset)
+        };
+        (text, total)
+    }
+
+    /// Judge the point's rules at event time `at`; remember the outcome for flap detection.
+    fn evaluate(&mut self, at: Millis, rules: &Rules) -> Option<Cause> {
+        let before = self.level(rules);
+        let values = self.rule_values();
+        let signal = self.tracker.evaluate(values, at, &self.point.thresholds);
+        let burst = match (&mut self.intensity, &self.rain) {
+            (Some(latch), Some(rain)) => {
+                let total = rain.total(rules.intensity.window_min).unwrap_or(0.0);
+                latch
+                    .evaluate(total, &rules.intensity)
+                    .map(|raised| (raised, total))
+            }
+            _ => None,
+        };
+        let after = self.level(rules);
+        self.flap.record(after, &rules.flapping);
+        if after == before {
+            return None;
+        }
+        // Name the rule that moved the point: going up, the one that now holds it there;
+        // going down, the one that held it before.
+        let signal_moved_it = signal.as_ref().is_some_and(|c| {
+            if after > before {
+                c.to == after
+            } else {
+                c.from == before
+            }
+        });
+        let (rule, value) = match (signal, burst) {
+            (Some(change), _) if signal_moved_it => self.describe(&change, &values),
+            (_, Some((raised, total))) => Self::describe_intensity(&rules.intensity, raised, total),
+            (Some(change), None) => self.describe(&change, &values),
+            (None, None) => (format!("{before} → {after}"), 0.0),
+        };
+        let kind = match (before, after) {
+            (Level::Normal, _) => TransitionKind::Raised,
+            (_, Level::Normal) => TransitionKind::Cleared,
+            (f, t) if t > f => TransitionKind::Upgraded,
+            _ => TransitionKind::Downgraded,
+        };
+        Some(Cause {
+            kind,
+            from: before,
+            to: after,
+            at,
+            rule,
+            value,
+        })
+    }
+
+    /// Take an accepted depth of `sensor` measured at `ts_ms`.
+    fn accept_depth(&mut self, sensor: &str, ts_ms: Millis, depth: f64) {
+        // The newest measurement of each sensor is its depth; an older one that arrives late
+        // only adds to the history behind the rate of rise.
+        let newest = self
+            .depth_by_sensor
+            .get(sensor)
+            .is_none_or(|(t, _)| *t <= ts_ms);
+        if newest {
+            self.depth_by_sensor
+                .insert(sensor.to_string(), (ts_ms, depth));
+        }
+        let point_depth = if newest {
+            self.depth().unwrap_or(depth)
+        } else {
+            depth
+        };
+        self.rise.record(ts_ms, point_depth);
+    }
 }
 
 /// The rules for the points one worker owns.
 pub struct Engine {
     points: BTreeMap<String, PointState>,
-    cadence: Cadence,
+    rules: Rules,
     clock: Arc<dyn Clock>,
     /// When the stage started, in event time; never-heard points count as silent from here.
     origin_ms: Millis,
     /// Readings that could not be applied (unknown point: config changed under the topic).
     pub unknown_points: u64,
+}
+
+/// Build a transition from a point's state as it is now.
+fn transition(
+    st: &PointState,
+    rules: &Rules,
+    clock: &dyn Clock,
+    cause: Cause,
+    late: bool,
+) -> StreamOutput {
+    let prediction = st.prediction(rules);
+    StreamOutput::Transition(AlertTransition {
+        point: st.point.id.clone(),
+        point_kind: st.point.kind,
+        transition: cause.kind,
+        from: cause.from,
+        to: cause.to,
+        event_ms: cause.at,
+        processed_ms: clock.now_ms(),
+        rule: cause.rule,
+        value: cause.value,
+        rise_cm_per_min: st.rise_cm_per_min(),
+        late,
+        next_level: prediction.map(|p| p.next_level),
+        minutes_to_next: prediction.map(|p| p.minutes),
+        flapping: st.flap.is_flapping(),
+    })
 }
 
 impl Engine {
@@ -210,40 +373,33 @@ impl Engine {
         clock: Arc<dyn Clock>,
         origin_ms: Millis,
     ) -> Self {
+        let d = &district.defaults;
+        let rules = Rules {
+            cadence: d.cadence.clone(),
+            qc: d.qc.clone(),
+            intensity: d.rain_intensity.clone(),
+            flapping: d.flapping.clone(),
+            rise: d.rise.clone(),
+        };
         let points = district
             .points
             .iter()
             .filter(|p| owns(&p.id))
-            .map(|p| (p.id.clone(), PointState::new(Arc::new(p.clone()))))
+            .map(|p| (p.id.clone(), PointState::new(Arc::new(p.clone()), &rules)))
             .collect();
         Engine {
             points,
-            cadence: district.defaults.cadence.clone(),
+            rules,
             clock,
             origin_ms,
             unknown_points: 0,
         }
     }
 
-    fn transition(&self, st: &PointState, c: Cause) -> StreamOutput {
-        StreamOutput::Transition(AlertTransition {
-            point: st.point.id.clone(),
-            point_kind: st.point.kind,
-            transition: c.kind,
-            from: c.from,
-            to: c.to,
-            event_ms: c.at,
-            processed_ms: self.clock.now_ms(),
-            rule: c.rule,
-            value: c.value,
-            rise_cm_per_min: st.rise_cm_per_min(),
-            late: c.late,
-        })
-    }
-
     /// Judge silence for every owned point up to (not including) `t_ms`.
     pub fn advance_to(&mut self, t_ms: Millis, out: &mut Vec<StreamOutput>) {
         let started = self.origin_ms;
+        let rules = &self.rules;
         let mut fired = Vec::new();
         for (id, st) in &self.points {
             if st.silent_reported {
@@ -251,7 +407,7 @@ impl Engine {
             }
             let at = st
                 .silent_at
-                .unwrap_or_else(|| started + st.silent_after_ms(&self.cadence));
+                .unwrap_or_else(|| started + st.silent_after_ms(rules));
             if at < t_ms {
                 fired.push((id.clone(), at));
             }
@@ -259,15 +415,16 @@ impl Engine {
         // Emit in event-time order, ties by point id, whatever the map order.
         fired.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         for (id, at) in fired {
-            let st = self.points.get_mut(&id).expect("fired point exists");
+            let Some(st) = self.points.get_mut(&id) else {
+                continue;
+            };
             st.silent_reported = true;
             st.data_state = DataState::Silent;
-            let level = st.tracker.level();
-            let status = st.status(at);
+            let level = st.level(rules);
+            let status = st.status(at, rules);
             st.last_status = Some(status.clone());
-            let st = &self.points[&id];
             let rule = match st.last_ms {
-                Some(_) => format!("no reading for {} s", self.cadence_gap(st) / 1000),
+                Some(_) => format!("no reading for {} s", st.silent_after_ms(rules) / 1000),
                 None => "never heard from".to_string(),
             };
             let cause = Cause {
@@ -277,15 +434,10 @@ impl Engine {
                 at,
                 rule,
                 value: 0.0,
-                late: false,
             };
-            out.push(self.transition(st, cause));
+            out.push(transition(st, rules, &*self.clock, cause, false));
             out.push(StreamOutput::Status(status));
         }
-    }
-
-    fn cadence_gap(&self, st: &PointState) -> Millis {
-        st.silent_after_ms(&self.cadence)
     }
 
     /// Apply one complete epoch. `epoch_ms` is the epoch's start; readings are sorted here.
@@ -307,104 +459,22 @@ impl Engine {
         });
         let mut touched: Vec<String> = Vec::new();
         for tr in readings.iter() {
-            let r = &tr.reading;
-            let Some(st) = self.points.get_mut(&r.point) else {
+            let point = &tr.reading.point;
+            if !self.points.contains_key(point) {
                 self.unknown_points += 1;
                 continue;
-            };
-            if touched.last() != Some(&r.point) && !touched.contains(&r.point) {
-                touched.push(r.point.clone());
             }
-            // Rules judge event time, late or not: a late reading that shows water held above
-            // red for a minute raises red (flagged late), as it would have on time.
-            let at = r.ts_ms;
-            match (&mut st.rain, r.kind) {
-                (Some(rain), SensorKind::Rain) => {
-                    let _ = rain.add(r.ts_ms, r.value);
-                    rain.advance_to(at);
-                }
-                (None, SensorKind::Depth) => {
-                    let offset = st
-                        .point
-                        .sensors
-                        .iter()
-                        .find(|s| s.id == r.sensor)
-                        .map_or(0.0, |s| s.calibration_offset_cm);
-                    // The newest measurement of each sensor is its depth; an older one that
-                    // arrives late only adds to the history behind the rate of rise.
-                    let newest = st
-                        .depth_by_sensor
-                        .get(&r.sensor)
-                        .is_none_or(|(t, _)| *t <= r.ts_ms);
-                    if newest {
-                        st.depth_by_sensor
-                            .insert(r.sensor.clone(), (r.ts_ms, r.value + offset));
-                    }
-                    let d = st.depth().unwrap_or(0.0);
-                    let pos = st.recent.partition_point(|(t, _)| *t <= at);
-                    st.recent.insert(pos, (at, d));
-                    let newest = st.recent.back().map_or(at, |(t, _)| *t);
-                    while st
-                        .recent
-                        .front()
-                        .is_some_and(|(t, _)| *t < newest - RISE_WINDOW_MS)
-                    {
-                        st.recent.pop_front();
-                    }
-                }
-                // A rain sensor on a depth point (or the reverse) does not judge the point.
-                _ => continue,
+            if !touched.contains(point) {
+                touched.push(point.clone());
             }
-            let was_silent = st.silent_reported;
-            st.last_ms = Some(st.last_ms.map_or(r.ts_ms, |l| l.max(r.ts_ms)));
-            st.silent_reported = false;
-            st.data_state = if tr.late {
-                DataState::Late
-            } else {
-                DataState::Fresh
-            };
-            let values = st.rule_values();
-            let change = st.tracker.evaluate(values, at, &st.point.thresholds);
-            let after = st.silent_after_ms(&self.cadence);
-            st.silent_at = Some(st.last_ms.expect("just set") + after);
-            let st = &self.points[&r.point];
-            if was_silent {
-                let level = st.tracker.level();
-                let rule = "reading received".to_string();
-                let cause = Cause {
-                    kind: TransitionKind::Recovered,
-                    from: level,
-                    to: level,
-                    at,
-                    rule,
-                    value: values[0],
-                    late: tr.late,
-                };
-                out.push(self.transition(st, cause));
-            }
-            if let Some(change) = change {
-                let kind = match (change.from, change.to) {
-                    (Level::Normal, _) => TransitionKind::Raised,
-                    (_, Level::Normal) => TransitionKind::Cleared,
-                    (f, t) if t > f => TransitionKind::Upgraded,
-                    _ => TransitionKind::Downgraded,
-                };
-                let (rule, value) = st.describe(&change, &values);
-                let cause = Cause {
-                    kind,
-                    from: change.from,
-                    to: change.to,
-                    at,
-                    rule,
-                    value,
-                    late: tr.late,
-                };
-                out.push(self.transition(st, cause));
-            }
+            self.apply_reading(tr, out);
         }
+        let rules = &self.rules;
         for id in touched {
-            let st = self.points.get_mut(&id).expect("touched point exists");
-            let status = st.status(epoch_ms);
+            let Some(st) = self.points.get_mut(&id) else {
+                continue;
+            };
+            let status = st.status(epoch_ms, rules);
             let changed = st.last_status.as_ref().is_none_or(|prev| {
                 let mut p = prev.clone();
                 p.as_of_ms = status.as_of_ms;
@@ -420,8 +490,234 @@ impl Engine {
         }
     }
 
+    fn apply_reading(&mut self, tr: &TimedReading, out: &mut Vec<StreamOutput>) {
+        let Engine {
+            points,
+            rules,
+            clock,
+            ..
+        } = self;
+        let clock: &dyn Clock = &**clock;
+        let r = &tr.reading;
+        let Some(st) = points.get_mut(&r.point) else {
+            return;
+        };
+        // A rain sensor on a depth point (or the reverse) does not judge the point.
+        if r.kind != st.point.kind.judged_by() {
+            return;
+        }
+        // Rules judge event time, late or not: a late reading that shows water held above
+        // red for a minute raises red (flagged late), as it would have on time.
+        let at = r.ts_ms;
+        let offset = st
+            .point
+            .sensors
+            .iter()
+            .find(|s| s.id == r.sensor)
+            .map_or(0.0, |s| s.calibration_offset_cm);
+        let value = match r.kind {
+            SensorKind::Depth => r.value + offset,
+            SensorKind::Rain => r.value,
+        };
+        if st.silent_reported {
+            // The sensor talks again, whatever quality control makes of what it says.
+            let level = st.level(rules);
+            let cause = Cause {
+                kind: TransitionKind::Recovered,
+                from: level,
+                to: level,
+                at,
+                rule: "reading received".to_string(),
+                value,
+            };
+            out.push(transition(st, rules, clock, cause, tr.late));
+        }
+        st.last_ms = Some(st.last_ms.map_or(at, |l| l.max(at)));
+        st.silent_reported = false;
+        let verdict = match r.kind {
+            SensorKind::Depth => st
+                .depth_qc
+                .entry(r.sensor.clone())
+                .or_default()
+                .judge(at, r.value, value, &rules.qc),
+            SensorKind::Rain => st.rain_qc.entry(r.sensor.clone()).or_default().judge(
+                at,
+                value,
+                &rules.qc,
+                rules.cadence.rain_normal_s,
+            ),
+        };
+        // The held reading first, at its own event time, then this one.
+        let to_apply = match verdict {
+            Verdict::Accept => vec![(at, value)],
+            Verdict::Confirm(held) => vec![(held.ts_ms, held.value), (at, value)],
+            Verdict::Reject(flags) => {
+                if let Some(rain) = &mut st.rain {
+                    rain.advance_to(at);
+                }
+                st.qc_flags = flags;
+                Vec::new()
+            }
+        };
+        if !to_apply.is_empty() {
+            st.qc_flags.clear();
+        }
+        st.data_state = if !st.qc_flags.is_empty() {
+            DataState::Suspect
+        } else if tr.late {
+            DataState::Late
+        } else {
+            DataState::Fresh
+        };
+        for (ts_ms, v) in to_apply {
+            match &mut st.rain {
+                Some(rain) => {
+                    // Older than a day: no window can hold it, and none needs to.
+                    let _ = rain.add(ts_ms, v);
+                    rain.advance_to(ts_ms);
+                }
+                None => st.accept_depth(&r.sensor, ts_ms, v),
+            }
+            if let Some(m) = st.evaluate(ts_ms, rules) {
+                out.push(transition(st, rules, clock, m, tr.late));
+            }
+        }
+        let last = st.last_ms.unwrap_or(at);
+        st.silent_at = Some(last + st.silent_after_ms(rules));
+    }
+
     /// Points this engine owns.
     pub fn point_count(&self) -> usize {
         self.points.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodcmd_model::time::ManualClock;
+
+    const T0: Millis = 1_783_000_000_000;
+    const MIN: Millis = 60_000;
+
+    fn district() -> District {
+        District::from_toml_str(include_str!("../../config/xincheng.toml")).expect("sample")
+    }
+
+    fn rain(point: &str, sensor: &str, ts_ms: Millis, mm: f64) -> TimedReading {
+        TimedReading {
+            reading: Reading {
+                sensor: sensor.into(),
+                point: point.into(),
+                kind: SensorKind::Rain,
+                ts_ms,
+                value: mm,
+                seq: None,
+                received_ms: ts_ms,
+            },
+            late: false,
+        }
+    }
+
+    /// Feed readings one epoch each, as the dataflow would.
+    fn feed(engine: &mut Engine, readings: Vec<TimedReading>) -> Vec<StreamOutput> {
+        let mut out = Vec::new();
+        for r in readings {
+            let epoch = r.reading.ts_ms / 1000 * 1000;
+            engine.apply_epoch(epoch, &mut [r], &mut out);
+        }
+        out
+    }
+
+    /// Level transitions only: at a 5-minute cadence a wet gauge also goes silent (storm
+    /// cadence is 60 s) and recovers, which is not what these tests are about.
+    fn transitions(out: &[StreamOutput]) -> Vec<&AlertTransition> {
+        out.iter()
+            .filter_map(|o| match o {
+                StreamOutput::Transition(t)
+                    if !matches!(
+                        t.transition,
+                        TransitionKind::Silent | TransitionKind::Recovered
+                    ) =>
+                {
+                    Some(t)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_status<'a>(out: &'a [StreamOutput], point: &str) -> &'a PointStatus {
+        out.iter()
+            .rev()
+            .find_map(|o| match o {
+                StreamOutput::Status(s) if s.point == point => Some(s),
+                _ => None,
+            })
+            .expect("a status")
+    }
+
+    #[test]
+    fn harvey_gauge_520_100_6_mm_in_5_minutes_raises_nothing_and_is_suspect() {
+        let d = district();
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut engine = Engine::new(&d, |p| p == "RG-01", clock, T0);
+        // Normal 5-minute reports, then 3.96 in = 100.6 mm in one 5-minute report.
+        let mut readings: Vec<TimedReading> = (0..6)
+            .map(|i| rain("RG-01", "RN-RG-01", T0 + i * 5 * MIN, 0.8))
+            .collect();
+        readings.push(rain("RG-01", "RN-RG-01", T0 + 30 * MIN, 100.6));
+        let out = feed(&mut engine, readings);
+        assert!(transitions(&out).is_empty(), "{:#?}", transitions(&out));
+        let s = last_status(&out, "RG-01");
+        assert_eq!(s.data_state, DataState::Suspect);
+        assert_eq!(s.qc_flags, vec![QcFlag::RainIntensity]);
+        assert_eq!(s.level, Level::Normal);
+        assert!(
+            s.rain_3h_mm.is_some_and(|mm| (mm - 4.8).abs() < 1e-9),
+            "the suspect increment is not in the windows: {:?}",
+            s.rain_3h_mm
+        );
+        // The next report is normal again: the point is trusted again, still nothing raised.
+        let out = feed(
+            &mut engine,
+            vec![rain("RG-01", "RN-RG-01", T0 + 35 * MIN, 0.9)],
+        );
+        assert!(transitions(&out).is_empty());
+        assert_eq!(last_status(&out, "RG-01").data_state, DataState::Fresh);
+    }
+
+    #[test]
+    fn twenty_mm_in_an_hour_raises_blue_by_the_intensity_rule_and_names_it() {
+        let d = district();
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut engine = Engine::new(&d, |p| p == "RG-02", clock, T0);
+        let readings = (0..12)
+            .map(|i| rain("RG-02", "RN-RG-02", T0 + i * 5 * MIN, 2.0))
+            .collect();
+        let out = feed(&mut engine, readings);
+        let t = transitions(&out);
+        assert_eq!(t.len(), 1, "{t:#?}");
+        assert_eq!(
+            (t[0].transition, t[0].to),
+            (TransitionKind::Raised, Level::Blue)
+        );
+        assert_eq!(t[0].event_ms, T0 + 45 * MIN, "the tenth report makes 20 mm");
+        assert!(
+            t[0].rule.starts_with("rain 1h 20.0 mm >= 短时强降水"),
+            "{}",
+            t[0].rule
+        );
+        // Dry for an hour: the 1-hour total falls under the reset, the rule lets go.
+        let out = feed(
+            &mut engine,
+            vec![rain("RG-02", "RN-RG-02", T0 + 120 * MIN, 0.0)],
+        );
+        let t = transitions(&out);
+        assert_eq!(
+            (t[0].transition, t[0].to),
+            (TransitionKind::Cleared, Level::Normal)
+        );
+        assert!(t[0].rule.contains("短时强降水 reset"), "{}", t[0].rule);
     }
 }

@@ -1,7 +1,11 @@
 //! The stream stage: readings in, point status and alert transitions out, in event time.
 //!
+//! - [`qc`]: quality control per sensor (range, spike, stuck, rate; rain intensity);
 //! - [`rain`]: rolling rain totals in fixed memory;
 //! - [`level`]: levels with hysteresis and hold times;
+//! - [`intensity`]: the short-duration heavy rain rule (短时强降水) of rain gauges;
+//! - [`rise`]: rate of rise by least squares and the predicted time to the next level;
+//! - [`flap`]: flap detection (Kapacitor's weighted change ratio);
 //! - [`engine`]: the per-point rules, with no timely in sight (unit-testable, and the
 //!   reference the dataflow is checked against);
 //! - [`dataflow`]: the timely dataflow that feeds the engine from the bus, one complete
@@ -9,8 +13,12 @@
 
 pub mod dataflow;
 pub mod engine;
+pub mod flap;
+pub mod intensity;
 pub mod level;
+pub mod qc;
 pub mod rain;
+pub mod rise;
 
 pub use dataflow::{run_stream, StreamConfig, StreamHandle, Watermark};
 pub use engine::{Engine, StreamOutput, TimedReading};

@@ -1,37 +1,12 @@
 //! The stream stage from the bus's side: readings in, alert transitions out, the same whatever
 //! the worker count or arrival order; late readings flagged; silence never reads as normal.
 
-use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{Assignment, Bus};
-use floodcmd_model::codec::{decode, encode};
-use floodcmd_model::event::{AlertTransition, PointStatus, TransitionKind};
-use floodcmd_model::time::{Clock, ManualClock, Millis};
-use floodcmd_model::topic::Topics;
+mod common;
+
+use common::{by_point, depth_series, district, level_moves, reading, run, LATENESS_MS, T0};
+use floodcmd_model::event::{AlertTransition, TransitionKind};
+use floodcmd_model::time::Millis;
 use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
-use floodcmd_stream::{run_stream, StreamConfig, Watermark};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-
-const T0: Millis = 1_783_000_000_000;
-const LATENESS_MS: Millis = 20_000;
-
-fn district() -> Arc<District> {
-    Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap())
-}
-
-fn reading(d: &District, sensor: &str, ts: Millis, value: f64) -> Reading {
-    let s = d.sensor(sensor).unwrap();
-    Reading {
-        sensor: sensor.into(),
-        point: s.point.id.clone(),
-        kind: s.sensor.kind,
-        ts_ms: ts,
-        value,
-        seq: None,
-        received_ms: ts,
-    }
-}
 
 /// A storm: UP-01 rises to about 40 cm and drains; UP-04 rises to about 18 cm; RG-01 gets a
 /// downpour; LP-01 reports dry; UP-03 reports a little water, then goes silent.
@@ -57,91 +32,6 @@ fn storm(d: &District) -> Vec<Reading> {
         }
     }
     v
-}
-
-async fn run(
-    readings: &[Reading],
-    workers: usize,
-    lateness_ms: Millis,
-) -> (Vec<AlertTransition>, Vec<PointStatus>) {
-    let bus = EmbeddedBus::new(1 << 16);
-    let topics = Topics::new("s");
-    for t in topics.all() {
-        bus.ensure_topic(&t, 4).await.unwrap();
-    }
-    let producer = bus.producer();
-    for r in readings {
-        producer
-            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
-            .await
-            .unwrap();
-    }
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let handle = run_stream(
-        Arc::new(bus.clone()),
-        district(),
-        clock,
-        StreamConfig {
-            workers,
-            lateness_ms,
-            topics: topics.clone(),
-            group: "stream".into(),
-            watermark: Watermark::Bounded { origin_ms: T0 },
-        },
-    )
-    .await
-    .unwrap();
-    tokio::task::spawn_blocking(move || handle.join())
-        .await
-        .unwrap()
-        .unwrap();
-    let read_all = |topic: String| {
-        let bus = bus.clone();
-        async move {
-            let mut c = bus
-                .consumer("check", &topic, Assignment::All)
-                .await
-                .unwrap();
-            let mut out = Vec::new();
-            loop {
-                let b = c.poll(10_000, Duration::from_millis(50)).await.unwrap();
-                if b.is_empty() {
-                    return out;
-                }
-                out.extend(b);
-            }
-        }
-    };
-    let alerts = read_all(topics.alerts())
-        .await
-        .iter()
-        .map(|r| decode::<AlertTransition>(&r.payload).unwrap())
-        .collect();
-    let status = read_all(topics.status())
-        .await
-        .iter()
-        .map(|r| decode::<PointStatus>(&r.payload).unwrap())
-        .collect();
-    (alerts, status)
-}
-
-/// A transition as compared across runs: kind, from, to, event time, rule, late.
-type Seen = (TransitionKind, Level, Level, Millis, String, bool);
-
-/// Per point, the transitions in order, without processing time (which is wall-clock).
-fn by_point(alerts: &[AlertTransition]) -> BTreeMap<String, Vec<Seen>> {
-    let mut m: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for a in alerts {
-        m.entry(a.point.clone()).or_default().push((
-            a.transition,
-            a.from,
-            a.to,
-            a.event_ms,
-            a.rule.clone(),
-            a.late,
-        ));
-    }
-    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,4 +210,29 @@ async fn a_silent_sensor_keeps_its_level_and_never_reads_as_normal() {
         .expect("UP-05 was never heard from");
     assert_eq!(never.transition, TransitionKind::Silent);
     assert_eq!(never.rule, "never heard from");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_time_restarts_after_a_dip_and_hysteresis_keeps_the_level_until_reset() {
+    let d = district();
+    // LP-03: blue raises at 10 cm held 60 s, resets below 8 cm. One reading every 30 s.
+    let series = [
+        2.0, 6.0, 10.0, 11.0, // above blue for 30 s only...
+        7.0,  // ...a dip: the hold starts again
+        11.0, 12.0, 12.0, // 60 s above: blue
+        9.0, 8.5, 9.5, 8.0, // under the raise but not under the reset: still blue
+        7.5, // under the reset: cleared
+    ];
+    let v = depth_series(&d, "WL-LP-03", T0, 30_000, &series);
+    let (alerts, _) = run(&v, 2, LATENESS_MS).await;
+    let at = |i: i64| T0 + i * 30_000;
+    use Level::*;
+    use TransitionKind::*;
+    assert_eq!(
+        level_moves(&alerts, "LP-03"),
+        vec![
+            (Raised, Normal, Blue, at(7)),
+            (Cleared, Blue, Normal, at(12))
+        ]
+    );
 }

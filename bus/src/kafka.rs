@@ -1,0 +1,464 @@
+//! The Kafka bus: the same trait over Apache Kafka with librdkafka.
+//!
+//! - Producing: idempotent, `acks=all`; the partition is chosen here with
+//!   [`partition_for`] (Kafka's murmur2), so the embedded bus, this bus and a Java producer all
+//!   agree. A full local queue makes `send` wait up to `queue_timeout`, then fail with
+//!   [`BusError::Timeout`]: callers (the gateway) turn that into 429, never into a drop.
+//! - Consuming: static assignment (no group rebalancing), starting at the group's committed
+//!   offset or the earliest retained record; auto-commit is off, the caller commits after the
+//!   effects of a record are produced.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use floodcmd_model::bus::{
+    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Producer, Record,
+};
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How to reach Kafka and how to create topics.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `host:port,...`.
+    pub bootstrap: String,
+    /// Replication factor of topics this bus creates.
+    pub replication: i32,
+    /// How long a producer waits for room in its local queue before giving up.
+    pub queue_timeout: Duration,
+    /// Extra librdkafka settings, applied last.
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// One broker at `bootstrap`, replication 1.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        KafkaConfig {
+            bootstrap: bootstrap.into(),
+            replication: 1,
+            queue_timeout: Duration::from_secs(10),
+            extra: Vec::new(),
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        // librdkafka may resolve `localhost` to ::1 while brokers listen on 127.0.0.1.
+        c.set("broker.address.family", "v4");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn client_err(e: KafkaError) -> BusError {
+    BusError::Client(e.to_string())
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Kafka bus.
+#[derive(Clone)]
+pub struct KafkaBus {
+    config: KafkaConfig,
+    producer: Arc<KafkaProducer>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl KafkaBus {
+    /// Connect (lazily: librdkafka connects on first use).
+    pub fn new(config: KafkaConfig) -> Result<Self, BusError> {
+        let producer: FutureProducer = config
+            .client()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "120000")
+            .create()
+            .map_err(client_err)?;
+        let admin: AdminClient<DefaultClientContext> =
+            config.client().create().map_err(client_err)?;
+        Ok(KafkaBus {
+            producer: Arc::new(KafkaProducer {
+                inner: producer,
+                partitions: Mutex::new(HashMap::new()),
+                queue_timeout: config.queue_timeout,
+            }),
+            admin: Arc::new(admin),
+            config,
+        })
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
+        let md = self
+            .producer
+            .inner
+            .client()
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(client_err)?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            return Err(BusError::UnknownTopic(topic.to_string()));
+        }
+        Ok(t.partitions().len() as u32)
+    }
+
+    /// Metadata and watermark calls block in librdkafka: keep them off the async workers.
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
+    ) -> Result<T, BusError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| BusError::Client(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        let new = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(self.config.replication),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(client_err)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BusError::Client(format!("creating topic {name}: {code}")))
+                }
+            }
+        }
+        // Creation is asynchronous in the cluster: wait until metadata shows the partitions.
+        for _ in 0..100 {
+            let me = self.clone();
+            let t = topic.to_string();
+            if Self::blocking(move || me.partition_count(&t)).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BusError::Client(format!(
+            "topic {topic} did not appear in metadata"
+        )))
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        let me = self.clone();
+        let t = topic.to_string();
+        Self::blocking(move || me.partition_count(&t)).await
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        let me = self.clone();
+        let t = topic.to_string();
+        Self::blocking(move || {
+            let n = me.partition_count(&t)?;
+            (0..n)
+                .map(|p| {
+                    let (_, high) = me
+                        .producer
+                        .inner
+                        .client()
+                        .fetch_watermarks(&t, p as i32, METADATA_TIMEOUT)
+                        .map_err(client_err)?;
+                    Ok(high.max(0) as u64)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError> {
+        let me = self.clone();
+        let t = topic.to_string();
+        Self::blocking(move || {
+            let n = me.partition_count(&t)?;
+            let consumer: rdkafka::consumer::BaseConsumer = me
+                .config
+                .client()
+                .set("group.id", "floodcmd-offsets-lookup")
+                .create()
+                .map_err(client_err)?;
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..n {
+                tpl.add_partition_offset(&t, p as i32, Offset::Offset(timestamp_ms))
+                    .map_err(client_err)?;
+            }
+            let found = consumer
+                .offsets_for_times(tpl, METADATA_TIMEOUT)
+                .map_err(client_err)?;
+            (0..n)
+                .map(|p| {
+                    let elem = found.find_partition(&t, p as i32);
+                    match elem.map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => Ok(o.max(0) as u64),
+                        // No record at or after the time: start at the end.
+                        _ => {
+                            let (_, high) = me
+                                .producer
+                                .inner
+                                .client()
+                                .fetch_watermarks(&t, p as i32, METADATA_TIMEOUT)
+                                .map_err(client_err)?;
+                            Ok(high.max(0) as u64)
+                        }
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        self.producer.clone()
+    }
+
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let n = self.partitions(topic).await?;
+        let assigned: Vec<u32> = match assignment {
+            Assignment::All => (0..n).collect(),
+            Assignment::Partitions(ps) => {
+                if let Some(&bad) = ps.iter().find(|&&p| p >= n) {
+                    return Err(BusError::UnknownPartition {
+                        topic: topic.to_string(),
+                        partition: bad,
+                    });
+                }
+                ps
+            }
+        };
+        let consumer: StreamConsumer = self
+            .config
+            .client()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(client_err)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &assigned {
+            tpl.add_partition_offset(topic, *p as i32, Offset::Stored)
+                .map_err(client_err)?;
+        }
+        consumer.assign(&tpl).map_err(client_err)?;
+        Ok(Box::new(KafkaConsumer {
+            inner: consumer,
+            topic: Arc::from(topic),
+            assigned,
+            skip_below: HashMap::new(),
+        }))
+    }
+}
+
+struct KafkaProducer {
+    inner: FutureProducer,
+    partitions: Mutex<HashMap<String, u32>>,
+    queue_timeout: Duration,
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError> {
+        let cached = self
+            .partitions
+            .lock()
+            .expect("partition cache")
+            .get(topic)
+            .copied();
+        let n = match cached {
+            Some(n) => n,
+            None => {
+                let client = self.inner.client();
+                let md = client
+                    .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                    .map_err(client_err)?;
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map_or(0, |t| t.partitions().len() as u32);
+                if n == 0 {
+                    return Err(BusError::UnknownTopic(topic.to_string()));
+                }
+                self.partitions
+                    .lock()
+                    .expect("partition cache")
+                    .insert(topic.to_string(), n);
+                n
+            }
+        };
+        let partition = partition_for(key, n);
+        let record = FutureRecord::to(topic)
+            .partition(partition as i32)
+            .key(key)
+            .payload(payload.as_ref())
+            .timestamp(timestamp_ms);
+        // Enqueue at once when there is room (the common case, and the cheap one); only a
+        // full queue takes the slower path that waits for room up to `queue_timeout`.
+        let delivered = match self.inner.send_result(record) {
+            Ok(delivery) => match delivery.await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(BusError::Client(
+                        "producer dropped the delivery report".into(),
+                    ))
+                }
+            },
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                self.inner.send(record, self.queue_timeout).await
+            }
+            Err((e, _)) => return Err(client_err(e)),
+        };
+        match delivered {
+            Ok(d) => Ok(Delivery {
+                partition: d.partition as u32,
+                offset: d.offset.max(0) as u64,
+            }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(BusError::Timeout {
+                    topic: topic.to_string(),
+                    after: self.queue_timeout,
+                })
+            }
+            Err((e, _)) => Err(client_err(e)),
+        }
+    }
+}
+
+struct KafkaConsumer {
+    inner: StreamConsumer,
+    topic: Arc<str>,
+    assigned: Vec<u32>,
+    /// After a seek, records fetched before it (below the new position) may still be queued.
+    skip_below: HashMap<u32, u64>,
+}
+
+impl KafkaConsumer {
+    fn wanted(&self, r: &Record) -> bool {
+        self.skip_below
+            .get(&r.partition)
+            .is_none_or(|below| r.offset >= *below)
+    }
+
+    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        Record {
+            topic: self.topic.clone(),
+            partition: m.partition() as u32,
+            offset: m.offset().max(0) as u64,
+            key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        let mut out = Vec::new();
+        if self.assigned.is_empty() {
+            tokio::time::sleep(timeout).await;
+            return Ok(out);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.is_empty() {
+            match tokio::time::timeout_at(deadline, self.inner.recv()).await {
+                Err(_) => return Ok(out),
+                Ok(Ok(m)) => {
+                    let r = self.record(&m);
+                    if self.wanted(&r) {
+                        out.push(r);
+                    }
+                }
+                // librdkafka reports passing trouble (coordinator moving, a broker restarting)
+                // through the message stream and recovers by itself: say so and keep going.
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error (retrying)");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        // Take what is already buffered without waiting again.
+        while out.len() < max {
+            match self.inner.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    let r = self.record(&m);
+                    if self.wanted(&r) {
+                        out.push(r);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error (retrying)");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition as i32, Offset::Offset(next as i64))
+            .map_err(client_err)?;
+        // Async: a commit lost in a crash means a record is read again, never skipped.
+        self.inner
+            .commit(&tpl, CommitMode::Async)
+            .map_err(client_err)
+    }
+
+    async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
+        self.skip_below.insert(partition, offset);
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.assigned {
+            let o = if *p == partition {
+                Offset::Offset(offset as i64)
+            } else {
+                Offset::Stored
+            };
+            tpl.add_partition_offset(&self.topic, *p as i32, o)
+                .map_err(client_err)?;
+        }
+        self.inner.assign(&tpl).map_err(client_err)
+    }
+
+    fn assigned(&self) -> Vec<u32> {
+        self.assigned.clone()
+    }
+}

@@ -1,0 +1,209 @@
+//! The Kafka bus against a real broker (`scripts/kafka.sh start`; `FLOODCMD_KAFKA` names it):
+//! the same semantics the stages rely on from the embedded bus.
+
+use bytes::Bytes;
+use floodcmd_bus::{KafkaBus, KafkaConfig};
+use floodcmd_model::bus::{partition_for, Assignment, Bus, BusError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn bootstrap() -> String {
+    std::env::var("FLOODCMD_KAFKA").expect(
+        "FLOODCMD_KAFKA is not set: these tests need a real broker. Run the test command from the README \
+         (scripts/test.sh), or start one with scripts/kafka.sh start and export FLOODCMD_KAFKA=127.0.0.1:19092",
+    )
+}
+
+fn unique(name: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test.{name}.{n}")
+}
+
+async fn bus() -> KafkaBus {
+    KafkaBus::new(KafkaConfig::new(bootstrap())).unwrap()
+}
+
+async fn read_n(
+    c: &mut Box<dyn floodcmd_model::bus::Consumer>,
+    n: usize,
+) -> Vec<floodcmd_model::bus::Record> {
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} records arrived",
+            out.len()
+        );
+        out.extend(c.poll(1000, Duration::from_millis(500)).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_keep_their_order_and_land_where_the_embedded_bus_puts_them() {
+    let bus = bus().await;
+    let topic = unique("order");
+    bus.ensure_topic(&topic, 4).await.unwrap();
+    bus.ensure_topic(&topic, 4)
+        .await
+        .expect("creating an existing topic is fine");
+    assert_eq!(bus.partitions(&topic).await.unwrap(), 4);
+    let p = bus.producer();
+    for i in 0..200u32 {
+        let key = format!("WL-{}", i % 9);
+        let d = p
+            .send(
+                &topic,
+                key.as_bytes(),
+                Bytes::from(i.to_string()),
+                1_000 + i as i64,
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.partition, partition_for(key.as_bytes(), 4));
+    }
+    let mut c = bus
+        .consumer("g-order", &topic, Assignment::All)
+        .await
+        .unwrap();
+    let got = read_n(&mut c, 200).await;
+    for k in 0..9u32 {
+        let key = format!("WL-{k}");
+        let values: Vec<u32> = got
+            .iter()
+            .filter(|r| r.key == key.as_bytes())
+            .map(|r| std::str::from_utf8(&r.payload).unwrap().parse().unwrap())
+            .collect();
+        let expect: Vec<u32> = (0..200).filter(|i| i % 9 == k).collect();
+        assert_eq!(values, expect, "{key}: every record once, in order");
+    }
+    assert_eq!(
+        bus.end_offsets(&topic).await.unwrap().iter().sum::<u64>(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_resumes_at_its_groups_commit() {
+    let bus = bus().await;
+    let topic = unique("resume");
+    bus.ensure_topic(&topic, 1).await.unwrap();
+    let p = bus.producer();
+    for i in 0..50u32 {
+        p.send(&topic, b"k", Bytes::from(i.to_string()), i as i64)
+            .await
+            .unwrap();
+    }
+    {
+        let mut c = bus
+            .consumer("g-resume", &topic, Assignment::All)
+            .await
+            .unwrap();
+        let first = read_n(&mut c, 20).await;
+        let cut = first[19].offset + 1;
+        c.commit(0, cut).await.unwrap();
+        // Commits are asynchronous; give the broker a moment before the consumer goes away.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut again = bus
+        .consumer("g-resume", &topic, Assignment::All)
+        .await
+        .unwrap();
+    let rest = read_n(&mut again, 30).await;
+    assert_eq!(
+        rest[0].offset, 20,
+        "resumes right after the committed offset"
+    );
+    assert_eq!(rest.len(), 30);
+    let mut other = bus
+        .consumer("g-other", &topic, Assignment::Partitions(vec![0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_n(&mut other, 50).await[0].offset,
+        0,
+        "a new group starts at the earliest record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_can_be_found_by_time_and_sought() {
+    let bus = bus().await;
+    let topic = unique("time");
+    bus.ensure_topic(&topic, 2).await.unwrap();
+    let p = bus.producer();
+    let base = 1_783_000_000_000i64;
+    for i in 0..40i64 {
+        p.send(
+            &topic,
+            format!("s{}", i % 2).as_bytes(),
+            Bytes::from(i.to_string()),
+            base + i * 1000,
+        )
+        .await
+        .unwrap();
+    }
+    let at = bus.offsets_for_time(&topic, base + 30_000).await.unwrap();
+    let ends = bus.end_offsets(&topic).await.unwrap();
+    assert_eq!(
+        ends.iter().zip(&at).map(|(e, a)| e - a).sum::<u64>(),
+        10,
+        "ten records at or after the time"
+    );
+    let mut c = bus
+        .consumer("g-time", &topic, Assignment::All)
+        .await
+        .unwrap();
+    for (partition, offset) in at.iter().enumerate() {
+        c.seek(partition as u32, *offset).await.unwrap();
+    }
+    let got = read_n(&mut c, 10).await;
+    assert!(
+        got.iter().all(|r| r.timestamp_ms >= base + 30_000),
+        "seeking by time skips older records"
+    );
+    let after = bus
+        .offsets_for_time(&topic, base + 1_000_000)
+        .await
+        .unwrap();
+    assert_eq!(after, ends, "no record after the time: the end offsets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_is_a_timeout_not_a_silent_drop() {
+    let mut cfg = KafkaConfig::new(bootstrap());
+    cfg.queue_timeout = Duration::from_millis(50);
+    cfg.extra = vec![
+        ("queue.buffering.max.messages".into(), "5".into()),
+        ("linger.ms".into(), "2000".into()),
+    ];
+    let bus = KafkaBus::new(cfg).unwrap();
+    let topic = unique("full");
+    bus.ensure_topic(&topic, 1).await.unwrap();
+    let p = bus.producer();
+    let sends = (0..50).map(|i| p.send(&topic, b"k", Bytes::from(vec![0u8; 100]), i));
+    let results = futures::future::join_all(sends).await;
+    let timeouts = results
+        .iter()
+        .filter(|r| matches!(r, Err(BusError::Timeout { .. })))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(timeouts > 0, "a queue of 5 cannot take 50 at once");
+    assert_eq!(
+        ok + timeouts,
+        50,
+        "every send either landed or said it did not: {results:?}"
+    );
+    let mut c = bus
+        .consumer("g-full", &topic, Assignment::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_n(&mut c, ok).await.len(),
+        ok,
+        "what was acknowledged is on the topic"
+    );
+}

@@ -1,0 +1,131 @@
+//! The MQTT adapter: field gateways publish readings to a broker (Mosquitto) on
+//! `floodcmd/readings/<device-id>`; this subscribes and feeds every message through the same
+//! [`Gateway::ingest`] as HTTP.
+//!
+//! The broker authenticates clients (its ACL should allow a client to publish only under its
+//! own id, e.g. `pattern write floodcmd/readings/%c`); the device id in the topic then decides
+//! which sensors the message may carry. Messages are acknowledged (QoS 1, manual acks) only
+//! after everything they carried is on the bus, so a crash or a full bus means the broker
+//! delivers them again rather than losing them. The session is persistent: messages published
+//! while the adapter is away wait at the broker.
+
+use crate::decode::Framing;
+use crate::gateway::{Access, Gateway, GatewayError};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Where the broker is and what to subscribe to.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id (one per adapter instance; the broker keeps its session).
+    pub client_id: String,
+    /// Topic prefix; the adapter subscribes to `<prefix>/#`.
+    pub prefix: String,
+}
+
+impl MqttConfig {
+    /// The defaults used by `scripts/mosquitto.sh`: 127.0.0.1:18830, `floodcmd/readings`.
+    pub fn local() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 18830,
+            client_id: "floodcmd-ingest".into(),
+            prefix: "floodcmd/readings".into(),
+        }
+    }
+}
+
+fn framing_of(payload: &[u8]) -> Framing {
+    // Several readings in one message come as a JSON array or as NDJSON lines.
+    let body = payload.trim_ascii();
+    if !body.starts_with(b"[") && body.contains(&b'\n') {
+        Framing::NdJson
+    } else {
+        Framing::Json
+    }
+}
+
+/// Subscribe and ingest until `shutdown` turns true. Reconnects by itself.
+pub async fn run_mqtt(
+    gateway: Arc<Gateway>,
+    config: MqttConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
+    let (client, mut events) = AsyncClient::new(opts, 256);
+    let filter = format!("{}/#", config.prefix);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => break,
+            e = events.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(200);
+                tracing::info!(broker = %format!("{}:{}", config.host, config.port), %filter, "MQTT connected");
+                if let Err(e) = client.subscribe(&filter, QoS::AtLeastOnce).await {
+                    tracing::error!(error = %e, "MQTT subscribe failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let device_id = p
+                    .topic
+                    .strip_prefix(&config.prefix)
+                    .unwrap_or("")
+                    .trim_start_matches('/');
+                let device = match gateway.access() {
+                    Access::Open => None,
+                    Access::Devices(reg) => match reg.by_id(device_id) {
+                        Some(d) => Some(d.clone()),
+                        None => {
+                            // Not ours to judge further: count it, ack it, keep nothing.
+                            tracing::warn!(topic = %p.topic, "MQTT message from an unregistered device");
+                            crate::metrics::metrics()
+                                .requests
+                                .with_label_values(&["mqtt_unknown_device"])
+                                .inc();
+                            let _ = client.ack(&p).await;
+                            continue;
+                        }
+                    },
+                };
+                match gateway
+                    .ingest(&p.payload, framing_of(&p.payload), "mqtt", device.as_ref())
+                    .await
+                {
+                    Ok(_) => {
+                        if let Err(e) = client.ack(&p).await {
+                            tracing::warn!(error = %e, "MQTT ack failed; the broker will deliver again");
+                        }
+                    }
+                    Err(GatewayError::Incomplete { cause, .. }) => {
+                        // No ack: the broker redelivers after a reconnect. Back off meanwhile.
+                        tracing::warn!(error = %cause, "bus could not take an MQTT message; leaving it unacknowledged");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost");
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The test command (README): starts the real services the tests need (Apache Kafka from
+# Maven jars, Mosquitto), runs the whole test suite against them, then checks a three-broker
+# cluster, and stops only what it started.
+#   scripts/test.sh               # everything
+#   scripts/test.sh -p floodcmd-bus   # extra args go to the first `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started_kafka=0
+started_mqtt=0
+cleanup() {
+  if [[ $started_kafka == 1 ]]; then scripts/kafka.sh stop >/dev/null 2>&1 || true; fi
+  if [[ $started_mqtt == 1 ]]; then scripts/mosquitto.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+if scripts/kafka.sh status >/dev/null 2>&1; then
+  echo "test.sh: reusing the running Kafka" >&2
+  FLOODCMD_KAFKA=$(scripts/kafka.sh bootstrap | tail -n1)
+else
+  FLOODCMD_KAFKA=$(scripts/kafka.sh start 1 | tail -n1)
+  started_kafka=1
+fi
+if scripts/mosquitto.sh status >/dev/null 2>&1; then
+  FLOODCMD_MQTT=127.0.0.1:18830
+else
+  FLOODCMD_MQTT=$(scripts/mosquitto.sh start | tail -n1)
+  started_mqtt=1
+fi
+export FLOODCMD_KAFKA FLOODCMD_MQTT
+echo "test.sh: Kafka at $FLOODCMD_KAFKA, MQTT at $FLOODCMD_MQTT" >&2
+
+cargo test --workspace "$@" -- --skip three_broker_cluster
+
+# A three-broker cluster needs the ports of the single one: only when this script owns it.
+if [[ $started_kafka == 1 ]]; then
+  scripts/kafka.sh stop >/dev/null
+  started_kafka=0
+  FLOODCMD_KAFKA_CLUSTER=$(scripts/kafka.sh start 3 | tail -n1)
+  started_kafka=1
+  export FLOODCMD_KAFKA_CLUSTER
+  cargo test --test kafka_cluster -- three_broker_cluster
+  scripts/kafka.sh stop >/dev/null
+  started_kafka=0
+  if pgrep -f 'kafka\.Kafka .*\.cache/kafka-run' >/dev/null; then
+    echo "test.sh: a broker survived 'kafka.sh stop'" >&2
+    exit 1
+  fi
+  echo "test.sh: three-broker cluster started, served and stopped cleanly" >&2
+else
+  echo "test.sh: skipped the three-broker check (a Kafka this script did not start is running)" >&2
+fi

@@ -1,0 +1,229 @@
+//! Starting one stage: what `floodcmd run`, the single-stage commands (`ingest`, `stream`,
+//! `alerts`, `dashboard`) and the demo's pipeline share. Each function starts a stage against
+//! a bus and returns its handles; none of them knows about the others.
+
+use floodcmd_alerts::{run_alerts, AlertsConfig};
+use floodcmd_bus::{EmbeddedBus, KafkaBus, KafkaConfig};
+use floodcmd_dashboard::{serve, DashboardConfig};
+use floodcmd_ingest::auth::DeviceRegistry;
+use floodcmd_ingest::mqtt::{run_mqtt, MqttConfig};
+use floodcmd_ingest::validate::TimeLimits;
+use floodcmd_ingest::{Access, Gateway, GatewayConfig};
+use floodcmd_model::bus::{Bus, BusError};
+use floodcmd_model::settings::{BusKind, BusSettings, IngestSettings};
+use floodcmd_model::time::{Clock, Millis};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::District;
+use floodcmd_stream::{run_stream, StreamConfig, StreamHandle, Watermark};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Errors starting a stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The bus failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// The stream stage failed to start.
+    #[error("stream: {0}")]
+    Stream(#[from] floodcmd_stream::dataflow::StreamError),
+    /// The dashboard failed to start.
+    #[error("dashboard: {0}")]
+    Dashboard(#[from] floodcmd_dashboard::server::DashboardError),
+    /// A listener could not bind.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A settings value is wrong (names the field).
+    #[error("{0}")]
+    Settings(String),
+}
+
+/// What every stage needs.
+#[derive(Clone)]
+pub struct StageContext {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// The district.
+    pub district: Arc<District>,
+    /// The clock ("now").
+    pub clock: Arc<dyn Clock>,
+    /// Topic names.
+    pub topics: Topics,
+    /// Turns true when the process shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A connected bus; the embedded one is kept typed so tests can inspect it.
+pub struct ConnectedBus {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// Set when the bus is embedded.
+    pub embedded: Option<EmbeddedBus>,
+}
+
+/// Connect to the bus the settings name (`kafka` overrides the bootstrap list and forces
+/// Kafka) and make sure every topic exists.
+pub async fn connect_bus(
+    settings: &BusSettings,
+    kafka: Option<&str>,
+    topics: &Topics,
+) -> Result<ConnectedBus, StageError> {
+    let (bus, embedded): (Arc<dyn Bus>, Option<EmbeddedBus>) = match (settings.kind, kafka) {
+        (BusKind::Embedded, None) => {
+            let b = EmbeddedBus::new(settings.capacity);
+            (Arc::new(b.clone()), Some(b))
+        }
+        (_, over) => {
+            let mut cfg = KafkaConfig::new(over.unwrap_or(&settings.bootstrap));
+            cfg.replication = settings.replication as i32;
+            (Arc::new(KafkaBus::new(cfg)?), None)
+        }
+    };
+    for t in topics.all() {
+        bus.ensure_topic(&t, settings.partitions).await?;
+    }
+    Ok(ConnectedBus { bus, embedded })
+}
+
+/// The command wall.
+pub async fn start_dashboard(
+    ctx: &StageContext,
+    listen: SocketAddr,
+    group: &str,
+) -> Result<(SocketAddr, JoinHandle<()>), StageError> {
+    let config = DashboardConfig {
+        listen,
+        topics: ctx.topics.clone(),
+        group: group.to_string(),
+    };
+    Ok(serve(
+        ctx.bus.clone(),
+        ctx.district.clone(),
+        ctx.clock.clone(),
+        config,
+        ctx.shutdown.clone(),
+    )
+    .await?)
+}
+
+/// The alerts stage.
+pub fn start_alerts(ctx: &StageContext, drill: bool) -> JoinHandle<()> {
+    let fut = run_alerts(
+        ctx.bus.clone(),
+        ctx.district.clone(),
+        ctx.clock.clone(),
+        AlertsConfig {
+            topics: ctx.topics.clone(),
+            group: "alerts".into(),
+            drill,
+        },
+        ctx.shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::error!(error = %e, "alerts stage stopped");
+        }
+    })
+}
+
+/// The stream stage, live on `ctx.clock`.
+pub async fn start_stream(
+    ctx: &StageContext,
+    workers: usize,
+    lateness_ms: Millis,
+    rebuild_ms: Option<Millis>,
+) -> Result<StreamHandle, StageError> {
+    let config = StreamConfig {
+        workers,
+        lateness_ms,
+        topics: ctx.topics.clone(),
+        group: "stream".into(),
+        watermark: Watermark::Clock(ctx.clock.clone()),
+        rebuild_ms,
+    };
+    Ok(run_stream(
+        ctx.bus.clone(),
+        ctx.district.clone(),
+        ctx.clock.clone(),
+        config,
+    )
+    .await?)
+}
+
+/// Who may write, from the settings: a devices file, or open access when none is named.
+pub fn access_from(settings: &IngestSettings, district: &District) -> Result<Access, StageError> {
+    if settings.devices_file.is_empty() {
+        tracing::warn!("ingest.devices_file is empty: any client may write readings (trials only)");
+        return Ok(Access::Open);
+    }
+    let text = std::fs::read_to_string(&settings.devices_file).map_err(|e| {
+        StageError::Settings(format!(
+            "ingest.devices_file: cannot read {}: {e}",
+            settings.devices_file
+        ))
+    })?;
+    DeviceRegistry::from_toml_str(&text, district)
+        .map(Access::Devices)
+        .map_err(|e| {
+            StageError::Settings(format!(
+                "ingest.devices_file {}:\n{e}",
+                settings.devices_file
+            ))
+        })
+}
+
+/// The ingest gateway (HTTP, and MQTT when `settings.mqtt` names a broker).
+pub async fn start_ingest(
+    ctx: &StageContext,
+    settings: &IngestSettings,
+    listen: SocketAddr,
+    access: Access,
+) -> Result<(SocketAddr, Vec<JoinHandle<()>>), StageError> {
+    let gateway = Arc::new(Gateway::new(
+        ctx.district.clone(),
+        ctx.bus.producer(),
+        ctx.topics.clone(),
+        ctx.clock.clone(),
+        GatewayConfig {
+            max_body_bytes: settings.max_body_bytes,
+            limits: TimeLimits {
+                max_future_ms: settings.max_future_s as Millis * 1000,
+                retention_ms: settings.retention_h as Millis * 3_600_000,
+            },
+            access,
+        },
+    ));
+    let mut stop = ctx.shutdown.clone();
+    let (addr, http) = gateway
+        .clone()
+        .serve(listen, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(|source| StageError::Io {
+            what: format!("ingest.listen {listen}"),
+            source,
+        })?;
+    let mut tasks = vec![http];
+    if let Some((host, port)) = settings.mqtt.rsplit_once(':') {
+        let port = port.parse().map_err(|_| {
+            StageError::Settings(format!("ingest.mqtt: bad port in \"{}\"", settings.mqtt))
+        })?;
+        let cfg = MqttConfig {
+            host: host.to_string(),
+            port,
+            client_id: format!("floodcmd-ingest-{}", ctx.topics.prefix()),
+            prefix: settings.mqtt_prefix.clone(),
+        };
+        tasks.push(tokio::spawn(run_mqtt(gateway, cfg, ctx.shutdown.clone())));
+    }
+    Ok((addr, tasks))
+}

@@ -1,0 +1,202 @@
+//! The stream stage as the tests drive it: readings onto an embedded bus, the real dataflow in
+//! bounded mode, and what it wrote to `alerts` and `status` read back.
+
+// Each test file uses its own share of these helpers.
+#![allow(dead_code)]
+
+use floodcmd_bus::EmbeddedBus;
+use floodcmd_model::bus::{Assignment, Bus};
+use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::event::{AlertTransition, PointStatus, TransitionKind};
+use floodcmd_model::time::{Clock, ManualClock, Millis};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::{District, Level, Reading};
+use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where event time starts in every test.
+pub const T0: Millis = 1_783_000_000_000;
+/// The lateness budget the tests run with.
+pub const LATENESS_MS: Millis = 20_000;
+/// The sample district file.
+pub const SAMPLE: &str = include_str!("../../../config/xincheng.toml");
+
+/// The sample district.
+pub fn district() -> Arc<District> {
+    Arc::new(District::from_toml_str(SAMPLE).expect("the sample district is valid"))
+}
+
+/// The sample district with `edits` (find, replace) applied to its text.
+pub fn district_with(edits: &[(&str, &str)]) -> Arc<District> {
+    let mut src = SAMPLE.to_string();
+    for (from, to) in edits {
+        assert!(src.contains(from), "the sample has no {from:?}");
+        src = src.replace(from, to);
+    }
+    Arc::new(District::from_toml_str(&src).expect("the edited district is valid"))
+}
+
+/// A reading of `sensor` with its raw value as the device sends it.
+pub fn reading(d: &District, sensor: &str, ts: Millis, value: f64) -> Reading {
+    let s = d.sensor(sensor).expect("a sensor of the district");
+    Reading {
+        sensor: sensor.into(),
+        point: s.point.id.clone(),
+        kind: s.sensor.kind,
+        ts_ms: ts,
+        value,
+        seq: None,
+        received_ms: ts,
+    }
+}
+
+/// A depth reading that means `depth_cm` after calibration.
+pub fn depth(d: &District, sensor: &str, ts: Millis, depth_cm: f64) -> Reading {
+    let offset = d
+        .sensor(sensor)
+        .expect("a sensor of the district")
+        .sensor
+        .calibration_offset_cm;
+    reading(d, sensor, ts, depth_cm - offset)
+}
+
+/// A series of calibrated depths of `sensor`, one every `every_ms` from `from`.
+pub fn depth_series(
+    d: &District,
+    sensor: &str,
+    from: Millis,
+    every_ms: Millis,
+    depths: &[f64],
+) -> Vec<Reading> {
+    depths
+        .iter()
+        .enumerate()
+        .map(|(i, cm)| depth(d, sensor, from + i as Millis * every_ms, *cm))
+        .collect()
+}
+
+/// Put `readings` on a fresh bus in this order, run the stage to the end, and read back
+/// every alert transition and status it wrote.
+pub async fn run_with(
+    district: Arc<District>,
+    readings: &[Reading],
+    workers: usize,
+    lateness_ms: Millis,
+) -> (Vec<AlertTransition>, Vec<PointStatus>) {
+    let bus = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("s");
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4).await.expect("topic");
+    }
+    let producer = bus.producer();
+    for r in readings {
+        producer
+            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
+            .await
+            .expect("send");
+    }
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let handle = run_stream(
+        Arc::new(bus.clone()),
+        district,
+        clock,
+        StreamConfig {
+            workers,
+            lateness_ms,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: Watermark::Bounded { origin_ms: T0 },
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .expect("the stage starts");
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .expect("join")
+        .expect("the stage finishes cleanly");
+    let read_all = |topic: String| {
+        let bus = bus.clone();
+        async move {
+            let mut c = bus
+                .consumer("check", &topic, Assignment::All)
+                .await
+                .expect("consumer");
+            let mut out = Vec::new();
+            loop {
+                let b = c
+                    .poll(10_000, Duration::from_millis(50))
+                    .await
+                    .expect("poll");
+                if b.is_empty() {
+                    return out;
+                }
+                out.extend(b);
+            }
+        }
+    };
+    let alerts = read_all(topics.alerts())
+        .await
+        .iter()
+        .map(|r| decode::<AlertTransition>(&r.payload).expect("an alert transition"))
+        .collect();
+    let status = read_all(topics.status())
+        .await
+        .iter()
+        .map(|r| decode::<PointStatus>(&r.payload).expect("a point status"))
+        .collect();
+    (alerts, status)
+}
+
+/// [`run_with`] on the sample district.
+pub async fn run(
+    readings: &[Reading],
+    workers: usize,
+    lateness_ms: Millis,
+) -> (Vec<AlertTransition>, Vec<PointStatus>) {
+    run_with(district(), readings, workers, lateness_ms).await
+}
+
+/// A transition as compared across runs: kind, from, to, event time, rule, late.
+pub type Seen = (TransitionKind, Level, Level, Millis, String, bool);
+
+/// Per point, the transitions in order, without processing time (which is wall-clock).
+pub fn by_point(alerts: &[AlertTransition]) -> BTreeMap<String, Vec<Seen>> {
+    let mut m: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for a in alerts {
+        m.entry(a.point.clone()).or_default().push((
+            a.transition,
+            a.from,
+            a.to,
+            a.event_ms,
+            a.rule.clone(),
+            a.late,
+        ));
+    }
+    m
+}
+
+/// The level transitions of one point (silence and recovery left out).
+pub fn level_moves(
+    alerts: &[AlertTransition],
+    point: &str,
+) -> Vec<(TransitionKind, Level, Level, Millis)> {
+    alerts
+        .iter()
+        .filter(|a| {
+            a.point == point
+                && !matches!(
+                    a.transition,
+                    TransitionKind::Silent | TransitionKind::Recovered
+                )
+        })
+        .map(|a| (a.transition, a.from, a.to, a.event_ms))
+        .collect()
+}
+
+/// The statuses of one point, in order.
+pub fn statuses<'a>(status: &'a [PointStatus], point: &str) -> Vec<&'a PointStatus> {
+    status.iter().filter(|s| s.point == point).collect()
+}
