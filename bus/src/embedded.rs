@@ -1,10 +1,11 @@
 //! The embedded bus: Kafka's semantics in one process, for `floodcmd demo`, tests of one stage
 //! and single-machine trials.
 //!
-//! Retention follows consumers, not time: a record is dropped from memory once every group
-//! that reads its partition has committed past it. A partition with no reader keeps
-//! everything up to `capacity` and then makes producers wait (backpressure), because dropping
-//! an unread reading is the one thing a flood system must not do.
+//! Retention follows consumers, not time: a partition keeps up to `capacity` records; when it
+//! is full, records every group reading it has committed past are let go, and if none are, the
+//! producer waits (backpressure), because dropping an unread reading is the one thing a flood
+//! system must not do. Until room is needed, history stays, so a restarted stage can re-read
+//! it to rebuild its state, as it would from Kafka's time-based retention.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,8 +28,10 @@ struct PartitionLog {
     /// Offset of `log[0]`.
     base: u64,
     log: VecDeque<Entry>,
-    /// Committed next-offset per group reading this partition.
+    /// Next offset per group reading this partition (its start until it commits).
     groups: HashMap<String, u64>,
+    /// Groups that have committed here at least once.
+    committed: std::collections::HashSet<String>,
 }
 
 impl PartitionLog {
@@ -147,6 +150,19 @@ impl Bus for EmbeddedBus {
             .collect())
     }
 
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+        let t = self.topic(topic)?;
+        Ok(t.partitions
+            .iter()
+            .map(|p| {
+                let log = p.log.lock().expect("partition lock");
+                log.committed
+                    .contains(group)
+                    .then(|| log.groups.get(group).copied().unwrap_or(0))
+            })
+            .collect())
+    }
+
     fn producer(&self) -> Arc<dyn Producer> {
         Arc::new(EmbeddedProducer { bus: self.clone() })
     }
@@ -159,24 +175,24 @@ impl Bus for EmbeddedBus {
     ) -> Result<Box<dyn Consumer>, BusError> {
         let t = self.topic(topic)?;
         let n = t.partitions.len() as u32;
-        let assigned: Vec<u32> = match assignment {
-            Assignment::All => (0..n).collect(),
-            Assignment::Partitions(ps) => {
-                if let Some(&bad) = ps.iter().find(|&&p| p >= n) {
-                    return Err(BusError::UnknownPartition {
-                        topic: topic.to_string(),
-                        partition: bad,
-                    });
-                }
-                ps
-            }
+        let wanted: Vec<(u32, Option<u64>)> = match assignment {
+            Assignment::All => (0..n).map(|p| (p, None)).collect(),
+            Assignment::Partitions(ps) => ps.into_iter().map(|p| (p, None)).collect(),
+            Assignment::Positions(ps) => ps,
         };
+        if let Some(&(bad, _)) = wanted.iter().find(|(p, _)| *p >= n) {
+            return Err(BusError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: bad,
+            });
+        }
+        let assigned: Vec<u32> = wanted.iter().map(|(p, _)| *p).collect();
         let mut positions = HashMap::new();
-        for &p in &assigned {
+        for &(p, from) in &wanted {
             let mut log = t.partitions[p as usize].log.lock().expect("partition lock");
             let base = log.base;
             let at = *log.groups.entry(group.to_string()).or_insert(base);
-            positions.insert(p, at.max(base));
+            positions.insert(p, from.unwrap_or(at).max(base));
         }
         Ok(Box::new(EmbeddedConsumer {
             topic: t,
@@ -213,6 +229,11 @@ impl Producer for EmbeddedProducer {
             space.as_mut().enable();
             {
                 let mut log = part.log.lock().expect("partition lock");
+                // History is kept until room is needed (a restarted stage re-reads it to rebuild
+                // its state); then only what every group has committed is let go.
+                if log.log.len() >= self.bus.inner.capacity {
+                    log.trim();
+                }
                 if log.log.len() < self.bus.inner.capacity {
                     let offset = log.end();
                     log.log.push_back(Entry {
@@ -308,15 +329,14 @@ impl Consumer for EmbeddedConsumer {
                 topic: self.topic.name.to_string(),
                 partition,
             })?;
-        let trimmed = {
+        {
             let mut log = part.log.lock().expect("partition lock");
             let slot = log.groups.entry(self.group.clone()).or_insert(0);
             *slot = (*slot).max(next);
-            log.trim()
-        };
-        if trimmed {
-            part.space.notify_waiters();
+            log.committed.insert(self.group.clone());
         }
+        // A producer waiting on a full partition may need exactly this commit.
+        part.space.notify_waiters();
         Ok(())
     }
 

@@ -232,6 +232,36 @@ impl Bus for KafkaBus {
         .await
     }
 
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+        let me = self.clone();
+        let (g, t) = (group.to_string(), topic.to_string());
+        Self::blocking(move || {
+            let n = me.partition_count(&t)?;
+            let consumer: rdkafka::consumer::BaseConsumer = me
+                .config
+                .client()
+                .set("group.id", &g)
+                .create()
+                .map_err(client_err)?;
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..n {
+                tpl.add_partition(&t, p as i32);
+            }
+            let got = consumer
+                .committed_offsets(tpl, METADATA_TIMEOUT)
+                .map_err(client_err)?;
+            Ok((0..n)
+                .map(
+                    |p| match got.find_partition(&t, p as i32).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
+                        _ => None,
+                    },
+                )
+                .collect())
+        })
+        .await
+    }
+
     fn producer(&self) -> Arc<dyn Producer> {
         self.producer.clone()
     }
@@ -243,18 +273,18 @@ impl Bus for KafkaBus {
         assignment: Assignment,
     ) -> Result<Box<dyn Consumer>, BusError> {
         let n = self.partitions(topic).await?;
-        let assigned: Vec<u32> = match assignment {
-            Assignment::All => (0..n).collect(),
-            Assignment::Partitions(ps) => {
-                if let Some(&bad) = ps.iter().find(|&&p| p >= n) {
-                    return Err(BusError::UnknownPartition {
-                        topic: topic.to_string(),
-                        partition: bad,
-                    });
-                }
-                ps
-            }
+        let wanted: Vec<(u32, Option<u64>)> = match assignment {
+            Assignment::All => (0..n).map(|p| (p, None)).collect(),
+            Assignment::Partitions(ps) => ps.into_iter().map(|p| (p, None)).collect(),
+            Assignment::Positions(ps) => ps,
         };
+        if let Some(&(bad, _)) = wanted.iter().find(|(p, _)| *p >= n) {
+            return Err(BusError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: bad,
+            });
+        }
+        let assigned: Vec<u32> = wanted.iter().map(|(p, _)| *p).collect();
         let consumer: StreamConsumer = self
             .config
             .client()
@@ -266,8 +296,9 @@ impl Bus for KafkaBus {
             .create()
             .map_err(client_err)?;
         let mut tpl = TopicPartitionList::new();
-        for p in &assigned {
-            tpl.add_partition_offset(topic, *p as i32, Offset::Stored)
+        for (p, from) in &wanted {
+            let offset = from.map_or(Offset::Stored, |o| Offset::Offset(o as i64));
+            tpl.add_partition_offset(topic, *p as i32, offset)
                 .map_err(client_err)?;
         }
         consumer.assign(&tpl).map_err(client_err)?;

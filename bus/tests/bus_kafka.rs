@@ -207,3 +207,40 @@ async fn a_full_producer_queue_is_a_timeout_not_a_silent_drop() {
         "what was acknowledged is on the topic"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_can_start_at_explicit_offsets_and_see_the_groups_commits() {
+    let bus = bus().await;
+    let topic = unique("positions");
+    bus.ensure_topic(&topic, 1).await.unwrap();
+    let p = bus.producer();
+    for i in 0..50u32 {
+        p.send(&topic, b"k", Bytes::from(i.to_string()), i as i64)
+            .await
+            .unwrap();
+    }
+    {
+        let mut c = bus
+            .consumer("g-pos", &topic, Assignment::All)
+            .await
+            .unwrap();
+        let got = read_n(&mut c, 30).await;
+        c.commit(0, got[29].offset + 1).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        bus.committed("g-pos", &topic).await.unwrap(),
+        vec![Some(30)]
+    );
+    assert_eq!(bus.committed("g-none", &topic).await.unwrap(), vec![None]);
+    let mut c = bus
+        .consumer("g-pos", &topic, Assignment::Positions(vec![(0, Some(10))]))
+        .await
+        .unwrap();
+    let got = read_n(&mut c, 40).await;
+    assert_eq!(
+        got[0].offset, 10,
+        "starts where it was told, not at the commit"
+    );
+    assert_eq!(got.len(), 40);
+}

@@ -44,6 +44,10 @@ pub enum Assignment {
     All,
     /// Exactly these (static assignment, e.g. one set per timely worker).
     Partitions(Vec<u32>),
+    /// These partitions, each from an explicit offset (`None`: the group's committed offset).
+    /// Starting there directly, rather than seeking after the fact, means nothing fetched
+    /// from the old position can slip in first.
+    Positions(Vec<(u32, Option<u64>)>),
 }
 
 /// Errors from any bus implementation.
@@ -89,6 +93,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Per partition, the first offset whose record timestamp is at or after `timestamp_ms`
     /// (the end offset where there is none). Replays and archives start there.
     async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError>;
+    /// The group's committed next offset per partition of `topic` (`None` where it never
+    /// committed).
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError>;
     /// A producer. Cheap to clone through the `Arc`.
     fn producer(&self) -> Arc<dyn Producer>;
     /// A consumer in `group` reading `topic`. It starts at the group's committed position, or
@@ -124,6 +131,7 @@ pub trait Consumer: Send {
     async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError>;
     /// Read `partition` from `offset` on (replays and archives start at a time's offsets).
     async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError>;
+
     /// The partitions this consumer reads.
     fn assigned(&self) -> Vec<u32>;
 }

@@ -251,13 +251,50 @@ impl WorkerContext {
         let mine: Vec<u32> = (0..self.partitions)
             .filter(|p| *p as usize % peers == index)
             .collect();
+        // Rebuild after a restart: the engine's windows and levels live in memory, so re-read
+        // `rebuild_ms` of history before the committed offsets. Those readings rebuild state
+        // and emit nothing (what they caused is on the bus already); reading goes on live from
+        // the committed offsets.
+        let mut replay_until: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut positions: Vec<(u32, Option<u64>)> = mine.iter().map(|p| (*p, None)).collect();
+        if let (Some(rebuild_ms), false) = (self.config.rebuild_ms, mine.is_empty()) {
+            let committed = self
+                .rt
+                .block_on(self.bus.committed(&self.config.group, &topics.readings()))?;
+            let since = self.clock.now_ms() - rebuild_ms;
+            let starts = self
+                .rt
+                .block_on(self.bus.offsets_for_time(&topics.readings(), since))?;
+            for (p, from) in positions.iter_mut() {
+                let (Some(Some(c)), Some(&start)) =
+                    (committed.get(*p as usize), starts.get(*p as usize))
+                else {
+                    continue;
+                };
+                if start < *c {
+                    *from = Some(start);
+                    replay_until.insert(*p, *c);
+                }
+            }
+            if !replay_until.is_empty() {
+                let records: u64 = positions
+                    .iter()
+                    .filter_map(|(p, from)| Some(replay_until.get(p)? - (*from)?))
+                    .sum();
+                tracing::info!(
+                    worker = index,
+                    records,
+                    "rebuilding state from history before the committed offsets"
+                );
+            }
+        }
         let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() {
             None
         } else {
             Some(self.rt.block_on(self.bus.consumer(
                 &self.config.group,
                 &topics.readings(),
-                Assignment::Partitions(mine.clone()),
+                Assignment::Positions(positions),
             ))?)
         };
         // Bounded mode: the offsets to read up to, per partition of this worker.
@@ -407,6 +444,32 @@ impl WorkerContext {
                             continue;
                         }
                     };
+                    let replay = replay_until
+                        .get(&rec.partition)
+                        .is_some_and(|c| rec.offset < *c);
+                    if replay
+                        && replay_until
+                            .get(&rec.partition)
+                            .is_some_and(|c| rec.offset + 1 == *c)
+                    {
+                        tracing::info!(
+                            worker = index,
+                            partition = rec.partition,
+                            offset = rec.offset,
+                            "rebuild of this partition read; going live"
+                        );
+                    }
+                    if replay {
+                        // Behind the clock by design: neither late nor new, and never committed
+                        // again (that would move the group's offset backwards).
+                        let t = *c.time();
+                        session.session(&c.delayed(&t)).give(TimedReading {
+                            reading,
+                            late: false,
+                            replay: true,
+                        });
+                        continue;
+                    }
                     m.readings.inc();
                     let epoch = (reading.ts_ms.max(0) / 1000) as u64;
                     let pmax = partition_max.entry(rec.partition).or_insert(0);
@@ -425,9 +488,11 @@ impl WorkerContext {
                     }
                     let t = epoch.max(*c.time());
                     pending.push_back((t, rec.partition, rec.offset + 1));
-                    session
-                        .session(&c.delayed(&t))
-                        .give(TimedReading { reading, late });
+                    session.session(&c.delayed(&t)).give(TimedReading {
+                        reading,
+                        late,
+                        replay: false,
+                    });
                 }
                 drop(session);
                 let now_s = match &self.config.watermark {

@@ -45,6 +45,10 @@ pub struct TimedReading {
     pub reading: Reading,
     /// Arrived after its epoch was closed; applied at a later epoch and flagged.
     pub late: bool,
+    /// Re-read on start to rebuild state: its outputs were emitted before the restart, so it
+    /// changes state and emits nothing.
+    #[serde(default)]
+    pub replay: bool,
 }
 
 /// The district-wide settings the rules read.
@@ -336,6 +340,8 @@ pub struct Engine {
     origin_ms: Millis,
     /// Readings that could not be applied (unknown point: config changed under the topic).
     pub unknown_points: u64,
+    /// Newest event time among replayed readings: silence up to it was reported before.
+    replay_horizon_ms: Millis,
 }
 
 /// Build a transition from a point's state as it is now.
@@ -393,6 +399,7 @@ impl Engine {
             clock,
             origin_ms,
             unknown_points: 0,
+            replay_horizon_ms: Millis::MIN,
         }
     }
 
@@ -435,8 +442,11 @@ impl Engine {
                 rule,
                 value: 0.0,
             };
-            out.push(transition(st, rules, &*self.clock, cause, false));
-            out.push(StreamOutput::Status(status));
+            // Silence inside the rebuilt history was reported before the restart.
+            if at > self.replay_horizon_ms {
+                out.push(transition(st, rules, &*self.clock, cause, false));
+                out.push(StreamOutput::Status(status));
+            }
         }
     }
 
@@ -458,10 +468,21 @@ impl Engine {
                 .then_with(|| a.late.cmp(&b.late))
         });
         let mut touched: Vec<String> = Vec::new();
+        let mut replayed = Vec::new();
         for tr in readings.iter() {
             let point = &tr.reading.point;
             if !self.points.contains_key(point) {
                 self.unknown_points += 1;
+                continue;
+            }
+            if tr.replay {
+                // Rebuild the state, drop the outputs: they are on the bus already.
+                self.replay_horizon_ms = self.replay_horizon_ms.max(tr.reading.ts_ms);
+                self.apply_reading(tr, &mut replayed);
+                replayed.clear();
+                if let Some(st) = self.points.get_mut(point) {
+                    st.last_status = Some(st.status(epoch_ms, &self.rules));
+                }
                 continue;
             }
             if !touched.contains(point) {
@@ -616,6 +637,7 @@ mod tests {
                 received_ms: ts_ms,
             },
             late: false,
+            replay: false,
         }
     }
 
