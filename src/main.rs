@@ -108,9 +108,6 @@ enum Command {
         /// Seconds to run.
         #[arg(long, default_value_t = 60)]
         duration: u64,
-        /// Simulated seconds per real second (the storm's clock).
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
         /// Fraction of readings dropped.
         #[arg(long, default_value_t = 0.0)]
         dropout: f64,
@@ -397,7 +394,6 @@ async fn sim(cmd: Command) -> Result<()> {
         sensors,
         rate,
         duration,
-        speed,
         dropout,
         spikes,
         stuck,
@@ -420,7 +416,7 @@ async fn sim(cmd: Command) -> Result<()> {
         None => load_district(Some(&settings.district.file))?,
     };
     let n = district.sensors().count() as f64;
-    let interval_ms = ((n / rate) * 1000.0 * speed).max(1.0) as i64;
+    let interval_ms = ((n / rate) * 1000.0).max(1.0) as i64;
     let topics = Topics::new(settings.bus.prefix.clone());
     let target = match target {
         SimTarget::Http => Target::Http {
@@ -453,14 +449,8 @@ async fn sim(cmd: Command) -> Result<()> {
             }
         }
     };
-    let clock: Arc<dyn Clock> = if speed == 1.0 {
-        Arc::new(SystemClock)
-    } else {
-        Arc::new(floodcmd_model::time::ScaledClock::new(
-            SystemClock.now_ms(),
-            speed,
-        ))
-    };
+    // Real time: a gateway refuses readings stamped ahead of its clock.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let faults = FaultConfig {
         nan_rate: nan,
         dropout_rate: dropout,

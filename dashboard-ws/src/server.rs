@@ -30,6 +30,8 @@ const STYLE_CSS: &str = include_str!("../assets/style.css");
 
 /// How many changes a client may fall behind before it is re-synchronised with a snapshot.
 const CLIENT_QUEUE: usize = 4096;
+/// How much of each topic a starting wall folds to rebuild its view.
+const REBUILD_MS: i64 = 25 * 3_600_000;
 /// Deltas per client are sent at most this often.
 const DELTA_EVERY: Duration = Duration::from_millis(100);
 
@@ -144,9 +146,19 @@ impl Follower {
         topic: &str,
         fold: fn(&mut WallState, T) -> Vec<Change>,
     ) -> Result<(), BusError> {
+        // The wall's view lives in memory: on every start, fold the last day of each topic
+        // again rather than resume at the group's commit, or a restarted wall would show
+        // every point that has not changed since as silent.
+        let since = self.clock.now_ms() - REBUILD_MS;
+        let starts = self.bus.offsets_for_time(topic, since).await?;
+        let positions = starts
+            .into_iter()
+            .enumerate()
+            .map(|(p, o)| (p as u32, Some(o)))
+            .collect();
         let mut consumer = self
             .bus
-            .consumer(&self.group, topic, Assignment::All)
+            .consumer(&self.group, topic, Assignment::Positions(positions))
             .await?;
         loop {
             tokio::select! {
