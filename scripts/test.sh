@@ -40,7 +40,7 @@ if [[ $started_kafka == 1 ]]; then
   FLOODCMD_KAFKA_CLUSTER=$(scripts/kafka.sh start 3 | tail -n1)
   started_kafka=1
   export FLOODCMD_KAFKA_CLUSTER
-  cargo test --test kafka_cluster -- three_broker_cluster
+  cargo test --workspace --test kafka_cluster -- three_broker_cluster
   scripts/kafka.sh stop >/dev/null
   started_kafka=0
   if pgrep -f 'kafka\.Kafka .*\.cache/kafka-run' >/dev/null; then

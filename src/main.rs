@@ -43,6 +43,11 @@ enum BenchScenario {
     KafkaCeiling,
     /// The HTTP gateway writing to Kafka, beside the raw ceiling of the same run.
     Gateway,
+    /// The stream stage alone, in process, 1 and 2 workers (--records readings over
+    /// --sensors sensors).
+    StreamCore,
+    /// Peak memory with state for --sensors sensors.
+    StreamMemory,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,6 +156,9 @@ enum Command {
         /// Concurrent HTTP clients (gateway).
         #[arg(long, default_value_t = 4)]
         clients: usize,
+        /// Depth sensors of the synthetic district (stream scenarios).
+        #[arg(long, default_value_t = 10_000)]
+        sensors: usize,
         /// Where the JSON and Markdown go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -373,11 +381,14 @@ async fn stage(which: Which, args: StageArgs) -> Result<()> {
         tasks.extend(hs);
     }
     wait_for_end(None).await;
-    let _ = shutdown.send(true);
+    // The stream stage first, while the stages reading its outputs still run.
     if let Some(s) = stream {
         s.stop();
-        let _ = tokio::task::spawn_blocking(move || s.join()).await;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.join()).await {
+            tracing::error!(error = %e, "stream stage ended with an error");
+        }
     }
+    let _ = shutdown.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
@@ -499,6 +510,7 @@ async fn bench(
     records: u64,
     batch: usize,
     clients: usize,
+    sensors: usize,
     out: PathBuf,
 ) -> Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -513,6 +525,12 @@ async fn bench(
         }
         BenchScenario::Gateway => {
             floodcmd_benches::gateway::throughput(&kafka, records, batch, clients, &command).await?
+        }
+        BenchScenario::StreamCore => {
+            floodcmd_benches::stream_core::throughput(sensors, records, &command).await?
+        }
+        BenchScenario::StreamMemory => {
+            floodcmd_benches::stream_core::memory(sensors, &command).await?
         }
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -567,7 +585,10 @@ fn main() -> Result<()> {
             records,
             batch,
             clients,
+            sensors,
             out,
-        } => rt()?.block_on(bench(scenario, kafka, records, batch, clients, out)),
+        } => rt()?.block_on(bench(
+            scenario, kafka, records, batch, clients, sensors, out,
+        )),
     }
 }

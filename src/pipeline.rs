@@ -168,11 +168,13 @@ impl Pipeline {
 
     /// Stop every stage and wait for them.
     pub async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
+        // The stream stage first, while the stages reading its outputs still commit: its last
+        // flush must not wait for room on a topic nobody reads any more.
         if let Some(stream) = self.stream.take() {
             stream.stop();
             let _ = tokio::task::spawn_blocking(move || stream.join()).await;
         }
+        let _ = self.shutdown.send(true);
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

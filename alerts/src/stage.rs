@@ -55,30 +55,51 @@ struct Outputs<'a> {
 }
 
 impl Outputs<'_> {
+    /// Send, waiting out a full bus (`Timeout`) with backoff: an effect is never skipped, and
+    /// the input that caused it is committed only after it lands.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: bytes::Bytes,
+        ts: i64,
+    ) -> Result<(), BusError> {
+        let mut wait = std::time::Duration::from_millis(200);
+        loop {
+            match self.producer.send(topic, key, payload.clone(), ts).await {
+                Ok(_) => return Ok(()),
+                Err(BusError::Timeout { .. }) => {
+                    tracing::warn!(topic, retry_in = ?wait, "bus full; the alerts stage waits");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn effects(&self, effects: Vec<Effect>) -> Result<(), BusError> {
         for e in effects {
             match e {
                 Effect::Incident(i) => {
                     effects_counter().with_label_values(&["incident"]).inc();
-                    self.producer
-                        .send(
-                            &self.topics.incidents(),
-                            i.id.as_bytes(),
-                            encode(&i),
-                            i.updated_at,
-                        )
-                        .await?;
+                    self.send(
+                        &self.topics.incidents(),
+                        i.id.as_bytes(),
+                        encode(&i),
+                        i.updated_at,
+                    )
+                    .await?;
                 }
                 Effect::Notify(n) => {
                     effects_counter().with_label_values(&["notification"]).inc();
-                    self.producer
-                        .send(
-                            &self.topics.notifications(),
-                            n.key.as_bytes(),
-                            encode(&n),
-                            n.event_ms,
-                        )
-                        .await?;
+                    self.send(
+                        &self.topics.notifications(),
+                        n.key.as_bytes(),
+                        encode(&n),
+                        n.event_ms,
+                    )
+                    .await?;
                 }
             }
         }

@@ -4,7 +4,8 @@
 //! - [`kafka::ceiling`]: raw librdkafka produce and consume of our record size and format
 //!   against the same broker: the yardstick the other scenarios are divided by;
 //! - [`gateway::throughput`]: the HTTP ingest gateway writing to Kafka, batched NDJSON from
-//!   several clients.
+//!   several clients;
+//! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory.
 //!
 //! `benches/micro.rs` holds the criterion micro-benchmarks (record codec, rain window update,
 //! threshold evaluation): `cargo bench -p floodcmd-benches`.
@@ -12,6 +13,7 @@
 pub mod gateway;
 pub mod kafka;
 pub mod report;
+pub mod stream_core;
 
 use floodcmd_model::{Reading, SensorKind};
 

@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// How long a producer waits for room in a full partition before giving up with `Timeout`.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Entry {
     key: Bytes,
     payload: Bytes,
@@ -246,7 +249,14 @@ impl Producer for EmbeddedProducer {
                     return Ok(Delivery { partition, offset });
                 }
             }
-            space.await;
+            // Wait for room, but not for ever: a caller that gets `Timeout` can tell its
+            // client to come back (429) instead of holding the request open.
+            if tokio::time::timeout(SEND_TIMEOUT, space).await.is_err() {
+                return Err(BusError::Timeout {
+                    topic: topic.to_string(),
+                    after: SEND_TIMEOUT,
+                });
+            }
         }
     }
 }

@@ -142,6 +142,11 @@ impl Gateway {
         &self.config.access
     }
 
+    /// The gateway's "now" (processing time for dead letters).
+    pub fn now_ms(&self) -> floodcmd_model::time::Millis {
+        self.clock.now_ms()
+    }
+
     /// Validate a body and put every record on the bus: readings or rejects. `device` is the
     /// authenticated sender (`None` when access is open). Returns only when all of them are on
     /// the bus, or says which are not.
@@ -199,12 +204,19 @@ impl Gateway {
         let mut accepted = 0;
         let mut not_accepted = Vec::new();
         let mut failure: Option<BusError> = None;
-        for ((index, _), result) in readings.iter().zip(results) {
+        for ((index, reading), result) in readings.iter().zip(results) {
             match result {
                 Ok(_) => accepted += 1,
                 Err(e) => {
                     not_accepted.push(*index);
                     failure.get_or_insert(e);
+                    // The device sends it again: that must not count as a duplicate.
+                    if let Some(seq) = reading.seq {
+                        self.validator
+                            .lock()
+                            .expect("validator lock")
+                            .forget(&reading.sensor, seq);
+                    }
                 }
             }
         }

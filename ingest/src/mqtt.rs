@@ -42,9 +42,11 @@ impl MqttConfig {
 }
 
 fn framing_of(payload: &[u8]) -> Framing {
-    // Several readings in one message come as a JSON array or as NDJSON lines.
+    // Several readings in one message come as a JSON array or as NDJSON lines; a single
+    // object may be pretty-printed over several lines, so only text that is not one JSON
+    // value is taken as NDJSON.
     let body = payload.trim_ascii();
-    if !body.starts_with(b"[") && body.contains(&b'\n') {
+    if body.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         Framing::NdJson
     } else {
         Framing::Json
@@ -89,30 +91,52 @@ pub async fn run_mqtt(
                     Access::Devices(reg) => match reg.by_id(device_id) {
                         Some(d) => Some(d.clone()),
                         None => {
-                            // Not ours to judge further: count it, ack it, keep nothing.
+                            // Kept as a dead letter like any refused input, then acknowledged.
                             tracing::warn!(topic = %p.topic, "MQTT message from an unregistered device");
-                            crate::metrics::metrics()
-                                .requests
-                                .with_label_values(&["mqtt_unknown_device"])
-                                .inc();
-                            let _ = client.ack(&p).await;
+                            let reject = floodcmd_model::event::Reject {
+                                reason: floodcmd_model::event::RejectReason::Forbidden,
+                                detail: format!(
+                                    "MQTT topic {} names no registered device",
+                                    p.topic
+                                ),
+                                source: "mqtt".into(),
+                                index: None,
+                                sensor: None,
+                                raw: String::from_utf8_lossy(
+                                    &p.payload[..p.payload.len().min(64 * 1024)],
+                                )
+                                .into_owned(),
+                                received_ms: gateway.now_ms(),
+                            };
+                            if gateway.dead_letter(reject).await.is_ok() {
+                                let _ = client.ack(&p).await;
+                            }
                             continue;
                         }
                     },
                 };
-                match gateway
-                    .ingest(&p.payload, framing_of(&p.payload), "mqtt", device.as_ref())
-                    .await
-                {
-                    Ok(_) => {
-                        if let Err(e) = client.ack(&p).await {
-                            tracing::warn!(error = %e, "MQTT ack failed; the broker will deliver again");
+                // MQTT 3.1.1 redelivers an unacknowledged message only after a reconnect, so
+                // a message the bus cannot take yet is retried here until it can, then acked.
+                let mut wait = Duration::from_millis(200);
+                loop {
+                    match gateway
+                        .ingest(&p.payload, framing_of(&p.payload), "mqtt", device.as_ref())
+                        .await
+                    {
+                        Ok(_) => {
+                            if let Err(e) = client.ack(&p).await {
+                                tracing::warn!(error = %e, "MQTT ack failed; the broker will deliver again");
+                            }
+                            break;
                         }
-                    }
-                    Err(GatewayError::Incomplete { cause, .. }) => {
-                        // No ack: the broker redelivers after a reconnect. Back off meanwhile.
-                        tracing::warn!(error = %cause, "bus could not take an MQTT message; leaving it unacknowledged");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Err(GatewayError::Incomplete { cause, .. }) => {
+                            tracing::warn!(error = %cause, retry_in = ?wait, "bus could not take an MQTT message; retrying");
+                            tokio::select! {
+                                _ = shutdown.changed() => return,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                            wait = (wait * 2).min(Duration::from_secs(10));
+                        }
                     }
                 }
             }

@@ -43,6 +43,15 @@ impl SeqWindow {
         }
     }
 
+    fn unset(&mut self, seq: u64) {
+        if let Some(n) = self.newest {
+            if seq <= n && n - seq < SEQ_WINDOW {
+                let back = n - seq;
+                self.seen[(back / 128) as usize] &= !(1u128 << (back % 128));
+            }
+        }
+    }
+
     fn test_and_set(&mut self, back: u64) -> bool {
         let (w, b) = ((back / 128) as usize, back % 128);
         let bit = 1u128 << b;
@@ -103,6 +112,14 @@ impl Validator {
         Validator {
             limits,
             recent_seq: HashMap::new(),
+        }
+    }
+
+    /// Forget that `seq` of `sensor` was received: its reading did not reach the bus, and the
+    /// device will send it again.
+    pub fn forget(&mut self, sensor: &str, seq: u64) {
+        if let Some(w) = self.recent_seq.get_mut(sensor) {
+            w.unset(seq);
         }
     }
 
@@ -246,5 +263,10 @@ mod tests {
             assert!(w.insert(s), "{s}");
         }
         assert!(!w.insert(4500));
+        w.unset(4500);
+        assert!(
+            w.insert(4500),
+            "a reading that never reached the bus may come again"
+        );
     }
 }

@@ -182,6 +182,8 @@ pub async fn run_stream(
     let bounded_end = Arc::new(BoundedEnd::default());
     let stop = Arc::new(AtomicBool::new(false));
     let stop_w = stop.clone();
+    let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let failure_w = failure.clone();
     let workers = config.workers.max(1);
     let thread = std::thread::Builder::new()
         .name("stream".into())
@@ -198,15 +200,33 @@ pub async fn run_stream(
                     end_offsets: end_offsets.clone(),
                     origin_ms,
                     bounded_end: bounded_end.clone(),
+                    failure: failure_w.clone(),
                 };
+                let (stop, end, failure) = (
+                    ctx.stop.clone(),
+                    ctx.bounded_end.clone(),
+                    ctx.failure.clone(),
+                );
                 if let Err(e) = ctx.run(worker) {
-                    tracing::error!(error = %e, "stream worker failed");
+                    // One worker down means its partitions go unread: stop them all and say so,
+                    // rather than run on half blind or wait forever for it.
+                    tracing::error!(error = %e, "stream worker failed; stopping the stage");
+                    failure
+                        .lock()
+                        .expect("failure lock")
+                        .get_or_insert(e.to_string());
+                    stop.store(true, Ordering::SeqCst);
+                    end.finished.fetch_add(1, Ordering::SeqCst);
+                    end.replayed.fetch_add(1, Ordering::SeqCst);
                 }
             })?;
             for r in guards.join() {
                 r?;
             }
-            Ok(())
+            match failure.lock().expect("failure lock").take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         })
         .map_err(|e| StreamError::Timely(e.to_string()))?;
     Ok(StreamHandle {
@@ -226,6 +246,7 @@ struct WorkerContext {
     end_offsets: Option<Vec<u64>>,
     origin_ms: Millis,
     bounded_end: Arc<BoundedEnd>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// How the workers of a bounded run agree on where event time ends, so every run of the same
@@ -234,6 +255,10 @@ struct WorkerContext {
 struct BoundedEnd {
     finished: std::sync::atomic::AtomicUsize,
     max_event_s: std::sync::atomic::AtomicU64,
+    /// Workers done re-reading their history after a restart. Until all are, every
+    /// capability stays at 0, so no live epoch is judged on a half-rebuilt state (a point's
+    /// sensors can sit in partitions of different workers).
+    replayed: std::sync::atomic::AtomicUsize,
 }
 
 fn output_key(o: &StreamOutput) -> &str {
@@ -297,13 +322,20 @@ impl WorkerContext {
                 Assignment::Positions(positions),
             ))?)
         };
-        // Bounded mode: the offsets to read up to, per partition of this worker.
+        // Bounded mode: the offsets to read up to, per partition of this worker; a partition
+        // the group has already read to the end has nothing to wait for.
         let mut remaining: BTreeMap<u32, u64> = match &self.end_offsets {
-            Some(ends) => mine
-                .iter()
-                .map(|p| (*p, ends[*p as usize]))
-                .filter(|(_, e)| *e > 0)
-                .collect(),
+            Some(ends) => {
+                let committed = self
+                    .rt
+                    .block_on(self.bus.committed(&self.config.group, &topics.readings()))?;
+                mine.iter()
+                    .map(|p| (*p, ends[*p as usize]))
+                    .filter(|(p, e)| {
+                        *e > committed.get(*p as usize).copied().flatten().unwrap_or(0)
+                    })
+                    .collect()
+            }
             None => BTreeMap::new(),
         };
         let producer = self.bus.producer();
@@ -314,6 +346,9 @@ impl WorkerContext {
         let origin_ms = self.origin_ms;
         let (sink_rt, sink_producer, sink_topics) =
             (self.rt.clone(), producer.clone(), topics.clone());
+        let sink_stop = self.stop.clone();
+        let lost_output = std::rc::Rc::new(std::cell::Cell::new(false));
+        let sink_lost = lost_output.clone();
         let (mut input, cap) = worker.dataflow::<u64, _, _>(|scope| {
             let ((input, cap), stream) = scope.new_unordered_input::<timely::container::CapacityContainerBuilder<Vec<TimedReading>>>();
             stream
@@ -336,8 +371,18 @@ impl WorkerContext {
                                     StreamOutput::Transition(t) => (sink_topics.alerts(), t.transition.as_str(), encode(t), t.event_ms),
                                 };
                                 metrics().outputs.with_label_values(&[kind]).inc();
-                                if let Err(e) = sink_rt.block_on(sink_producer.send(&topic, output_key(&o).as_bytes(), payload, ts)) {
-                                    tracing::error!(error = %e, topic, "stream could not produce an output");
+                                // An output that is not on the bus must not let its offset be
+                                // committed: keep trying; if the stage is told to stop meanwhile,
+                                // commit nothing more, so a restart produces it again.
+                                let mut wait = Duration::from_millis(100);
+                                while let Err(e) = sink_rt.block_on(sink_producer.send(&topic, output_key(&o).as_bytes(), payload.clone(), ts)) {
+                                    tracing::error!(error = %e, topic, retry_in = ?wait, "stream could not produce an output");
+                                    if sink_stop.load(Ordering::SeqCst) {
+                                        sink_lost.set(true);
+                                        break;
+                                    }
+                                    std::thread::sleep(wait);
+                                    wait = (wait * 2).min(Duration::from_secs(5));
                                 }
                             }
                         };
@@ -382,10 +427,16 @@ impl WorkerContext {
         // these over the partitions not yet read to the end, so the order in which partitions
         // happen to be polled cannot make a reading late.
         let mut partition_max: BTreeMap<u32, u64> = mine.iter().map(|p| (*p, 0)).collect();
-        // (epoch the record was fed at, partition, next offset): committed once the probe passes.
-        let mut pending: VecDeque<(u64, u32, u64)> = VecDeque::new();
+        // Per partition, (epoch the record was fed at, next offset), in read order: a prefix
+        // whose epochs the probe has passed is committed. One queue per partition, so a reading
+        // stamped far ahead holds back only its own partition.
+        let mut pending: BTreeMap<u32, VecDeque<(u64, u64)>> = BTreeMap::new();
         let m = metrics();
         let mut published_end = false;
+        let mut published_replayed = replay_until.is_empty();
+        if published_replayed {
+            self.bounded_end.replayed.fetch_add(1, Ordering::SeqCst);
+        }
         let mut final_time: Option<u64> = None;
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
@@ -429,8 +480,24 @@ impl WorkerContext {
                             remaining.remove(&rec.partition);
                         }
                     }
+                    let replay = replay_until
+                        .get(&rec.partition)
+                        .is_some_and(|c| rec.offset < *c);
+                    if replay_until
+                        .get(&rec.partition)
+                        .is_some_and(|c| rec.offset + 1 >= *c)
+                    {
+                        replay_until.remove(&rec.partition);
+                        tracing::info!(
+                            worker = index,
+                            partition = rec.partition,
+                            "rebuild of this partition read"
+                        );
+                    }
                     let reading: Reading = match decode(&rec.payload) {
                         Ok(r) => r,
+                        // Dead-lettered the first time round already.
+                        Err(_) if replay => continue,
                         Err(e) => {
                             m.undecodable.inc();
                             let reject = Reject::undecodable(&rec, &e, self.clock.now_ms());
@@ -440,25 +507,13 @@ impl WorkerContext {
                                 encode(&reject),
                                 reject.received_ms,
                             ))?;
-                            pending.push_back((*c.time(), rec.partition, rec.offset + 1));
+                            pending
+                                .entry(rec.partition)
+                                .or_default()
+                                .push_back((*c.time(), rec.offset + 1));
                             continue;
                         }
                     };
-                    let replay = replay_until
-                        .get(&rec.partition)
-                        .is_some_and(|c| rec.offset < *c);
-                    if replay
-                        && replay_until
-                            .get(&rec.partition)
-                            .is_some_and(|c| rec.offset + 1 == *c)
-                    {
-                        tracing::info!(
-                            worker = index,
-                            partition = rec.partition,
-                            offset = rec.offset,
-                            "rebuild of this partition read; going live"
-                        );
-                    }
                     if replay {
                         // Behind the clock by design: neither late nor new, and never committed
                         // again (that would move the group's offset backwards).
@@ -487,7 +542,10 @@ impl WorkerContext {
                         m.late.inc();
                     }
                     let t = epoch.max(*c.time());
-                    pending.push_back((t, rec.partition, rec.offset + 1));
+                    pending
+                        .entry(rec.partition)
+                        .or_default()
+                        .push_back((t, rec.offset + 1));
                     session.session(&c.delayed(&t)).give(TimedReading {
                         reading,
                         late,
@@ -508,7 +566,12 @@ impl WorkerContext {
                     }
                 };
                 let wm = now_s.saturating_sub(lateness_s);
-                if wm > *c.time() {
+                if !published_replayed && replay_until.is_empty() {
+                    published_replayed = true;
+                    self.bounded_end.replayed.fetch_add(1, Ordering::SeqCst);
+                }
+                let all_rebuilt = self.bounded_end.replayed.load(Ordering::SeqCst) >= peers;
+                if all_rebuilt && wm > *c.time() {
                     c.downgrade(&wm);
                     if index == 0 {
                         m.watermark.set(wm as i64);
@@ -520,7 +583,7 @@ impl WorkerContext {
                 // No partitions here: follow the clock so the other workers are not held back.
                 std::thread::sleep(Duration::from_millis(5));
                 let wm = ((clock.now_ms().max(0) / 1000) as u64).saturating_sub(lateness_s);
-                if wm > *c.time() {
+                if self.bounded_end.replayed.load(Ordering::SeqCst) >= peers && wm > *c.time() {
                     c.downgrade(&wm);
                 }
             }
@@ -530,30 +593,27 @@ impl WorkerContext {
             } else {
                 worker.step();
             }
-            while let Some(&(t, p, next)) = pending.front() {
-                if probe.less_equal(&t) {
-                    break;
-                }
-                pending.pop_front();
-                // Later entries of the same partition supersede this one; commit the last.
-                if pending
-                    .iter()
-                    .any(|(t2, p2, _)| *p2 == p && !probe.less_equal(t2))
-                {
-                    continue;
-                }
-                if let Some(c) = consumer.as_mut() {
-                    self.rt.block_on(c.commit(p, next))?;
+            if !lost_output.get() {
+                for (p, queue) in pending.iter_mut() {
+                    let mut last = None;
+                    while queue.front().is_some_and(|(t, _)| !probe.less_equal(t)) {
+                        last = queue.pop_front().map(|(_, next)| next);
+                    }
+                    if let (Some(next), Some(c)) = (last, consumer.as_mut()) {
+                        self.rt.block_on(c.commit(*p, next))?;
+                    }
                 }
             }
             if cap.is_none() && probe.done() {
                 break;
             }
         }
-        // Drain the last commits.
-        while let Some((_, p, next)) = pending.pop_front() {
-            if let Some(c) = consumer.as_mut() {
-                self.rt.block_on(c.commit(p, next))?;
+        // Everything is processed: commit what is left, unless an output never made it.
+        if !lost_output.get() {
+            for (p, queue) in pending {
+                if let (Some(&(_, next)), Some(c)) = (queue.back(), consumer.as_mut()) {
+                    self.rt.block_on(c.commit(p, next))?;
+                }
             }
         }
         let _: &dyn Producer = &*producer;

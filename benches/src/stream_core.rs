@@ -1,0 +1,138 @@
+//! The stream stage alone, in process: readings already encoded on the embedded bus, the real
+//! dataflow in bounded mode (decoding, exchange, QC, windows, levels, outputs to the bus),
+//! timed from start to finish, for 1 and 2 workers, with peak resident memory.
+
+use crate::kafka::BenchError;
+use crate::report::{Machine, Report};
+use floodcmd_bus::EmbeddedBus;
+use floodcmd_model::bus::Bus;
+use floodcmd_model::codec::encode;
+use floodcmd_model::time::{Clock, ManualClock};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::{District, Reading};
+use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use std::sync::Arc;
+use std::time::Instant;
+
+const T0: i64 = 1_783_000_000_000;
+
+/// Peak resident memory of this process so far, MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+        })
+        .flatten()
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn one_run(
+    district: Arc<District>,
+    readings: u64,
+    workers: usize,
+) -> Result<f64, BenchError> {
+    let sensors: Vec<(String, String, floodcmd_model::SensorKind)> = district
+        .sensors()
+        .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
+        .collect();
+    let bus = EmbeddedBus::new((readings as usize / 4) * 2 + 1024);
+    let topics = Topics::new("bench");
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+    }
+    let p = bus.producer();
+    let n = sensors.len() as u64;
+    for i in 0..readings {
+        let (sensor, point, kind) = &sensors[(i % n) as usize];
+        // One reading per sensor per minute of event time; depth wanders 0..40 cm.
+        let minute = i / n;
+        let r = Reading {
+            sensor: sensor.clone(),
+            point: point.clone(),
+            kind: *kind,
+            ts_ms: T0 + minute as i64 * 60_000 + (i % n) as i64 % 60_000,
+            value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
+            seq: Some(minute),
+            received_ms: T0,
+        };
+        p.send(&topics.readings(), sensor.as_bytes(), encode(&r), r.ts_ms)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let config = StreamConfig {
+        workers,
+        lateness_ms: 10_000,
+        topics,
+        group: "bench".into(),
+        watermark: Watermark::Bounded { origin_ms: T0 },
+        rebuild_ms: None,
+    };
+    let start = Instant::now();
+    let h = run_stream(Arc::new(bus.clone()), district, clock, config)
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+    tokio::task::spawn_blocking(move || h.join())
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?
+        .map_err(BenchError::Other)?;
+    Ok(readings as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The `stream-core` scenario: `readings` over a synthetic district of `sensors` depth sensors.
+pub async fn throughput(
+    sensors: usize,
+    readings: u64,
+    command: &str,
+) -> Result<Report, BenchError> {
+    let district = Arc::new(
+        District::from_file(floodcmd_sim::synthetic_district(sensors))
+            .map_err(|e| BenchError::Other(e.to_string()))?,
+    );
+    let one = one_run(district.clone(), readings, 1).await?;
+    let two = one_run(district.clone(), readings, 2).await?;
+    let mut r = Report {
+        scenario: "stream-core".into(),
+        command: command.into(),
+        machine: Machine::here(),
+        params: serde_json::json!({ "sensors": district.sensors().count(), "readings": readings, "input": "encoded on the embedded bus, decoded by the stage" }),
+        figures: Vec::new(),
+    };
+    r.figure("1 worker", one, "readings/s");
+    r.figure_vs("2 workers", two, "readings/s", one, "1 worker");
+    r.figure("peak resident memory of the process", peak_rss_mib(), "MiB");
+    Ok(r)
+}
+
+/// The `stream-memory` scenario: one day of state for `sensors` sensors (24 h of rain windows,
+/// a reading per sensor per hour), then the process's peak resident memory.
+pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError> {
+    let district = Arc::new(
+        District::from_file(floodcmd_sim::synthetic_district(sensors))
+            .map_err(|e| BenchError::Other(e.to_string()))?,
+    );
+    let before = peak_rss_mib();
+    let n = district.sensors().count() as u64;
+    let rate = one_run(district.clone(), n * 3, 2).await?;
+    let mut r = Report {
+        scenario: "stream-memory".into(),
+        command: command.into(),
+        machine: Machine::here(),
+        params: serde_json::json!({ "sensors": n, "readings": n * 3 }),
+        figures: Vec::new(),
+    };
+    r.figure("peak resident memory before", before, "MiB");
+    r.figure(
+        "peak resident memory with every sensor's state (bus copy of the input included)",
+        peak_rss_mib(),
+        "MiB",
+    );
+    r.figure("throughput of that run, 2 workers", rate, "readings/s");
+    Ok(r)
+}
