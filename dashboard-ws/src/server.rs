@@ -106,11 +106,20 @@ struct Shared {
 
 impl Shared {
     fn apply(&self, f: impl FnOnce(&mut WallState) -> Vec<Change>) {
-        let changes = f(&mut self.state.lock().expect("wall state lock"));
-        for c in changes {
+        // Broadcast under the lock: a snapshot taken under the same lock is then exactly the
+        // state before the changes its subscriber receives next, never after some of them.
+        let mut state = self.state.lock().expect("wall state lock");
+        for c in f(&mut state) {
             // No receivers is fine: nobody is watching.
             let _ = self.changes.send(c);
         }
+    }
+
+    /// A snapshot and a receiver that starts right after it.
+    fn snapshot(&self) -> (String, broadcast::Receiver<Change>) {
+        let state = self.state.lock().expect("wall state lock");
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        (state.snapshot(seq).to_string(), self.changes.subscribe())
     }
 }
 
@@ -191,18 +200,8 @@ impl Follower {
 
 async fn client(ws: WebSocket, shared: Shared) {
     let (mut tx, mut rx_ws) = ws.split();
-    let mut changes = shared.changes.subscribe();
-    let snapshot = |shared: &Shared| {
-        let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-        shared
-            .state
-            .lock()
-            .expect("wall state lock")
-            .snapshot(seq)
-            .to_string()
-    };
     metrics().clients.inc();
-    let first = snapshot(&shared);
+    let (first, mut changes) = shared.snapshot();
     if tx.send(Message::text(first)).await.is_err() {
         metrics().clients.dec();
         return;
@@ -218,7 +217,9 @@ async fn client(ws: WebSocket, shared: Shared) {
                     tracing::debug!(missed = n, "websocket client fell behind; re-synchronising");
                     metrics().resyncs.inc();
                     pending = PendingDelta::default();
-                    let snap = snapshot(&shared);
+                    // A fresh receiver with the fresh snapshot: the old backlog is stale.
+                    let (snap, fresh) = shared.snapshot();
+                    changes = fresh;
                     if tx.send(Message::text(snap)).await.is_err() { break; }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,

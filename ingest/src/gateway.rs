@@ -343,7 +343,12 @@ impl Gateway {
         match &self.config.access {
             Access::Open => Ok(None),
             Access::Devices(registry) => {
-                let token = auth.and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
+                // The scheme is case-insensitive (RFC 7235).
+                let token = auth.and_then(|a| {
+                    a.get(..7)
+                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                        .map(|_| a[7..].trim())
+                });
                 match token.and_then(|t| registry.authenticate(t)) {
                     Some(d) => Ok(Some(d)),
                     None => {
