@@ -178,17 +178,7 @@ impl Bus for EmbeddedBus {
     ) -> Result<Box<dyn Consumer>, BusError> {
         let t = self.topic(topic)?;
         let n = t.partitions.len() as u32;
-        let wanted: Vec<(u32, Option<u64>)> = match assignment {
-            Assignment::All => (0..n).map(|p| (p, None)).collect(),
-            Assignment::Partitions(ps) => ps.into_iter().map(|p| (p, None)).collect(),
-            Assignment::Positions(ps) => ps,
-        };
-        if let Some(&(bad, _)) = wanted.iter().find(|(p, _)| *p >= n) {
-            return Err(BusError::UnknownPartition {
-                topic: topic.to_string(),
-                partition: bad,
-            });
-        }
+        let wanted = assignment.resolve(topic, n)?;
         let assigned: Vec<u32> = wanted.iter().map(|(p, _)| *p).collect();
         let mut positions = HashMap::new();
         for &(p, from) in &wanted {

@@ -50,6 +50,29 @@ pub enum Assignment {
     Positions(Vec<(u32, Option<u64>)>),
 }
 
+impl Assignment {
+    /// Each partition to read and where to start (`None`: the group's committed offset), for
+    /// a topic of `partitions` partitions.
+    pub fn resolve(
+        self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<Vec<(u32, Option<u64>)>, BusError> {
+        let wanted: Vec<(u32, Option<u64>)> = match self {
+            Assignment::All => (0..partitions).map(|p| (p, None)).collect(),
+            Assignment::Partitions(ps) => ps.into_iter().map(|p| (p, None)).collect(),
+            Assignment::Positions(ps) => ps,
+        };
+        match wanted.iter().find(|(p, _)| *p >= partitions) {
+            Some(&(bad, _)) => Err(BusError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: bad,
+            }),
+            None => Ok(wanted),
+        }
+    }
+}
+
 /// Errors from any bus implementation.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
