@@ -110,7 +110,23 @@ async fn undisturbed(district: Arc<District>, readings: &[Reading], origin: Mill
     out
 }
 
-fn spawn_stream(settings: &std::path::Path) -> Child {
+/// A stage process that is killed when the test ends, however it ends.
+struct Stage(Child);
+
+impl Stage {
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL: no shutdown path runs
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_stream(settings: &std::path::Path) -> Stage {
     let mut child = Command::new(env!("CARGO_BIN_EXE_floodcmd"))
         .arg("stream")
         .arg("--config")
@@ -123,7 +139,7 @@ fn spawn_stream(settings: &std::path::Path) -> Child {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next().expect("the stage says it runs").unwrap();
     assert!(line.starts_with("stream stage running"), "{line}");
-    child
+    Stage(child)
 }
 
 async fn transitions_until(
@@ -207,8 +223,7 @@ async fn a_killed_stream_stage_resumes_without_losing_or_repeating_an_alert() {
     };
     transitions_until(&bus, &topics.alerts(), "watch-1", caught_up).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // let the offset commits reach the broker
-    first.kill().unwrap(); // SIGKILL: no shutdown path runs
-    first.wait().unwrap();
+    first.kill();
 
     // While it is down the water falls; then it comes back.
     for r in &fall {
@@ -257,8 +272,7 @@ async fn a_killed_stream_stage_resumes_without_losing_or_repeating_an_alert() {
         }
         v
     };
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 
     let got: Vec<Seen> = all
         .iter()

@@ -247,9 +247,22 @@ impl Bus for KafkaBus {
             for p in 0..n {
                 tpl.add_partition(&t, p as i32);
             }
-            let got = consumer
-                .committed_offsets(tpl, METADATA_TIMEOUT)
-                .map_err(client_err)?;
+            // Right after a broker starts, the group coordinator is still loading
+            // (NotCoordinator, CoordinatorLoadInProgress): wait for it rather than fail a stage
+            // that is starting up with the cluster.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut wait = Duration::from_millis(100);
+            let got = loop {
+                match consumer.committed_offsets(tpl.clone(), METADATA_TIMEOUT) {
+                    Ok(got) => break got,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(group = %g, error = %e, retry_in = ?wait, "committed offsets not available yet");
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(client_err(e)),
+                }
+            };
             Ok((0..n)
                 .map(
                     |p| match got.find_partition(&t, p as i32).map(|e| e.offset()) {
