@@ -299,8 +299,19 @@ impl Bus for KafkaBus {
             .create()
             .map_err(client_err)?;
         let mut tpl = TopicPartitionList::new();
+        // Resolve "the group's commit" here, where the lookup waits for the coordinator,
+        // rather than leave it to librdkafka at assign time: against a broker that has just
+        // started, that fetch can fail and back off for a long time, reading nothing.
+        let committed = if wanted.iter().any(|(_, from)| from.is_none()) {
+            self.committed(group, topic).await?
+        } else {
+            Vec::new()
+        };
         for (p, from) in &wanted {
-            let offset = from.map_or(Offset::Stored, |o| Offset::Offset(o as i64));
+            let offset = match from.or_else(|| committed.get(*p as usize).copied().flatten()) {
+                Some(o) => Offset::Offset(o as i64),
+                None => Offset::Beginning,
+            };
             tpl.add_partition_offset(topic, *p as i32, offset)
                 .map_err(client_err)?;
         }
