@@ -119,6 +119,17 @@ impl KafkaBus {
         Ok(t.partitions().len() as u32)
     }
 
+    /// The next offset to be written in `partition` (blocking).
+    fn high_watermark(&self, topic: &str, partition: u32) -> Result<u64, BusError> {
+        let (_, high) = self
+            .producer
+            .inner
+            .client()
+            .fetch_watermarks(topic, partition as i32, METADATA_TIMEOUT)
+            .map_err(client_err)?;
+        Ok(high.max(0) as u64)
+    }
+
     /// Metadata and watermark calls block in librdkafka: keep them off the async workers.
     async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
@@ -176,17 +187,7 @@ impl Bus for KafkaBus {
         let t = topic.to_string();
         Self::blocking(move || {
             let n = me.partition_count(&t)?;
-            (0..n)
-                .map(|p| {
-                    let (_, high) = me
-                        .producer
-                        .inner
-                        .client()
-                        .fetch_watermarks(&t, p as i32, METADATA_TIMEOUT)
-                        .map_err(client_err)?;
-                    Ok(high.max(0) as u64)
-                })
-                .collect()
+            (0..n).map(|p| me.high_watermark(&t, p)).collect()
         })
         .await
     }
@@ -216,15 +217,7 @@ impl Bus for KafkaBus {
                     match elem.map(|e| e.offset()) {
                         Some(Offset::Offset(o)) => Ok(o.max(0) as u64),
                         // No record at or after the time: start at the end.
-                        _ => {
-                            let (_, high) = me
-                                .producer
-                                .inner
-                                .client()
-                                .fetch_watermarks(&t, p as i32, METADATA_TIMEOUT)
-                                .map_err(client_err)?;
-                            Ok(high.max(0) as u64)
-                        }
+                        _ => me.high_watermark(&t, p),
                     }
                 })
                 .collect()

@@ -12,7 +12,7 @@
 //! are committed only once the probe shows every output the reading could cause is on the bus.
 
 use crate::engine::{Engine, StreamOutput, TimedReading};
-use floodcmd_model::bus::{murmur2, Assignment, Bus, BusError, Consumer, Producer};
+use floodcmd_model::bus::{murmur2, Assignment, Bus, BusError, Consumer};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, Millis};
@@ -616,7 +616,6 @@ impl WorkerContext {
                 }
             }
         }
-        let _: &dyn Producer = &*producer;
         Ok(())
     }
 }
