@@ -98,11 +98,14 @@ EXTRA_DEFAULTS = [
                    "a prediction is noise"),
     ]),
 ]
+# Escalation per level (the Rust defaults): rungs told at once, the highest rung it climbs to,
+# seconds to acknowledge, seconds from acknowledgement to on-site check-in (到岗), repeat loops.
 ESCALATION = [
-    ("blue", ["point_owner"]),
-    ("yellow", ["point_owner", "grid"]),
-    ("orange", ["point_owner", "grid", "community"]),
-    ("red", ["point_owner", "grid", "community", "sub_district", "district"]),
+    ("blue", ["owner_a"], "grid", 900, 3600, 0),
+    ("yellow", ["owner_a", "grid"], "community", 600, 1800, 1),
+    ("orange", ["owner_a", "owner_b", "grid"], "sub_district", 300, 1200, 2),
+    ("red", ["owner_a", "owner_b", "grid", "community", "sub_district"], "district", 180, 900, 3),
+    ("silent", ["grid"], "grid", 1800, 7200, 0),
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -425,8 +428,11 @@ def build() -> dict:
                 p["rain_gauge"] = nearest["id"]
             points.append(p)
 
+    # Added last so the ids of everyone else stay stable.
+    maintenance = people.add("设备运维值班员")
     return {
-        "district": {"id": "xincheng", "name": "新城区", "sms_signature": "新城区防汛", "duty_leader": duty_leader},
+        "district": {"id": "xincheng", "name": "新城区", "sms_signature": "新城区防汛", "duty_leader": duty_leader,
+                     "maintenance": maintenance},
         "people": people.rows,
         "sub_districts": subs,
         "communities": comms,
@@ -494,7 +500,7 @@ HEADER = """\
 def render(d: dict) -> str:
     L: list[str] = [HEADER]
     di = d["district"]
-    L += ["[district]"] + [f"{k} = {s(di[k])}" for k in ("id", "name", "sms_signature", "duty_leader")] + [""]
+    L += ["[district]"] + [f"{k} = {s(di[k])}" for k in ("id", "name", "sms_signature", "duty_leader", "maintenance")] + [""]
 
     L.append("# Defaults, written out explicitly; the numbers equal the Rust defaults in model/src/config.rs.")
     for kind in ("low_point", "underpass", "rain_gauge"):
@@ -506,9 +512,14 @@ def render(d: dict) -> str:
         L.append(f"[defaults.{section}]")
         L += [f"{k} = {toml_value(v)}" for k, v in fields] + [""]
 
-    L.append("# Who is told at once per level (the Rust default).")
-    L.append("[escalation]")
-    L += [f"{lvl} = [{', '.join(s(x) for x in who)}]" for lvl, who in ESCALATION] + [""]
+    L.append("# Escalation per level (the Rust defaults), derived from each point's chain.")
+    for lvl, at_once, up_to, ack, checkin, loops in ESCALATION:
+        L.append(f"[escalation.{lvl}]")
+        L.append(f"at_once = [{', '.join(s(x) for x in at_once)}]")
+        L += [f"up_to = {s(up_to)}", f"ack_timeout_s = {ack}", f"checkin_timeout_s = {checkin}",
+              f"repeat_loops = {loops}", ""]
+    L.append("# Underpass closures: below yellow this long before 解封 (the Rust default).")
+    L += ["[closure]", "reopen_hold_s = 1800", ""]
 
     L.append("# ---- People (fictional; phones fake) ----")
     for p in d["people"]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): starts the real services the tests need (Apache Kafka from
-# Maven jars, Mosquitto), runs the whole test suite against them, then checks a three-broker
+# Maven jars, Mosquitto, victoria-metrics), runs the whole test suite against them, then checks a three-broker
 # cluster, and stops only what it started.
 #   scripts/test.sh               # everything
 #   scripts/test.sh -p floodcmd-bus   # extra args go to the first `cargo test`
@@ -9,9 +9,13 @@ cd "$(dirname "$0")/.."
 
 started_kafka=0
 started_mqtt=0
+started_victoria=0
+started_smsc=0
 cleanup() {
   if [[ $started_kafka == 1 ]]; then scripts/kafka.sh stop >/dev/null 2>&1 || true; fi
   if [[ $started_mqtt == 1 ]]; then scripts/mosquitto.sh stop >/dev/null 2>&1 || true; fi
+  if [[ $started_victoria == 1 ]]; then scripts/victoria.sh stop >/dev/null 2>&1 || true; fi
+  if [[ $started_smsc == 1 ]]; then scripts/smsc.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
@@ -28,10 +32,36 @@ else
   FLOODCMD_MQTT=$(scripts/mosquitto.sh start | tail -n1)
   started_mqtt=1
 fi
-export FLOODCMD_KAFKA FLOODCMD_MQTT
+# The time-series server for the influx sink (victoria-metrics speaks the InfluxDB v2 write API).
+if scripts/victoria.sh status >/dev/null 2>&1; then
+  FLOODCMD_INFLUX=http://127.0.0.1:${FLOODCMD_VICTORIA_PORT:-18428}
+else
+  FLOODCMD_INFLUX=$(scripts/victoria.sh start | tail -n1)
+  started_victoria=1
+fi
+export FLOODCMD_INFLUX
+echo "test.sh: victoria-metrics at $FLOODCMD_INFLUX" >&2
+# The SMSC simulator (SMPP 3.4, node `smpp`); its control port is FLOODCMD_SMSC's port + 1.
+if scripts/smsc.sh status >/dev/null 2>&1; then
+  FLOODCMD_SMSC=127.0.0.1:${FLOODCMD_SMSC_PORT:-12775}
+else
+  FLOODCMD_SMSC=$(scripts/smsc.sh start | tail -n1)
+  started_smsc=1
+fi
+export FLOODCMD_KAFKA FLOODCMD_MQTT FLOODCMD_SMSC
+echo "test.sh: SMSC simulator at $FLOODCMD_SMSC" >&2
 echo "test.sh: Kafka at $FLOODCMD_KAFKA, MQTT at $FLOODCMD_MQTT" >&2
 
 cargo test --workspace "$@" -- --skip three_broker_cluster
+
+# The command wall in a real browser: playwright-core drives Debian's Chromium against
+# `floodcmd demo`, with live camera test streams from scripts/cameras.sh (the test starts and
+# stops its own). Screenshots go to artifacts/wall/.
+cargo build --bin floodcmd
+if [[ ! -d dashboard-ws/web/node_modules/playwright-core ]]; then
+  (cd dashboard-ws/web && npm ci --no-audit --no-fund --loglevel=error)
+fi
+FLOODCMD_BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/floodcmd node --test dashboard-ws/web/tests/
 
 # A three-broker cluster needs the ports of the single one: only when this script owns it.
 if [[ $started_kafka == 1 ]]; then

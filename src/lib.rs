@@ -6,6 +6,7 @@
 //! (`floodcmd demo`).
 
 pub mod pipeline;
+pub mod sms_sink;
 pub mod stages;
 
 /// The sample district compiled into the binary: `floodcmd demo` needs no files.

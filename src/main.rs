@@ -48,6 +48,31 @@ enum BenchScenario {
     StreamCore,
     /// Peak memory with state for --sensors sensors.
     StreamMemory,
+    /// The influx sink's sustained write rate (--records readings and a state for every
+    /// tenth, over --sensors sensors, batches of --batch lines) into the server at
+    /// $FLOODCMD_INFLUX (default http://127.0.0.1:18428, scripts/victoria.sh), beside that
+    /// server's own ceiling.
+    InfluxSink,
+    /// Mass alerting: --recipients distinct phones through the SMPP simulator
+    /// (scripts/smsc.sh), with no rate limit and limited to --sms-rate.
+    Sms,
+}
+
+/// The `sms` bench's options.
+#[derive(clap::Args, Clone)]
+struct SmsBenchArgs {
+    /// The SMPP simulator (its HTTP control port is one above).
+    #[arg(long, env = "FLOODCMD_SMSC", default_value = "127.0.0.1:12775")]
+    smsc: String,
+    /// Distinct recipients, one message each.
+    #[arg(long, default_value_t = 10_000)]
+    recipients: usize,
+    /// The rate limit of the limited run, submits per second.
+    #[arg(long, default_value_t = 1_000.0)]
+    sms_rate: f64,
+    /// Sends in flight at once (the alerts outbox's concurrency).
+    #[arg(long, default_value_t = 1_000)]
+    sms_concurrency: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,9 +104,13 @@ enum Command {
         /// Fraction of readings the simulated devices send as "NaN" (a failed probe).
         #[arg(long, default_value_t = 0.002)]
         nan_rate: f64,
+        /// Camera streams served at /cameras/ (scripts/cameras.sh writes them there).
+        #[arg(long, default_value = ".cache/cameras")]
+        cameras_dir: String,
     },
-    /// Run every stage (ingest, stream, alerts, dashboard) in this process against the bus
-    /// the settings name (Kafka with --kafka).
+    /// Run every stage (ingest, stream, alerts, dashboard, and the influx sink when
+    /// sink_influx.url is set) in this process against the bus the settings name (Kafka with
+    /// --kafka).
     Run(StageArgs),
     /// Run the ingest gateway (HTTP, and MQTT when ingest.mqtt is set).
     Ingest(StageArgs),
@@ -91,6 +120,9 @@ enum Command {
     Alerts(StageArgs),
     /// Run the command wall.
     Dashboard(StageArgs),
+    /// Run the time-series sink: readings, point states and alerts to an InfluxDB v2 write API
+    /// (sink_influx.url in the settings, or FLOODCMD_SINK_INFLUX_URL).
+    SinkInflux(StageArgs),
     /// Simulated sensors as a load and fault source.
     Sim {
         #[command(flatten)]
@@ -159,6 +191,8 @@ enum Command {
         /// Depth sensors of the synthetic district (stream scenarios).
         #[arg(long, default_value_t = 10_000)]
         sensors: usize,
+        #[command(flatten)]
+        sms: SmsBenchArgs,
         /// Where the JSON and Markdown go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -233,6 +267,7 @@ fn check_config(file: &PathBuf) -> Result<bool> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn demo(
     port: u16,
     bind: std::net::IpAddr,
@@ -240,6 +275,7 @@ async fn demo(
     duration: Option<u64>,
     district: Option<String>,
     nan_rate: f64,
+    cameras_dir: String,
 ) -> Result<()> {
     anyhow::ensure!(
         speed.is_finite() && speed > 0.0 && speed <= 10_000.0,
@@ -258,6 +294,9 @@ async fn demo(
         nan_rate,
         ..FaultConfig::default()
     };
+    let users = floodcmd_dashboard::auth::demo_users();
+    opts.wall.users = users.iter().map(|(u, _)| u.clone()).collect();
+    opts.wall.cameras_dir = cameras_dir.clone();
     let pipeline = Pipeline::start(opts)
         .await
         .context("starting the pipeline")?;
@@ -270,6 +309,15 @@ async fn demo(
         "ingest gateway: http://{}/v1/readings",
         pipeline.ingest_addr
     );
+    println!("wall logins (made up for this run; viewers see phone numbers masked):");
+    for (u, password) in &users {
+        println!(
+            "  user {} role {} password {password}",
+            u.name,
+            u.role.as_str()
+        );
+    }
+    println!("cameras:        {cameras_dir} (live test streams: scripts/cameras.sh start)");
     wait_for_end(duration).await;
     let r = &pipeline.sim_report;
     println!(
@@ -309,6 +357,7 @@ enum Which {
     Stream,
     Alerts,
     Dashboard,
+    SinkInflux,
 }
 
 async fn stage(which: Which, args: StageArgs) -> Result<()> {
@@ -335,12 +384,34 @@ async fn stage(which: Which, args: StageArgs) -> Result<()> {
             .listen
             .parse()
             .context("dashboard.listen")?;
-        let (addr, h) = stages::start_dashboard(&ctx, listen, &settings.dashboard.group).await?;
+        let (addr, h) = stages::start_dashboard(&ctx, listen, &settings.dashboard).await?;
         println!("command wall:   http://{addr}/");
         tasks.push(h);
     }
     if matches!(which, Which::All | Which::Alerts) {
-        tasks.push(stages::start_alerts(&ctx, settings.alerts.drill));
+        tasks.push(stages::start_alerts(
+            &ctx,
+            &settings.alerts,
+            Some(PathBuf::from(&settings.district.file)),
+        ));
+        // The outbox sender runs beside the alerts stage; a drill never starts one.
+        match floodcmd::sms_sink::dispatcher_from(&settings.sms).context("[sms]")? {
+            Some(d) if !settings.alerts.drill => {
+                println!("SMS gateways:   {}", d.gateways().join(" → "));
+                tasks.push(stages::start_sender(
+                    &ctx,
+                    &settings.alerts,
+                    Arc::new(floodcmd::sms_sink::DispatcherSink(d)),
+                ));
+            }
+            Some(_) => println!("SMS gateways configured but not used: this is a drill"),
+            None => {
+                tracing::warn!(
+                    "no [[sms.gateways]] configured: notifications stay in the outbox unsent"
+                );
+                println!("SMS: no gateway configured; notifications stay in the outbox unsent");
+            }
+        }
         println!(
             "alerts stage running{}",
             if settings.alerts.drill {
@@ -379,6 +450,21 @@ async fn stage(which: Which, args: StageArgs) -> Result<()> {
             );
         }
         tasks.extend(hs);
+    }
+    if matches!(which, Which::All | Which::SinkInflux) {
+        let si = &settings.sink_influx;
+        if !si.url.is_empty() {
+            tasks.push(stages::start_sink_influx(&ctx, si)?);
+            println!(
+                "influx sink:    {} (org {}, bucket {})",
+                si.url, si.org, si.bucket
+            );
+        } else if which == Which::SinkInflux {
+            anyhow::bail!(
+                "sink_influx.url is empty: set it in {} or FLOODCMD_SINK_INFLUX_URL",
+                args.config.display()
+            );
+        }
     }
     wait_for_end(None).await;
     // The stream stage first, while the stages reading its outputs still run.
@@ -511,8 +597,8 @@ async fn bench(
     batch: usize,
     clients: usize,
     sensors: usize,
-    out: PathBuf,
-) -> Result<()> {
+    sms: SmsBenchArgs,
+) -> Result<floodcmd_benches::report::Report> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = match scenario {
         BenchScenario::KafkaCeiling => {
@@ -532,12 +618,32 @@ async fn bench(
         BenchScenario::StreamMemory => {
             floodcmd_benches::stream_core::memory(sensors, &command).await?
         }
+        BenchScenario::InfluxSink => {
+            let url = std::env::var("FLOODCMD_INFLUX")
+                .unwrap_or_else(|_| "http://127.0.0.1:18428".into());
+            floodcmd_benches::influx_sink::throughput(&url, records, sensors, batch, 2, &command)
+                .await?
+        }
+        BenchScenario::Sms => {
+            floodcmd_benches::sms::mass_alert(
+                &sms.smsc,
+                sms.recipients,
+                sms.sms_rate,
+                sms.sms_concurrency,
+                &command,
+            )
+            .await?
+        }
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    Ok(report)
+}
+
+fn write_report(report: &floodcmd_benches::report::Report, out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let stem = out.join(&report.scenario);
     std::fs::write(
         stem.with_extension("json"),
-        serde_json::to_string_pretty(&report)?,
+        serde_json::to_string_pretty(report)?,
     )?;
     std::fs::write(stem.with_extension("md"), report.markdown())?;
     println!("{}", report.markdown());
@@ -572,12 +678,22 @@ fn main() -> Result<()> {
             duration,
             district,
             nan_rate,
-        } => rt()?.block_on(demo(port, bind, speed, duration, district, nan_rate)),
+            cameras_dir,
+        } => rt()?.block_on(demo(
+            port,
+            bind,
+            speed,
+            duration,
+            district,
+            nan_rate,
+            cameras_dir,
+        )),
         Command::Run(a) => rt()?.block_on(stage(Which::All, a)),
         Command::Ingest(a) => rt()?.block_on(stage(Which::Ingest, a)),
         Command::Stream(a) => rt()?.block_on(stage(Which::Stream, a)),
         Command::Alerts(a) => rt()?.block_on(stage(Which::Alerts, a)),
         Command::Dashboard(a) => rt()?.block_on(stage(Which::Dashboard, a)),
+        Command::SinkInflux(a) => rt()?.block_on(stage(Which::SinkInflux, a)),
         cmd @ Command::Sim { .. } => rt()?.block_on(sim(cmd)),
         Command::Bench {
             scenario,
@@ -586,9 +702,13 @@ fn main() -> Result<()> {
             batch,
             clients,
             sensors,
+            sms,
             out,
-        } => rt()?.block_on(bench(
-            scenario, kafka, records, batch, clients, sensors, out,
-        )),
+        } => {
+            let report = rt()?.block_on(bench(
+                scenario, kafka, records, batch, clients, sensors, sms,
+            ))?;
+            write_report(&report, &out)
+        }
     }
 }

@@ -6,7 +6,7 @@ use crate::stages::{self, StageContext, StageError};
 use floodcmd_bus::EmbeddedBus;
 use floodcmd_ingest::auth::{Device, DeviceRegistry};
 use floodcmd_ingest::Access;
-use floodcmd_model::settings::{BusSettings, IngestSettings};
+use floodcmd_model::settings::{BusSettings, DashboardSettings, IngestSettings};
 use floodcmd_model::time::{Clock, Millis, ScaledClock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
@@ -41,6 +41,9 @@ pub struct PipelineOptions {
     pub partitions: u32,
     /// Embedded bus capacity per partition.
     pub capacity: usize,
+    /// The command wall's users, anonymous viewing and camera directory (its `listen` is
+    /// `dashboard` above).
+    pub wall: DashboardSettings,
 }
 
 impl PipelineOptions {
@@ -57,6 +60,7 @@ impl PipelineOptions {
             workers: 2,
             partitions: 4,
             capacity: 65_536,
+            wall: DashboardSettings::default(),
         }
     }
 }
@@ -111,10 +115,15 @@ impl Pipeline {
         let mut tasks = Vec::new();
 
         // Dashboard first, so the wall sees everything from the first reading on.
-        let (dashboard_addr, h) =
-            stages::start_dashboard(&ctx, opts.dashboard, "dashboard").await?;
+        let (dashboard_addr, h) = stages::start_dashboard(&ctx, opts.dashboard, &opts.wall).await?;
         tasks.push(h);
-        tasks.push(stages::start_alerts(&ctx, false));
+        let alerts = floodcmd_model::settings::AlertsSettings::default();
+        tasks.push(stages::start_alerts(&ctx, &alerts, None));
+        tasks.push(stages::start_sender(
+            &ctx,
+            &alerts,
+            Arc::new(stages::ConsoleSink),
+        ));
         // Half a real second of delivery delay is on time, whatever the speed.
         let lateness_ms: Millis = ((opts.speed * 500.0) as Millis).max(10_000);
         let stream = stages::start_stream(&ctx, opts.workers, lateness_ms, None).await?;

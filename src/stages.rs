@@ -2,21 +2,27 @@
 //! `alerts`, `dashboard`) and the demo's pipeline share. Each function starts a stage against
 //! a bus and returns its handles; none of them knows about the others.
 
+use floodcmd_alerts::sender::{run_sender, SendFailed, SenderConfig, Sent, SmsSink};
 use floodcmd_alerts::{run_alerts, AlertsConfig};
 use floodcmd_bus::{EmbeddedBus, KafkaBus, KafkaConfig};
+use floodcmd_dashboard::auth::AuthConfig;
 use floodcmd_dashboard::{serve, DashboardConfig};
 use floodcmd_ingest::auth::DeviceRegistry;
 use floodcmd_ingest::mqtt::{run_mqtt, MqttConfig};
 use floodcmd_ingest::validate::TimeLimits;
 use floodcmd_ingest::{Access, Gateway, GatewayConfig};
 use floodcmd_model::bus::{Bus, BusError};
-use floodcmd_model::settings::{BusKind, BusSettings, IngestSettings};
+use floodcmd_model::settings::{
+    AlertsSettings, BusKind, BusSettings, DashboardSettings, IngestSettings,
+};
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
 use floodcmd_stream::{run_stream, StreamConfig, StreamHandle, Watermark};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -93,17 +99,21 @@ pub async fn connect_bus(
     Ok(ConnectedBus { bus, embedded })
 }
 
-/// The command wall.
+/// The command wall, with the users, anonymous viewing, session length and camera directory
+/// of `settings` (its `listen` is taken from `listen`).
 pub async fn start_dashboard(
     ctx: &StageContext,
     listen: SocketAddr,
-    group: &str,
+    settings: &DashboardSettings,
 ) -> Result<(SocketAddr, JoinHandle<()>), StageError> {
-    let config = DashboardConfig {
-        listen,
-        topics: ctx.topics.clone(),
-        group: group.to_string(),
+    let mut config = DashboardConfig::new(listen, ctx.topics.clone(), settings.group.clone());
+    config.auth = AuthConfig {
+        users: settings.users.clone(),
+        anonymous: settings.anonymous,
+        session_ms: settings.session_h as Millis * 3_600_000,
     };
+    config.cameras_dir =
+        (!settings.cameras_dir.is_empty()).then(|| PathBuf::from(&settings.cameras_dir));
     Ok(serve(
         ctx.bus.clone(),
         ctx.district.clone(),
@@ -114,8 +124,12 @@ pub async fn start_dashboard(
     .await?)
 }
 
-/// The alerts stage.
-pub fn start_alerts(ctx: &StageContext, drill: bool) -> JoinHandle<()> {
+/// The alerts stage. With `district_file`, roster changes in it reach open incidents.
+pub fn start_alerts(
+    ctx: &StageContext,
+    settings: &AlertsSettings,
+    district_file: Option<PathBuf>,
+) -> JoinHandle<()> {
     let fut = run_alerts(
         ctx.bus.clone(),
         ctx.district.clone(),
@@ -123,7 +137,9 @@ pub fn start_alerts(ctx: &StageContext, drill: bool) -> JoinHandle<()> {
         AlertsConfig {
             topics: ctx.topics.clone(),
             group: "alerts".into(),
-            drill,
+            drill: settings.drill,
+            district_file,
+            reload_every: Duration::from_secs(settings.reload_s),
         },
         ctx.shutdown.clone(),
     );
@@ -132,6 +148,62 @@ pub fn start_alerts(ctx: &StageContext, drill: bool) -> JoinHandle<()> {
             tracing::error!(error = %e, "alerts stage stopped");
         }
     })
+}
+
+/// This process's name in outbox claims.
+pub fn sender_instance(settings: &AlertsSettings) -> String {
+    if !settings.instance.is_empty() {
+        return settings.instance.clone();
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The outbox sender, handing messages to `sink`.
+pub fn start_sender(
+    ctx: &StageContext,
+    settings: &AlertsSettings,
+    sink: Arc<dyn SmsSink>,
+) -> JoinHandle<()> {
+    let fut = run_sender(
+        ctx.bus.clone(),
+        sink,
+        ctx.clock.clone(),
+        SenderConfig {
+            topics: ctx.topics.clone(),
+            group: "sender".into(),
+            instance: sender_instance(settings),
+            lease: Duration::from_secs(settings.lease_s),
+            concurrency: settings.send_concurrency,
+        },
+        ctx.shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::error!(error = %e, "outbox sender stopped");
+        }
+    })
+}
+
+/// The demo's gateway: prints each SMS instead of sending it, so a laptop demo never texts a
+/// real phone. Recorded as sent through gateway `console` on the deliveries topic.
+pub struct ConsoleSink;
+
+#[async_trait::async_trait]
+impl SmsSink for ConsoleSink {
+    async fn send(&self, key: &str, phone: &str, text: &str) -> Result<Sent, SendFailed> {
+        tracing::info!(%key, to = %mask_phone(phone), %text, "SMS (demo console, not sent)");
+        Ok(Sent {
+            gateway: "console".into(),
+            message_ids: vec![format!("console-{key}")],
+        })
+    }
+}
+
+fn mask_phone(p: &str) -> String {
+    floodcmd_alerts::incident::mask(p)
 }
 
 /// The stream stage, live on `ctx.clock`.
@@ -226,4 +298,38 @@ pub async fn start_ingest(
         tasks.push(tokio::spawn(run_mqtt(gateway, cfg, ctx.shutdown.clone())));
     }
     Ok((addr, tasks))
+}
+
+/// The time-series sink, writing to the server `settings.url` names.
+pub fn start_sink_influx(
+    ctx: &StageContext,
+    settings: &floodcmd_model::settings::SinkInfluxSettings,
+) -> Result<JoinHandle<()>, StageError> {
+    use floodcmd_sink_influx::{run_sink, InfluxTarget, InfluxWriter, SinkConfig};
+    let writer = InfluxWriter::new(&InfluxTarget {
+        url: settings.url.clone(),
+        org: settings.org.clone(),
+        bucket: settings.bucket.clone(),
+        token: settings.token.clone(),
+        gzip: settings.gzip,
+        timeout: std::time::Duration::from_secs(30),
+    })
+    .map_err(|e| StageError::Settings(e.to_string()))?;
+    let mut config = SinkConfig::new(ctx.topics.clone());
+    config.group = settings.group.clone();
+    config.batch_lines = settings.batch_lines;
+    config.flush = std::time::Duration::from_millis(settings.flush_ms);
+    let fut = run_sink(
+        ctx.bus.clone(),
+        ctx.district.clone(),
+        ctx.clock.clone(),
+        Arc::new(writer),
+        config,
+        ctx.shutdown.clone(),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::error!(error = %e, "influx sink stopped");
+        }
+    }))
 }

@@ -1,28 +1,37 @@
-//! The incident book: what is open, at what level, who has been told.
+//! The incident book: what is open, at what level, who has been told, whose timer runs.
 //!
 //! One open incident per point and problem. A water incident opens on `raised`, follows
-//! `upgraded`/`downgraded`, and closes on `cleared`. A silent sensor opens a separate
-//! maintenance incident and never touches the water incident's level: silence is not "all
-//! clear". Each notification carries an idempotency key `<incident>/<step>/<person>`, and the
-//! book never emits the same key twice.
+//! `upgraded`/`downgraded`, and closes on `cleared` (an underpass that was physically closed
+//! stays open until it is reopened on site). A silent sensor opens a separate maintenance
+//! incident and never touches the water incident's level: silence is not "all clear". Who is
+//! told is decided by the [`escalation`](crate::escalation) ladder; each notification carries
+//! an idempotency key `<incident>/<level>.<loop>.<rung>/<person>`, and the book never emits the
+//! same key twice.
 //!
 //! A flapping point (the stream marks its transitions `flapping`) still has every move on the
 //! record, but its people are not told again and again: while it flaps, a raise reopens the
 //! point's last closed water incident instead of opening a new one, and people are notified
 //! only when the incident reaches a level above its peak so far.
+//!
+//! The book is restartable: every incident version it publishes names the input record that
+//! produced it ([`InputOffset`]); [`IncidentBook::restore`] rebuilds the book from the
+//! incidents topic and [`IncidentBook::already_applied`] tells the stage which inputs to skip.
 
+use crate::closure::{self, ClosureOutcome};
+use crate::escalation::{self, Tell};
 use crate::message;
-use floodcmd_model::config::ResponsibilityLevel;
+use floodcmd_model::config::{LevelPolicy, PointKind, ResponsibilityLevel, Rung};
 use floodcmd_model::event::{
-    Action, ActionKind, AlertTransition, Incident, IncidentState, Notification, Post, Problem,
-    Recipient, TimelineEntry, TransitionKind,
+    Action, ActionKind, AlertTransition, Incident, IncidentState, InputOffset, Notification, Post,
+    Problem, Recipient, TimelineEntry, TransitionKind,
 };
 use floodcmd_model::time::Millis;
 use floodcmd_model::{District, Level};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-/// What the book wants done.
+/// What the book wants done. Within one call's effects, notifications come before the
+/// incident versions that record them, so an incident on the bus implies its notifications are.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Publish the incident's new state.
@@ -31,7 +40,7 @@ pub enum Effect {
     Notify(Notification),
 }
 
-/// Open incidents and the keys already notified.
+/// Open incidents, their timers, and the keys already notified.
 pub struct IncidentBook {
     district: Arc<District>,
     drill: bool,
@@ -41,12 +50,30 @@ pub struct IncidentBook {
     notified: HashSet<String>,
     /// The last closed water incident of each point: a flapping point's next raise reopens it.
     last_closed_water: BTreeMap<String, Incident>,
+    /// Highest input offset applied, per (topic leaf, partition).
+    applied: BTreeMap<(String, u32), u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum ProblemKey {
     Water,
     Silent,
+}
+
+fn key_of(problem: Problem) -> ProblemKey {
+    match problem {
+        Problem::Water => ProblemKey::Water,
+        Problem::Silent => ProblemKey::Silent,
+    }
+}
+
+fn entry(at_ms: Millis, what: &str, detail: String, by: Option<&str>) -> TimelineEntry {
+    TimelineEntry {
+        at_ms,
+        what: what.into(),
+        detail,
+        by: by.map(str::to_string),
+    }
 }
 
 impl IncidentBook {
@@ -58,7 +85,13 @@ impl IncidentBook {
             open: BTreeMap::new(),
             notified: HashSet::new(),
             last_closed_water: BTreeMap::new(),
+            applied: BTreeMap::new(),
         }
+    }
+
+    /// The district the book works with.
+    pub fn district(&self) -> &Arc<District> {
+        &self.district
     }
 
     /// Open incidents, most severe first.
@@ -68,75 +101,199 @@ impl IncidentBook {
         v
     }
 
-    fn notify(
-        &mut self,
-        incident: &mut Incident,
-        step: &str,
-        levels: &[ResponsibilityLevel],
-        text: &str,
-        event_ms: Millis,
-        out: &mut Vec<Effect>,
-    ) {
-        let Some(point) = self.district.point(&incident.point_id) else {
-            return;
-        };
-        for &rl in levels {
-            for (i, person) in point.chain.at(rl).into_iter().enumerate() {
-                let key = format!("{}/{step}/{}", incident.id, person.id);
-                if !self.notified.insert(key.clone()) {
-                    continue;
+    /// Rebuild from published incident versions, oldest first (the incidents topic in order):
+    /// the latest version of each incident wins.
+    pub fn restore(&mut self, versions: impl IntoIterator<Item = Incident>) {
+        let mut latest: BTreeMap<String, Incident> = BTreeMap::new();
+        for inc in versions {
+            if let Some(src) = &inc.source {
+                let slot = self
+                    .applied
+                    .entry((src.topic.clone(), src.partition))
+                    .or_insert(src.offset);
+                *slot = (*slot).max(src.offset);
+            }
+            latest.insert(inc.id.clone(), inc);
+        }
+        for inc in latest.into_values() {
+            for s in &inc.steps {
+                self.notified
+                    .insert(format!("{}/{}/{}", inc.id, s.id, s.person));
+            }
+            match inc.state {
+                IncidentState::Open => {
+                    self.open
+                        .insert((inc.point_id.clone(), key_of(inc.problem)), inc);
                 }
-                let post = (rl == ResponsibilityLevel::PointOwner).then_some(if i == 0 {
-                    Post::A
-                } else {
-                    Post::B
-                });
-                incident.timeline.push(TimelineEntry {
-                    at_ms: event_ms,
-                    what: "notified".into(),
-                    detail: format!(
-                        "{} {}{} {}",
-                        rl.zh(),
-                        person.name,
-                        post.map_or("", |p| if p == Post::A { "(A岗)" } else { "(B岗)" }),
-                        mask(&person.phone)
-                    ),
-                    by: None,
-                });
-                out.push(Effect::Notify(Notification {
-                    key,
-                    incident: incident.id.clone(),
-                    point: incident.point_id.clone(),
-                    level: incident.level,
-                    recipient: Recipient {
-                        person: person.id.clone(),
-                        name: person.name.clone(),
-                        phone: person.phone.clone(),
-                        responsibility: rl,
-                        post,
-                    },
-                    text: text.to_string(),
-                    event_ms,
-                    drill: self.drill,
-                }));
+                IncidentState::Closed if inc.problem == Problem::Water => {
+                    let newer = self
+                        .last_closed_water
+                        .get(&inc.point_id)
+                        .is_none_or(|c| c.updated_at <= inc.updated_at);
+                    if newer {
+                        self.last_closed_water.insert(inc.point_id.clone(), inc);
+                    }
+                }
+                IncidentState::Closed => {}
             }
         }
     }
 
-    /// Apply one alert transition.
-    pub fn on_transition(&mut self, t: &AlertTransition) -> Vec<Effect> {
+    /// Whether an input record's effects are already in the restored incidents.
+    pub fn already_applied(&self, at: &InputOffset) -> bool {
+        self.applied
+            .get(&(at.topic.clone(), at.partition))
+            .is_some_and(|&o| at.offset <= o)
+    }
+
+    fn mark_applied(&mut self, source: &Option<InputOffset>, out: &mut [Effect]) {
+        let Some(src) = source else { return };
+        let slot = self
+            .applied
+            .entry((src.topic.clone(), src.partition))
+            .or_insert(src.offset);
+        *slot = (*slot).max(src.offset);
+        for e in out.iter_mut() {
+            if let Effect::Incident(i) = e {
+                i.source = Some(src.clone());
+            }
+        }
+    }
+
+    fn policy(&self, inc: &Incident) -> Option<LevelPolicy> {
+        match inc.problem {
+            Problem::Silent => Some(self.district.escalation.silent.clone()),
+            Problem::Water => {
+                let level = escalation::climbing_level(inc).unwrap_or(inc.level);
+                self.district.escalation.policy(level).cloned()
+            }
+        }
+    }
+
+    /// Turn the ladder's decisions into notifications and audit lines.
+    fn tell(
+        &mut self,
+        inc: &mut Incident,
+        tells: Vec<Tell>,
+        text: impl Fn(&Tell) -> String,
+        now: Millis,
+        out: &mut Vec<Effect>,
+    ) {
+        for tell in tells {
+            let s = inc.steps[tell.step].clone();
+            let Some(person) = self.district.people.get(&s.person) else {
+                continue;
+            };
+            let key = format!("{}/{}/{}", inc.id, s.id, s.person);
+            if !self.notified.insert(key.clone()) {
+                continue;
+            }
+            let post = match s.rung {
+                Rung::OwnerA => Some(Post::A),
+                Rung::OwnerB => Some(Post::B),
+                _ => None,
+            };
+            let why = tell
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            inc.timeline.push(entry(
+                now,
+                "notified",
+                format!(
+                    "{}{} {}{why}",
+                    s.rung.zh(),
+                    person.name,
+                    mask(&person.phone)
+                ),
+                None,
+            ));
+            out.push(Effect::Notify(Notification {
+                key,
+                incident: inc.id.clone(),
+                point: inc.point_id.clone(),
+                level: inc.level,
+                recipient: Recipient {
+                    person: person.id.clone(),
+                    name: person.name.clone(),
+                    phone: person.phone.clone(),
+                    responsibility: s.rung.responsibility(),
+                    post,
+                },
+                text: text(&tell),
+                event_ms: now,
+                drill: self.drill,
+            }));
+        }
+    }
+
+    /// Tell the maintenance contact about a silent point (outside the chain: no ladder).
+    fn tell_maintenance(
+        &mut self,
+        inc: &mut Incident,
+        text: &str,
+        now: Millis,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(person) = self
+            .district
+            .info
+            .maintenance
+            .as_ref()
+            .and_then(|id| self.district.people.get(id))
+            .cloned()
+        else {
+            return;
+        };
+        let key = format!("{}/maintenance/{}", inc.id, person.id);
+        if !self.notified.insert(key.clone()) {
+            return;
+        }
+        inc.timeline.push(entry(
+            now,
+            "notified",
+            format!("设备运维 {} {}", person.name, mask(&person.phone)),
+            None,
+        ));
+        out.push(Effect::Notify(Notification {
+            key,
+            incident: inc.id.clone(),
+            point: inc.point_id.clone(),
+            level: inc.level,
+            recipient: Recipient {
+                person: person.id.clone(),
+                name: person.name.clone(),
+                phone: person.phone.clone(),
+                responsibility: ResponsibilityLevel::Grid,
+                post: None,
+            },
+            text: text.to_string(),
+            event_ms: now,
+            drill: self.drill,
+        }));
+    }
+
+    /// Apply one alert transition (`now` is processing time, for the timers).
+    pub fn on_transition(&mut self, t: &AlertTransition, now: Millis) -> Vec<Effect> {
+        self.apply_transition(t, now, None)
+    }
+
+    /// [`on_transition`](Self::on_transition) for an input read from the bus at `source`.
+    pub fn apply_transition(
+        &mut self,
+        t: &AlertTransition,
+        now: Millis,
+        source: Option<InputOffset>,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         let Some(point) = self.district.point(&t.point).cloned() else {
             tracing::warn!(point = %t.point, "transition for a point not in the district config");
             return out;
         };
         let sig = self.district.info.sms_signature.clone();
-        let entry = |what: &str, detail: String| TimelineEntry {
-            at_ms: t.event_ms,
-            what: what.into(),
-            detail,
-            by: None,
-        };
+        let at = t.event_ms;
+        let mut changed: Vec<Incident> = Vec::new();
         match t.transition {
             TransitionKind::Raised | TransitionKind::Upgraded => {
                 let key = (t.point.clone(), ProblemKey::Water);
@@ -153,79 +310,97 @@ impl IncidentBook {
                             inc.state = IncidentState::Open;
                             inc.closed_at = None;
                             inc.timeline.push(entry(
+                                at,
                                 "reopened",
                                 "级别反复波动, 重新打开原事件".to_string(),
+                                None,
                             ));
                             (inc, peak)
                         }
-                        None => (
-                            Incident {
-                                id: format!("{}:water:{}", t.point, t.event_ms),
-                                point_id: t.point.clone(),
-                                problem: Problem::Water,
-                                level: t.to,
-                                peak_level: t.to,
-                                state: IncidentState::Open,
-                                opened_at: t.event_ms,
-                                updated_at: t.event_ms,
-                                closed_at: None,
-                                value: t.value,
-                                timeline: Vec::new(),
-                            },
-                            Level::Normal,
-                        ),
+                        None => (new_incident(t, Problem::Water), Level::Normal),
                     },
                 };
                 inc.level = t.to;
                 inc.peak_level = inc.peak_level.max(t.to);
-                inc.updated_at = t.event_ms;
+                inc.updated_at = at;
                 inc.value = t.value;
                 let late = if t.late { " (迟到数据)" } else { "" };
                 inc.timeline.push(entry(
+                    at,
                     t.transition.as_str(),
                     format!("{} → {}: {}{late}", t.from.zh(), t.to.zh(), t.rule),
+                    None,
                 ));
+                closure::on_level(&mut inc.closure, t.to, at);
+                if point.kind == PointKind::Underpass
+                    && t.to == Level::Red
+                    && closure::suggest(&mut inc.closure, at)
+                {
+                    inc.timeline.push(entry(
+                        at,
+                        "closure_suggested",
+                        "达到红色, 建议封闭下穿通道".into(),
+                        None,
+                    ));
+                }
                 if t.flapping && t.to <= peak_before {
                     // People were told about this level (or a higher one) already.
                     inc.timeline.push(entry(
+                        at,
                         "not_notified",
                         format!(
                             "级别反复波动, 未超过本事件最高级别{}, 不重复通知",
                             peak_before.zh()
                         ),
+                        None,
                     ));
-                } else {
+                } else if let Some(policy) = self.district.escalation.policy(t.to).cloned() {
+                    let tells = escalation::start(&mut inc, &point, &policy, t.to, now);
                     let text = message::water_alert(&sig, &point, t.to, t);
-                    let levels = self.district.escalation.notify_at(t.to).to_vec();
-                    self.notify(
-                        &mut inc,
-                        t.to.as_str(),
-                        &levels,
-                        &text,
-                        t.event_ms,
-                        &mut out,
-                    );
+                    self.tell(&mut inc, tells, |_| text.clone(), now, &mut out);
                 }
-                out.insert(0, Effect::Incident(inc.clone()));
+                changed.push(inc.clone());
                 self.open.insert(key, inc);
             }
             TransitionKind::Downgraded | TransitionKind::Cleared => {
                 let key = (t.point.clone(), ProblemKey::Water);
                 if let Some(mut inc) = self.open.remove(&key) {
                     inc.level = t.to;
-                    inc.updated_at = t.event_ms;
+                    inc.updated_at = at;
                     inc.value = t.value;
                     inc.timeline.push(entry(
+                        at,
                         t.transition.as_str(),
                         format!("{} → {}: {}", t.from.zh(), t.to.zh(), t.rule),
+                        None,
                     ));
+                    if closure::on_level(&mut inc.closure, t.to, at) {
+                        inc.timeline.push(entry(
+                            at,
+                            "closure_withdrawn",
+                            "水位已退, 撤销封闭建议".into(),
+                            None,
+                        ));
+                    }
                     if t.to == Level::Normal {
-                        inc.state = IncidentState::Closed;
-                        inc.closed_at = Some(t.event_ms);
-                        out.push(Effect::Incident(inc.clone()));
-                        self.last_closed_water.insert(t.point.clone(), inc);
+                        escalation::supersede_all(&mut inc);
+                        if closure::holds_incident_open(&inc.closure) {
+                            inc.timeline.push(entry(
+                                at,
+                                "awaiting_reopen",
+                                "水位已退, 下穿通道仍封闭, 待复查解封".into(),
+                                None,
+                            ));
+                            changed.push(inc.clone());
+                            self.open.insert(key, inc);
+                        } else {
+                            inc.state = IncidentState::Closed;
+                            inc.closed_at = Some(at);
+                            changed.push(inc.clone());
+                            self.last_closed_water.insert(t.point.clone(), inc);
+                        }
                     } else {
-                        out.push(Effect::Incident(inc.clone()));
+                        changed.push(inc.clone());
                         self.open.insert(key, inc);
                     }
                 }
@@ -233,72 +408,286 @@ impl IncidentBook {
             TransitionKind::Silent => {
                 let key = (t.point.clone(), ProblemKey::Silent);
                 if !self.open.contains_key(&key) {
-                    let mut inc = Incident {
-                        id: format!("{}:silent:{}", t.point, t.event_ms),
-                        point_id: t.point.clone(),
-                        problem: Problem::Silent,
-                        level: t.to,
-                        peak_level: t.to,
-                        state: IncidentState::Open,
-                        opened_at: t.event_ms,
-                        updated_at: t.event_ms,
-                        closed_at: None,
-                        value: 0.0,
-                        timeline: vec![entry("silent", format!("设备失联: {}", t.rule))],
-                    };
+                    let mut inc = new_incident(t, Problem::Silent);
+                    inc.value = 0.0;
+                    inc.timeline
+                        .push(entry(at, "silent", format!("设备失联: {}", t.rule), None));
+                    let policy = self.district.escalation.silent.clone();
+                    let tells = escalation::start(&mut inc, &point, &policy, t.to, now);
                     let text = message::silent_sensor(&sig, &point);
-                    self.notify(
-                        &mut inc,
-                        "silent",
-                        &[ResponsibilityLevel::Grid],
-                        &text,
-                        t.event_ms,
-                        &mut out,
-                    );
-                    out.insert(0, Effect::Incident(inc.clone()));
+                    self.tell(&mut inc, tells, |_| text.clone(), now, &mut out);
+                    self.tell_maintenance(&mut inc, &text, now, &mut out);
+                    changed.push(inc.clone());
                     self.open.insert(key, inc);
                 }
                 // The water incident stays open at its level; record that its data went quiet.
                 if let Some(water) = self.open.get_mut(&(t.point.clone(), ProblemKey::Water)) {
-                    water
-                        .timeline
-                        .push(entry("silent", "监测设备失联, 级别保持不变".into()));
-                    out.push(Effect::Incident(water.clone()));
+                    water.timeline.push(entry(
+                        at,
+                        "silent",
+                        "监测设备失联, 级别保持不变".into(),
+                        None,
+                    ));
+                    changed.push(water.clone());
                 }
             }
             TransitionKind::Recovered => {
                 if let Some(mut inc) = self.open.remove(&(t.point.clone(), ProblemKey::Silent)) {
+                    escalation::supersede_all(&mut inc);
                     inc.state = IncidentState::Closed;
-                    inc.closed_at = Some(t.event_ms);
-                    inc.updated_at = t.event_ms;
-                    inc.timeline.push(entry("recovered", "设备恢复上报".into()));
-                    out.push(Effect::Incident(inc));
+                    inc.closed_at = Some(at);
+                    inc.updated_at = at;
+                    inc.timeline
+                        .push(entry(at, "recovered", "设备恢复上报".into(), None));
+                    changed.push(inc);
                 }
             }
         }
+        out.extend(changed.into_iter().map(Effect::Incident));
+        self.mark_applied(&source, &mut out);
         out
     }
 
     /// Apply an operator action to an open incident.
-    pub fn on_action(&mut self, a: &Action) -> Vec<Effect> {
-        let Some(inc) = self.open.values_mut().find(|i| i.id == a.incident) else {
+    pub fn on_action(&mut self, a: &Action, now: Millis) -> Vec<Effect> {
+        self.apply_action(a, now, None)
+    }
+
+    /// [`on_action`](Self::on_action) for an input read from the bus at `source`.
+    pub fn apply_action(
+        &mut self,
+        a: &Action,
+        now: Millis,
+        source: Option<InputOffset>,
+    ) -> Vec<Effect> {
+        let Some(key) = self
+            .open
+            .iter()
+            .find(|(_, i)| i.id == a.incident)
+            .map(|(k, _)| k.clone())
+        else {
             tracing::warn!(incident = %a.incident, action = %a.id, "action for an incident that is not open");
             return Vec::new();
         };
-        let (what, detail) = match &a.kind {
-            ActionKind::Acknowledge => ("acknowledged", "已确认".to_string()),
-            ActionKind::CheckIn { lat, lon } => {
-                ("checked_in", format!("已到岗 ({lat:.5}, {lon:.5})"))
+        let mut inc = self.open.remove(&key).expect("found above");
+        let point = self.district.point(&inc.point_id).cloned();
+        let policy = self.policy(&inc);
+        let by = a.by.as_str();
+        let on_behalf = |person: &Option<String>| -> String {
+            match person.as_deref() {
+                Some(p) if p != by => {
+                    let name = self.district.people.get(p).map_or(p, |x| x.name.as_str());
+                    format!(" (代{name})")
+                }
+                _ => String::new(),
+            }
+        };
+        let mut close_now = false;
+        let line = match &a.kind {
+            ActionKind::Acknowledge { person } => {
+                let who = person.as_deref().unwrap_or(by);
+                let found = policy
+                    .as_ref()
+                    .is_some_and(|p| escalation::acknowledge(&mut inc, p, who, now));
+                let extra = if found {
+                    ""
+                } else {
+                    " (不在当前通知名单中)"
+                };
+                (
+                    "acknowledged",
+                    format!("已确认{}{extra}", on_behalf(person)),
+                )
+            }
+            ActionKind::CheckIn { person, lat, lon } => {
+                let who = person.as_deref().unwrap_or(by);
+                escalation::check_in(&mut inc, who, now);
+                (
+                    "checked_in",
+                    format!("已到岗{} ({lat:.5}, {lon:.5})", on_behalf(person)),
+                )
             }
             ActionKind::Note { text } => ("note", text.clone()),
+            ActionKind::ConfirmClosure { person } => {
+                let who = person.as_deref().unwrap_or(by).to_string();
+                let res = match &point {
+                    Some(p) if p.kind == PointKind::Underpass => {
+                        closure::confirm(&mut inc.closure, p, &who, now)
+                    }
+                    _ => Err(closure::ClosureRefused::NotAnUnderpass),
+                };
+                closure_line(res, on_behalf(person))
+            }
+            ActionKind::ClosureStep { stage } => closure_line(
+                closure::step(&mut inc.closure, *stage, by, now),
+                String::new(),
+            ),
+            ActionKind::Reopen { lat, lon } => {
+                let res =
+                    closure::reopen(&mut inc.closure, &self.district.closure, inc.level, by, now);
+                close_now = res.is_ok() && inc.level == Level::Normal;
+                let (what, detail) = closure_line(res, String::new());
+                (what, format!("{detail} 现场确认 ({lat:.5}, {lon:.5})"))
+            }
         };
-        inc.timeline.push(TimelineEntry {
-            at_ms: a.at_ms,
-            what: what.into(),
-            detail,
-            by: Some(a.by.clone()),
-        });
-        vec![Effect::Incident(inc.clone())]
+        inc.timeline.push(entry(now, line.0, line.1, Some(by)));
+        if close_now {
+            inc.state = IncidentState::Closed;
+            inc.closed_at = Some(now);
+            inc.timeline
+                .push(entry(now, "closed", "已解封, 事件关闭".into(), None));
+        }
+        let mut out = vec![Effect::Incident(inc.clone())];
+        if inc.state == IncidentState::Open {
+            self.open.insert(key, inc);
+        } else if inc.problem == Problem::Water {
+            self.last_closed_water.insert(inc.point_id.clone(), inc);
+        }
+        self.mark_applied(&source, &mut out);
+        out
+    }
+
+    /// Run out the timers due at `now`: escalate to the next rung, repeat loops.
+    pub fn tick(&mut self, now: Millis) -> Vec<Effect> {
+        let due: Vec<(String, ProblemKey)> = self
+            .open
+            .iter()
+            .filter(|(_, i)| escalation::next_deadline(i).is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        let sig = self.district.info.sms_signature.clone();
+        for key in due {
+            let mut inc = self.open.remove(&key).expect("listed above");
+            let (Some(point), Some(policy)) = (
+                self.district.point(&inc.point_id).cloned(),
+                self.policy(&inc),
+            ) else {
+                self.open.insert(key, inc);
+                continue;
+            };
+            let tells = escalation::tick(&mut inc, &point, &policy, now);
+            let level = inc.level;
+            let problem = inc.problem;
+            let value = inc.value;
+            self.tell(
+                &mut inc,
+                tells,
+                |tell| {
+                    message::escalated(&sig, &point, problem, level, value, tell.reason.as_deref())
+                },
+                now,
+                &mut out,
+            );
+            out.push(Effect::Incident(inc.clone()));
+            self.open.insert(key, inc);
+        }
+        out
+    }
+
+    /// The earliest running timer, so the stage knows when to tick.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.open
+            .values()
+            .filter_map(escalation::next_deadline)
+            .min()
+    }
+
+    /// The roster (district config) changed while running: running steps move to whoever now
+    /// holds their rung, with an audit line.
+    pub fn set_district(&mut self, district: Arc<District>, now: Millis) -> Vec<Effect> {
+        self.district = district;
+        let keys: Vec<(String, ProblemKey)> = self.open.keys().cloned().collect();
+        let sig = self.district.info.sms_signature.clone();
+        let mut out = Vec::new();
+        for key in keys {
+            let mut inc = self.open.remove(&key).expect("listed above");
+            let (Some(point), Some(policy)) = (
+                self.district.point(&inc.point_id).cloned(),
+                self.policy(&inc),
+            ) else {
+                self.open.insert(key, inc);
+                continue;
+            };
+            let moved = escalation::reassign(&mut inc, &point, &policy, now);
+            if !moved.is_empty() {
+                for (old, tell) in &moved {
+                    let s = &inc.steps[tell.step];
+                    inc.timeline.push(entry(
+                        now,
+                        "roster_changed",
+                        format!("{}: {old} → {}", s.rung.zh(), s.name),
+                        None,
+                    ));
+                }
+                let (problem, level, value) = (inc.problem, inc.level, inc.value);
+                let tells = moved.into_iter().map(|(_, t)| t).collect();
+                self.tell(
+                    &mut inc,
+                    tells,
+                    |tell| {
+                        message::escalated(
+                            &sig,
+                            &point,
+                            problem,
+                            level,
+                            value,
+                            tell.reason.as_deref(),
+                        )
+                    },
+                    now,
+                    &mut out,
+                );
+                out.push(Effect::Incident(inc.clone()));
+            }
+            self.open.insert(key, inc);
+        }
+        out
+    }
+}
+
+fn closure_line(
+    res: Result<ClosureOutcome, closure::ClosureRefused>,
+    suffix: String,
+) -> (&'static str, String) {
+    match res {
+        Ok(ClosureOutcome::Moved(stage)) => ("closure", format!("{}{suffix}", stage.zh())),
+        Ok(ClosureOutcome::Confirmed { have, owner }) => (
+            "closure_confirmed",
+            format!(
+                "封闭确认 {have}/2{suffix}{}",
+                if owner {
+                    ""
+                } else {
+                    " (需点位责任人确认)"
+                }
+            ),
+        ),
+        Err(e) => ("closure_refused", format!("{e}{suffix}")),
+    }
+}
+
+fn new_incident(t: &AlertTransition, problem: Problem) -> Incident {
+    let tag = match problem {
+        Problem::Water => "water",
+        Problem::Silent => "silent",
+    };
+    Incident {
+        id: format!("{}:{tag}:{}", t.point, t.event_ms),
+        point_id: t.point.clone(),
+        problem,
+        level: t.to,
+        peak_level: t.to,
+        state: IncidentState::Open,
+        opened_at: t.event_ms,
+        updated_at: t.event_ms,
+        closed_at: None,
+        value: t.value,
+        timeline: Vec::new(),
+        steps: Vec::new(),
+        on_site_ms: None,
+        closure: None,
+        source: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! water is rising towards the next level, `... ↑1.2cm/分 预计8分钟后达到红色 ...`.
 
 use floodcmd_model::config::{Point, PointKind};
-use floodcmd_model::event::AlertTransition;
+use floodcmd_model::event::{AlertTransition, Problem};
 use floodcmd_model::Level;
 
 /// The text for a water alert at `level`.
@@ -62,6 +62,37 @@ pub fn silent_sensor(signature: &str, point: &Point) -> String {
         "【{signature}】设备失联 {} 监测设备无数据 请安排排查 回复1确认",
         point.name
     )
+}
+
+/// The text for an escalation step: the person below did not answer (or did not get there),
+/// so the next rung up is told, with the reason.
+/// `【新城区防汛】红色预警(逐级上报) 解放门下穿 积水32cm 点位责任人(A岗)张三 未确认 请督促处置并到岗 回复1确认`.
+pub fn escalated(
+    signature: &str,
+    point: &Point,
+    problem: Problem,
+    level: Level,
+    value: f64,
+    reason: Option<&str>,
+) -> String {
+    let why = reason.map(|r| format!(" {r}")).unwrap_or_default();
+    match problem {
+        Problem::Silent => format!(
+            "【{signature}】设备失联(逐级上报) {} 监测设备无数据{why} 请安排排查 回复1确认",
+            point.name
+        ),
+        Problem::Water => {
+            let measure = match point.kind {
+                PointKind::RainGauge => format!("降雨{value:.0}mm"),
+                _ => format!("积水{value:.0}cm"),
+            };
+            format!(
+                "【{signature}】{}预警(逐级上报) {} {measure}{why} 请督促处置并到岗 回复1确认",
+                level.zh(),
+                point.name
+            )
+        }
+    }
 }
 
 /// Split a long text into SMS segments of at most `max_chars` characters each (70 for a

@@ -3,12 +3,13 @@
 use crate::incident::{Effect, IncidentBook};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Producer, Record};
 use floodcmd_model::codec::{decode, encode};
-use floodcmd_model::event::{Action, AlertTransition, Reject};
+use floodcmd_model::event::{Action, AlertTransition, Incident, InputOffset, Reject};
 use floodcmd_model::time::Clock;
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
 use prometheus::{IntCounterVec, Opts};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -20,8 +21,12 @@ pub struct AlertsConfig {
     pub topics: Topics,
     /// Consumer group.
     pub group: String,
-    /// Drill: notifications are captured, never sent.
+    /// Drill: notifications go to the drill topic, never to the outbox a sender reads.
     pub drill: bool,
+    /// The district file, re-read while running so roster changes reach open incidents.
+    pub district_file: Option<PathBuf>,
+    /// How often to look at the district file.
+    pub reload_every: Duration,
 }
 
 /// Errors that stop the stage.
@@ -78,7 +83,7 @@ impl Outputs<'_> {
         }
     }
 
-    async fn effects(&self, effects: Vec<Effect>) -> Result<(), BusError> {
+    async fn effects(&self, effects: Vec<Effect>, drill: bool) -> Result<(), BusError> {
         for e in effects {
             match e {
                 Effect::Incident(i) => {
@@ -92,14 +97,15 @@ impl Outputs<'_> {
                     .await?;
                 }
                 Effect::Notify(n) => {
-                    effects_counter().with_label_values(&["notification"]).inc();
-                    self.send(
-                        &self.topics.notifications(),
-                        n.key.as_bytes(),
-                        encode(&n),
-                        n.event_ms,
-                    )
-                    .await?;
+                    // A drill's messages go where no sender reads: captured, never sent.
+                    let (topic, kind) = if drill || n.drill {
+                        (self.topics.drill(), "drill_notification")
+                    } else {
+                        (self.topics.notifications(), "notification")
+                    };
+                    effects_counter().with_label_values(&[kind]).inc();
+                    self.send(&topic, n.key.as_bytes(), encode(&n), n.event_ms)
+                        .await?;
                 }
             }
         }
@@ -136,6 +142,58 @@ async fn commit_batch(consumer: &mut Box<dyn Consumer>, batch: &[Record]) -> Res
     Ok(())
 }
 
+/// Read a whole topic from its first retained record to its current end.
+pub async fn read_to_end(bus: &dyn Bus, group: &str, topic: &str) -> Result<Vec<Record>, BusError> {
+    let ends = bus.end_offsets(topic).await?;
+    let positions = (0..ends.len() as u32).map(|p| (p, Some(0))).collect();
+    let mut consumer = bus
+        .consumer(group, topic, Assignment::Positions(positions))
+        .await?;
+    let mut at = vec![0u64; ends.len()];
+    let mut out = Vec::new();
+    let mut quiet = 0;
+    while at.iter().zip(&ends).any(|(a, e)| a < e) {
+        let batch = consumer.poll(4096, Duration::from_millis(500)).await?;
+        if batch.is_empty() {
+            // Retention may have removed what the end offsets promise; do not wait forever.
+            quiet += 1;
+            if quiet >= 10 {
+                tracing::warn!(
+                    topic,
+                    ?at,
+                    ?ends,
+                    "stopped reading before the end offsets: nothing more came"
+                );
+                break;
+            }
+            continue;
+        }
+        quiet = 0;
+        for rec in batch {
+            let p = rec.partition as usize;
+            at[p] = at[p].max(rec.offset + 1);
+            if rec.offset < ends[p] {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn source(leaf: &str, rec: &Record) -> InputOffset {
+    InputOffset {
+        topic: leaf.into(),
+        partition: rec.partition,
+        offset: rec.offset,
+    }
+}
+
+/// Effects on the bus in the book's order: notifications before the incident that records them.
+fn ordered(mut effects: Vec<Effect>) -> Vec<Effect> {
+    effects.sort_by_key(|e| matches!(e, Effect::Incident(_)));
+    effects
+}
+
 /// Run the stage until `shutdown` turns true.
 pub async fn run_alerts(
     bus: Arc<dyn Bus>,
@@ -145,6 +203,24 @@ pub async fn run_alerts(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AlertsError> {
     let mut book = IncidentBook::new(district, config.drill);
+    // The book is the fold of its own output: rebuild it, and skip inputs already applied.
+    let restore_group = format!("{}-restore", config.group);
+    let mut versions = Vec::new();
+    for rec in read_to_end(&*bus, &restore_group, &config.topics.incidents()).await? {
+        match decode::<Incident>(&rec.payload) {
+            Ok(i) => versions.push(i),
+            Err(e) => {
+                tracing::warn!(offset = rec.offset, error = %e, "undecodable incident skipped in restore")
+            }
+        }
+    }
+    let restored = versions.len();
+    book.restore(versions);
+    tracing::info!(
+        versions = restored,
+        open = book.open().len(),
+        "alerts stage restored its incidents"
+    );
     let mut alerts = bus
         .consumer(&config.group, &config.topics.alerts(), Assignment::All)
         .await?;
@@ -157,6 +233,12 @@ pub async fn run_alerts(
         topics: &config.topics,
         clock: &*clock,
     };
+    let drill = config.drill;
+    let mut roster = config
+        .district_file
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let mut next_reload = clock.now_ms() + config.reload_every.as_millis() as i64;
     let wait = Duration::from_millis(200);
     loop {
         if *shutdown.borrow() {
@@ -167,8 +249,15 @@ pub async fn run_alerts(
             batch = alerts.poll(512, wait) => {
                 let batch = batch?;
                 for rec in &batch {
+                    let src = source("alerts", rec);
+                    if book.already_applied(&src) {
+                        continue;
+                    }
                     match decode::<AlertTransition>(&rec.payload) {
-                        Ok(t) => out.effects(book.on_transition(&t)).await?,
+                        Ok(t) => {
+                            let e = book.apply_transition(&t, clock.now_ms(), Some(src));
+                            out.effects(ordered(e), drill).await?
+                        }
                         Err(e) => out.dead_letter(rec, &e).await?,
                     }
                 }
@@ -178,12 +267,42 @@ pub async fn run_alerts(
             batch = actions.poll(512, wait) => {
                 let batch = batch?;
                 for rec in &batch {
+                    let src = source("actions", rec);
+                    if book.already_applied(&src) {
+                        continue;
+                    }
                     match decode::<Action>(&rec.payload) {
-                        Ok(a) => out.effects(book.on_action(&a)).await?,
+                        Ok(a) => {
+                            let e = book.apply_action(&a, clock.now_ms(), Some(src));
+                            out.effects(ordered(e), drill).await?
+                        }
                         Err(e) => out.dead_letter(rec, &e).await?,
                     }
                 }
                 commit_batch(&mut actions, &batch).await?;
+            }
+        }
+        let now = clock.now_ms();
+        if book.next_deadline().is_some_and(|d| d <= now) {
+            out.effects(ordered(book.tick(now)), drill).await?;
+        }
+        if now >= next_reload {
+            next_reload = now + config.reload_every.as_millis() as i64;
+            if let Some(path) = &config.district_file {
+                let text = std::fs::read_to_string(path).ok();
+                if text.is_some() && text != roster {
+                    match District::from_toml_str(text.as_deref().unwrap_or_default()) {
+                        Ok(d) => {
+                            tracing::info!(file = %path.display(), "district file changed; open incidents follow the new roster");
+                            out.effects(ordered(book.set_district(Arc::new(d), now)), drill)
+                                .await?;
+                        }
+                        Err(e) => {
+                            tracing::error!(file = %path.display(), error = %e, "district file changed but is invalid; keeping the previous roster")
+                        }
+                    }
+                    roster = text;
+                }
             }
         }
     }

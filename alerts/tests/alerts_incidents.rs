@@ -45,6 +45,11 @@ fn flapping(mut t: AlertTransition) -> AlertTransition {
     t
 }
 
+/// Apply a transition at its own time (processing time = event time in these tests).
+fn apply(book: &mut IncidentBook, tr: &AlertTransition) -> Vec<Effect> {
+    book.on_transition(tr, tr.event_ms)
+}
+
 fn notes(effects: &[Effect]) -> Vec<&Notification> {
     effects
         .iter()
@@ -59,42 +64,52 @@ fn notes(effects: &[Effect]) -> Vec<&Notification> {
 }
 
 #[test]
-fn blue_tells_the_point_owners_and_red_tells_all_five_levels_at_once() {
+fn blue_tells_the_a_post_and_red_tells_several_levels_at_once() {
     let d = district();
     let mut book = IncidentBook::new(d.clone(), false);
-    let e = book.on_transition(&t(
-        "UP-09",
-        TransitionKind::Raised,
-        Level::Normal,
-        Level::Blue,
-        1_000,
-        11.0,
-    ));
+    let e = apply(
+        &mut book,
+        &t(
+            "UP-09",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Blue,
+            1_000,
+            11.0,
+        ),
+    );
     let n = notes(&e);
-    assert_eq!(n.len(), 2, "A and B posts");
+    assert_eq!(
+        n.len(),
+        1,
+        "the A post first; the B post only if A does not answer"
+    );
     assert!(n
         .iter()
         .all(|x| x.recipient.responsibility == ResponsibilityLevel::PointOwner));
     let p = d.point("UP-09").unwrap();
     assert_eq!(n[0].recipient.phone, p.chain.owner_a.phone);
 
-    let e = book.on_transition(&t(
-        "UP-09",
-        TransitionKind::Upgraded,
-        Level::Blue,
-        Level::Red,
-        2_000,
-        32.0,
-    ));
+    let e = apply(
+        &mut book,
+        &t(
+            "UP-09",
+            TransitionKind::Upgraded,
+            Level::Blue,
+            Level::Red,
+            2_000,
+            32.0,
+        ),
+    );
     let n = notes(&e);
     let levels: HashSet<ResponsibilityLevel> =
         n.iter().map(|x| x.recipient.responsibility).collect();
     assert_eq!(
         levels.len(),
-        5,
-        "red notifies the whole chain together: {levels:?}"
+        4,
+        "red notifies owner, grid, community and sub-district together: {levels:?}"
     );
-    assert_eq!(n.len(), 6);
+    assert_eq!(n.len(), 5, "both posts, grid, community, sub-district");
     let text = &n[0].text;
     assert!(
         text.starts_with("【新城区防汛】红色预警 解放门下穿 积水32cm ↑2.1cm/分"),
@@ -104,7 +119,7 @@ fn blue_tells_the_point_owners_and_red_tells_all_five_levels_at_once() {
     let keys: HashSet<&str> = n.iter().map(|x| x.key.as_str()).collect();
     assert_eq!(keys.len(), n.len(), "idempotency keys are unique");
     assert!(
-        n[0].key.starts_with("UP-09:water:1000/red/"),
+        n[0].key.starts_with("UP-09:water:1000/red.0.owner_a/"),
         "{}",
         n[0].key
     );
@@ -121,7 +136,7 @@ fn blue_tells_the_point_owners_and_red_tells_all_five_levels_at_once() {
             .iter()
             .filter(|x| x.what == "notified")
             .count()
-            == 8
+            == 6
     );
 }
 
@@ -136,41 +151,51 @@ fn the_same_transition_twice_notifies_nobody_twice() {
         1_000,
         30.0,
     );
-    let first = notes(&book.on_transition(&raise)).len();
-    let again = notes(&book.on_transition(&t(
-        "UP-01",
-        TransitionKind::Upgraded,
-        Level::Red,
-        Level::Red,
-        1_500,
-        31.0,
-    )))
+    let first = notes(&apply(&mut book, &raise)).len();
+    let again = notes(&apply(
+        &mut book,
+        &t(
+            "UP-01",
+            TransitionKind::Upgraded,
+            Level::Red,
+            Level::Red,
+            1_500,
+            31.0,
+        ),
+    ))
     .len();
-    assert_eq!(first, 6);
+    assert_eq!(first, 5);
     assert_eq!(again, 0, "everyone at red was already told");
 }
 
 #[test]
 fn clearing_closes_the_incident_and_silence_opens_maintenance_without_touching_water() {
     let mut book = IncidentBook::new(district(), false);
-    book.on_transition(&t(
-        "UP-02",
-        TransitionKind::Raised,
-        Level::Normal,
-        Level::Orange,
-        1_000,
-        21.0,
-    ));
-    let e = book.on_transition(&t(
-        "UP-02",
-        TransitionKind::Silent,
-        Level::Orange,
-        Level::Orange,
-        5_000,
-        0.0,
-    ));
+    apply(
+        &mut book,
+        &t(
+            "UP-02",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Orange,
+            1_000,
+            21.0,
+        ),
+    );
+    let e = apply(
+        &mut book,
+        &t(
+            "UP-02",
+            TransitionKind::Silent,
+            Level::Orange,
+            Level::Orange,
+            5_000,
+            0.0,
+        ),
+    );
     let n = notes(&e);
-    assert_eq!(n.len(), 1);
+    assert_eq!(n.len(), 2, "the grid worker and the maintenance contact");
+    assert_eq!(n[1].recipient.person, "P160", "设备运维值班员");
     assert_eq!(
         n[0].recipient.responsibility,
         ResponsibilityLevel::Grid,
@@ -187,22 +212,28 @@ fn clearing_closes_the_incident_and_silence_opens_maintenance_without_touching_w
     );
     assert_eq!(water.state, IncidentState::Open);
 
-    book.on_transition(&t(
-        "UP-02",
-        TransitionKind::Recovered,
-        Level::Orange,
-        Level::Orange,
-        6_000,
-        19.0,
-    ));
-    let e = book.on_transition(&t(
-        "UP-02",
-        TransitionKind::Cleared,
-        Level::Orange,
-        Level::Normal,
-        9_000,
-        5.0,
-    ));
+    apply(
+        &mut book,
+        &t(
+            "UP-02",
+            TransitionKind::Recovered,
+            Level::Orange,
+            Level::Orange,
+            6_000,
+            19.0,
+        ),
+    );
+    let e = apply(
+        &mut book,
+        &t(
+            "UP-02",
+            TransitionKind::Cleared,
+            Level::Orange,
+            Level::Normal,
+            9_000,
+            5.0,
+        ),
+    );
     assert!(book.open().is_empty());
     let closed = e
         .iter()
@@ -223,26 +254,32 @@ fn clearing_closes_the_incident_and_silence_opens_maintenance_without_touching_w
 #[test]
 fn actions_are_attributed_in_the_timeline_and_drills_are_marked() {
     let mut book = IncidentBook::new(district(), true);
-    let e = book.on_transition(&t(
-        "UP-03",
-        TransitionKind::Raised,
-        Level::Normal,
-        Level::Yellow,
-        1_000,
-        16.0,
-    ));
+    let e = apply(
+        &mut book,
+        &t(
+            "UP-03",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Yellow,
+            1_000,
+            16.0,
+        ),
+    );
     assert!(
         notes(&e).iter().all(|n| n.drill),
         "a drill's notifications are marked, never to be sent"
     );
     let id = book.open()[0].id.clone();
-    let e = book.on_action(&Action {
-        id: "a1".into(),
-        incident: id,
-        kind: ActionKind::Acknowledge,
-        by: "commander-1".into(),
-        at_ms: 2_000,
-    });
+    let e = book.on_action(
+        &Action {
+            id: "a1".into(),
+            incident: id,
+            kind: ActionKind::Acknowledge { person: None },
+            by: "commander-1".into(),
+            at_ms: 2_000,
+        },
+        2_000,
+    );
     let Effect::Incident(inc) = &e[0] else {
         panic!("incident update expected")
     };
@@ -258,11 +295,11 @@ fn a_flapping_point_is_told_once_and_again_only_above_its_peak() {
     use Level::*;
     use TransitionKind::*;
     let mut book = IncidentBook::new(district(), false);
-    let told = |book: &mut IncidentBook, tr: AlertTransition| notes(&book.on_transition(&tr)).len();
+    let told = |book: &mut IncidentBook, tr: AlertTransition| notes(&apply(book, &tr)).len();
 
     assert_eq!(
         told(&mut book, t("UP-06", Raised, Normal, Blue, 1_000, 11.0)),
-        2
+        1
     );
     let first_id = book.open()[0].id.clone();
     assert_eq!(
@@ -292,7 +329,7 @@ fn a_flapping_point_is_told_once_and_again_only_above_its_peak() {
         &mut book,
         flapping(t("UP-06", Raised, Normal, Yellow, 20_000, 16.0)),
     );
-    assert_eq!(n, 3, "yellow goes to the owners and the grid worker");
+    assert_eq!(n, 2, "yellow goes to the A post and the grid worker");
     assert_eq!(
         told(
             &mut book,
@@ -316,8 +353,8 @@ fn a_flapping_point_is_told_once_and_again_only_above_its_peak() {
     assert!(inc.timeline.iter().any(|e| e.what == "not_notified"));
     assert_eq!(
         inc.timeline.iter().filter(|e| e.what == "notified").count(),
-        5,
-        "two at blue, three at yellow, over the whole flapping episode"
+        3,
+        "one at blue, two at yellow, over the whole flapping episode"
     );
 
     // Settled: the next storm is a new incident, and people are told again.
@@ -327,7 +364,7 @@ fn a_flapping_point_is_told_once_and_again_only_above_its_peak() {
     );
     assert_eq!(
         told(&mut book, t("UP-06", Raised, Normal, Blue, 90_000, 11.0)),
-        2
+        1
     );
     assert_ne!(book.open()[0].id, first_id);
 }

@@ -5,14 +5,20 @@
 //!   against the same broker: the yardstick the other scenarios are divided by;
 //! - [`gateway::throughput`]: the HTTP ingest gateway writing to Kafka, batched NDJSON from
 //!   several clients;
-//! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory.
+//! - [`influx_sink::throughput`]: the time-series sink's sustained write rate into a real
+//!   server, beside that server's own ceiling;
+//! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory;
+//! - [`sms::mass_alert`]: 10,000 recipients through the SMPP simulator with and without a rate
+//!   limit.
 //!
 //! `benches/micro.rs` holds the criterion micro-benchmarks (record codec, rain window update,
 //! threshold evaluation): `cargo bench -p floodcmd-benches`.
 
 pub mod gateway;
+pub mod influx_sink;
 pub mod kafka;
 pub mod report;
+pub mod sms;
 pub mod stream_core;
 
 use floodcmd_model::{Reading, SensorKind};

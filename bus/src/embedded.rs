@@ -184,8 +184,14 @@ impl Bus for EmbeddedBus {
         for &(p, from) in &wanted {
             let mut log = t.partitions[p as usize].log.lock().expect("partition lock");
             let base = log.base;
-            let at = *log.groups.entry(group.to_string()).or_insert(base);
-            positions.insert(p, from.unwrap_or(at).max(base));
+            // A reader at an explicit position (a rebuild, a replay, a ledger read from the
+            // start) does not hold history back until it commits; one that resumes at its
+            // group's position does, from the moment it exists.
+            let at = match from {
+                Some(at) => at,
+                None => *log.groups.entry(group.to_string()).or_insert(base),
+            };
+            positions.insert(p, at.max(base));
         }
         Ok(Box::new(EmbeddedConsumer {
             topic: t,

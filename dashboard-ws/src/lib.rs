@@ -1,11 +1,20 @@
 //! The command wall's server: warp HTTP + websocket.
 //!
 //! **Architecture Invariant:** only this crate knows about HTTP and JSON for browsers. It is a
-//! plain consumer of the bus (`status`, `incidents`, `notifications`, `rejects`, `alerts`):
-//! [`state`] folds those topics into the wall's view, [`server`] serves it as REST, as a
-//! websocket (a snapshot, then coalesced deltas), as Prometheus text, and the page itself
-//! from `assets/` compiled into the binary.
+//! plain consumer of the bus (`status`, `incidents`, `notifications`, `deliveries`, `rejects`,
+//! `alerts`): [`state`] folds those topics into the wall's view, [`feed`] numbers its changes
+//! for the clients, [`server`] serves it as REST, as a websocket (a snapshot, then coalesced
+//! deltas, with resume after a reconnect), as Prometheus text, and [`assets`] serves the page
+//! bundle compiled into the binary and the camera streams. [`auth`] holds users, logins and
+//! roles; [`history`] the last hours of each point for the charts. Its one write is
+//! [`actions`]: what commanders do goes onto the `actions` topic for the alerts stage,
+//! attributed to the logged-in user.
 
+pub mod actions;
+pub mod assets;
+pub mod auth;
+pub mod feed;
+pub mod history;
 pub mod server;
 pub mod state;
 

@@ -1,35 +1,35 @@
 //! HTTP and websocket routes, and the bus followers that keep [`WallState`] current.
 //!
-//! Websocket protocol (see `docs/WEBSOCKET.md`): on connect a `snapshot`, then `delta`
-//! messages, coalesced to at most one per 100 ms per client. Each client has its own bounded
-//! queue (a broadcast receiver); a client that falls behind by more than the queue gets a
-//! fresh snapshot instead of the backlog, and never slows the others.
+//! Websocket protocol (see `docs/WEBSOCKET.md`): on connect a `snapshot` built for the
+//! client's session, then `delta` messages, coalesced to at most one per 100 ms per client.
+//! Each client reads the [`Feed`] through its own bounded queue; a client that falls more
+//! than the queue behind gets a fresh snapshot instead of the backlog, and never slows the
+//! others (publishing never waits for a client). A client that reconnects with
+//! `?resume=<epoch>.<seq>` is sent what it missed from the feed's ring as one delta
+//! (`"resumed": true`) when the ring still holds it, else a snapshot.
 
+use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
+use crate::feed::{Feed, Resume, Wall};
 use crate::state::{Change, PendingDelta, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::Reject;
-use floodcmd_model::time::Clock;
+use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use prometheus::{Encoder, IntCounter, IntGauge};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use warp::http::StatusCode;
-use warp::ws::{Message, WebSocket};
+use warp::ws::Message;
 use warp::{Filter, Reply};
 
-const INDEX_HTML: &str = include_str!("../assets/index.html");
-const APP_JS: &str = include_str!("../assets/app.js");
-const STYLE_CSS: &str = include_str!("../assets/style.css");
-
-/// How many changes a client may fall behind before it is re-synchronised with a snapshot.
-const CLIENT_QUEUE: usize = 4096;
 /// How much of each topic a starting wall folds to rebuild its view.
 const REBUILD_MS: i64 = 25 * 3_600_000;
 /// Deltas per client are sent at most this often.
@@ -44,6 +44,31 @@ pub struct DashboardConfig {
     pub topics: Topics,
     /// Consumer group (one per dashboard instance: each instance sees everything).
     pub group: String,
+    /// Users, anonymous viewing, session length.
+    pub auth: AuthConfig,
+    /// Directory served at `/cameras/`; `None`: no cameras.
+    pub cameras_dir: Option<PathBuf>,
+    /// How many changes a client may fall behind before it is re-synchronised with a
+    /// snapshot.
+    pub client_queue: usize,
+    /// How many recent changes are kept for clients that reconnect.
+    pub resume_ring: usize,
+}
+
+impl DashboardConfig {
+    /// Defaults: no users (anonymous viewers only), no cameras, a 4,096-change queue and
+    /// ring.
+    pub fn new(listen: SocketAddr, topics: Topics, group: impl Into<String>) -> Self {
+        DashboardConfig {
+            listen,
+            topics,
+            group: group.into(),
+            auth: AuthConfig::default(),
+            cameras_dir: None,
+            client_queue: 4096,
+            resume_ring: 4096,
+        }
+    }
 }
 
 /// Errors starting the dashboard.
@@ -67,6 +92,7 @@ struct WallMetrics {
     clients: IntGauge,
     deltas: IntCounter,
     resyncs: IntCounter,
+    resumes: IntCounter,
 }
 
 fn metrics() -> &'static WallMetrics {
@@ -88,38 +114,89 @@ fn metrics() -> &'static WallMetrics {
                 "Snapshots sent to clients that fell behind",
             )
             .expect("metric"),
+            resumes: IntCounter::new(
+                "floodcmd_dashboard_ws_resumes_total",
+                "Reconnecting clients sent only what they missed",
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         let _ = r.register(Box::new(m.clients.clone()));
         let _ = r.register(Box::new(m.deltas.clone()));
         let _ = r.register(Box::new(m.resyncs.clone()));
+        let _ = r.register(Box::new(m.resumes.clone()));
         m
     })
 }
 
+/// The wall's view with its feed, shared by the followers, the routes and the clients.
 #[derive(Clone)]
-struct Shared {
-    state: Arc<Mutex<WallState>>,
-    changes: broadcast::Sender<Change>,
-    seq: Arc<AtomicU64>,
+pub struct Shared {
+    wall: Arc<Mutex<Wall>>,
+    /// Stamps every message with the server's `now_ms`, so browsers can run countdowns on
+    /// the server's clock (the demo's runs faster than real time).
+    clock: Arc<dyn Clock>,
 }
 
 impl Shared {
-    fn apply(&self, f: impl FnOnce(&mut WallState) -> Vec<Change>) {
-        // Broadcast under the lock: a snapshot taken under the same lock is then exactly the
-        // state before the changes its subscriber receives next, never after some of them.
-        let mut state = self.state.lock().expect("wall state lock");
-        for c in f(&mut state) {
-            // No receivers is fine: nobody is watching.
-            let _ = self.changes.send(c);
+    /// A wall for `district` with an empty view.
+    pub fn new(
+        district: Arc<District>,
+        clock: Arc<dyn Clock>,
+        client_queue: usize,
+        resume_ring: usize,
+    ) -> Shared {
+        Shared {
+            wall: Arc::new(Mutex::new(Wall {
+                state: WallState::new(district),
+                feed: Feed::new(client_queue, resume_ring),
+            })),
+            clock,
         }
     }
 
-    /// A snapshot and a receiver that starts right after it.
-    fn snapshot(&self) -> (String, broadcast::Receiver<Change>) {
-        let state = self.state.lock().expect("wall state lock");
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        (state.snapshot(seq).to_string(), self.changes.subscribe())
+    fn stamp(&self, mut msg: serde_json::Value) -> String {
+        msg["now_ms"] = self.clock.now_ms().into();
+        msg.to_string()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Wall> {
+        self.wall.lock().expect("wall state lock")
+    }
+
+    /// Fold into the view and publish the changes.
+    pub fn apply(&self, f: impl FnOnce(&mut WallState) -> Vec<Change>) {
+        self.lock().apply(f);
+    }
+
+    /// A snapshot for `session` and a receiver that starts right after it.
+    fn snapshot(&self, session: &Session) -> (String, broadcast::Receiver<crate::feed::Numbered>) {
+        let wall = self.lock();
+        let msg = wall
+            .state
+            .snapshot(wall.feed.seq(), wall.feed.epoch(), session);
+        (self.stamp(msg), wall.feed.subscribe())
+    }
+
+    /// The first message for a client (a resumed delta or a snapshot) and its receiver.
+    fn first(
+        &self,
+        session: &Session,
+        resume: Option<(String, u64)>,
+    ) -> (String, broadcast::Receiver<crate::feed::Numbered>) {
+        if let Some((epoch, since)) = resume {
+            let wall = self.lock();
+            if let Resume::Missed(mut missed) = wall.feed.resume(&epoch, since) {
+                metrics().resumes.inc();
+                let msg = missed.take(wall.feed.seq(), true);
+                return (self.stamp(msg), wall.feed.subscribe());
+            }
+        }
+        self.snapshot(session)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&WallState) -> T) -> T {
+        f(&self.lock().state)
     }
 }
 
@@ -198,10 +275,27 @@ impl Follower {
     }
 }
 
-async fn client(ws: WebSocket, shared: Shared) {
-    let (mut tx, mut rx_ws) = ws.split();
+/// `<epoch>.<seq>` from a reconnecting client.
+fn parse_resume(v: &str) -> Option<(String, u64)> {
+    let (epoch, seq) = v.rsplit_once('.')?;
+    Some((epoch.to_string(), seq.parse().ok()?))
+}
+
+/// Serve one websocket client until it goes away: the first message, then coalesced
+/// deltas, and a fresh snapshot whenever it falls too far behind. Generic over the socket's
+/// halves so a test can hold the sending side still.
+pub async fn client<S, R, E>(
+    mut tx: S,
+    mut rx_ws: R,
+    shared: Shared,
+    session: Session,
+    resume: Option<(String, u64)>,
+) where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
     metrics().clients.inc();
-    let (first, mut changes) = shared.snapshot();
+    let (first, mut changes) = shared.first(&session, resume);
     if tx.send(Message::text(first)).await.is_err() {
         metrics().clients.dec();
         return;
@@ -212,13 +306,13 @@ async fn client(ws: WebSocket, shared: Shared) {
     loop {
         tokio::select! {
             change = changes.recv() => match change {
-                Ok(c) => pending.add(c),
+                Ok((seq, c)) => pending.add(seq, &c),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(missed = n, "websocket client fell behind; re-synchronising");
                     metrics().resyncs.inc();
                     pending = PendingDelta::default();
                     // A fresh receiver with the fresh snapshot: the old backlog is stale.
-                    let (snap, fresh) = shared.snapshot();
+                    let (snap, fresh) = shared.snapshot(&session);
                     changes = fresh;
                     if tx.send(Message::text(snap)).await.is_err() { break; }
                 }
@@ -226,8 +320,7 @@ async fn client(ws: WebSocket, shared: Shared) {
             },
             _ = tick.tick() => {
                 if !pending.is_empty() {
-                    let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-                    let msg = pending.take(seq).to_string();
+                    let msg = shared.stamp(pending.take(0, false));
                     metrics().deltas.inc();
                     if tx.send(Message::text(msg)).await.is_err() { break; }
                 }
@@ -254,17 +347,17 @@ pub async fn serve(
     config: DashboardConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), DashboardError> {
-    let (changes, _) = broadcast::channel(CLIENT_QUEUE);
-    let shared = Shared {
-        state: Arc::new(Mutex::new(WallState::new(district))),
-        changes,
-        seq: Arc::new(AtomicU64::new(1)),
-    };
+    let shared = Shared::new(
+        district,
+        clock.clone(),
+        config.client_queue,
+        config.resume_ring,
+    );
     let t = config.topics.clone();
     let follower = Follower {
         bus: bus.clone(),
         producer: bus.producer(),
-        clock,
+        clock: clock.clone(),
         topics: t.clone(),
         group: config.group.clone(),
         shared: shared.clone(),
@@ -275,37 +368,85 @@ pub async fn serve(
     follower.spawn(t.alerts(), WallState::on_alert);
     follower.spawn(t.notifications(), WallState::on_notification);
     follower.spawn(t.rejects(), WallState::on_reject);
+    follower.spawn(t.deliveries(), WallState::on_delivery);
 
+    // Logins last real hours, whatever speed the demo's clock runs at.
+    let auth = Auth::new(config.auth.clone(), Arc::new(SystemClock));
     let with_shared = {
         let shared = shared.clone();
         warp::any().map(move || shared.clone())
     };
-    let index = warp::path::end()
-        .and(warp::get())
-        .map(|| warp::reply::html(INDEX_HTML).into_response());
-    let app_js = warp::path!("assets" / "app.js").map(|| {
-        warp::reply::with_header(
-            APP_JS,
-            "content-type",
-            "application/javascript; charset=utf-8",
-        )
-        .into_response()
-    });
-    let style = warp::path!("assets" / "style.css").map(|| {
-        warp::reply::with_header(STYLE_CSS, "content-type", "text/css; charset=utf-8")
-            .into_response()
-    });
+    let reader = auth.with_session();
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::with_status("ok", StatusCode::OK).into_response());
     let points = warp::path!("api" / "points")
         .and(warp::get())
+        .and(reader.clone())
         .and(with_shared.clone())
-        .map(|s: Shared| json(&s.state.lock().expect("wall state lock").points()));
+        .map(|s: Result<Session, _>, w: Shared| match s {
+            Ok(_) => json(&w.read(|s| s.points())),
+            Err(e) => unauthorized(&e),
+        });
+    let point = warp::path!("api" / "points" / String)
+        .and(warp::get())
+        .and(reader.clone())
+        .and(with_shared.clone())
+        .map(|id: String, s: Result<Session, _>, w: Shared| match s {
+            Ok(session) => match w.read(|s| s.point_detail(&id, &session)) {
+                Some(v) => json(&v),
+                None => error(StatusCode::NOT_FOUND, format!("point: no point {id}")),
+            },
+            Err(e) => unauthorized(&e),
+        });
+    let history_clock = clock.clone();
+    let history = warp::path!("api" / "points" / String / "history")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(reader.clone())
+        .and(with_shared.clone())
+        .map(
+            move |id: String, q: HashMap<String, String>, s: Result<Session, _>, w: Shared| {
+                if let Err(e) = s {
+                    return unauthorized(&e);
+                }
+                let hours = match q.get("hours").map(|h| h.parse::<u32>()) {
+                    None => 6,
+                    Some(Ok(h)) => h,
+                    Some(Err(_)) => {
+                        return error(StatusCode::BAD_REQUEST, "hours: not a number".into())
+                    }
+                };
+                let now = history_clock.now_ms();
+                match w.read(|s| s.history.query(&s.district, &id, hours, now)) {
+                    Ok(v) => json(&v),
+                    Err(e @ crate::history::HistoryError::UnknownPoint(_)) => {
+                        error(StatusCode::NOT_FOUND, e.to_string())
+                    }
+                    Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+                }
+            },
+        );
     let incidents = warp::path!("api" / "incidents")
         .and(warp::get())
+        .and(reader.clone())
         .and(with_shared.clone())
-        .map(|s: Shared| json(&s.state.lock().expect("wall state lock").incidents()));
+        .map(|s: Result<Session, _>, w: Shared| match s {
+            Ok(_) => json(&w.read(|s| s.incidents())),
+            Err(e) => unauthorized(&e),
+        });
+    let people = warp::path!("api" / "people")
+        .and(warp::get())
+        .and(reader.clone())
+        .and(with_shared.clone())
+        .map(|s: Result<Session, _>, w: Shared| match s {
+            Ok(session) => json(&w.read(|s| s.people(&session))),
+            Err(e) => unauthorized(&e),
+        });
+    let geo = warp::path!("api" / "geo")
+        .and(warp::get())
+        .and(with_shared.clone())
+        .map(|w: Shared| json(&w.read(|s| s.geo())));
     let metrics_route = warp::path!("metrics").and(warp::get()).map(|| {
         let mut buf = Vec::new();
         let enc = prometheus::TextEncoder::new();
@@ -318,30 +459,55 @@ pub async fn serve(
         }
         warp::reply::with_header(buf, "content-type", enc.format_type().to_string()).into_response()
     });
-    let ws =
-        warp::path!("ws")
-            .and(warp::ws())
-            .and(with_shared)
-            .map(|ws: warp::ws::Ws, s: Shared| {
+    let ws_auth = auth.clone();
+    let ws = warp::path!("ws")
+        .and(warp::ws())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_shared)
+        .map(
+            move |ws: warp::ws::Ws, q: HashMap<String, String>, w: Shared| {
+                // Browsers cannot set headers on a websocket: the token comes in the query.
+                let token = q.get("token").map(String::as_str).filter(|t| !t.is_empty());
+                let session = match ws_auth.session(token) {
+                    Ok(s) => s,
+                    Err(e) => return unauthorized(&e),
+                };
+                let resume = q.get("resume").and_then(|r| parse_resume(r));
                 ws.max_message_size(64 * 1024)
-                    .on_upgrade(move |socket| client(socket, s))
+                    .on_upgrade(move |socket| {
+                        let (tx, rx) = socket.split();
+                        client(tx, rx, w, session, resume)
+                    })
                     .into_response()
-            });
-    let routes = index
-        .or(app_js)
+            },
+        );
+    let actions = crate::actions::route(bus.producer(), t.clone(), clock.clone(), auth.clone());
+    let routes = crate::assets::routes(config.cameras_dir.clone())
+        .or(auth.routes())
         .unify()
-        .or(style)
+        .or(actions)
         .unify()
         .or(health)
         .unify()
         .or(points)
         .unify()
+        .or(history)
+        .unify()
+        .or(point)
+        .unify()
         .or(incidents)
+        .unify()
+        .or(people)
+        .unify()
+        .or(geo)
         .unify()
         .or(metrics_route)
         .unify()
         .or(ws)
-        .unify();
+        .unify()
+        // Erase the filter's type: the nested one is too deep for the compiler to prove the
+        // server future `Send`.
+        .boxed();
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -366,4 +532,108 @@ pub async fn serve(
             .await;
     });
     Ok((bound, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodcmd_model::event::PointStatus;
+    use floodcmd_model::{DataState, Level};
+
+    fn status(d: &District, i: usize, depth: f64) -> PointStatus {
+        PointStatus {
+            point: d.points[i].id.clone(),
+            kind: d.points[i].kind,
+            level: Level::Normal,
+            data_state: DataState::Fresh,
+            depth_cm: Some(depth),
+            rise_cm_per_min: None,
+            rain_10m_mm: None,
+            rain_1h_mm: None,
+            rain_3h_mm: None,
+            rain_24h_mm: None,
+            last_reading_ms: Some(1),
+            qc_flags: Vec::new(),
+            next_level: None,
+            minutes_to_next: None,
+            flapping: false,
+            as_of_ms: 1,
+        }
+    }
+
+    fn parse(m: &Message) -> serde_json::Value {
+        serde_json::from_str(m.to_str().expect("text frame")).expect("json")
+    }
+
+    /// A client whose socket takes nothing falls behind and is re-synchronised with a
+    /// snapshot; a client beside it gets every change meanwhile.
+    #[tokio::test]
+    async fn a_slow_client_is_resynchronised_and_never_holds_up_the_others() {
+        let d =
+            Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap());
+        let shared = Shared::new(
+            d.clone(),
+            Arc::new(floodcmd_model::time::ManualClock::new(0)),
+            64,
+            64,
+        );
+        // The slow client's socket: a channel of one message that nobody reads for now.
+        let (slow_tx, mut slow_rx) = futures::channel::mpsc::channel::<Message>(0);
+        let slow_tx = slow_tx.sink_map_err(|_| ());
+        let slow = tokio::spawn(client(
+            slow_tx,
+            futures::stream::pending::<Result<Message, ()>>(),
+            shared.clone(),
+            Session::anonymous(),
+            None,
+        ));
+        let (fast_tx, mut fast_rx) = futures::channel::mpsc::unbounded::<Message>();
+        let fast_tx = fast_tx.sink_map_err(|_| ());
+        let fast = tokio::spawn(client(
+            fast_tx,
+            futures::stream::pending::<Result<Message, ()>>(),
+            shared.clone(),
+            Session::anonymous(),
+            None,
+        ));
+        assert_eq!(parse(&fast_rx.next().await.unwrap())["type"], "snapshot");
+        // The slow client's snapshot sits in its one-message channel; the first delta after
+        // it blocks the client's task.
+        shared.apply(|s| s.on_status(status(&d, 0, 1.0)));
+        tokio::time::sleep(DELTA_EVERY * 3).await;
+        // Far more changes than the client's queue, in rounds the fast client can take
+        // (25 statuses are 50 changes, under its queue of 64; this test's runtime has one
+        // thread, so nobody reads during a round).
+        let mut last_depth = 0.0;
+        for round in 0..6 {
+            for i in 0..25 {
+                last_depth = (round * 25 + i) as f64;
+                shared.apply(|s| s.on_status(status(&d, i % 10, last_depth)));
+            }
+            tokio::time::sleep(DELTA_EVERY).await;
+        }
+        // The fast client saw the newest depth without waiting for the slow one.
+        let mut saw_last = false;
+        while !saw_last {
+            let m = parse(&fast_rx.next().await.unwrap());
+            assert_eq!(m["type"], "delta");
+            saw_last = m["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["depth_cm"] == last_depth);
+        }
+        // Now the slow client reads: its first snapshot, at most the one delta it was stuck
+        // on, then a fresh snapshot instead of the backlog it lost.
+        assert_eq!(parse(&slow_rx.next().await.unwrap())["type"], "snapshot");
+        let mut next = parse(&slow_rx.next().await.unwrap());
+        if next["type"] == "delta" {
+            next = parse(&slow_rx.next().await.unwrap());
+        }
+        assert_eq!(next["type"], "snapshot", "{next}");
+        let i = (last_depth as usize % 25) % 10;
+        assert_eq!(next["points"][i]["depth_cm"], last_depth);
+        slow.abort();
+        fast.abort();
+    }
 }

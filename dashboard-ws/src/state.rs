@@ -1,13 +1,20 @@
 //! The wall's view of the district, folded from the bus, and the changes clients are sent.
+//!
+//! Everything a browser is sent is built here, once per session kind: phone numbers appear
+//! only in the people directory ([`WallState::people`]) and the point detail, and both are
+//! masked for viewers.
 
-use floodcmd_model::config::PointKind;
+use crate::auth::{mask_phone, Session};
+use crate::history::History;
+use floodcmd_model::config::{PointKind, Rung};
 use floodcmd_model::event::{
-    AlertTransition, Incident, IncidentState, Notification, PointStatus, QcFlag, Reject,
+    AlertTransition, ClosureStage, Delivery, DeliveryState, Incident, IncidentState, Notification,
+    PointStatus, QcFlag, Reject, StepState,
 };
 use floodcmd_model::time::Millis;
 use floodcmd_model::{DataState, District, Level};
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 const RECENT_ALERTS: usize = 50;
@@ -67,6 +74,12 @@ pub struct PointView {
     pub minutes_to_next: Option<f64>,
     /// The level keeps going up and down around a threshold.
     pub flapping: bool,
+    /// Underpass closure stage of the point's open incident (封闭 state on the map).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closure: Option<ClosureStage>,
+    /// The rain gauge whose rain the point panel charts beside the depth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rain_gauge: Option<String>,
 }
 
 /// Counts shown in the banner.
@@ -85,6 +98,22 @@ pub struct Counters {
     pub rejects: u64,
     /// Alert transitions seen.
     pub transitions: u64,
+    /// The rainstorm signal observed at the gauges (暴雨信号): the highest level of any rain
+    /// gauge, whose rules are the mainland rainstorm warning signals and the short-duration
+    /// intensity rule. `normal` when no gauge is raised.
+    pub rain_signal: Level,
+    /// SMS handed to a gateway (`deliveries` reached `sent` or `delivered`).
+    pub sms_sent: u64,
+    /// SMS the gateway reported delivered.
+    pub sms_delivered: u64,
+    /// SMS that failed for good.
+    pub sms_failed: u64,
+    /// Escalation steps (people told) over the incidents seen.
+    pub notified: u64,
+    /// Of those, acknowledged.
+    pub acknowledged: u64,
+    /// Of those, checked in on site.
+    pub checked_in: u64,
 }
 
 /// A change a client must hear about.
@@ -111,6 +140,12 @@ pub struct WallState {
     alerts: VecDeque<AlertTransition>,
     rejects: VecDeque<Reject>,
     counters: Counters,
+    /// Newest delivery state per notification key.
+    deliveries: HashMap<String, DeliveryState>,
+    /// (told, acknowledged, checked in) per incident, closed ones included.
+    steps: HashMap<String, (u64, u64, u64)>,
+    /// The last hours of every point, for the charts.
+    pub history: History,
 }
 
 impl WallState {
@@ -143,6 +178,8 @@ impl WallState {
                         next_level: None,
                         minutes_to_next: None,
                         flapping: false,
+                        closure: None,
+                        rain_gauge: p.rain_gauge.clone(),
                     },
                 )
             })
@@ -154,6 +191,9 @@ impl WallState {
             alerts: VecDeque::new(),
             rejects: VecDeque::new(),
             counters: Counters::default(),
+            deliveries: HashMap::new(),
+            steps: HashMap::new(),
+            history: History::default(),
         };
         s.recount();
         s
@@ -171,7 +211,11 @@ impl WallState {
         .map(|l| (l, 0))
         .collect();
         let mut silent = 0;
+        let mut signal = Level::Normal;
         for p in self.points.values() {
+            if p.kind == PointKind::RainGauge {
+                signal = signal.max(p.level);
+            }
             let silent_point = p.data_state == DataState::Silent;
             // A silent point is never counted as normal; a silent point that was red stays red.
             if !(silent_point && p.level == Level::Normal) {
@@ -183,6 +227,7 @@ impl WallState {
         }
         self.counters.levels = levels;
         self.counters.silent = silent;
+        self.counters.rain_signal = signal;
         self.counters.open_incidents = self.incidents.len();
     }
 
@@ -212,18 +257,111 @@ impl WallState {
         self.counters.clone()
     }
 
-    /// The snapshot a client gets on connect.
-    pub fn snapshot(&self, seq: u64) -> serde_json::Value {
+    /// The snapshot a client gets on connect: the state as of change `seq` of run `epoch`,
+    /// built for `session` (phone numbers masked for viewers).
+    pub fn snapshot(&self, seq: u64, epoch: &str, session: &Session) -> serde_json::Value {
         serde_json::json!({
             "type": "snapshot",
             "seq": seq,
+            "epoch": epoch,
+            "session": session,
+            "can_act": session.can_act(),
             "district": { "id": self.district.info.id, "name": self.district.info.name },
             "points": self.points(),
             "incidents": self.incidents(),
             "counters": self.counters,
             "alerts": self.alerts.iter().rev().collect::<Vec<_>>(),
             "rejects": self.rejects.iter().rev().collect::<Vec<_>>(),
+            "people": self.people(session),
         })
+    }
+
+    /// Everyone in the district's chains, by id: name, title, phone (masked unless the
+    /// session may see phones).
+    pub fn people(&self, session: &Session) -> BTreeMap<String, serde_json::Value> {
+        self.district
+            .people
+            .iter()
+            .map(|(id, p)| {
+                let phone = if session.sees_phones() {
+                    p.phone.clone()
+                } else {
+                    mask_phone(&p.phone)
+                };
+                (
+                    id.clone(),
+                    serde_json::json!({ "name": p.name, "title": p.title, "phone": phone }),
+                )
+            })
+            .collect()
+    }
+
+    /// One point for the point panel: its view, its plan (一点一策), thresholds, and its
+    /// five-level chain with phones (masked unless the session may see phones).
+    pub fn point_detail(&self, id: &str, session: &Session) -> Option<serde_json::Value> {
+        let p = self.district.point(id)?;
+        let view = self.points.get(id)?;
+        let chain: Vec<serde_json::Value> = Rung::LADDER
+            .iter()
+            .map(|r| {
+                let person = r.person(&p.chain);
+                let phone = if session.sees_phones() {
+                    person.phone.clone()
+                } else {
+                    mask_phone(&person.phone)
+                };
+                serde_json::json!({
+                    "rung": r, "rung_zh": r.zh(), "person": person.id, "name": person.name,
+                    "title": person.title, "phone": phone,
+                })
+            })
+            .collect();
+        let thresholds: BTreeMap<&str, f64> = Level::ALERTS
+            .iter()
+            .filter_map(|l| p.thresholds.get(*l).map(|t| (l.as_str(), t.raise)))
+            .collect();
+        Some(serde_json::json!({
+            "point": view,
+            "plan": p.plan,
+            "camera": p.camera.as_ref().map(|c| serde_json::json!({"id": c.id, "name": c.name, "stream": c.stream})),
+            "thresholds": thresholds,
+            "unit": p.kind.unit(),
+            "chain": chain,
+            "incident": self.incidents.values().find(|i| i.point_id == id).map(|i| i.id.clone()),
+        }))
+    }
+
+    /// Sub-district outlines for the map, as GeoJSON: the config has no surveyed boundaries,
+    /// so each outline is the convex hull of the sub-district's points, padded so single
+    /// points and lines still make an area. Approximate, and said so in each feature.
+    pub fn geo(&self) -> serde_json::Value {
+        const PAD: f64 = 0.002;
+        let mut features = Vec::new();
+        for sd in &self.district.sub_districts {
+            let mut pts: Vec<(f64, f64)> = Vec::new();
+            for p in self
+                .district
+                .points
+                .iter()
+                .filter(|p| p.sub_district == sd.id)
+            {
+                for (dx, dy) in [(-PAD, -PAD), (PAD, -PAD), (PAD, PAD), (-PAD, PAD)] {
+                    pts.push((p.lon + dx, p.lat + dy));
+                }
+            }
+            let hull = convex_hull(pts);
+            if hull.len() < 3 {
+                continue;
+            }
+            let mut ring: Vec<[f64; 2]> = hull.iter().map(|(x, y)| [*x, *y]).collect();
+            ring.push(ring[0]);
+            features.push(serde_json::json!({
+                "type": "Feature",
+                "properties": { "id": sd.id, "name": sd.name, "approximate": true },
+                "geometry": { "type": "Polygon", "coordinates": [ring] },
+            }));
+        }
+        serde_json::json!({ "type": "FeatureCollection", "features": features })
     }
 
     /// Fold a status record.
@@ -231,6 +369,7 @@ impl WallState {
         let Some(p) = self.points.get_mut(&s.point) else {
             return Vec::new();
         };
+        self.history.record(&s);
         p.level = s.level;
         p.data_state = s.data_state;
         p.depth_cm = s.depth_cm;
@@ -251,13 +390,79 @@ impl WallState {
 
     /// Fold an incident record.
     pub fn on_incident(&mut self, i: Incident) -> Vec<Change> {
-        if i.state == IncidentState::Closed {
-            self.incidents.remove(&i.id);
-        } else {
+        let mut changes = Vec::new();
+        let count = |pred: fn(&floodcmd_model::event::EscalationStep) -> bool| {
+            i.steps.iter().filter(|s| pred(s)).count() as u64
+        };
+        self.steps.insert(
+            i.id.clone(),
+            (
+                i.steps.len() as u64,
+                count(|s| s.acked_ms.is_some()),
+                count(|s| s.checked_in_ms.is_some() || s.state == StepState::CheckedIn),
+            ),
+        );
+        let (n, a, c) = self
+            .steps
+            .values()
+            .fold((0, 0, 0), |(n, a, c), (x, y, z)| (n + x, a + y, c + z));
+        self.counters.notified = n;
+        self.counters.acknowledged = a;
+        self.counters.checked_in = c;
+        let open = i.state != IncidentState::Closed;
+        if open {
             self.incidents.insert(i.id.clone(), i.clone());
+        } else {
+            self.incidents.remove(&i.id);
+        }
+        // The map shows an underpass's closure stage while an incident of it is open.
+        let closure = self
+            .incidents
+            .values()
+            .filter(|o| o.point_id == i.point_id)
+            .filter_map(|o| o.closure.as_ref().map(|c| c.stage))
+            .max();
+        if let Some(p) = self.points.get_mut(&i.point_id) {
+            if p.closure != closure {
+                p.closure = closure;
+                changes.push(Change::Point(p.clone()));
+            }
         }
         self.recount();
-        vec![Change::Incident(i), Change::Counters(self.counters.clone())]
+        changes.push(Change::Incident(i));
+        changes.push(Change::Counters(self.counters.clone()));
+        changes
+    }
+
+    /// Fold a delivery record of the outbox sender.
+    pub fn on_delivery(&mut self, d: Delivery) -> Vec<Change> {
+        let before = self.deliveries.get(&d.key).copied();
+        // Claims after a result (a second sender's lease) do not undo the result.
+        let next = match (before, d.state) {
+            (
+                Some(DeliveryState::Sent | DeliveryState::Delivered | DeliveryState::Failed),
+                DeliveryState::Claimed,
+            ) => return Vec::new(),
+            (Some(DeliveryState::Delivered), DeliveryState::Sent) => return Vec::new(),
+            (_, s) => s,
+        };
+        if before == Some(next) {
+            return Vec::new();
+        }
+        let sent = |s: Option<DeliveryState>| {
+            matches!(s, Some(DeliveryState::Sent | DeliveryState::Delivered))
+        };
+        if sent(Some(next)) && !sent(before) {
+            self.counters.sms_sent += 1;
+        }
+        if next == DeliveryState::Delivered {
+            self.counters.sms_delivered += 1;
+        }
+        if next == DeliveryState::Failed {
+            self.counters.sms_failed += 1;
+        }
+        self.deliveries.insert(d.key, next);
+        vec![Change::Counters(self.counters.clone())]
     }
 
     /// Fold an alert transition.
@@ -288,30 +493,48 @@ impl WallState {
 }
 
 /// Changes gathered for one client between two sends: the latest of each point and
-/// incident, every new alert and reject, the latest counters.
+/// incident, the newest alerts and rejects (at most as many as the wall keeps), the latest
+/// counters, and the number of the newest change among them.
 #[derive(Default)]
 pub struct PendingDelta {
     points: BTreeMap<String, PointView>,
     incidents: BTreeMap<String, Incident>,
-    alerts: Vec<AlertTransition>,
-    rejects: Vec<Reject>,
+    alerts: VecDeque<AlertTransition>,
+    rejects: VecDeque<Reject>,
     counters: Option<Counters>,
+    last_seq: Option<u64>,
 }
 
 impl PendingDelta {
-    /// Add a change, replacing an older one of the same point or incident.
-    pub fn add(&mut self, c: Change) {
+    /// Add change number `seq`, replacing an older one of the same point or incident.
+    pub fn add(&mut self, seq: u64, c: &Change) {
+        self.last_seq = Some(self.last_seq.map_or(seq, |s| s.max(seq)));
         match c {
             Change::Point(p) => {
-                self.points.insert(p.id.clone(), p);
+                self.points.insert(p.id.clone(), p.clone());
             }
             Change::Incident(i) => {
-                self.incidents.insert(i.id.clone(), i);
+                self.incidents.insert(i.id.clone(), i.clone());
             }
-            Change::Alert(a) => self.alerts.push(a),
-            Change::Reject(r) => self.rejects.push(r),
-            Change::Counters(c) => self.counters = Some(c),
+            Change::Alert(a) => {
+                if self.alerts.len() == RECENT_ALERTS {
+                    self.alerts.pop_front();
+                }
+                self.alerts.push_back(a.clone());
+            }
+            Change::Reject(r) => {
+                if self.rejects.len() == RECENT_REJECTS {
+                    self.rejects.pop_front();
+                }
+                self.rejects.push_back(r.clone());
+            }
+            Change::Counters(c) => self.counters = Some(c.clone()),
         }
+    }
+
+    /// The number of the newest change gathered.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
     }
 
     /// Nothing to send.
@@ -323,17 +546,240 @@ impl PendingDelta {
             && self.counters.is_none()
     }
 
-    /// The delta message, emptying the buffer.
-    pub fn take(&mut self, seq: u64) -> serde_json::Value {
+    /// The delta message, emptying the buffer. Its `seq` is the newest change it holds
+    /// (`seq_if_empty` when it holds none, as a resume with nothing missed does).
+    pub fn take(&mut self, seq_if_empty: u64, resumed: bool) -> serde_json::Value {
         let d = std::mem::take(self);
-        serde_json::json!({
+        let mut msg = serde_json::json!({
             "type": "delta",
-            "seq": seq,
+            "seq": d.last_seq.unwrap_or(seq_if_empty),
             "points": d.points.into_values().collect::<Vec<_>>(),
             "incidents": d.incidents.into_values().collect::<Vec<_>>(),
             "alerts": d.alerts,
             "rejects": d.rejects,
             "counters": d.counters,
-        })
+        });
+        if resumed {
+            msg["resumed"] = serde_json::Value::Bool(true);
+        }
+        msg
+    }
+}
+
+/// The convex hull (Andrew's monotone chain), counter-clockwise, of (lon, lat) pairs.
+fn convex_hull(mut pts: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    pts.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    pts.dedup();
+    if pts.len() < 3 {
+        return pts;
+    }
+    let cross = |o: (f64, f64), a: (f64, f64), b: (f64, f64)| {
+        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
+    };
+    let mut hull: Vec<(f64, f64)> = Vec::with_capacity(pts.len() * 2);
+    for pass in 0..2 {
+        let start = hull.len();
+        let iter: Box<dyn Iterator<Item = &(f64, f64)>> = if pass == 0 {
+            Box::new(pts.iter())
+        } else {
+            Box::new(pts.iter().rev())
+        };
+        for &p in iter {
+            while hull.len() >= start + 2
+                && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0.0
+            {
+                hull.pop();
+            }
+            hull.push(p);
+        }
+        hull.pop();
+    }
+    hull
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodcmd_model::event::{Closure, EscalationStep, Problem};
+
+    fn district() -> Arc<District> {
+        Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap())
+    }
+
+    #[test]
+    fn hulls_enclose_their_points() {
+        let h = convex_hull(vec![
+            (0.0, 0.0),
+            (1.0, 0.0),
+            (0.5, 0.5),
+            (1.0, 1.0),
+            (0.0, 1.0),
+        ]);
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert!(!h.contains(&(0.5, 0.5)));
+    }
+
+    #[test]
+    fn viewers_get_masked_phones_and_outlines_cover_every_sub_district() {
+        let d = district();
+        let s = WallState::new(d.clone());
+        let viewer = Session::anonymous();
+        let commander = Session {
+            name: Some("值班长".into()),
+            role: floodcmd_model::settings::UserRole::Commander,
+        };
+        let (id, person) = d.people.iter().next().unwrap();
+        let masked = s.people(&viewer)[id.as_str()]["phone"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            masked.contains("****") && masked != person.phone,
+            "{masked}"
+        );
+        assert_eq!(
+            s.people(&commander)[id.as_str()]["phone"],
+            person.phone.as_str()
+        );
+        let snap = s.snapshot(7, "e", &viewer).to_string();
+        assert!(
+            !snap.contains(&person.phone),
+            "a viewer's snapshot holds a full phone number"
+        );
+        let up = d
+            .points
+            .iter()
+            .find(|p| p.kind == PointKind::Underpass)
+            .unwrap();
+        let detail = s.point_detail(&up.id, &viewer).unwrap().to_string();
+        assert!(!detail.contains(&up.chain.owner_a.phone));
+        assert!(s
+            .point_detail(&up.id, &commander)
+            .unwrap()
+            .to_string()
+            .contains(&up.chain.owner_a.phone));
+        let geo = s.geo();
+        assert_eq!(
+            geo["features"].as_array().unwrap().len(),
+            d.sub_districts
+                .iter()
+                .filter(|sd| d.points.iter().any(|p| p.sub_district == sd.id))
+                .count()
+        );
+    }
+
+    #[test]
+    fn incidents_move_closure_and_step_counters_and_deliveries_count_once() {
+        let d = district();
+        let up = d
+            .points
+            .iter()
+            .find(|p| p.kind == PointKind::Underpass)
+            .unwrap();
+        let mut s = WallState::new(d.clone());
+        let step = |state, acked: Option<Millis>| EscalationStep {
+            id: "red.0.owner_a".into(),
+            level: Level::Red,
+            loop_no: 0,
+            rung: Rung::OwnerA,
+            person: up.chain.owner_a.id.clone(),
+            name: up.chain.owner_a.name.clone(),
+            notified_ms: 1,
+            deadline_ms: Some(100),
+            acked_ms: acked,
+            checked_in_ms: None,
+            state,
+        };
+        let mut inc = Incident {
+            id: format!("{}:water:1", up.id),
+            point_id: up.id.clone(),
+            problem: Problem::Water,
+            level: Level::Red,
+            peak_level: Level::Red,
+            state: IncidentState::Open,
+            opened_at: 1,
+            updated_at: 1,
+            closed_at: None,
+            value: 30.0,
+            timeline: Vec::new(),
+            steps: vec![step(StepState::Pending, None)],
+            on_site_ms: None,
+            closure: Some(Closure {
+                stage: ClosureStage::Suggested,
+                confirmed_by: Vec::new(),
+                below_yellow_since_ms: None,
+                history: Vec::new(),
+            }),
+            source: None,
+        };
+        let ch = s.on_incident(inc.clone());
+        assert!(ch
+            .iter()
+            .any(|c| matches!(c, Change::Point(p) if p.closure == Some(ClosureStage::Suggested))));
+        assert_eq!((s.counters.notified, s.counters.acknowledged), (1, 0));
+        inc.steps = vec![step(StepState::Acknowledged, Some(5))];
+        s.on_incident(inc.clone());
+        assert_eq!((s.counters.notified, s.counters.acknowledged), (1, 1));
+        inc.state = IncidentState::Closed;
+        let ch = s.on_incident(inc);
+        assert!(ch
+            .iter()
+            .any(|c| matches!(c, Change::Point(p) if p.closure.is_none())));
+        assert_eq!(s.counters.acknowledged, 1, "closed incidents still count");
+
+        let del = |state| Delivery {
+            key: "k1".into(),
+            state,
+            instance: "i".into(),
+            gateway: None,
+            message_ids: Vec::new(),
+            detail: String::new(),
+            at_ms: 1,
+        };
+        s.on_delivery(del(DeliveryState::Claimed));
+        s.on_delivery(del(DeliveryState::Sent));
+        s.on_delivery(del(DeliveryState::Sent));
+        s.on_delivery(del(DeliveryState::Claimed));
+        s.on_delivery(del(DeliveryState::Delivered));
+        assert_eq!((s.counters.sms_sent, s.counters.sms_delivered), (1, 1));
+    }
+
+    #[test]
+    fn deltas_keep_the_newest_of_each_point_and_their_highest_number() {
+        let d = district();
+        let mut s = WallState::new(d.clone());
+        let mut pending = PendingDelta::default();
+        let st = |depth| PointStatus {
+            point: d.points[0].id.clone(),
+            kind: d.points[0].kind,
+            level: Level::Blue,
+            data_state: DataState::Fresh,
+            depth_cm: Some(depth),
+            rise_cm_per_min: None,
+            rain_10m_mm: None,
+            rain_1h_mm: None,
+            rain_3h_mm: None,
+            rain_24h_mm: None,
+            last_reading_ms: Some(1),
+            qc_flags: Vec::new(),
+            next_level: None,
+            minutes_to_next: None,
+            flapping: false,
+            as_of_ms: 1,
+        };
+        let mut seq = 0;
+        for depth in [1.0, 2.0] {
+            for c in s.on_status(st(depth)) {
+                seq += 1;
+                pending.add(seq, &c);
+            }
+        }
+        let msg = pending.take(0, false);
+        assert_eq!(msg["seq"], 4);
+        assert_eq!(msg["points"].as_array().unwrap().len(), 1);
+        assert_eq!(msg["points"][0]["depth_cm"], 2.0);
+        assert!(msg.get("resumed").is_none());
+        assert!(pending.is_empty());
+        assert_eq!(pending.take(9, true)["seq"], 9);
     }
 }

@@ -11,7 +11,7 @@ use crate::decode::{split, Framing};
 use crate::metrics::metrics;
 use crate::validate::{TimeLimits, Validator};
 use bytes::Buf;
-use floodcmd_model::bus::{BusError, Producer};
+use floodcmd_model::bus::{BusError, Outgoing, Producer};
 use floodcmd_model::codec::encode;
 use floodcmd_model::event::{Reject, RejectReason};
 use floodcmd_model::time::Clock;
@@ -194,13 +194,17 @@ impl Gateway {
             }
         }
         let readings_topic = self.topics.readings();
-        // All sends start at once (the producer batches them); each key's records are
-        // enqueued in body order, so one sensor's readings keep their order.
-        let sends = readings.iter().map(|(_, r)| {
-            self.producer
-                .send(&readings_topic, r.sensor.as_bytes(), encode(r), r.ts_ms)
-        });
-        let results = futures::future::join_all(sends).await;
+        // One batch for the whole body, enqueued in body order, so one sensor's readings keep
+        // their order; the bus acknowledges it with one wakeup.
+        let batch = readings
+            .iter()
+            .map(|(_, r)| Outgoing {
+                key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
+                payload: encode(r),
+                timestamp_ms: r.ts_ms,
+            })
+            .collect();
+        let results = self.producer.send_batch(&readings_topic, batch).await;
         let mut accepted = 0;
         let mut not_accepted = Vec::new();
         let mut failure: Option<BusError> = None;

@@ -131,6 +131,17 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Box<dyn Consumer>, BusError>;
 }
 
+/// One record of a batch for [`Producer::send_batch`].
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// Key (decides the partition).
+    pub key: Bytes,
+    /// Payload.
+    pub payload: Bytes,
+    /// Record timestamp.
+    pub timestamp_ms: i64,
+}
+
 /// Appends records to topics.
 #[async_trait]
 pub trait Producer: Send + Sync {
@@ -143,6 +154,22 @@ pub trait Producer: Send + Sync {
         payload: Bytes,
         timestamp_ms: i64,
     ) -> Result<Delivery, BusError>;
+
+    /// Append many records to one topic, in order per key; one result per record, in order.
+    /// Waits until every record is on the bus or has failed. Buses that can acknowledge a
+    /// whole batch at once (Kafka) override this: one wakeup per batch instead of per record.
+    async fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<Outgoing>,
+    ) -> Vec<Result<Delivery, BusError>> {
+        futures::future::join_all(
+            records
+                .iter()
+                .map(|r| self.send(topic, &r.key, r.payload.clone(), r.timestamp_ms)),
+        )
+        .await
+    }
 }
 
 /// Reads records of one topic for one consumer group.

@@ -451,41 +451,184 @@ impl Defaults {
     }
 }
 
-/// Who is told at once when a point reaches a level.
+/// One rung of the escalation ladder, derived from the five-level chain (五级包保): the point
+/// owner's A post, then the B post, then grid, community, sub-district and district.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Rung {
+    /// 点位责任人 A岗.
+    OwnerA,
+    /// 点位责任人 B岗.
+    OwnerB,
+    /// 网格员.
+    Grid,
+    /// 社区主任.
+    Community,
+    /// 街道包保干部.
+    SubDistrict,
+    /// 区防汛指挥部值班领导.
+    District,
+}
+
+impl Rung {
+    /// Bottom to top.
+    pub const LADDER: [Rung; 6] = [
+        Rung::OwnerA,
+        Rung::OwnerB,
+        Rung::Grid,
+        Rung::Community,
+        Rung::SubDistrict,
+        Rung::District,
+    ];
+
+    /// The chain level this rung belongs to.
+    pub fn responsibility(self) -> ResponsibilityLevel {
+        match self {
+            Rung::OwnerA | Rung::OwnerB => ResponsibilityLevel::PointOwner,
+            Rung::Grid => ResponsibilityLevel::Grid,
+            Rung::Community => ResponsibilityLevel::Community,
+            Rung::SubDistrict => ResponsibilityLevel::SubDistrict,
+            Rung::District => ResponsibilityLevel::District,
+        }
+    }
+
+    /// The person holding this rung for a point.
+    pub fn person(self, chain: &Chain) -> &Person {
+        match self {
+            Rung::OwnerA => &chain.owner_a,
+            Rung::OwnerB => &chain.owner_b,
+            Rung::Grid => &chain.grid_worker,
+            Rung::Community => &chain.community_director,
+            Rung::SubDistrict => &chain.sub_district_cadre,
+            Rung::District => &chain.district_duty_leader,
+        }
+    }
+
+    /// The next rung up, if any.
+    pub fn above(self) -> Option<Rung> {
+        let i = Rung::LADDER.iter().position(|r| *r == self)?;
+        Rung::LADDER.get(i + 1).copied()
+    }
+
+    /// Machine name, as in config files and idempotency keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rung::OwnerA => "owner_a",
+            Rung::OwnerB => "owner_b",
+            Rung::Grid => "grid",
+            Rung::Community => "community",
+            Rung::SubDistrict => "sub_district",
+            Rung::District => "district",
+        }
+    }
+
+    /// Chinese name, for the wall and audit lines.
+    pub fn zh(self) -> &'static str {
+        match self {
+            Rung::OwnerA => "点位责任人(A岗)",
+            Rung::OwnerB => "点位责任人(B岗)",
+            Rung::Grid => "网格员",
+            Rung::Community => "社区",
+            Rung::SubDistrict => "街道",
+            Rung::District => "区防汛指挥部",
+        }
+    }
+}
+
+/// How one alert level escalates: who is told at once, how long each step has to acknowledge
+/// and then to check in on site, how high it may climb and how often the climb repeats.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LevelPolicy {
+    /// Rungs notified together the moment the level is reached.
+    pub at_once: Vec<Rung>,
+    /// The highest rung this level escalates to.
+    pub up_to: Rung,
+    /// Seconds a notified person has to acknowledge before the next rung is told.
+    pub ack_timeout_s: u64,
+    /// Seconds an acknowledging person has to check in on site (到岗) before it re-escalates.
+    pub checkin_timeout_s: u64,
+    /// After the top rung times out, how many more times the whole ladder is repeated.
+    pub repeat_loops: u32,
+}
+
+/// Escalation per alert level, derived from each point's chain (never written per point).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Escalation {
     /// At 蓝.
-    pub blue: Vec<ResponsibilityLevel>,
+    pub blue: LevelPolicy,
     /// At 黄.
-    pub yellow: Vec<ResponsibilityLevel>,
+    pub yellow: LevelPolicy,
     /// At 橙.
-    pub orange: Vec<ResponsibilityLevel>,
+    pub orange: LevelPolicy,
     /// At 红: several levels together.
-    pub red: Vec<ResponsibilityLevel>,
+    pub red: LevelPolicy,
+    /// Silent sensors: a maintenance incident for the grid worker and the maintenance contact.
+    pub silent: LevelPolicy,
 }
 
 impl Default for Escalation {
     fn default() -> Self {
-        use ResponsibilityLevel::*;
+        use Rung::*;
+        let p = |at_once: Vec<Rung>, up_to, ack, checkin, loops| LevelPolicy {
+            at_once,
+            up_to,
+            ack_timeout_s: ack,
+            checkin_timeout_s: checkin,
+            repeat_loops: loops,
+        };
         Escalation {
-            blue: vec![PointOwner],
-            yellow: vec![PointOwner, Grid],
-            orange: vec![PointOwner, Grid, Community],
-            red: vec![PointOwner, Grid, Community, SubDistrict, District],
+            blue: p(vec![OwnerA], Grid, 900, 3600, 0),
+            yellow: p(vec![OwnerA, Grid], Community, 600, 1800, 1),
+            orange: p(vec![OwnerA, OwnerB, Grid], SubDistrict, 300, 1200, 2),
+            red: p(
+                vec![OwnerA, OwnerB, Grid, Community, SubDistrict],
+                District,
+                180,
+                900,
+                3,
+            ),
+            silent: p(vec![Grid], Grid, 1800, 7200, 0),
         }
     }
 }
 
 impl Escalation {
-    /// Levels notified at once for an alert level.
-    pub fn notify_at(&self, level: Level) -> &[ResponsibilityLevel] {
+    /// The policy of an alert level (`None` for normal).
+    pub fn policy(&self, level: Level) -> Option<&LevelPolicy> {
         match level {
-            Level::Normal => &[],
-            Level::Blue => &self.blue,
-            Level::Yellow => &self.yellow,
-            Level::Orange => &self.orange,
-            Level::Red => &self.red,
+            Level::Normal => None,
+            Level::Blue => Some(&self.blue),
+            Level::Yellow => Some(&self.yellow),
+            Level::Orange => Some(&self.orange),
+            Level::Red => Some(&self.red),
+        }
+    }
+
+    /// Chain levels notified at once for an alert level.
+    pub fn notify_at(&self, level: Level) -> Vec<ResponsibilityLevel> {
+        let mut v: Vec<ResponsibilityLevel> = self
+            .policy(level)
+            .map(|p| p.at_once.iter().map(|r| r.responsibility()).collect())
+            .unwrap_or_default();
+        v.dedup();
+        v
+    }
+}
+
+/// Underpass closures (封闭).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClosurePolicy {
+    /// Seconds the level must stay below yellow before an underpass may be reopened (解封).
+    pub reopen_hold_s: u64,
+}
+
+impl Default for ClosurePolicy {
+    fn default() -> Self {
+        ClosurePolicy {
+            reopen_hold_s: 1800,
         }
     }
 }
@@ -502,6 +645,9 @@ pub struct DistrictInfo {
     pub sms_signature: String,
     /// Person id of the district command's duty leader (区防汛指挥部值班领导).
     pub duty_leader: String,
+    /// Person id of the sensor maintenance contact (设备运维), told about silent sensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<String>,
 }
 
 /// A person in the responsibility chain.
@@ -630,9 +776,12 @@ pub struct DistrictFile {
     /// Defaults for thresholds and cadence.
     #[serde(default)]
     pub defaults: Defaults,
-    /// Who is notified at once per level.
+    /// Escalation per level.
     #[serde(default)]
     pub escalation: Escalation,
+    /// Underpass closures.
+    #[serde(default)]
+    pub closure: ClosurePolicy,
     /// People.
     pub people: Vec<Person>,
     /// Sub-districts.
@@ -777,6 +926,8 @@ pub struct District {
     pub defaults: Defaults,
     /// Escalation.
     pub escalation: Escalation,
+    /// Underpass closures.
+    pub closure: ClosurePolicy,
     /// People by id.
     pub people: BTreeMap<String, Person>,
     /// Sub-districts in file order.
@@ -1077,6 +1228,9 @@ impl Validator {
             &f.district.duty_leader,
             &people,
         );
+        if let Some(m) = &f.district.maintenance {
+            self.reference("district.maintenance".into(), "person", m, &people);
+        }
         if f.district.sms_signature.trim().is_empty() {
             self.problem(
                 "district.sms_signature",
@@ -1137,12 +1291,38 @@ impl Validator {
         self.rain_intensity(&f.defaults.rain_intensity);
         self.flapping(&f.defaults.flapping);
         self.rise(&f.defaults.rise);
-        for level in Level::ALERTS {
-            if f.escalation.notify_at(level).is_empty() {
-                self.problem(
-                    format!("escalation.{level}"),
-                    "must notify at least one level of the chain",
-                );
+        let e = &f.escalation;
+        for (name, policy) in [
+            ("blue", &e.blue),
+            ("yellow", &e.yellow),
+            ("orange", &e.orange),
+            ("red", &e.red),
+            ("silent", &e.silent),
+        ] {
+            let at = |field: &str| format!("escalation.{name}.{field}");
+            if policy.at_once.is_empty() {
+                self.problem(at("at_once"), "must notify at least one rung of the chain");
+            }
+            if let Some(top) = policy.at_once.iter().max() {
+                if *top > policy.up_to {
+                    self.problem(
+                        at("up_to"),
+                        format!(
+                            "{} is below {}, which is told at once",
+                            policy.up_to.as_str(),
+                            top.as_str()
+                        ),
+                    );
+                }
+            }
+            if policy.ack_timeout_s == 0 {
+                self.problem(at("ack_timeout_s"), "must be at least 1");
+            }
+            if policy.checkin_timeout_s == 0 {
+                self.problem(at("checkin_timeout_s"), "must be at least 1");
+            }
+            if policy.repeat_loops > 10 {
+                self.problem(at("repeat_loops"), "at most 10 (a loop re-texts everyone)");
             }
         }
         if f.points.is_empty() {
@@ -1273,6 +1453,7 @@ impl Validator {
             info: f.district,
             defaults: f.defaults,
             escalation: f.escalation,
+            closure: f.closure,
             people: people_map,
             sub_districts: f.sub_districts,
             communities: f.communities,

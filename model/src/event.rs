@@ -6,9 +6,10 @@
 //! - [`Incident`]: the alerts stage's incident state (`incidents` topic, latest wins);
 //! - [`Notification`]: one message to one person, in the outbox (`notifications` topic);
 //! - [`Action`]: what an operator did (`actions` topic);
+//! - [`Delivery`]: a sender's claim and result for one outbox message (`deliveries` topic);
 //! - [`Reject`]: a dead letter with the original bytes and a reason (`rejects` topic).
 
-use crate::config::{PointKind, ResponsibilityLevel};
+use crate::config::{PointKind, ResponsibilityLevel, Rung};
 use crate::level::{DataState, Level};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -223,6 +224,147 @@ pub struct Incident {
     pub value: f64,
     /// Audit timeline, oldest first.
     pub timeline: Vec<TimelineEntry>,
+    /// Every escalation step so far, oldest first: who was told at which level and loop,
+    /// their deadlines, acknowledgements and check-ins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<EscalationStep>,
+    /// When someone checked in on site at the current level: escalation stops there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_site_ms: Option<Millis>,
+    /// Underpass closure (封闭), raised automatically at red.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure: Option<Closure>,
+    /// The input record whose processing produced this version: a restarted alerts stage
+    /// skips inputs at or below it, so nothing is applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<InputOffset>,
+}
+
+/// A position in one of the alerts stage's input topics.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InputOffset {
+    /// Topic leaf: `alerts` or `actions`.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+}
+
+/// Where an escalation step stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Told; waiting for an acknowledgement until the deadline.
+    Pending,
+    /// Acknowledged; waiting for the on-site check-in until the deadline.
+    Acknowledged,
+    /// On site (到岗).
+    CheckedIn,
+    /// The deadline passed: the next rung was told.
+    Escalated,
+    /// The level changed or someone else is on site: this step's timer no longer runs.
+    Superseded,
+}
+
+/// One person told at one level, loop and rung of the ladder.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EscalationStep {
+    /// `<level>.<loop>.<rung>`, the middle part of the notification's idempotency key.
+    pub id: String,
+    /// Alert level it was for.
+    pub level: Level,
+    /// Repeat loop (0 for the first climb).
+    pub loop_no: u32,
+    /// Rung of the ladder.
+    pub rung: Rung,
+    /// Person id.
+    pub person: String,
+    /// Name.
+    pub name: String,
+    /// When they were told (processing time).
+    pub notified_ms: Millis,
+    /// When the step's current timer runs out (acknowledgement, then check-in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<Millis>,
+    /// When they acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_ms: Option<Millis>,
+    /// When they checked in on site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_in_ms: Option<Millis>,
+    /// State.
+    pub state: StepState,
+}
+
+/// The stages of an underpass closure (封闭).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosureStage {
+    /// 建议封闭: raised automatically at red.
+    Suggested,
+    /// 已封闭: confirmed by the point owner and a second person.
+    Closed,
+    /// 退水: the water is going down.
+    Receding,
+    /// 复查: inspected on site after the water went.
+    Inspected,
+    /// 解封: open again.
+    Reopened,
+    /// The suggestion lapsed before anyone closed the underpass (the water went down).
+    Withdrawn,
+}
+
+impl ClosureStage {
+    /// Chinese name.
+    pub fn zh(self) -> &'static str {
+        match self {
+            ClosureStage::Suggested => "建议封闭",
+            ClosureStage::Closed => "已封闭",
+            ClosureStage::Receding => "退水",
+            ClosureStage::Inspected => "复查",
+            ClosureStage::Reopened => "解封",
+            ClosureStage::Withdrawn => "撤销建议",
+        }
+    }
+    /// Machine name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosureStage::Suggested => "suggested",
+            ClosureStage::Closed => "closed",
+            ClosureStage::Receding => "receding",
+            ClosureStage::Inspected => "inspected",
+            ClosureStage::Reopened => "reopened",
+            ClosureStage::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// One step of a closure, with who and when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClosureEntry {
+    /// The stage reached.
+    pub stage: ClosureStage,
+    /// Who (none for the automatic suggestion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When.
+    pub at_ms: Millis,
+}
+
+/// An underpass closure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Closure {
+    /// Current stage.
+    pub stage: ClosureStage,
+    /// People who confirmed the closing so far (two needed, one of them a point owner).
+    #[serde(default)]
+    pub confirmed_by: Vec<String>,
+    /// Since when the level has been below yellow (for reopening).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_yellow_since_ms: Option<Millis>,
+    /// Every stage with who and when.
+    pub history: Vec<ClosureEntry>,
 }
 
 /// The post a person holds for a point.
@@ -277,10 +419,17 @@ pub struct Notification {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ActionKind {
-    /// 确认: the person has seen it.
-    Acknowledge,
+    /// 确认: the person has seen it (an SMS reply, or a commander on their behalf).
+    Acknowledge {
+        /// Whose acknowledgement (person id); the acting user when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        person: Option<String>,
+    },
     /// 到岗: the person is on site.
     CheckIn {
+        /// Who is on site (person id); the acting user when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        person: Option<String>,
         /// Latitude reported.
         lat: f64,
         /// Longitude reported.
@@ -291,6 +440,38 @@ pub enum ActionKind {
         /// The note.
         text: String,
     },
+    /// Confirm an underpass is closed (已封闭): needs the point owner and a second person.
+    ConfirmClosure {
+        /// Who confirms (person id); the acting user when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        person: Option<String>,
+    },
+    /// A later closure step: 退水 (`receding`) or 复查 (`inspected`).
+    ClosureStep {
+        /// The stage reached.
+        stage: ClosureStage,
+    },
+    /// 解封: reopen an underpass, confirmed on site.
+    Reopen {
+        /// Latitude of the on-site confirmation.
+        lat: f64,
+        /// Longitude of the on-site confirmation.
+        lon: f64,
+    },
+}
+
+impl ActionKind {
+    /// Machine name, as in the timeline.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActionKind::Acknowledge { .. } => "acknowledged",
+            ActionKind::CheckIn { .. } => "checked_in",
+            ActionKind::Note { .. } => "note",
+            ActionKind::ConfirmClosure { .. } => "closure_confirmed",
+            ActionKind::ClosureStep { .. } => "closure_step",
+            ActionKind::Reopen { .. } => "reopened",
+        }
+    }
 }
 
 /// An operator action, attributed.
@@ -335,6 +516,9 @@ pub enum RejectReason {
     Undecodable,
     /// The device's token does not allow it to write this sensor.
     Forbidden,
+    /// The time-series sink cannot write it: a timestamp outside the store's range, a tag
+    /// value line protocol cannot carry, or a line the server refused on its own.
+    Unwritable,
 }
 
 impl RejectReason {
@@ -352,6 +536,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::Undecodable => "undecodable",
             RejectReason::Forbidden => "forbidden",
+            RejectReason::Unwritable => "unwritable",
         }
     }
 }
@@ -398,4 +583,41 @@ impl Reject {
             received_ms: now_ms,
         }
     }
+}
+
+/// Where one outbox message stands with the sender (`deliveries` topic, keyed by the
+/// notification's idempotency key).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// A sender took it on. The first claim in the log wins; others leave the key alone.
+    Claimed,
+    /// Handed to a gateway, which accepted it.
+    Sent,
+    /// The gateway reported delivery to the phone.
+    Delivered,
+    /// Every gateway and retry failed, or it was refused for good.
+    Failed,
+}
+
+/// A sender's record about one outbox message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Delivery {
+    /// The notification's idempotency key.
+    pub key: String,
+    /// State.
+    pub state: DeliveryState,
+    /// The sender instance that wrote this.
+    pub instance: String,
+    /// Gateway used, once sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The gateway's message ids (one per SMS segment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub message_ids: Vec<String>,
+    /// Why it failed, or other detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// Processing time.
+    pub at_ms: Millis,
 }

@@ -123,12 +123,71 @@ impl Default for StreamSettings {
     }
 }
 
-/// The alerts stage.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+/// The alerts stage and its outbox sender.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsSettings {
-    /// Drill: notifications are captured on the outbox marked `drill`, never sent.
+    /// Drill: notifications are captured on the drill topic, never sent.
     pub drill: bool,
+    /// This process's name in outbox claims; empty means `<host>-<pid>`.
+    pub instance: String,
+    /// Seconds a sender's claim on a message keeps other senders away.
+    pub lease_s: u64,
+    /// Messages handed to the SMS gateways at once.
+    pub send_concurrency: usize,
+    /// Seconds between looks at the district file for roster changes.
+    pub reload_s: u64,
+}
+
+impl Default for AlertsSettings {
+    fn default() -> Self {
+        AlertsSettings {
+            drill: false,
+            instance: String::new(),
+            lease_s: 30,
+            send_concurrency: 32,
+            reload_s: 5,
+        }
+    }
+}
+
+/// What a command-wall user may do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    /// Watches the wall; sees phone numbers masked; cannot act.
+    Viewer,
+    /// Acts on incidents (acknowledge, check in on behalf, notes, closure steps).
+    Commander,
+    /// A commander who also administers the wall.
+    Admin,
+}
+
+impl UserRole {
+    /// Every role, for messages.
+    pub const ALL: [UserRole; 3] = [UserRole::Viewer, UserRole::Commander, UserRole::Admin];
+
+    /// Name in settings and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::Viewer => "viewer",
+            UserRole::Commander => "commander",
+            UserRole::Admin => "admin",
+        }
+    }
+}
+
+/// One user of the command wall (`[[dashboard.users]]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardUser {
+    /// Login name; it is also the name every action of this user is attributed to.
+    pub name: String,
+    /// `viewer`, `commander` or `admin`.
+    pub role: UserRole,
+    /// SHA-256 of the password, 64 hex digits (`printf %s PASSWORD | sha256sum`): the file
+    /// never holds a password.
+    pub password_sha256: String,
 }
 
 /// The command wall.
@@ -139,6 +198,16 @@ pub struct DashboardSettings {
     pub listen: String,
     /// Consumer group; each dashboard instance needs its own to see everything.
     pub group: String,
+    /// Whether the wall may be watched without logging in (as a viewer: read only, phone
+    /// numbers masked). With `false`, every read needs a login too.
+    pub anonymous: bool,
+    /// Hours a login lasts.
+    pub session_h: u64,
+    /// Directory served at `/cameras/` (HLS streams, e.g. from `scripts/cameras.sh`); empty:
+    /// no cameras are served.
+    pub cameras_dir: String,
+    /// Who may log in.
+    pub users: Vec<DashboardUser>,
 }
 
 impl Default for DashboardSettings {
@@ -146,6 +215,48 @@ impl Default for DashboardSettings {
         DashboardSettings {
             listen: "127.0.0.1:8080".into(),
             group: "dashboard".into(),
+            anonymous: true,
+            session_h: 12,
+            cameras_dir: ".cache/cameras".into(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// The time-series sink (`floodcmd sink-influx`): any server speaking the InfluxDB v2 write
+/// API. An empty `url` means no sink (`floodcmd run` then leaves it out).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkInfluxSettings {
+    /// Base URL, e.g. `http://127.0.0.1:8086`; empty: no sink.
+    pub url: String,
+    /// Organization.
+    pub org: String,
+    /// Bucket.
+    pub bucket: String,
+    /// API token; better given as `FLOODCMD_SINK_INFLUX_TOKEN` than written in the file.
+    pub token: String,
+    /// A batch is written when it holds this many lines...
+    pub batch_lines: usize,
+    /// ... or when its first line is this old, ms, whichever comes first.
+    pub flush_ms: u64,
+    /// Gzip the request bodies.
+    pub gzip: bool,
+    /// Consumer group.
+    pub group: String,
+}
+
+impl Default for SinkInfluxSettings {
+    fn default() -> Self {
+        SinkInfluxSettings {
+            url: String::new(),
+            org: "floodcmd".into(),
+            bucket: "floodcmd".into(),
+            token: String::new(),
+            batch_lines: 5_000,
+            flush_ms: 1_000,
+            gzip: true,
+            group: "sink-influx".into(),
         }
     }
 }
@@ -166,9 +277,22 @@ pub struct Settings {
     pub alerts: AlertsSettings,
     /// Dashboard.
     pub dashboard: DashboardSettings,
+    /// Time-series sink.
+    pub sink_influx: SinkInfluxSettings,
+    /// SMS gateways (`[[sms.gateways]]`), kept as written: the binary decodes and validates
+    /// them with `floodcmd-sms`, which this crate does not depend on.
+    pub sms: toml::Table,
 }
 
-const SECTIONS: [&str; 6] = ["district", "bus", "ingest", "stream", "alerts", "dashboard"];
+const SECTIONS: [&str; 7] = [
+    "district",
+    "bus",
+    "ingest",
+    "stream",
+    "alerts",
+    "dashboard",
+    "sink_influx",
+];
 
 impl Settings {
     /// Parse a settings file, apply `FLOODCMD_*` overrides from `env`, validate.
@@ -211,6 +335,7 @@ impl Settings {
                 }),
             }
         }
+        check_user_roles(&table, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
@@ -236,6 +361,19 @@ impl Settings {
                 message,
             })
         };
+        let a = &self.alerts;
+        if a.lease_s == 0 || a.lease_s > 3600 {
+            bad("alerts.lease_s", format!("{} must be 1 to 3600", a.lease_s));
+        }
+        if a.send_concurrency == 0 || a.send_concurrency > 1024 {
+            bad(
+                "alerts.send_concurrency",
+                format!("{} must be 1 to 1024", a.send_concurrency),
+            );
+        }
+        if a.reload_s == 0 {
+            bad("alerts.reload_s", "must be at least 1".into());
+        }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             bad(
                 "bus.partitions",
@@ -325,10 +463,108 @@ impl Settings {
                 );
             }
         }
+        let d = &self.dashboard;
+        if d.session_h == 0 || d.session_h > 24 * 30 {
+            bad(
+                "dashboard.session_h",
+                format!("{} must be 1 to 720 hours", d.session_h),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in d.users.iter().enumerate() {
+            let name = u.name.trim();
+            if name.is_empty() || name.chars().count() > 64 || name != u.name {
+                bad(
+                    &format!("dashboard.users[{i}].name"),
+                    format!(
+                        "\"{}\" must be 1 to 64 characters without surrounding spaces",
+                        u.name
+                    ),
+                );
+            } else if !names.insert(name) {
+                bad(
+                    &format!("dashboard.users[{i}].name"),
+                    format!("\"{name}\" is listed twice"),
+                );
+            }
+            let h = &u.password_sha256;
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                bad(
+                    &format!("dashboard.users[{i}].password_sha256"),
+                    "must be the password's SHA-256 as 64 hex digits (printf %s PASSWORD | sha256sum)"
+                        .into(),
+                );
+            }
+        }
+        let si = &self.sink_influx;
+        if !si.url.is_empty() {
+            let rest = si
+                .url
+                .strip_prefix("http://")
+                .or_else(|| si.url.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                bad(
+                    "sink_influx.url",
+                    format!(
+                        "\"{}\" must be an http:// or https:// URL, or empty for no sink",
+                        si.url
+                    ),
+                );
+            }
+            if si.org.is_empty() {
+                bad(
+                    "sink_influx.org",
+                    "must not be empty when url is set".into(),
+                );
+            }
+            if si.bucket.is_empty() {
+                bad(
+                    "sink_influx.bucket",
+                    "must not be empty when url is set".into(),
+                );
+            }
+        }
+        if si.batch_lines == 0 || si.batch_lines > 1_000_000 {
+            bad(
+                "sink_influx.batch_lines",
+                format!("{} must be 1 to 1000000", si.batch_lines),
+            );
+        }
+        if si.flush_ms < 10 || si.flush_ms > 60_000 {
+            bad(
+                "sink_influx.flush_ms",
+                format!("{} must be 10 to 60000", si.flush_ms),
+            );
+        }
         if p.is_empty() {
             Ok(())
         } else {
             Err(ConfigErrors(p))
+        }
+    }
+}
+
+/// A role outside the list would otherwise fail deserialization without saying which user.
+fn check_user_roles(table: &toml::Table, problems: &mut Vec<ConfigProblem>) {
+    let Some(users) = table
+        .get("dashboard")
+        .and_then(|d| d.get("users"))
+        .and_then(|u| u.as_array())
+    else {
+        return;
+    };
+    for (i, u) in users.iter().enumerate() {
+        let role = u.get("role").and_then(|r| r.as_str());
+        if !UserRole::ALL.iter().any(|r| Some(r.as_str()) == role) {
+            problems.push(ConfigProblem {
+                path: format!("dashboard.users[{i}].role"),
+                message: format!(
+                    "{} must be viewer, commander or admin",
+                    u.get("role")
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "missing".into())
+                ),
+            });
         }
     }
 }
@@ -374,5 +610,81 @@ mod tests {
         assert!(err.to_string().contains("workrs"), "{err}");
         let err = Settings::load("[ingest]\nmqtt = \"nohost\"\n", env(&[])).unwrap_err();
         assert!(err.to_string().contains("ingest.mqtt"), "{err}");
+    }
+
+    #[test]
+    fn wall_users_are_validated_by_field_and_scalar_overrides_still_apply() {
+        let hash = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+        let s = Settings::load(
+            &format!(
+                "[dashboard]\n[[dashboard.users]]\nname = \"值班长\"\nrole = \"commander\"\npassword_sha256 = \"{hash}\"\n"
+            ),
+            env(&[
+                ("FLOODCMD_DASHBOARD_ANONYMOUS", "false"),
+                ("FLOODCMD_DASHBOARD_CAMERAS_DIR", "/srv/cameras"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.dashboard.users[0].role, UserRole::Commander);
+        assert!(!s.dashboard.anonymous);
+        assert_eq!(s.dashboard.cameras_dir, "/srv/cameras");
+        let err = Settings::load(
+            &format!(
+                "[[dashboard.users]]\nname = \"a\"\nrole = \"boss\"\npassword_sha256 = \"{hash}\"\n"
+            ),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dashboard.users[0].role"), "{err}");
+        let err = Settings::load(
+            &format!(
+                "[[dashboard.users]]\nname = \"a\"\nrole = \"viewer\"\npassword_sha256 = \"{hash}\"\n\
+                 [[dashboard.users]]\nname = \"a\"\nrole = \"admin\"\npassword_sha256 = \"secret\"\n"
+            ),
+            env(&[("FLOODCMD_DASHBOARD_SESSION_H", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "dashboard.users[1].name",
+            "dashboard.users[1].password_sha256",
+            "dashboard.session_h",
+        ] {
+            assert!(err.contains(field), "{field} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn the_influx_sink_is_off_until_it_has_a_url_and_names_its_fields() {
+        let s = Settings::load("", env(&[])).unwrap();
+        assert!(s.sink_influx.url.is_empty());
+        let s = Settings::load(
+            "[sink_influx]\nbatch_lines = 100\n",
+            env(&[
+                ("FLOODCMD_SINK_INFLUX_URL", "http://127.0.0.1:18428"),
+                ("FLOODCMD_SINK_INFLUX_FLUSH_MS", "250"),
+                ("FLOODCMD_SINK_INFLUX_GZIP", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.sink_influx.url, "http://127.0.0.1:18428");
+        assert_eq!(s.sink_influx.batch_lines, 100);
+        assert_eq!(s.sink_influx.flush_ms, 250);
+        assert!(!s.sink_influx.gzip);
+        let err = Settings::load(
+            "[sink_influx]\nurl = \"127.0.0.1:8086\"\nbucket = \"\"\nbatch_lines = 0\n",
+            env(&[("FLOODCMD_SINK_INFLUX_FLUSH_MS", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "sink_influx.url",
+            "sink_influx.bucket",
+            "sink_influx.batch_lines",
+            "sink_influx.flush_ms",
+        ] {
+            assert!(err.contains(field), "{field} missing from: {err}");
+        }
     }
 }

@@ -55,6 +55,14 @@ impl Topics {
     pub fn incidents(&self) -> String {
         self.name("incidents")
     }
+    /// The sender's claims and results per outbox message, keyed by idempotency key.
+    pub fn deliveries(&self) -> String {
+        self.name("deliveries")
+    }
+    /// Drill notifications: captured here, never read by a sender.
+    pub fn drill(&self) -> String {
+        self.name("drill")
+    }
     /// Every topic, for creating them at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -65,6 +73,8 @@ impl Topics {
             self.actions(),
             self.notifications(),
             self.incidents(),
+            self.deliveries(),
+            self.drill(),
         ]
     }
 }

@@ -85,9 +85,11 @@ pub fn synthetic_district(n: usize) -> DistrictFile {
             name: format!("合成区({n})"),
             sms_signature: "合成区防汛".into(),
             duty_leader: "P0".into(),
+            maintenance: None,
         },
         defaults: Defaults::default(),
         escalation: Escalation::default(),
+        closure: Default::default(),
         people,
         sub_districts: vec![SubDistrict {
             id: "s".into(),

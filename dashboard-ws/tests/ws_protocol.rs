@@ -1,0 +1,340 @@
+//! The command wall's websocket protocol and REST against a real server on the embedded bus:
+//! a snapshot built for the session (phones masked for viewers), deltas that hold each point
+//! at most once with its newest state, a reconnect that resumes with only what was missed,
+//! a resume from another run that gets a snapshot, a refused token, the history endpoint,
+//! and a wall that allows no anonymous viewers.
+
+use floodcmd_bus::EmbeddedBus;
+use floodcmd_dashboard::auth::{password_sha256, AuthConfig};
+use floodcmd_dashboard::{serve, DashboardConfig};
+use floodcmd_model::bus::Bus;
+use floodcmd_model::codec::encode;
+use floodcmd_model::event::PointStatus;
+use floodcmd_model::settings::{DashboardUser, UserRole};
+use floodcmd_model::time::{Clock, SystemClock};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::{DataState, District, Level};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = futures::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a message within 30 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+struct Wall {
+    addr: SocketAddr,
+    bus: EmbeddedBus,
+    topics: Topics,
+    district: Arc<District>,
+    _stop: watch::Sender<bool>,
+}
+
+async fn start(anonymous: bool) -> Wall {
+    let district =
+        Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap());
+    let bus = EmbeddedBus::new(65_536);
+    let topics = Topics::default();
+    for t in topics.all() {
+        bus.ensure_topic(&t, 2).await.unwrap();
+    }
+    let mut config = DashboardConfig::new(([127, 0, 0, 1], 0).into(), topics.clone(), "wall-test");
+    let user = |name: &str, role| DashboardUser {
+        name: name.into(),
+        role,
+        password_sha256: password_sha256(&format!("pw-{name}")),
+    };
+    config.auth = AuthConfig {
+        users: vec![
+            user("commander", UserRole::Commander),
+            user("viewer", UserRole::Viewer),
+        ],
+        anonymous,
+        session_ms: 3_600_000,
+    };
+    let (stop, rx) = watch::channel(false);
+    let (addr, _) = serve(
+        Arc::new(bus.clone()),
+        district.clone(),
+        Arc::new(SystemClock),
+        config,
+        rx,
+    )
+    .await
+    .unwrap();
+    Wall {
+        addr,
+        bus,
+        topics,
+        district,
+        _stop: stop,
+    }
+}
+
+impl Wall {
+    async fn status(&self, point: &str, depth: f64) {
+        let p = self.district.point(point).unwrap();
+        let now = SystemClock.now_ms();
+        let s = PointStatus {
+            point: point.into(),
+            kind: p.kind,
+            level: Level::Blue,
+            data_state: DataState::Fresh,
+            depth_cm: Some(depth),
+            rise_cm_per_min: Some(0.5),
+            rain_10m_mm: None,
+            rain_1h_mm: None,
+            rain_3h_mm: None,
+            rain_24h_mm: None,
+            last_reading_ms: Some(now),
+            qc_flags: Vec::new(),
+            next_level: None,
+            minutes_to_next: None,
+            flapping: false,
+            as_of_ms: now,
+        };
+        self.bus
+            .producer()
+            .send(&self.topics.status(), point.as_bytes(), encode(&s), now)
+            .await
+            .unwrap();
+    }
+
+    async fn connect(&self, query: &str) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{query}", self.addr))
+            .await
+            .unwrap();
+        ws.split().1
+    }
+
+    async fn login(&self, name: &str) -> String {
+        let v: Value = reqwest::Client::new()
+            .post(format!("http://{}/api/login", self.addr))
+            .json(&json!({"name": name, "password": format!("pw-{name}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+}
+
+/// Read deltas until one shows `point` at `depth`; every delta holds a point at most once.
+async fn until_depth(ws: &mut Ws, point: &str, depth: f64) -> Value {
+    loop {
+        let m = next_json(ws).await;
+        assert_eq!(m["type"], "delta", "{m}");
+        let points = m["points"].as_array().unwrap();
+        let mut ids: Vec<&str> = points.iter().map(|p| p["id"].as_str().unwrap()).collect();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "a point twice in one delta: {m}");
+        if points
+            .iter()
+            .any(|p| p["id"] == point && p["depth_cm"] == depth)
+        {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_deltas_and_a_reconnect_that_resumes_with_only_what_was_missed() {
+    let wall = start(true).await;
+    let phone = wall
+        .district
+        .point("UP-01")
+        .unwrap()
+        .chain
+        .owner_a
+        .phone
+        .clone();
+    let owner = wall
+        .district
+        .point("UP-01")
+        .unwrap()
+        .chain
+        .owner_a
+        .id
+        .clone();
+
+    // An anonymous viewer: a snapshot of every point, phones masked.
+    let mut ws = wall.connect("").await;
+    let snap = next_json(&mut ws).await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["points"].as_array().unwrap().len(), 74);
+    assert_eq!(snap["can_act"], false);
+    let masked = snap["people"][&owner]["phone"].as_str().unwrap();
+    assert_eq!(masked, format!("{}****{}", &phone[..3], &phone[7..]));
+    assert!(snap["now_ms"].is_i64());
+    let epoch = snap["epoch"].as_str().unwrap().to_string();
+
+    // A burst of statuses: deltas carry each point once, with its newest depth.
+    for i in 0..50 {
+        wall.status("UP-01", i as f64).await;
+    }
+    let d = until_depth(&mut ws, "UP-01", 49.0).await;
+    let seq = d["seq"].as_u64().unwrap();
+    assert!(seq > snap["seq"].as_u64().unwrap());
+
+    // Gone; the district moves on meanwhile; back with resume: only what was missed.
+    drop(ws);
+    wall.status("UP-02", 12.5).await;
+    wall.status("UP-01", 50.0).await;
+    // Wait until the server has folded both.
+    let http = reqwest::Client::new();
+    loop {
+        let points: Vec<Value> = http
+            .get(format!("http://{}/api/points", wall.addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let depth = |id: &str| points.iter().find(|p| p["id"] == id).unwrap()["depth_cm"].clone();
+        if depth("UP-01") == 50.0 && depth("UP-02") == 12.5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ws = wall.connect(&format!("?resume={epoch}.{seq}")).await;
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["type"], "delta", "{first}");
+    assert_eq!(first["resumed"], true);
+    let depths: Vec<(String, f64)> = first["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["depth_cm"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(depths.contains(&("UP-01".into(), 50.0)), "{depths:?}");
+    assert!(depths.contains(&("UP-02".into(), 12.5)), "{depths:?}");
+    assert!(first["seq"].as_u64().unwrap() > seq);
+
+    // A resume from another run of the server: a snapshot.
+    let mut ws = wall.connect("?resume=0000000000000000.3").await;
+    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+
+    // A commander's snapshot has phones in full; a bad token is refused before the upgrade.
+    let token = wall.login("commander").await;
+    let mut ws = wall.connect(&format!("?token={token}")).await;
+    let snap = next_json(&mut ws).await;
+    assert_eq!(snap["people"][&owner]["phone"], phone.as_str());
+    assert_eq!(snap["can_act"], true);
+    assert_eq!(snap["session"]["name"], "commander");
+    let refused =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token=nope", wall.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+
+    // The point panel's history: the depths, newest minute's last value.
+    let h: Value = http
+        .get(format!(
+            "http://{}/api/points/UP-01/history?hours=6",
+            wall.addr
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let depth = h["depth"].as_array().unwrap();
+    assert_eq!(depth.last().unwrap()[1], 50.0, "{h}");
+    assert!(h["rain_gauge"].is_string());
+    for (q, code) in [("UP-01/history?hours=9", 400), ("NOPE/history", 404)] {
+        let r = http
+            .get(format!("http://{}/api/points/{q}", wall.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), code, "{q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_anonymous_viewing_every_read_needs_a_login() {
+    let wall = start(false).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", wall.addr);
+    for path in [
+        "/api/points",
+        "/api/incidents",
+        "/api/people",
+        "/api/points/UP-01",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", wall.addr)).await;
+    assert!(
+        matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 401),
+        "{refused:?}"
+    );
+    let token = wall.login("viewer").await;
+    let r = http
+        .get(format!("{base}/api/points"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let me: Value = http
+        .get(format!("{base}/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me,
+        json!({"name": "viewer", "role": "viewer", "can_act": false})
+    );
+    // The page itself loads without a login (it shows the login form).
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/assets/app.js"));
+    let logout = http
+        .post(format!("{base}/api/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let r = http
+        .get(format!("{base}/api/points"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

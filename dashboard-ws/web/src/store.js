@@ -1,0 +1,101 @@
+// The wall's state in the browser: what the websocket's snapshot and deltas say
+// (docs/WEBSOCKET.md), plus an estimate of the server's clock so countdowns run between
+// messages (the demo's clock runs faster than real time).
+
+export const LEVELS = ['normal', 'blue', 'yellow', 'orange', 'red'];
+export const levelRank = (l) => LEVELS.indexOf(l);
+
+export function createStore() {
+  return {
+    epoch: null,
+    seq: 0,
+    district: null,
+    points: new Map(),
+    incidents: new Map(),
+    people: {},
+    counters: null,
+    alerts: [],
+    rejects: [],
+    session: null,
+    canAct: false,
+    // Server clock estimate: the last server time and when it arrived, and the rate of the
+    // server clock against ours.
+    clock: { server: null, local: null, rate: 1, anchor: null },
+  };
+}
+
+function noteClock(store, nowMs) {
+  if (typeof nowMs !== 'number') return;
+  const local = Date.now();
+  const c = store.clock;
+  if (!c.anchor) c.anchor = { server: nowMs, local };
+  const dl = local - c.anchor.local;
+  if (dl > 3000) {
+    const rate = (nowMs - c.anchor.server) / dl;
+    if (rate > 0 && Number.isFinite(rate)) c.rate = rate;
+  }
+  c.server = nowMs;
+  c.local = local;
+}
+
+/// The server's "now" (ms), extrapolated from the last message.
+export function serverNow(store) {
+  const c = store.clock;
+  if (c.server == null) return Date.now();
+  return c.server + (Date.now() - c.local) * c.rate;
+}
+
+const MAX_ALERTS = 50;
+const MAX_REJECTS = 20;
+
+/// Apply one message; returns false when it was ignored (an old delta).
+export function applyMessage(store, msg) {
+  if (msg.type === 'snapshot') {
+    store.epoch = msg.epoch;
+    store.seq = msg.seq;
+    store.district = msg.district;
+    store.points = new Map(msg.points.map((p) => [p.id, p]));
+    store.incidents = new Map(msg.incidents.filter((i) => i.state !== 'closed').map((i) => [i.id, i]));
+    store.people = msg.people || {};
+    store.counters = msg.counters;
+    store.alerts = msg.alerts || [];
+    store.rejects = msg.rejects || [];
+    store.session = msg.session || null;
+    store.canAct = !!msg.can_act;
+    // A new run of the server keeps its own clock pace.
+    store.clock.anchor = null;
+    noteClock(store, msg.now_ms);
+    return true;
+  }
+  if (msg.type === 'delta') {
+    if (msg.seq <= store.seq && !(msg.resumed && msg.seq === store.seq)) return false;
+    store.seq = msg.seq;
+    for (const p of msg.points || []) store.points.set(p.id, p);
+    for (const i of msg.incidents || []) {
+      if (i.state === 'closed') store.incidents.delete(i.id);
+      else store.incidents.set(i.id, i);
+    }
+    if (msg.counters) store.counters = msg.counters;
+    for (const a of msg.alerts || []) store.alerts.unshift(a);
+    store.alerts.length = Math.min(store.alerts.length, MAX_ALERTS);
+    for (const r of msg.rejects || []) store.rejects.unshift(r);
+    store.rejects.length = Math.min(store.rejects.length, MAX_REJECTS);
+    noteClock(store, msg.now_ms);
+    return true;
+  }
+  return false;
+}
+
+/// Open incidents, most severe first, then oldest first.
+export function sortedIncidents(store) {
+  return [...store.incidents.values()].sort(
+    (a, b) => levelRank(b.level) - levelRank(a.level) || a.opened_at - b.opened_at || (a.id < b.id ? -1 : 1),
+  );
+}
+
+/// How severe a point is now, for the camera wall's automatic choice.
+export function severity(p, store) {
+  const open = [...store.incidents.values()].some((i) => i.point_id === p.id);
+  const closure = p.closure === 'suggested' || p.closure === 'closed' ? 1 : 0;
+  return levelRank(p.level) * 1000 + closure * 100 + (open ? 50 : 0) + Math.min(49, Math.max(0, p.depth_cm || 0));
+}
