@@ -323,7 +323,7 @@ impl<'a> Fields<'a> {
         }
         self.key(key);
         // The shortest form that reads back exactly (`23.5`, `3.0`, `1e21`: line protocol
-        // takes exponents), a tenth of the time of `Display`.
+        // takes exponents), without going through `fmt`.
         self.out
             .extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
         Ok(())

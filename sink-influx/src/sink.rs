@@ -4,13 +4,14 @@
 //! The stage's loop only reads records into a batch. Decoding, line protocol and gzip happen in
 //! the batch's own delivery task, off the async workers, and up to `in_flight` batches are
 //! encoded and written at once while the next fills (the server parses one request while the
-//! sink encodes the next). When the next is full (`batch_lines`
-//! records) or old enough (`flush`) and as many as `in_flight` are still being written,
-//! consuming stops until the oldest is answered: memory holds at most `in_flight + 1` batches
-//! however long the server is away. Offsets are committed batch by batch in the order read.
-//! A batch is written until the server stores it: with exponential backoff while it is down
-//! or slow; split in halves while it refuses data, until the one line it refuses is left,
-//! which goes to `rejects` alone. Then the batch's offsets are committed, in order.
+//! sink encodes the next). When the next is full (`batch_lines` records) or old enough
+//! (`flush`) and `in_flight` batches are still being written, consuming stops until the oldest
+//! is answered: memory holds at most `in_flight + 1` batches however long the server is away.
+//!
+//! A batch is written until the server stores it: with exponential backoff while it is down or
+//! slow; split in halves while it refuses data, until the one line it refuses is left, which
+//! goes to `rejects` alone, as does every record that cannot be a line at all. Then the batch's
+//! offsets are committed, batch by batch in the order read.
 
 use crate::line::{Measurement, Schema, Unwritable};
 use crate::writer::{WriteError, WriteLines};
