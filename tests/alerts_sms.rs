@@ -362,4 +362,26 @@ async fn two_alerts_processes_at_once_never_send_the_same_message_twice() {
         }
     }
     assert_eq!(by_instance.values().sum::<usize>(), 150, "{by_instance:?}");
+    // The SMSC's delivery receipts come back and are recorded per message.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: std::collections::HashSet<String> =
+            read_to_end(&*bus, "test-delivered", &topics.deliveries())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| decode::<Delivery>(&r.payload).unwrap())
+                .filter(|d| d.state == floodcmd_model::event::DeliveryState::Delivered)
+                .map(|d| d.key)
+                .collect();
+        if delivered.len() == 150 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 150 delivery receipts recorded",
+            delivered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -345,29 +345,49 @@ pub async fn run_sender(
             config.instance.clone(),
         );
         tokio::spawn(async move {
-            while let Some(r) = receipts.recv().await {
-                let key = shared
-                    .by_message_id
-                    .lock()
-                    .expect("id lock")
-                    .get(&r.message_id)
-                    .cloned();
-                let Some(key) = key else { continue };
-                let d = Delivery {
-                    key,
-                    state: if r.delivered {
-                        DeliveryState::Delivered
-                    } else {
-                        DeliveryState::Failed
+            // A receipt can overtake the send's own bookkeeping (the SMSC answers the submit
+            // and sends the receipt right after): unmatched ones wait a little and try again.
+            let mut unmatched: Vec<(Receipt, u32)> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                let fresh = tokio::select! {
+                    r = receipts.recv() => match r {
+                        Some(r) => vec![(r, 0)],
+                        None => return,
                     },
-                    instance: me.clone(),
-                    gateway: None,
-                    message_ids: vec![r.message_id],
-                    detail: r.detail,
-                    at_ms: clock.now_ms(),
+                    _ = tick.tick() => std::mem::take(&mut unmatched),
                 };
-                if let Err(e) = append(&*producer, &topic, &d).await {
-                    tracing::warn!(error = %e, "could not record a delivery receipt");
+                for (r, tries) in fresh {
+                    let key = shared
+                        .by_message_id
+                        .lock()
+                        .expect("id lock")
+                        .get(&r.message_id)
+                        .cloned();
+                    let Some(key) = key else {
+                        if tries < 25 {
+                            unmatched.push((r, tries + 1));
+                        } else {
+                            tracing::debug!(id = %r.message_id, "receipt for a message this sender did not send");
+                        }
+                        continue;
+                    };
+                    let d = Delivery {
+                        key,
+                        state: if r.delivered {
+                            DeliveryState::Delivered
+                        } else {
+                            DeliveryState::Failed
+                        },
+                        instance: me.clone(),
+                        gateway: None,
+                        message_ids: vec![r.message_id],
+                        detail: r.detail,
+                        at_ms: clock.now_ms(),
+                    };
+                    if let Err(e) = append(&*producer, &topic, &d).await {
+                        tracing::warn!(error = %e, "could not record a delivery receipt");
+                    }
                 }
             }
         });

@@ -432,3 +432,71 @@ async fn while_every_gateway_is_down_messages_wait_and_then_go_once() {
         "an outage is neither a failure nor a doubt"
     );
 }
+
+/// A gateway whose delivery receipt arrives before its answer to the send, as an SMSC's can.
+struct EagerReceipts {
+    tx: tokio::sync::mpsc::UnboundedSender<floodcmd_alerts::sender::Receipt>,
+    rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<floodcmd_alerts::sender::Receipt>>>,
+}
+
+#[async_trait]
+impl SmsSink for EagerReceipts {
+    async fn send(&self, key: &str, _phone: &str, _text: &str) -> Result<Sent, SendFailed> {
+        let id = format!("id-{key}");
+        let _ = self.tx.send(floodcmd_alerts::sender::Receipt {
+            message_id: id.clone(),
+            delivered: true,
+            detail: "DELIVRD".into(),
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Sent {
+            gateway: "eager".into(),
+            message_ids: vec![id],
+        })
+    }
+
+    fn receipts(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<floodcmd_alerts::sender::Receipt>> {
+        self.rx.lock().unwrap().take()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_receipts_are_recorded_even_when_they_overtake_the_send() {
+    let topics = Topics::new("outbox-receipts");
+    let bus = bus_with_topics(&topics).await;
+    for i in 0..10 {
+        let n = notification(i);
+        bus.producer()
+            .send(&topics.notifications(), n.key.as_bytes(), encode(&n), 1)
+            .await
+            .unwrap();
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(run_sender(
+        bus.clone(),
+        Arc::new(EagerReceipts {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }),
+        Arc::new(SystemClock),
+        sender_config(&topics, "s"),
+        shutdown,
+    ));
+    let mut delivered = 0;
+    for _ in 0..100 {
+        delivered = ledger(&*bus, &topics)
+            .await
+            .values()
+            .filter(|v| v.iter().any(|d| d.state == DeliveryState::Delivered))
+            .count();
+        if delivered == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    assert_eq!(delivered, 10, "every receipt recorded against its message");
+}
