@@ -56,6 +56,25 @@ enum BenchScenario {
     /// Mass alerting: --recipients distinct phones through the SMPP simulator
     /// (scripts/smsc.sh), with no rate limit and limited to --sms-rate.
     Sms,
+    /// The command wall under a storm: the whole pipeline in process (embedded bus, synthetic
+    /// district of --sensors depth points), --clients websocket clients, --rate readings/s
+    /// through the HTTP gateway for --duration s; ingest → delta latency per client.
+    Fanout,
+}
+
+/// The `fanout` bench's options (with --clients and --sensors).
+#[derive(clap::Args, Clone)]
+struct FanoutBenchArgs {
+    /// Readings per second through the gateway, open loop.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Seconds of feeding.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// The stream stage's lateness budget, ms (the default is `stream.lateness_s`'s, 10 s):
+    /// a status is published once the watermark passes the reading's second.
+    #[arg(long, default_value_t = 10_000)]
+    lateness_ms: i64,
 }
 
 /// The `sms` bench's options.
@@ -193,6 +212,8 @@ enum Command {
         sensors: usize,
         #[command(flatten)]
         sms: SmsBenchArgs,
+        #[command(flatten)]
+        fanout: FanoutBenchArgs,
         /// Where the JSON and Markdown go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -590,6 +611,8 @@ async fn sim(cmd: Command) -> Result<()> {
     Ok(())
 }
 
+// One parameter per option group of `floodcmd bench`; each scenario takes its own below.
+#[allow(clippy::too_many_arguments)]
 async fn bench(
     scenario: BenchScenario,
     kafka: String,
@@ -598,6 +621,7 @@ async fn bench(
     clients: usize,
     sensors: usize,
     sms: SmsBenchArgs,
+    fanout: FanoutBenchArgs,
 ) -> Result<floodcmd_benches::report::Report> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = match scenario {
@@ -634,8 +658,46 @@ async fn bench(
             )
             .await?
         }
+        BenchScenario::Fanout => bench_fanout(clients, sensors, fanout, &command).await?,
     };
     Ok(report)
+}
+
+/// Start the whole pipeline on the embedded bus with no simulator, then drive it.
+async fn bench_fanout(
+    clients: usize,
+    sensors: usize,
+    args: FanoutBenchArgs,
+    command: &str,
+) -> Result<floodcmd_benches::report::Report> {
+    let district = Arc::new(
+        District::from_file(synthetic_district(sensors))
+            .map_err(|e| anyhow::anyhow!("synthetic:{sensors}: {e}"))?,
+    );
+    let mut opts = PipelineOptions::new(district.clone());
+    opts.lateness_ms = Some(args.lateness_ms);
+    let pipeline = Pipeline::start(opts).await?;
+    let target = floodcmd_benches::fanout::FanoutTarget {
+        dashboard: pipeline.dashboard_addr,
+        ingest: pipeline.ingest_addr,
+        device_token: pipeline.device_token.clone(),
+        bus: Arc::new(pipeline.bus.clone()),
+        topics: pipeline.topics.clone(),
+        district,
+        lateness_ms: args.lateness_ms,
+    };
+    let result = floodcmd_benches::fanout::run(
+        target,
+        floodcmd_benches::fanout::FanoutOptions {
+            clients,
+            rate: args.rate,
+            duration_s: args.duration,
+        },
+        command,
+    )
+    .await;
+    pipeline.stop().await;
+    Ok(result?)
 }
 
 fn write_report(report: &floodcmd_benches::report::Report, out: &std::path::Path) -> Result<()> {
@@ -703,10 +765,11 @@ fn main() -> Result<()> {
             clients,
             sensors,
             sms,
+            fanout,
             out,
         } => {
             let report = rt()?.block_on(bench(
-                scenario, kafka, records, batch, clients, sensors, sms,
+                scenario, kafka, records, batch, clients, sensors, sms, fanout,
             ))?;
             write_report(&report, &out)
         }

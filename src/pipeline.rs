@@ -41,6 +41,9 @@ pub struct PipelineOptions {
     pub partitions: u32,
     /// Embedded bus capacity per partition.
     pub capacity: usize,
+    /// The stream stage's lateness budget, ms; `None`: half a real second of delivery delay
+    /// at the clock's speed, at least 10 s (the demo's).
+    pub lateness_ms: Option<Millis>,
     /// The command wall's users, anonymous viewing and camera directory (its `listen` is
     /// `dashboard` above).
     pub wall: DashboardSettings,
@@ -60,6 +63,7 @@ impl PipelineOptions {
             workers: 2,
             partitions: 4,
             capacity: 65_536,
+            lateness_ms: None,
             wall: DashboardSettings::default(),
         }
     }
@@ -125,7 +129,9 @@ impl Pipeline {
             Arc::new(stages::ConsoleSink),
         ));
         // Half a real second of delivery delay is on time, whatever the speed.
-        let lateness_ms: Millis = ((opts.speed * 500.0) as Millis).max(10_000);
+        let lateness_ms: Millis = opts
+            .lateness_ms
+            .unwrap_or_else(|| ((opts.speed * 500.0) as Millis).max(10_000));
         let stream = stages::start_stream(&ctx, opts.workers, lateness_ms, None).await?;
 
         // The simulator is one vendor gateway relaying every sensor, with its own token.

@@ -8,12 +8,15 @@
 //! - [`influx_sink::throughput`]: the time-series sink's sustained write rate into a real
 //!   server, beside that server's own ceiling;
 //! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory;
+//! - [`fanout::run`]: websocket clients on the command wall while readings stream in at a
+//!   fixed rate through the whole pipeline: ingest → delta latency per client;
 //! - [`sms::mass_alert`]: 10,000 recipients through the SMPP simulator with and without a rate
 //!   limit.
 //!
 //! `benches/micro.rs` holds the criterion micro-benchmarks (record codec, rain window update,
 //! threshold evaluation): `cargo bench -p floodcmd-benches`.
 
+pub mod fanout;
 pub mod gateway;
 pub mod influx_sink;
 pub mod kafka;

@@ -1,0 +1,509 @@
+//! The command wall under a storm (`floodcmd bench fanout`): N websocket clients on the wall
+//! while readings arrive at a fixed open-loop rate through the HTTP gateway, and for every
+//! client the time from a reading's ingest to the first wall message that carries its effect.
+//!
+//! The caller starts the whole pipeline (ingest → stream → alerts → dashboard on the embedded
+//! bus, no storm simulator) and hands over where it listens; this crate cannot depend on the
+//! `floodcmd` binary crate, which depends on it.
+//!
+//! **Marker.** Each depth sensor gets one reading every `sensors / rate` seconds on a fixed
+//! schedule, and the reading's event time *is* its scheduled ingest time (Unix ms). The stream
+//! stage's status carries the point's newest event time (`last_reading_ms`), and the wall's
+//! `PointView` passes it on, so a client that sees `last_reading_ms = t` for a point has
+//! received the effect of every reading of that point stamped up to `t`: the latency of each
+//! such reading not seen before is the receive time minus its stamp. Readings of one point a
+//! coalesced delta (or a resync snapshot) skipped over are counted too, at their own stamps.
+//! Depths follow a 0.1 cm triangle wave, so every reading changes what a user sees (the stream
+//! stage publishes a status only then) and never trips the spike or rate-of-rise checks.
+//!
+//! **Open loop.** Batches are due every 10 ms whether or not the gateway answered the last
+//! ones, and the latency origin is the scheduled time, not the send: queueing anywhere, the
+//! load generator included, shows up as latency.
+
+use crate::report::{Machine, Report};
+use crate::stream_core::peak_rss_mib;
+use floodcmd_model::bus::{Assignment, Bus, BusError};
+use floodcmd_model::codec::decode;
+use floodcmd_model::event::PointStatus;
+use floodcmd_model::topic::Topics;
+use floodcmd_model::{District, SensorKind};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What can stop the fan-out benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    /// A websocket client could not connect.
+    #[error("websocket client {client}: {source}")]
+    Connect {
+        /// Which client.
+        client: usize,
+        /// Why.
+        #[source]
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    /// The bus refused the status consumer.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A histogram could not be created or merged.
+    #[error("histogram: {0}")]
+    Histogram(String),
+    /// The district has no depth sensors to feed.
+    #[error("the district has no depth sensors")]
+    NoSensors,
+}
+
+/// The running pipeline the benchmark drives.
+pub struct FanoutTarget {
+    /// The command wall.
+    pub dashboard: SocketAddr,
+    /// The ingest gateway.
+    pub ingest: SocketAddr,
+    /// A bearer token the gateway accepts for every sensor.
+    pub device_token: String,
+    /// The pipeline's bus (to watch `status` beside the wall).
+    pub bus: Arc<dyn Bus>,
+    /// Its topics.
+    pub topics: Topics,
+    /// The district it runs.
+    pub district: Arc<District>,
+    /// The stream stage's lateness budget, ms (reported: it is a floor under the latency).
+    pub lateness_ms: i64,
+}
+
+/// The load.
+#[derive(Clone, Copy, Debug)]
+pub struct FanoutOptions {
+    /// Websocket clients.
+    pub clients: usize,
+    /// Readings per second, over all depth sensors.
+    pub rate: f64,
+    /// Seconds of feeding.
+    pub duration_s: u64,
+}
+
+/// Batches per second of the feeder (one every 10 ms).
+const TICKS_PER_S: u64 = 100;
+/// Readings stamped in the first seconds are not measured: the clients' first snapshots and
+/// the gateway's connection pool are still settling.
+const WARMUP_S: u64 = 3;
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn histogram() -> Result<Histogram<u64>, FanoutError> {
+    // Microseconds, up to an hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| FanoutError::Histogram(e.to_string()))
+}
+
+/// CPU time of this process so far, seconds (Linux `/proc/self/stat`, 100 ticks a second).
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), so index from the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// One-minute load average of the machine.
+fn load_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// What a client needs of a wall message; serde skips the rest.
+#[derive(Deserialize)]
+struct WallMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    points: Vec<PointMark>,
+}
+
+#[derive(Deserialize)]
+struct PointMark {
+    id: String,
+    last_reading_ms: Option<i64>,
+}
+
+/// The feed's schedule, shared by the feeder and every client.
+struct Schedule {
+    /// Unix ms of reading 0.
+    start_ms: f64,
+    /// Readings per second.
+    rate: f64,
+    /// Depth sensors, in feeding order (sensor id, point index).
+    sensors: Vec<String>,
+    /// Point id → index into the clients' per-point tables.
+    points: HashMap<String, usize>,
+    /// Time between two readings of one sensor, ms.
+    period_ms: f64,
+    /// Readings stamped before this are not measured.
+    measure_from_ms: i64,
+}
+
+/// What one client measured.
+struct ClientResult {
+    latency: Histogram<u64>,
+    deltas: u64,
+    snapshots: u64,
+    bytes: u64,
+}
+
+async fn client(
+    url: String,
+    schedule: Arc<Schedule>,
+    stop: Arc<AtomicBool>,
+    index: usize,
+) -> Result<tokio::task::JoinHandle<Result<ClientResult, FanoutError>>, FanoutError> {
+    let (ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .map_err(|source| FanoutError::Connect {
+            client: index,
+            source,
+        })?;
+    let handle = tokio::spawn(async move {
+        let (_, mut read) = ws.split();
+        let mut latency = histogram()?;
+        let mut last = vec![i64::MIN; schedule.points.len()];
+        let mut r = ClientResult {
+            latency: histogram()?,
+            deltas: 0,
+            snapshots: 0,
+            bytes: 0,
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let msg = match tokio::time::timeout(Duration::from_millis(200), read.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(_) => break,
+                Err(_) => continue,
+            };
+            let now_us = unix_us();
+            let text = match msg.to_text() {
+                Ok(t) if !t.is_empty() => t,
+                _ => continue,
+            };
+            r.bytes += text.len() as u64;
+            let Ok(m) = serde_json::from_str::<WallMessage>(text) else {
+                continue;
+            };
+            match m.kind.as_str() {
+                "delta" => r.deltas += 1,
+                "snapshot" => r.snapshots += 1,
+                _ => {}
+            }
+            for p in m.points {
+                let (Some(&i), Some(ts)) = (schedule.points.get(&p.id), p.last_reading_ms) else {
+                    continue;
+                };
+                let prev = last[i];
+                if ts <= prev {
+                    continue;
+                }
+                last[i] = ts;
+                // This reading and any earlier ones of the point this message skipped over.
+                let mut t = ts as f64;
+                while t as i64 > prev && t as i64 >= schedule.measure_from_ms {
+                    let lat = now_us.saturating_sub((t * 1000.0) as u64).max(1);
+                    let _ = latency.record(lat.min(3_600_000_000));
+                    t -= schedule.period_ms;
+                }
+            }
+        }
+        r.latency = latency;
+        Ok(r)
+    });
+    Ok(handle)
+}
+
+/// Feed readings on the open-loop schedule until `duration_s` has passed; returns (sent,
+/// accepted, failed posts).
+async fn feed(
+    target_url: String,
+    token: String,
+    schedule: Arc<Schedule>,
+    duration_s: u64,
+) -> Result<(u64, Arc<AtomicU64>, Arc<AtomicU64>), FanoutError> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let total = (schedule.rate * duration_s as f64) as u64;
+    let n = schedule.sensors.len() as u64;
+    let mut interval = tokio::time::interval(Duration::from_millis(1000 / TICKS_PER_S));
+    // Open loop: a late tick is sent at once, never skipped.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut next = 0u64;
+    let mut inflight = Vec::new();
+    while next < total {
+        interval.tick().await;
+        // Every reading whose scheduled time has passed, and none ahead of it: the gateway
+        // refuses readings from the future.
+        let elapsed_ms = unix_us() as f64 / 1000.0 - schedule.start_ms;
+        let due = (elapsed_ms.max(0.0) * schedule.rate / 1000.0) as u64;
+        let due = due.min(total).max(next);
+        if due == next {
+            continue;
+        }
+        let mut body = String::with_capacity((due - next) as usize * 80);
+        for i in next..due {
+            let sensor = &schedule.sensors[(i % n) as usize];
+            let j = i / n;
+            // A triangle wave of 0.1 cm steps around 2 cm: always a visible change, never a
+            // spike or an impossible rise.
+            let step = (j % 20) as i64;
+            let tri = if step < 10 { step } else { 20 - step };
+            let value = 2.0 + 0.1 * tri as f64;
+            let ts = (schedule.start_ms + i as f64 * 1000.0 / schedule.rate) as i64;
+            body.push_str(&format!(
+                "{{\"sensor\":\"{sensor}\",\"ts\":{ts},\"value\":{value:.1},\"seq\":{j}}}\n"
+            ));
+        }
+        let count = due - next;
+        next = due;
+        let req = http
+            .post(&target_url)
+            .bearer_auth(&token)
+            .header("content-type", "application/x-ndjson")
+            .body(body);
+        let (a, f) = (accepted.clone(), failed.clone());
+        inflight.push(tokio::spawn(async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    a.fetch_add(count, Ordering::Relaxed);
+                }
+                _ => {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        inflight.retain(|h| !h.is_finished());
+    }
+    for h in inflight {
+        let _ = h.await;
+    }
+    Ok((next, accepted, failed))
+}
+
+/// Watch `status` beside the wall: ingest → status on the bus, the part of the latency that
+/// is the stream stage's (its lateness budget included).
+async fn watch_status(
+    bus: Arc<dyn Bus>,
+    topic: String,
+    schedule: Arc<Schedule>,
+    stop: Arc<AtomicBool>,
+) -> Result<Histogram<u64>, FanoutError> {
+    let mut h = histogram()?;
+    let group = format!("bench-fanout-{}", std::process::id());
+    let mut consumer = bus.consumer(&group, &topic, Assignment::All).await?;
+    while !stop.load(Ordering::Relaxed) {
+        let records = consumer.poll(4096, Duration::from_millis(20)).await?;
+        let now_us = unix_us();
+        let mut next: HashMap<u32, u64> = HashMap::new();
+        for rec in &records {
+            next.insert(rec.partition, rec.offset + 1);
+            let Ok(s) = decode::<PointStatus>(&rec.payload) else {
+                continue;
+            };
+            if let (true, Some(ts)) = (schedule.points.contains_key(&s.point), s.last_reading_ms) {
+                if ts >= schedule.measure_from_ms {
+                    let _ = h.record(now_us.saturating_sub(ts as u64 * 1000).max(1));
+                }
+            }
+        }
+        // The embedded bus keeps what a group has not committed: commit, or the stream stage
+        // would eventually wait on this watcher.
+        for (p, n) in next {
+            consumer.commit(p, n).await?;
+        }
+    }
+    Ok(h)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// The `fanout` scenario.
+pub async fn run(
+    target: FanoutTarget,
+    opts: FanoutOptions,
+    command: &str,
+) -> Result<Report, FanoutError> {
+    let sensors: Vec<(String, String)> = target
+        .district
+        .sensors()
+        .filter(|s| s.sensor.kind == SensorKind::Depth)
+        .map(|s| (s.sensor.id.clone(), s.point.id.clone()))
+        .collect();
+    if sensors.is_empty() {
+        return Err(FanoutError::NoSensors);
+    }
+    let points: HashMap<String, usize> = sensors
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| (p.clone(), i))
+        .collect();
+    let n = sensors.len();
+
+    // Clients first: each gets its snapshot before the storm starts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_before = load_1m();
+    let connect_at_ms = unix_us() as f64 / 1000.0;
+    // Connecting 1,000 clients takes a few seconds; start the schedule after an estimate of
+    // that, plus the warm-up, so that the measured readings all find every client connected.
+    let start_ms = connect_at_ms + 2000.0 + opts.clients as f64 * 5.0;
+    let schedule = Arc::new(Schedule {
+        start_ms,
+        rate: opts.rate,
+        sensors: sensors.iter().map(|(s, _)| s.clone()).collect(),
+        points,
+        period_ms: n as f64 * 1000.0 / opts.rate,
+        measure_from_ms: (start_ms + WARMUP_S as f64 * 1000.0) as i64,
+    });
+    let url = format!("ws://{}/ws", target.dashboard);
+    let mut handles = Vec::with_capacity(opts.clients);
+    for chunk_start in (0..opts.clients).step_by(50) {
+        let chunk_end = (chunk_start + 50).min(opts.clients);
+        let connects = (chunk_start..chunk_end)
+            .map(|i| client(url.clone(), schedule.clone(), stop.clone(), i));
+        for c in futures::future::join_all(connects).await {
+            handles.push(c?);
+        }
+    }
+    let status_stop = Arc::new(AtomicBool::new(false));
+    let status = tokio::spawn(watch_status(
+        target.bus.clone(),
+        target.topics.status(),
+        schedule.clone(),
+        status_stop.clone(),
+    ));
+    let wait = (schedule.start_ms - unix_us() as f64 / 1000.0).max(0.0);
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+
+    let cpu0 = cpu_s();
+    let t0 = Instant::now();
+    let (sent, accepted, failed) = feed(
+        format!("http://{}/v1/readings", target.ingest),
+        target.device_token.clone(),
+        schedule.clone(),
+        opts.duration_s,
+    )
+    .await?;
+    let feed_s = t0.elapsed().as_secs_f64();
+    let load_during = load_1m();
+    // The last readings reach the wall only after the stream stage's watermark passes them.
+    let drain = Duration::from_millis(target.lateness_ms.max(0) as u64 + 5_000);
+    tokio::time::sleep(drain).await;
+    let window_s = t0.elapsed().as_secs_f64();
+    let cpu = cpu_s() - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    status_stop.store(true, Ordering::Relaxed);
+
+    let mut latency = histogram()?;
+    let (mut deltas, mut snapshots, mut bytes, mut lost_clients) = (0u64, 0u64, 0u64, 0usize);
+    for h in handles {
+        match h.await {
+            Ok(Ok(r)) => {
+                latency
+                    .add(&r.latency)
+                    .map_err(|e| FanoutError::Histogram(e.to_string()))?;
+                deltas += r.deltas;
+                snapshots += r.snapshots;
+                bytes += r.bytes;
+            }
+            _ => lost_clients += 1,
+        }
+    }
+    let status_h = match status.await {
+        Ok(r) => r?,
+        Err(e) => return Err(FanoutError::Histogram(format!("status watcher: {e}"))),
+    };
+    let measured_readings = (sent as f64 - opts.rate * WARMUP_S as f64).max(0.0) as u64;
+    let expected = measured_readings * opts.clients as u64;
+    let resyncs = snapshots.saturating_sub(opts.clients as u64);
+
+    let mut report = Report {
+        scenario: "fanout".into(),
+        command: command.into(),
+        machine: Machine::here(),
+        params: serde_json::json!({
+            "clients": opts.clients,
+            "rate_per_s": opts.rate,
+            "duration_s": opts.duration_s,
+            "depth_sensors": n,
+            "lateness_ms": target.lateness_ms,
+            "warmup_s": WARMUP_S,
+            "ingest": "HTTP NDJSON to the gateway, 100 batches/s, open loop; latency origin = \
+                       the reading's scheduled send time (its event time), before the POST",
+            "load_1m_before": load_before,
+            "load_1m_end_of_feed": load_during,
+        }),
+        figures: Vec::new(),
+    };
+    report.figure("readings sent", sent as f64, "readings");
+    report.figure("readings sent per s", sent as f64 / feed_s, "readings/s");
+    report.figure(
+        "readings accepted",
+        accepted.load(Ordering::Relaxed) as f64,
+        "readings",
+    );
+    report.figure(
+        "failed posts",
+        failed.load(Ordering::Relaxed) as f64,
+        "posts",
+    );
+    report.figure("ingest→delta p50", ms(&latency, 0.5), "ms");
+    report.figure("ingest→delta p99", ms(&latency, 0.99), "ms");
+    report.figure("ingest→delta p99.9", ms(&latency, 0.999), "ms");
+    report.figure("ingest→delta max", latency.max() as f64 / 1000.0, "ms");
+    report.figure("ingest→status p50", ms(&status_h, 0.5), "ms");
+    report.figure("ingest→status p99", ms(&status_h, 0.99), "ms");
+    report.figure("ingest→status max", status_h.max() as f64 / 1000.0, "ms");
+    report.figure(
+        "readings seen by clients",
+        latency.len() as f64,
+        "reading×client",
+    );
+    report.figure(
+        "readings never seen by a client",
+        expected.saturating_sub(latency.len()) as f64,
+        "reading×client",
+    );
+    report.figure(
+        "deltas delivered per s",
+        deltas as f64 / window_s,
+        "deltas/s",
+    );
+    report.figure("MB received per s", bytes as f64 / window_s / 1e6, "MB/s");
+    report.figure(
+        "resyncs (slow-client snapshots)",
+        resyncs as f64,
+        "snapshots",
+    );
+    report.figure("clients lost", lost_clients as f64, "clients");
+    report.figure("CPU time (whole process)", cpu, "s");
+    report.figure("CPU per wall second", cpu / window_s, "cores");
+    report.figure("peak RSS", peak_rss_mib(), "MiB");
+    report.figure("load average 1 min, before", load_before, "");
+    report.figure("load average 1 min, end of feed", load_during, "");
+    Ok(report)
+}
