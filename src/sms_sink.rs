@@ -1,7 +1,7 @@
 //! The seam between the alerts outbox sender and the SMS gateways: the `floodcmd-sms`
 //! dispatcher (SMPP, HTTP `SendSms`, fallbacks, rate limits) as an [`SmsSink`].
 
-use floodcmd_alerts::sender::{Receipt, SendFailed, Sent, SmsSink};
+use floodcmd_alerts::sender::{PhoneReply, Receipt, SendFailed, Sent, SmsSink};
 use floodcmd_sms::{Dispatcher, SmsMessage, SmsSettings};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
@@ -27,6 +27,33 @@ impl SmsSink for DispatcherSink {
                 retryable: !e.is_permanent(),
             }),
         }
+    }
+
+    fn replies(&self) -> Option<mpsc::UnboundedReceiver<PhoneReply>> {
+        let mut from = self.0.replies();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match from.recv().await {
+                    Ok(r) => {
+                        if tx
+                            .send(PhoneReply {
+                                from: r.from,
+                                text: r.text,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "SMS replies came faster than handled");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Some(rx)
     }
 
     fn receipts(&self) -> Option<mpsc::UnboundedReceiver<Receipt>> {

@@ -52,6 +52,15 @@ pub struct Receipt {
     pub detail: String,
 }
 
+/// A text from a phone to us (an SMS reply).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhoneReply {
+    /// The phone number it came from.
+    pub from: String,
+    /// What it says.
+    pub text: String,
+}
+
 /// Why a message could not be sent, after the gateways' own retries and fallbacks.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{reason}")]
@@ -71,6 +80,10 @@ pub trait SmsSink: Send + Sync {
     async fn send(&self, key: &str, phone: &str, text: &str) -> Result<Sent, SendFailed>;
     /// Delivery receipts, where the gateways have them. Called once.
     fn receipts(&self) -> Option<mpsc::UnboundedReceiver<Receipt>> {
+        None
+    }
+    /// Replies from phones ("回复1确认"), where the gateways carry them. Called once.
+    fn replies(&self) -> Option<mpsc::UnboundedReceiver<PhoneReply>> {
         None
     }
 }
@@ -225,6 +238,23 @@ struct Shared {
     progress: watch::Sender<u64>,
     /// Gateway message id → idempotency key, for receipts.
     by_message_id: Mutex<HashMap<String, String>>,
+    /// Phone → (incident, person) of the latest notification to it, whoever sent it: a reply
+    /// "1" acknowledges that one.
+    latest_by_phone: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// The last 11 digits: `+8613800000001`, `8613800000001` and `13800000001` are one phone.
+fn phone_key(p: &str) -> String {
+    let digits: String = p.chars().filter(|c| c.is_ascii_digit()).collect();
+    digits[digits.len().saturating_sub(11)..].to_string()
+}
+
+/// Whether a reply means "acknowledged" (the texts say 回复1确认).
+fn is_acknowledgement(text: &str) -> bool {
+    matches!(
+        text.trim().trim_end_matches(['。', '.', '!', '！']),
+        "1" | "１" | "确认" | "收到" | "1确认"
+    )
 }
 
 async fn append(
@@ -317,6 +347,7 @@ pub async fn run_sender(
         ledger: Mutex::new(Ledger::new(config.lease)),
         progress,
         by_message_id: Mutex::new(HashMap::new()),
+        latest_by_phone: Mutex::new(HashMap::new()),
     });
     // Catch up with the log before deciding anything.
     let ends = bus.end_offsets(&topic).await?;
@@ -393,6 +424,50 @@ pub async fn run_sender(
         });
     }
 
+    if let Some(mut replies) = sink.replies() {
+        let (shared, producer, clock, actions) = (
+            shared.clone(),
+            producer.clone(),
+            clock.clone(),
+            config.topics.actions(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(r) = replies.recv().await {
+                let latest = shared
+                    .latest_by_phone
+                    .lock()
+                    .expect("phone lock")
+                    .get(&phone_key(&r.from))
+                    .cloned();
+                let Some((incident, person)) = latest.filter(|_| is_acknowledgement(&r.text))
+                else {
+                    counter().with_label_values(&["reply_not_understood"]).inc();
+                    tracing::info!(text = %r.text, "an SMS reply that acknowledges nothing known here");
+                    continue;
+                };
+                n += 1;
+                let at_ms = clock.now_ms();
+                let action = floodcmd_model::event::Action {
+                    id: format!("sms-{}-{at_ms}-{n}", phone_key(&r.from)),
+                    incident: incident.clone(),
+                    kind: floodcmd_model::event::ActionKind::Acknowledge {
+                        person: Some(person.clone()),
+                    },
+                    by: person,
+                    at_ms,
+                };
+                counter().with_label_values(&["reply_acknowledged"]).inc();
+                if let Err(e) = producer
+                    .send(&actions, incident.as_bytes(), encode(&action), at_ms)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record an SMS acknowledgement");
+                }
+            }
+        });
+    }
+
     let mut outbox = bus
         .consumer(
             &config.group,
@@ -425,7 +500,13 @@ pub async fn run_sender(
                     counter().with_label_values(&["refused_drill"]).inc();
                     tracing::error!(key = %n.key, "a drill notification reached the outbox; not sent");
                 }
-                Ok(n) => todo.push(n),
+                Ok(n) => {
+                    shared.latest_by_phone.lock().expect("phone lock").insert(
+                        phone_key(&n.recipient.phone),
+                        (n.incident.clone(), n.recipient.person.clone()),
+                    );
+                    todo.push(n)
+                }
                 Err(e) => {
                     counter().with_label_values(&["undecodable"]).inc();
                     tracing::warn!(offset = rec.offset, error = %e, "undecodable outbox record skipped");
@@ -598,4 +679,21 @@ pub async fn run_sender(
     }
     follower.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_matched_by_the_last_eleven_digits_and_read_as_acknowledgements() {
+        assert_eq!(phone_key("+8613800000001"), "13800000001");
+        assert_eq!(phone_key("8613800000001"), phone_key("138 0000 0001"));
+        for yes in ["1", " 1 ", "确认", "收到。", "１"] {
+            assert!(is_acknowledgement(yes), "{yes}");
+        }
+        for no in ["2", "不确认", "", "11"] {
+            assert!(!is_acknowledgement(no), "{no}");
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //   GET  /messages            every received submit_sm (accepted or not), oldest first
 //   POST /reset               forget messages and knobs
 //   POST /throttle?n=K        answer the next K submits with ESME_RTHROTTLED (0x58)
+//   POST /mo?from=P&text=T    a reply from phone P (mobile-originated deliver_sm, UCS-2)
 //   POST /down, POST /up      refuse binds (ESME_RBINDFAIL) and close bound sessions / accept again
 //
 // Every accepted submit_sm is also appended as one JSON line to the received-message log
@@ -234,6 +235,23 @@ const control = http.createServer((req, res) => {
       throttle.set(scope, n);
       log('throttle', scope || '*', n);
       return reply(res, 200, { ok: true, throttle: n });
+    }
+    case 'POST /mo': {
+      // A reply from a phone (mobile-originated), e.g. "1" to acknowledge: delivered to one
+      // bound session of the scope as a deliver_sm with esm_class 0.
+      const from = url.searchParams.get('from') || '';
+      const text = url.searchParams.get('text') || '';
+      const target = [...sessions].find((s) => !scope || s.systemId === scope);
+      if (!target) return reply(res, 409, { error: 'no bound session for that system_id' });
+      target.deliver_sm({
+        source_addr: from,
+        destination_addr: url.searchParams.get('to') || '10690000',
+        esm_class: 0,
+        data_coding: 8,
+        short_message: Buffer.from(text, 'utf16le').swap16(),
+      });
+      log('mo', scope || '*', from, text);
+      return reply(res, 200, { ok: true });
     }
     case 'POST /down':
       down.add(scope);

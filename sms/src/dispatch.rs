@@ -19,7 +19,7 @@ use crate::http_sendsms::{HttpSendSms, HttpSendSmsConfig};
 use crate::metrics::metrics;
 use crate::settings::{GatewaySettings, SettingsProblem, SmsSettings};
 use crate::smpp::{SmppConfig, SmppGateway};
-use crate::{DeliveryReceipt, SendReceipt, SmsError, SmsGateway, SmsMessage};
+use crate::{DeliveryReceipt, Reply, SendReceipt, SmsError, SmsGateway, SmsMessage};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +112,7 @@ pub struct Dispatcher {
     cfg: DispatchConfig,
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
     receipts: broadcast::Sender<DeliveryReceipt>,
+    replies: broadcast::Sender<Reply>,
 }
 
 type Outcome = Result<SendReceipt, DispatchError>;
@@ -127,9 +128,26 @@ impl Dispatcher {
     /// starts one task per gateway that forwards delivery receipts.
     pub fn new(routes: Vec<Route>, cfg: DispatchConfig) -> Dispatcher {
         let (receipts, _) = broadcast::channel(8192);
+        let (replies, _) = broadcast::channel::<Reply>(1024);
         let slots = routes
             .into_iter()
             .map(|r| {
+                if let Some(mut rx) = r.gateway.replies() {
+                    let tx = replies.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            match rx.recv().await {
+                                Ok(reply) => {
+                                    let _ = tx.send(reply);
+                                }
+                                Err(broadcast::error::RecvError::Lagged(n)) => {
+                                    warn!(missed = n, "replies dropped: reader too slow")
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return,
+                            }
+                        }
+                    });
+                }
                 if let Some(mut rx) = r.gateway.receipts() {
                     let tx = receipts.clone();
                     tokio::spawn(async move {
@@ -158,6 +176,7 @@ impl Dispatcher {
             cfg,
             inflight: Mutex::new(HashMap::new()),
             receipts,
+            replies,
         }
     }
 
@@ -220,6 +239,11 @@ impl Dispatcher {
             .iter()
             .map(|s| s.gateway.name().to_string())
             .collect()
+    }
+
+    /// Replies from phones through every gateway that carries them, from now on.
+    pub fn replies(&self) -> broadcast::Receiver<Reply> {
+        self.replies.subscribe()
     }
 
     /// Delivery receipts from every gateway that reports them, from now on.

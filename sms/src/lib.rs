@@ -5,7 +5,7 @@
 //!   error says what the caller may do next: wait and retry ([`SmsError::Throttled`]), try
 //!   another gateway ([`SmsError::Unavailable`]) or give up ([`SmsError::Rejected`]).
 //! - [`smpp`]: an SMPP 3.4 client (transceiver bind, windowed `submit_sm`, delivery receipts,
-//!   reconnects) with UCS-2 segmentation of Chinese texts.
+//!   replies from phones as [`Reply`], reconnects) with UCS-2 segmentation of Chinese texts.
 //! - [`http_sendsms`]: a client for an Alibaba Cloud style `SendSms` RPC API with HMAC-SHA1
 //!   request signing; [`receiver`] is a local endpoint that verifies those signatures, for tests
 //!   and drills (no simulator of the cloud API exists).
@@ -101,6 +101,17 @@ impl SmsError {
 }
 
 /// A way to put a text on a phone.
+/// A message from a phone to us (mobile-originated), e.g. `1` in answer to "回复1确认".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Gateway it came through.
+    pub gateway: String,
+    /// The phone number it came from.
+    pub from: String,
+    /// The text.
+    pub text: String,
+}
+
 #[async_trait::async_trait]
 pub trait SmsGateway: Send + Sync {
     /// The name used in receipts, logs and metrics.
@@ -119,6 +130,11 @@ pub trait SmsGateway: Send + Sync {
     /// Delivery receipts, for protocols that report them (SMPP); `None` otherwise. Every call
     /// returns a new subscriber that sees receipts from then on.
     fn receipts(&self) -> Option<tokio::sync::broadcast::Receiver<DeliveryReceipt>> {
+        None
+    }
+
+    /// Replies from phones, where the protocol carries them.
+    fn replies(&self) -> Option<tokio::sync::broadcast::Receiver<Reply>> {
         None
     }
 

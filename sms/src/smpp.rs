@@ -11,7 +11,7 @@
 pub mod pdu;
 pub mod segment;
 
-use crate::{DeliveryReceipt, SendReceipt, SmsError, SmsGateway, SmsMessage};
+use crate::{DeliveryReceipt, Reply, SendReceipt, SmsError, SmsGateway, SmsMessage};
 use bytes::BytesMut;
 use pdu::{status, tag, Bind, Body, Pdu, ShortMessage};
 use std::collections::HashMap;
@@ -106,6 +106,7 @@ struct Inner {
     state: watch::Sender<LinkState>,
     window: Semaphore,
     receipts: broadcast::Sender<DeliveryReceipt>,
+    replies: broadcast::Sender<Reply>,
     next_ref: AtomicU8,
     partial: Mutex<HashMap<String, Partial>>,
     /// Set before our own unbind: the SMSC closing the socket after it is expected.
@@ -195,11 +196,13 @@ impl SmppGateway {
     pub fn new(cfg: SmppConfig) -> SmppGateway {
         let (state, _) = watch::channel(LinkState::Connecting);
         let (receipts, _) = broadcast::channel(4096);
+        let (replies, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             window: Semaphore::new(cfg.window.max(1)),
             cfg,
             state,
             receipts,
+            replies,
             next_ref: AtomicU8::new(rand::random()),
             partial: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
@@ -337,6 +340,27 @@ pub fn status_name(st: u32) -> String {
     format!("{name} (0x{st:02X})")
 }
 
+/// The text of a mobile-originated `deliver_sm`: UCS-2 (data_coding 8) or, for anything
+/// else, the bytes as Latin-1 (replies are digits and short words).
+fn mo_text(sm: &ShortMessage) -> String {
+    let body = if sm.esm_class & 0x40 != 0 {
+        // A UDH leads the payload: skip it (its first byte is its length).
+        let skip = sm.short_message.first().map_or(0, |n| *n as usize + 1);
+        sm.short_message.get(skip..).unwrap_or_default()
+    } else {
+        &sm.short_message[..]
+    };
+    if sm.data_coding == 8 {
+        let units: Vec<u16> = body
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        String::from_utf16_lossy(&units)
+    } else {
+        body.iter().map(|b| *b as char).collect()
+    }
+}
+
 /// A delivery receipt from a `deliver_sm`, if it is one.
 pub fn parse_receipt(gateway: &str, sm: &ShortMessage) -> Option<DeliveryReceipt> {
     if sm.esm_class & ESM_TYPE_MASK != ESM_DELIVERY_RECEIPT {
@@ -397,6 +421,10 @@ impl SmsGateway for SmppGateway {
 
     fn receipts(&self) -> Option<broadcast::Receiver<DeliveryReceipt>> {
         Some(self.inner.receipts.subscribe())
+    }
+
+    fn replies(&self) -> Option<broadcast::Receiver<Reply>> {
+        Some(self.inner.replies.subscribe())
     }
 
     async fn close(&self) {
@@ -695,7 +723,13 @@ async fn serve(
                             let _ = inner.receipts.send(r);
                         }
                         None => {
-                            info!(gateway = %cfg.name, from = %sm.source_addr, "mobile-originated message ignored")
+                            let text = mo_text(&sm);
+                            info!(gateway = %cfg.name, from = %sm.source_addr, %text, "reply from a phone");
+                            let _ = inner.replies.send(Reply {
+                                gateway: cfg.name.clone(),
+                                from: sm.source_addr.clone(),
+                                text,
+                            });
                         }
                     }
                     Pdu::response(seq, status::ESME_ROK, Body::DeliverSmResp)
