@@ -134,6 +134,36 @@ impl KafkaBus {
         Ok(high.max(0) as u64)
     }
 
+    /// The first retained offset of each of `partitions` (blocking), waiting out a cluster that
+    /// is still electing leaders. A consumer is assigned these explicitly instead of the logical
+    /// "beginning": librdkafka resolves that with its own offset query, which against brokers
+    /// that have just started can fail and back off for a long time, reading nothing.
+    fn low_watermarks(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<HashMap<u32, u64>, BusError> {
+        let client = self.producer.inner.client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut out = HashMap::new();
+        for &p in partitions {
+            let mut wait = Duration::from_millis(100);
+            let low = loop {
+                match client.fetch_watermarks(topic, p as i32, METADATA_TIMEOUT) {
+                    Ok((low, _)) => break low.max(0) as u64,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(topic, partition = p, error = %e, retry_in = ?wait, "first offset not available yet");
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(client_err(e)),
+                }
+            };
+            out.insert(p, low);
+        }
+        Ok(out)
+    }
+
     /// Metadata and watermark calls block in librdkafka: keep them off the async workers.
     async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
@@ -304,8 +334,28 @@ impl Bus for KafkaBus {
         } else {
             Vec::new()
         };
-        for (p, from) in &wanted {
-            let offset = match from.or_else(|| committed.get(*p as usize).copied().flatten()) {
+        let resolved: Vec<(u32, Option<u64>)> = wanted
+            .iter()
+            .map(|(p, from)| {
+                (
+                    *p,
+                    from.or_else(|| committed.get(*p as usize).copied().flatten()),
+                )
+            })
+            .collect();
+        let fresh: Vec<u32> = resolved
+            .iter()
+            .filter(|(_, o)| o.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        let lows = if fresh.is_empty() {
+            HashMap::new()
+        } else {
+            let (me, t) = (self.clone(), topic.to_string());
+            Self::blocking(move || me.low_watermarks(&t, &fresh)).await?
+        };
+        for (p, from) in &resolved {
+            let offset = match from.or_else(|| lows.get(p).copied()) {
                 Some(o) => Offset::Offset(o as i64),
                 None => Offset::Beginning,
             };
