@@ -194,16 +194,12 @@ pub struct ConsoleSink;
 #[async_trait::async_trait]
 impl SmsSink for ConsoleSink {
     async fn send(&self, key: &str, phone: &str, text: &str) -> Result<Sent, SendFailed> {
-        tracing::info!(%key, to = %mask_phone(phone), %text, "SMS (demo console, not sent)");
+        tracing::info!(%key, to = %floodcmd_alerts::incident::mask(phone), %text, "SMS (demo console, not sent)");
         Ok(Sent {
             gateway: "console".into(),
             message_ids: vec![format!("console-{key}")],
         })
     }
-}
-
-fn mask_phone(p: &str) -> String {
-    floodcmd_alerts::incident::mask(p)
 }
 
 /// The stream stage, live on `ctx.clock`.

@@ -85,6 +85,14 @@ fn add_step(
     Some(inc.steps.len() - 1)
 }
 
+/// The rungs a policy tells at once, bottom up, each once.
+fn at_once(policy: &LevelPolicy) -> Vec<Rung> {
+    let mut rungs = policy.at_once.clone();
+    rungs.sort();
+    rungs.dedup();
+    rungs
+}
+
 /// Start the climb for `level`: stop older timers, tell the rungs the policy tells at once.
 pub fn start(
     inc: &mut Incident,
@@ -95,10 +103,7 @@ pub fn start(
 ) -> Vec<Tell> {
     supersede_all(inc);
     inc.on_site_ms = None;
-    let mut rungs = policy.at_once.clone();
-    rungs.sort();
-    rungs.dedup();
-    rungs
+    at_once(policy)
         .into_iter()
         .filter_map(|r| add_step(inc, point, policy, level, 0, r, now))
         .map(|step| Tell { step, reason: None })
@@ -166,10 +171,7 @@ pub fn tick(inc: &mut Incident, point: &Point, policy: &LevelPolicy, now: Millis
                     .iter()
                     .any(|s| s.level == level && s.loop_no == loop_no && live(s));
                 if !loop_live && loop_no < policy.repeat_loops {
-                    let mut rungs = policy.at_once.clone();
-                    rungs.sort();
-                    rungs.dedup();
-                    for r in rungs {
+                    for r in at_once(policy) {
                         if let Some(step) = add_step(inc, point, policy, level, loop_no + 1, r, now)
                         {
                             tells.push(Tell {

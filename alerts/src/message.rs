@@ -95,19 +95,6 @@ pub fn escalated(
     }
 }
 
-/// Split a long text into SMS segments of at most `max_chars` characters each (70 for a
-/// single UCS-2 SMS, 67 per part of a concatenated one), never inside a character.
-pub fn segments(text: &str, max_chars: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    if chars.len() <= 70 {
-        return vec![text.to_string()];
-    }
-    chars
-        .chunks(max_chars.max(1))
-        .map(|c| c.iter().collect())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,15 +143,5 @@ mod tests {
         assert!(text.contains(" 即将达到红色 "), "{text}");
         let text = water_alert("新城区防汛", p, Level::Orange, &transition(None, None));
         assert!(!text.contains("预计") && !text.contains("即将"), "{text}");
-    }
-
-    #[test]
-    fn long_texts_split_on_character_boundaries() {
-        let text = "积".repeat(150);
-        let parts = segments(&text, 67);
-        assert_eq!(parts.len(), 3);
-        assert!(parts.iter().all(|p| p.chars().count() <= 67));
-        assert_eq!(parts.concat(), text);
-        assert_eq!(segments("短信", 67), vec!["短信".to_string()]);
     }
 }

@@ -19,6 +19,7 @@
 //! Drill notifications are never sent: the alerts stage writes them to the drill topic, and a
 //! drill notification that somehow reaches the outbox is refused here as well.
 
+use crate::stage::send_waiting;
 use async_trait::async_trait;
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
 use floodcmd_model::codec::{decode, encode};
@@ -262,19 +263,7 @@ async fn append(
     topic: &str,
     d: &Delivery,
 ) -> Result<floodcmd_model::bus::Delivery, BusError> {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match producer
-            .send(topic, d.key.as_bytes(), encode(d), d.at_ms)
-            .await
-        {
-            Err(BusError::Timeout { .. }) => {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
+    send_waiting(producer, topic, d.key.as_bytes(), encode(d), d.at_ms).await
 }
 
 /// Read `deliveries` from the start into the ledger, forever.

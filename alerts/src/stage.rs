@@ -53,6 +53,28 @@ fn effects_counter() -> &'static IntCounterVec {
     })
 }
 
+/// Send, waiting out a full bus (`Timeout`) with backoff: an effect is never skipped, and the
+/// input that caused it is committed only after it lands. Other errors are returned.
+pub(crate) async fn send_waiting(
+    producer: &dyn Producer,
+    topic: &str,
+    key: &[u8],
+    payload: bytes::Bytes,
+    ts: i64,
+) -> Result<floodcmd_model::bus::Delivery, BusError> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match producer.send(topic, key, payload.clone(), ts).await {
+            Err(BusError::Timeout { .. }) => {
+                tracing::warn!(topic, retry_in = ?wait, "bus full; the alerts stage waits");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 struct Outputs<'a> {
     producer: &'a dyn Producer,
     topics: &'a Topics,
@@ -60,8 +82,6 @@ struct Outputs<'a> {
 }
 
 impl Outputs<'_> {
-    /// Send, waiting out a full bus (`Timeout`) with backoff: an effect is never skipped, and
-    /// the input that caused it is committed only after it lands.
     async fn send(
         &self,
         topic: &str,
@@ -69,18 +89,9 @@ impl Outputs<'_> {
         payload: bytes::Bytes,
         ts: i64,
     ) -> Result<(), BusError> {
-        let mut wait = std::time::Duration::from_millis(200);
-        loop {
-            match self.producer.send(topic, key, payload.clone(), ts).await {
-                Ok(_) => return Ok(()),
-                Err(BusError::Timeout { .. }) => {
-                    tracing::warn!(topic, retry_in = ?wait, "bus full; the alerts stage waits");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        send_waiting(self.producer, topic, key, payload, ts)
+            .await
+            .map(|_| ())
     }
 
     async fn effects(&self, effects: Vec<Effect>, drill: bool) -> Result<(), BusError> {
