@@ -9,6 +9,8 @@ use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
 use floodcmd_sim::{run_sim, synthetic_district, FaultConfig, SimConfig, SimReport, Target};
+
+mod bench_pipeline;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -60,6 +62,32 @@ enum BenchScenario {
     /// district of --sensors depth points), --clients websocket clients, --rate readings/s
     /// through the HTTP gateway for --duration s; ingest → delta latency per client.
     Fanout,
+    /// sim → ingest → stream → alerts → dashboard in this process on the embedded bus,
+    /// --rate readings/s open loop for --duration s over --sensors depth points, --clients
+    /// websocket clients: reading → alert / status / delta percentiles, CPU per reading, peak
+    /// memory; with --search, steps up the rate to the highest one sustained.
+    PipelineEmbedded,
+    /// The same with each stage its own process across the Kafka at --kafka, beside the raw
+    /// consume ceiling (--records records) of the same broker measured first.
+    PipelineKafka,
+}
+
+/// The pipeline benches' options (with --rate, --duration, --lateness-ms, --clients,
+/// --sensors).
+#[derive(clap::Args, Clone)]
+struct PipelineBenchArgs {
+    /// Step the rate up (× --factor per step of --duration s) until a step is not sustained.
+    #[arg(long)]
+    search: bool,
+    /// Rate factor between search steps.
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// The search stops at this rate.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    max_rate: f64,
+    /// One depth sensor in this many crosses the blue threshold back and forth (alerts).
+    #[arg(long, default_value_t = 10)]
+    alert_every: usize,
 }
 
 /// The `fanout` bench's options (with --clients and --sensors).
@@ -214,6 +242,8 @@ enum Command {
         sms: SmsBenchArgs,
         #[command(flatten)]
         fanout: FanoutBenchArgs,
+        #[command(flatten)]
+        pipeline: PipelineBenchArgs,
         /// Where the JSON and Markdown go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -622,6 +652,7 @@ async fn bench(
     sensors: usize,
     sms: SmsBenchArgs,
     fanout: FanoutBenchArgs,
+    pipeline: PipelineBenchArgs,
 ) -> Result<floodcmd_benches::report::Report> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = match scenario {
@@ -659,6 +690,26 @@ async fn bench(
             .await?
         }
         BenchScenario::Fanout => bench_fanout(clients, sensors, fanout, &command).await?,
+        BenchScenario::PipelineEmbedded | BenchScenario::PipelineKafka => {
+            let opts = floodcmd_benches::pipeline::PipelineOptions {
+                rate: fanout.rate,
+                duration_s: fanout.duration,
+                clients,
+                alert_every: pipeline.alert_every,
+                search: pipeline
+                    .search
+                    .then_some(floodcmd_benches::pipeline::Search {
+                        factor: pipeline.factor.max(1.05),
+                        max_rate: pipeline.max_rate,
+                    }),
+            };
+            if matches!(scenario, BenchScenario::PipelineEmbedded) {
+                bench_pipeline::embedded(sensors, fanout.lateness_ms, opts, &command).await?
+            } else {
+                bench_pipeline::kafka(&kafka, sensors, fanout.lateness_ms, records, opts, &command)
+                    .await?
+            }
+        }
     };
     Ok(report)
 }
@@ -766,10 +817,11 @@ fn main() -> Result<()> {
             sensors,
             sms,
             fanout,
+            pipeline,
             out,
         } => {
             let report = rt()?.block_on(bench(
-                scenario, kafka, records, batch, clients, sensors, sms, fanout,
+                scenario, kafka, records, batch, clients, sensors, sms, fanout, pipeline,
             ))?;
             write_report(&report, &out)
         }

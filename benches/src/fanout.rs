@@ -92,26 +92,31 @@ pub struct FanoutOptions {
 }
 
 /// Batches per second of the feeder (one every 10 ms).
-const TICKS_PER_S: u64 = 100;
+pub(crate) const TICKS_PER_S: u64 = 100;
 /// Readings stamped in the first seconds are not measured: the clients' first snapshots and
 /// the gateway's connection pool are still settling.
-const WARMUP_S: u64 = 3;
+pub(crate) const WARMUP_S: u64 = 3;
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn histogram() -> Result<Histogram<u64>, FanoutError> {
+pub(crate) fn histogram() -> Result<Histogram<u64>, FanoutError> {
     // Microseconds, up to an hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| FanoutError::Histogram(e.to_string()))
 }
 
 /// CPU time of this process so far, seconds (Linux `/proc/self/stat`, 100 ticks a second).
-fn cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+pub(crate) fn cpu_s() -> f64 {
+    cpu_s_of("self")
+}
+
+/// CPU time of process `pid` (or `self`) so far, seconds.
+pub(crate) fn cpu_s_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces), so index from the last ')'.
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -121,7 +126,7 @@ fn cpu_s() -> f64 {
 }
 
 /// One-minute load average of the machine.
-fn load_1m() -> f64 {
+pub(crate) fn load_1m() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -144,30 +149,54 @@ struct PointMark {
 }
 
 /// The feed's schedule, shared by the feeder and every client.
-struct Schedule {
+pub(crate) struct Schedule {
     /// Unix ms of reading 0.
-    start_ms: f64,
+    pub(crate) start_ms: f64,
     /// Readings per second.
-    rate: f64,
+    pub(crate) rate: f64,
     /// Depth sensors, in feeding order (sensor id, point index).
-    sensors: Vec<String>,
+    pub(crate) sensors: Vec<String>,
     /// Point id → index into the clients' per-point tables.
-    points: HashMap<String, usize>,
+    pub(crate) points: HashMap<String, usize>,
     /// Time between two readings of one sensor, ms.
-    period_ms: f64,
+    pub(crate) period_ms: f64,
     /// Readings stamped before this are not measured.
-    measure_from_ms: i64,
+    pub(crate) measure_from_ms: i64,
+    /// Every this many sensors (by feeding index) one follows a slow wave across the blue
+    /// threshold instead of the flat triangle, so that alerts are raised and cleared
+    /// throughout; 0: none.
+    pub(crate) alert_every: usize,
+}
+
+impl Schedule {
+    /// The depth sensor `s` (feeding index) reports for its `j`-th reading at `ts`.
+    pub(crate) fn value(&self, s: usize, j: u64, ts: i64) -> f64 {
+        if self.alert_every > 0 && s % self.alert_every == 0 {
+            // 6 → 12 → 6 cm over 90 s of event time (8 cm/min, inside QC's rate limit and
+            // spike check), each sensor at its own phase: crosses blue's raise (10 cm) going
+            // up and its reset (8 cm) going down once per cycle.
+            let phase = (ts / 100 + s as i64 * 37) % 900;
+            let tri = if phase < 450 { phase } else { 900 - phase };
+            6.0 + 6.0 * tri as f64 / 450.0
+        } else {
+            // A triangle wave of 0.1 cm steps around 2 cm: always a visible change, never a
+            // spike or an impossible rise.
+            let step = (j % 20) as i64;
+            let tri = if step < 10 { step } else { 20 - step };
+            2.0 + 0.1 * tri as f64
+        }
+    }
 }
 
 /// What one client measured.
-struct ClientResult {
-    latency: Histogram<u64>,
-    deltas: u64,
-    snapshots: u64,
-    bytes: u64,
+pub(crate) struct ClientResult {
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) deltas: u64,
+    pub(crate) snapshots: u64,
+    pub(crate) bytes: u64,
 }
 
-async fn client(
+pub(crate) async fn client(
     url: String,
     schedule: Arc<Schedule>,
     stop: Arc<AtomicBool>,
@@ -235,7 +264,7 @@ async fn client(
 
 /// Feed readings on the open-loop schedule until `duration_s` has passed; returns (sent,
 /// accepted, failed posts).
-async fn feed(
+pub(crate) async fn feed(
     target_url: String,
     token: String,
     schedule: Arc<Schedule>,
@@ -265,16 +294,13 @@ async fn feed(
         }
         let mut body = String::with_capacity((due - next) as usize * 80);
         for i in next..due {
-            let sensor = &schedule.sensors[(i % n) as usize];
+            let s = (i % n) as usize;
+            let sensor = &schedule.sensors[s];
             let j = i / n;
-            // A triangle wave of 0.1 cm steps around 2 cm: always a visible change, never a
-            // spike or an impossible rise.
-            let step = (j % 20) as i64;
-            let tri = if step < 10 { step } else { 20 - step };
-            let value = 2.0 + 0.1 * tri as f64;
             let ts = (schedule.start_ms + i as f64 * 1000.0 / schedule.rate) as i64;
+            let value = schedule.value(s, j, ts);
             body.push_str(&format!(
-                "{{\"sensor\":\"{sensor}\",\"ts\":{ts},\"value\":{value:.1},\"seq\":{j}}}\n"
+                "{{\"sensor\":\"{sensor}\",\"ts\":{ts},\"value\":{value:.2},\"seq\":{j}}}\n"
             ));
         }
         let count = due - next;
@@ -305,7 +331,7 @@ async fn feed(
 
 /// Watch `status` beside the wall: ingest → status on the bus, the part of the latency that
 /// is the stream stage's (its lateness budget included).
-async fn watch_status(
+pub(crate) async fn watch_status(
     bus: Arc<dyn Bus>,
     topic: String,
     schedule: Arc<Schedule>,
@@ -338,7 +364,7 @@ async fn watch_status(
     Ok(h)
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
@@ -378,6 +404,7 @@ pub async fn run(
         points,
         period_ms: n as f64 * 1000.0 / opts.rate,
         measure_from_ms: (start_ms + WARMUP_S as f64 * 1000.0) as i64,
+        alert_every: 0,
     });
     let url = format!("ws://{}/ws", target.dashboard);
     let mut handles = Vec::with_capacity(opts.clients);

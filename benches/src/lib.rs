@@ -10,6 +10,9 @@
 //! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory;
 //! - [`fanout::run`]: websocket clients on the command wall while readings stream in at a
 //!   fixed rate through the whole pipeline: ingest → delta latency per client;
+//! - [`pipeline::run`]: the whole pipeline (in process on the embedded bus, or stage processes
+//!   across real Kafka) under open-loop load: reading → alert, → status, → websocket delta
+//!   percentiles, CPU per reading and peak memory per stage, and the highest sustained rate;
 //! - [`sms::mass_alert`]: 10,000 recipients through the SMPP simulator with and without a rate
 //!   limit.
 //!
@@ -20,6 +23,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod influx_sink;
 pub mod kafka;
+pub mod pipeline;
 pub mod report;
 pub mod sms;
 pub mod stream_core;
