@@ -455,8 +455,11 @@ fn read_events(
         }
         let start = utc_ms(&t, &row, c_start)?;
         let end = utc_ms(&t, &row, c_end)?;
-        // Cheap test before the JSON: the added zeros reach one pad beyond the event.
-        if end + ZERO_PAD_MS < filter.from_ms || start - ZERO_PAD_MS >= filter.to_ms {
+        // Cheap test before the JSON, with slack: the added zeros reach one pad beyond the
+        // samples, and a profile's last sample can sit a second past `flood_end_time`. The
+        // exact range is applied per sample below.
+        const SLACK_MS: Millis = ZERO_PAD_MS + 10 * 60_000;
+        if end + SLACK_MS < filter.from_ms || start - SLACK_MS >= filter.to_ms {
             continue;
         }
         if !meta.contains_key(&id) {
