@@ -210,3 +210,118 @@ cameras_dir = ""
     eprintln!("stage settings and logs: {}", dir.display());
     Ok(result?)
 }
+
+/// `floodcmd bench replay`: a synthetic archive of `sensors` sensors (a tenth of them rain
+/// gauges) × `hours` h × one reading a minute, written once, then replayed at max speed with
+/// `workers` workers; loading the archive onto the bus and the stream stage timed apart.
+pub async fn replay(sensors: usize, hours: u64, workers: usize, command: &str) -> Result<Report> {
+    use floodcmd_archive::{ArchiveHeader, ArchiveReader, ArchiveWriter};
+    use floodcmd_model::{Reading, SensorKind};
+    let depth_points = (sensors * 10 / 11).max(1);
+    let file = synthetic_district(depth_points);
+    let district_toml = toml::to_string(&file)?;
+    let district = District::from_file(file).map_err(|e| anyhow::anyhow!("synthetic: {e}"))?;
+    let mut ids: Vec<(String, String, SensorKind)> = district
+        .sensors()
+        .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
+        .collect();
+    // The archive's order within one minute.
+    ids.sort_by(|a, b| a.0.cmp(&b.0));
+    let dir = std::env::temp_dir().join(format!("floodcmd-bench-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("synthetic.ndjson.gz");
+    let t0: i64 = 1_783_000_000_000;
+    let write_started = Instant::now();
+    let header = ArchiveHeader::new(
+        format!("synthetic: {} sensors × {hours} h × 1/min", ids.len()),
+        district.info.name.clone(),
+        district_toml,
+        t0,
+    );
+    let mut w = ArchiveWriter::create(&path, header)?;
+    let mut progress = floodcmd::progress::Progress::new("writing the synthetic archive");
+    let minutes = hours * 60;
+    for m in 0..minutes {
+        let ts = t0 + m as i64 * 60_000;
+        for (i, (sensor, point, kind)) in ids.iter().enumerate() {
+            let value = match kind {
+                // A slow tide, each point at its own phase: some cross blue and back.
+                SensorKind::Depth => {
+                    let phase = ((m as usize + i * 7) % 240) as f64 / 240.0;
+                    (phase * std::f64::consts::TAU).sin().max(0.0) * 12.0
+                }
+                // Rain in the middle of the day.
+                SensorKind::Rain => {
+                    if (600..900).contains(&(m % 1440)) {
+                        0.5
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            w.write(&Reading {
+                sensor: sensor.clone(),
+                point: point.clone(),
+                kind: *kind,
+                ts_ms: ts,
+                value: (value * 10.0).round() / 10.0,
+                seq: Some(m),
+                received_ms: ts,
+            })?;
+        }
+        progress.update(m + 1, Some(minutes));
+    }
+    progress.finish();
+    w.finish()?;
+    let write_s = write_started.elapsed().as_secs_f64();
+
+    let (header, reader) = ArchiveReader::open(&path)?;
+    let district = Arc::new(header.district()?);
+    let mut progress = floodcmd::progress::Progress::new("loading");
+    let outcome = floodcmd::replay::replay(
+        district.clone(),
+        reader,
+        header.readings,
+        &floodcmd::replay::ReplayOptions {
+            workers,
+            ..Default::default()
+        },
+        &mut |d, t| progress.update(d, t),
+    )
+    .await?;
+    progress.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut r = Report {
+        scenario: "replay".into(),
+        command: command.into(),
+        machine: floodcmd_benches::report::Machine::here(),
+        params: serde_json::json!({
+            "sensors": ids.len(), "hours": hours, "readings": outcome.readings,
+            "workers": workers, "archive_bytes": std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        }),
+        figures: Vec::new(),
+    };
+    let load_s = outcome.total_s - outcome.stream_s;
+    r.figure("readings", outcome.readings as f64, "readings");
+    r.figure("writing the archive", write_s, "s");
+    r.figure("replay, archive to report", outcome.total_s, "s");
+    r.figure("of which reading the archive onto the bus", load_s, "s");
+    r.figure("of which the stream stage", outcome.stream_s, "s");
+    r.figure(
+        "replay rate, archive to report",
+        outcome.readings as f64 / outcome.total_s,
+        "readings/s",
+    );
+    r.figure(
+        "stream stage rate",
+        outcome.readings as f64 / outcome.stream_s,
+        "readings/s",
+    );
+    r.figure("alert transitions", outcome.transitions.len() as f64, "");
+    r.figure(
+        "peak RSS (archive on the embedded bus)",
+        bench::peak_rss_mib_of("self"),
+        "MiB",
+    );
+    Ok(r)
+}

@@ -11,6 +11,7 @@ use floodcmd_model::District;
 use floodcmd_sim::{run_sim, synthetic_district, FaultConfig, SimConfig, SimReport, Target};
 
 mod bench_pipeline;
+mod storm_commands;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -70,6 +71,9 @@ enum BenchScenario {
     /// The same with each stage its own process across the Kafka at --kafka, beside the raw
     /// consume ceiling (--records records) of the same broker measured first.
     PipelineKafka,
+    /// A synthetic archive of --sensors sensors × --hours h × one reading a minute replayed
+    /// at max speed (--workers), loading and the stream stage timed apart.
+    Replay,
 }
 
 /// The pipeline benches' options (with --rate, --duration, --lateness-ms, --clients,
@@ -88,6 +92,12 @@ struct PipelineBenchArgs {
     /// One depth sensor in this many crosses the blue threshold back and forth (alerts).
     #[arg(long, default_value_t = 10)]
     alert_every: usize,
+    /// Replay: hours of one reading a minute per sensor.
+    #[arg(long, default_value_t = 24)]
+    hours: u64,
+    /// Replay: timely workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 /// The `fanout` bench's options (with --clients and --sensors).
@@ -246,6 +256,49 @@ enum Command {
         pipeline: PipelineBenchArgs,
         /// Where the JSON and Markdown go.
         #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// Turn a real recorded storm (--data, else $FLOODCMD_DATA_DIR, else the copy in data/)
+    /// into a district config and an archive.
+    Import {
+        /// Which data set.
+        #[arg(value_enum)]
+        source: storm_commands::ImportSource,
+        /// The data root (holding floodnet-nyc/ and harvey-hcfcd-5min/).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Start of the range (RFC 3339); default: the storm's.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only these sensors (FloodNet ids) or sites (HCFCD numbers); repeatable.
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Where the district config goes.
+        #[arg(long)]
+        out_config: PathBuf,
+        /// Where the archive goes.
+        #[arg(long)]
+        out_archive: PathBuf,
+    },
+    /// Replay an archive through the stream dataflow and the incident book in isolation
+    /// (notifications captured as drill, never sent) and write a storm report.
+    Replay {
+        /// The archive (`floodcmd import` writes one).
+        archive: PathBuf,
+        /// Timely workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The stream stage's lateness budget, s.
+        #[arg(long, default_value_t = 10)]
+        lateness_s: u64,
+        /// `max` (as fast as the pipeline goes).
+        #[arg(long, default_value = "max")]
+        speed: String,
+        /// Where storm-report.md and storm-report.json go.
+        #[arg(long, default_value = "target/replay")]
         out: PathBuf,
     },
     /// Check a district file (or a settings file); list every problem with its field path.
@@ -690,6 +743,9 @@ async fn bench(
             .await?
         }
         BenchScenario::Fanout => bench_fanout(clients, sensors, fanout, &command).await?,
+        BenchScenario::Replay => {
+            bench_pipeline::replay(sensors, pipeline.hours, pipeline.workers, &command).await?
+        }
         BenchScenario::PipelineEmbedded | BenchScenario::PipelineKafka => {
             let opts = floodcmd_benches::pipeline::PipelineOptions {
                 rate: fanout.rate,
@@ -800,6 +856,24 @@ fn main() -> Result<()> {
             district,
             nan_rate,
             cameras_dir,
+        )),
+        Command::Import {
+            source,
+            data,
+            from,
+            to,
+            only,
+            out_config,
+            out_archive,
+        } => storm_commands::import(source, data, from, to, only, &out_config, &out_archive),
+        Command::Replay {
+            archive,
+            workers,
+            lateness_s,
+            speed,
+            out,
+        } => rt()?.block_on(storm_commands::replay_archive(
+            &archive, workers, lateness_s, &speed, &out,
         )),
         Command::Run(a) => rt()?.block_on(stage(Which::All, a)),
         Command::Ingest(a) => rt()?.block_on(stage(Which::Ingest, a)),

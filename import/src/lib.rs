@@ -13,8 +13,8 @@
 //! done to the data. Values pass through as measured, only converted to the system's units:
 //! quality control is the stream's job, so known faults (HCFCD site 520's spike) stay in.
 //!
-//! The data live outside the repository (`/work/shared/data`, see its README.md); callers
-//! pass the data set's folder.
+//! The files the importers read are vendored in `data/` (see its README.md and each folder's
+//! PROVENANCE.md); callers pass the data set's folder.
 
 pub mod central_time;
 pub mod floodnet;

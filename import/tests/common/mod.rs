@@ -3,13 +3,13 @@
 use floodcmd_model::{District, Reading};
 use std::path::PathBuf;
 
-/// `$FLOODCMD_DATA_DIR`, else `<repo>/../shared/data`. `None` (the test skips) only when
+/// `$FLOODCMD_DATA_DIR`, else the copy vendored in `<repo>/data`. `None` (the test skips) only when
 /// `FLOODCMD_SKIP_DATA_TESTS` is set; missing data otherwise fails the test, so a CI run
 /// without the data cannot pass by testing nothing.
 pub fn data_dir(folder: &str) -> Option<PathBuf> {
     let base = match std::env::var_os("FLOODCMD_DATA_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data"),
     };
     let dir = base.join(folder);
     if dir.is_dir() {
