@@ -294,9 +294,12 @@ enum Command {
         /// The stream stage's lateness budget, s.
         #[arg(long, default_value_t = 10)]
         lateness_s: u64,
-        /// `max` (as fast as the pipeline goes).
+        /// `max` (as fast as the pipeline goes, deterministic) or N× real time (e.g. 60).
         #[arg(long, default_value = "max")]
         speed: String,
+        /// With a paced speed: serve a command wall of the replay here (e.g. 127.0.0.1:8090).
+        #[arg(long)]
+        wall: Option<std::net::SocketAddr>,
         /// Where storm-report.md and storm-report.json go.
         #[arg(long, default_value = "target/replay")]
         out: PathBuf,
@@ -871,9 +874,10 @@ fn main() -> Result<()> {
             workers,
             lateness_s,
             speed,
+            wall,
             out,
         } => rt()?.block_on(storm_commands::replay_archive(
-            &archive, workers, lateness_s, &speed, &out,
+            &archive, workers, lateness_s, &speed, wall, &out,
         )),
         Command::Run(a) => rt()?.block_on(stage(Which::All, a)),
         Command::Ingest(a) => rt()?.block_on(stage(Which::Ingest, a)),

@@ -167,22 +167,7 @@ pub async fn replay(
         return Err(ReplayError::Empty);
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let alerts = tokio::spawn(collect::<AlertTransition>(
-        bus.clone(),
-        topics.alerts(),
-        stop.clone(),
-    ));
-    let status = tokio::spawn(collect::<PointStatus>(
-        bus.clone(),
-        topics.status(),
-        stop.clone(),
-    ));
-    let rejects = tokio::spawn(collect::<Reject>(
-        bus.clone(),
-        topics.rejects(),
-        stop.clone(),
-    ));
+    let collectors = Collectors::start(&bus, &topics);
     let stream_started = Instant::now();
     // The replay's clock is never read in bounded mode; the book below runs on event time.
     let clock: Arc<dyn floodcmd_model::time::Clock> =
@@ -202,40 +187,174 @@ pub async fn replay(
     )
     .await
     .map_err(|e| ReplayError::Stream(e.to_string()))?;
+    join_stream(handle).await?;
+    let stream_s = stream_started.elapsed().as_secs_f64();
+    collectors
+        .finish(&district, n, from_ms, to_ms, stream_s, started)
+        .await
+}
+
+async fn join_stream(handle: floodcmd_stream::StreamHandle) -> Result<(), ReplayError> {
     tokio::task::spawn_blocking(move || handle.join())
         .await
         .map_err(|e| ReplayError::Stream(e.to_string()))?
-        .map_err(ReplayError::Stream)?;
-    let stream_s = stream_started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::SeqCst);
-    let join = |e: tokio::task::JoinError| ReplayError::Stream(format!("collector: {e}"));
-    let mut transitions = alerts.await.map_err(join)??;
-    let statuses = status.await.map_err(join)??;
-    let rejects = rejects.await.map_err(join)??;
+        .map_err(ReplayError::Stream)
+}
 
-    // Workers publish in their own interleaving; event time, then the point, then what
-    // happened gives one order whatever the worker count.
-    transitions.sort_by(|a, b| {
-        (a.event_ms, &a.point, a.transition.as_str(), a.to as u8).cmp(&(
-            b.event_ms,
-            &b.point,
-            b.transition.as_str(),
-            b.to as u8,
-        ))
-    });
-    let (notifications, incidents) = fold_incidents(&district, &transitions, to_ms);
-    Ok(ReplayOutcome {
-        readings: n,
-        from_ms,
-        to_ms,
-        transitions,
-        statuses,
-        rejects,
-        notifications,
-        incidents,
-        stream_s,
-        total_s: started.elapsed().as_secs_f64(),
-    })
+/// The readers of the stream stage's outputs.
+struct Collectors {
+    stop: Arc<AtomicBool>,
+    alerts: tokio::task::JoinHandle<Result<Vec<AlertTransition>, BusError>>,
+    status: tokio::task::JoinHandle<Result<Vec<PointStatus>, BusError>>,
+    rejects: tokio::task::JoinHandle<Result<Vec<Reject>, BusError>>,
+}
+
+impl Collectors {
+    fn start(bus: &EmbeddedBus, topics: &Topics) -> Collectors {
+        let stop = Arc::new(AtomicBool::new(false));
+        Collectors {
+            alerts: tokio::spawn(collect(bus.clone(), topics.alerts(), stop.clone())),
+            status: tokio::spawn(collect(bus.clone(), topics.status(), stop.clone())),
+            rejects: tokio::spawn(collect(bus.clone(), topics.rejects(), stop.clone())),
+            stop,
+        }
+    }
+
+    /// The stream stage is done: read what is left, then fold the transitions.
+    async fn finish(
+        self,
+        district: &Arc<District>,
+        readings: u64,
+        from_ms: Millis,
+        to_ms: Millis,
+        stream_s: f64,
+        started: Instant,
+    ) -> Result<ReplayOutcome, ReplayError> {
+        self.stop.store(true, Ordering::SeqCst);
+        let join = |e: tokio::task::JoinError| ReplayError::Stream(format!("collector: {e}"));
+        let mut transitions = self.alerts.await.map_err(join)??;
+        let statuses = self.status.await.map_err(join)??;
+        let rejects = self.rejects.await.map_err(join)??;
+        // Workers publish in their own interleaving; event time, then the point, then what
+        // happened gives one order whatever the worker count or speed.
+        transitions.sort_by(|a, b| {
+            (a.event_ms, &a.point, a.transition.as_str(), a.to as u8).cmp(&(
+                b.event_ms,
+                &b.point,
+                b.transition.as_str(),
+                b.to as u8,
+            ))
+        });
+        let (notifications, incidents) = fold_incidents(district, &transitions, to_ms);
+        Ok(ReplayOutcome {
+            readings,
+            from_ms,
+            to_ms,
+            transitions,
+            statuses,
+            rejects,
+            notifications,
+            incidents,
+            stream_s,
+            total_s: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Where a paced replay runs: a bus and a clock the caller may share with a command wall.
+pub struct PacedBus {
+    /// The replay's own embedded bus.
+    pub bus: EmbeddedBus,
+    /// Its topics.
+    pub topics: Topics,
+    /// The replay clock (event time), set by the replay as it goes.
+    pub clock: floodcmd_model::time::ManualClock,
+}
+
+/// Replay `readings` (in event-time order) at `speed` × real time: the stream stage runs live
+/// on a clock that follows the replay (event) time, and each reading is put on the bus when
+/// the replay time reaches it, so a command wall watching `bus` sees the storm unfold. The
+/// clock starts a lateness budget ahead of the first reading (the stage's origin is then the
+/// first reading, as in [`replay`]) and stops one second past the last, where the bounded run
+/// ends; with no reading late, the transitions equal those of [`replay`]. A reading is late
+/// when the stage falls `lateness / speed` of wall time behind: keep the speed modest (60× with
+/// the default 10 s budget leaves ~170 ms), or use [`replay`] for as fast as possible.
+pub async fn replay_paced(
+    district: Arc<District>,
+    readings: Vec<Reading>,
+    speed: f64,
+    opts: &ReplayOptions,
+    on: PacedBus,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<ReplayOutcome, ReplayError> {
+    let PacedBus { bus, topics, clock } = on;
+    let started = Instant::now();
+    let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
+        return Err(ReplayError::Empty);
+    };
+    let (from_ms, to_ms) = (first.ts_ms, last.ts_ms);
+    let lateness_s = (opts.lateness_ms.max(0) as u64).div_ceil(1000) as Millis;
+    let clock_start = from_ms + lateness_s * 1000;
+    // Where the bounded run's final epoch is: one second past the last reading's.
+    let clock_end = ((to_ms / 1000) + 1 + lateness_s) * 1000;
+    clock.set(clock_start);
+    for t in topics.all() {
+        bus.ensure_topic(&t, opts.partitions.max(1)).await?;
+    }
+    let collectors = Collectors::start(&bus, &topics);
+    let handle = run_stream(
+        Arc::new(bus.clone()),
+        district.clone(),
+        Arc::new(clock.clone()),
+        StreamConfig {
+            workers: opts.workers.max(1),
+            lateness_ms: lateness_s * 1000,
+            topics: topics.clone(),
+            group: "replay-stream".into(),
+            watermark: Watermark::Clock(Arc::new(clock.clone())),
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .map_err(|e| ReplayError::Stream(e.to_string()))?;
+    let stream_started = Instant::now();
+    let producer = bus.producer();
+    let speed = speed.max(1e-3);
+    let replay_time =
+        |since: Instant| from_ms + (since.elapsed().as_secs_f64() * 1000.0 * speed) as Millis;
+    let total = readings.len() as u64;
+    let mut next = 0usize;
+    loop {
+        let now = replay_time(stream_started);
+        // Everything due, on the bus before the clock moves past it.
+        let mut batch = Vec::new();
+        while next < readings.len() && readings[next].ts_ms <= now {
+            let r = &readings[next];
+            batch.push(Outgoing {
+                key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
+                payload: encode(r),
+                timestamp_ms: r.ts_ms,
+            });
+            next += 1;
+        }
+        if !batch.is_empty() {
+            send_all(&*producer, &topics.readings(), batch).await?;
+            progress(next as u64, Some(total));
+        }
+        clock.set(now.clamp(clock_start, clock_end));
+        if next == readings.len() && now >= clock_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The watermark is at the final epoch; the stop flushes it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.stop();
+    join_stream(handle).await?;
+    let stream_s = stream_started.elapsed().as_secs_f64();
+    collectors
+        .finish(&district, total, from_ms, to_ms, stream_s, started)
+        .await
 }
 
 async fn send_all(

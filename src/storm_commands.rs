@@ -6,6 +6,7 @@ use floodcmd::progress::Progress;
 use floodcmd::replay::{replay, ReplayOptions};
 use floodcmd_archive::{ArchiveHeader, ArchiveReader, ArchiveWriter};
 use floodcmd_import::Imported;
+use floodcmd_model::bus::Bus;
 use floodcmd_model::time::Millis;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,20 +111,27 @@ pub fn import(
     Ok(())
 }
 
-/// `floodcmd replay`.
+/// `floodcmd replay`: `speed` is `max` or a factor of real time; `wall`, with a factor, serves
+/// a command wall on the replay's bus and clock, marked as a replay.
 pub async fn replay_archive(
     archive: &Path,
     workers: usize,
     lateness_s: u64,
     speed: &str,
+    wall: Option<std::net::SocketAddr>,
     out: &Path,
 ) -> Result<()> {
-    if speed != "max" {
-        anyhow::bail!(
-            "--speed {speed}: only `max` is built so far; a paced replay (N× real time) with the \
-             command wall is not"
-        );
-    }
+    let factor: Option<f64> = match speed {
+        "max" => None,
+        s => Some(
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| *f > 0.0 && f.is_finite())
+                .with_context(|| {
+                    format!("--speed {s}: `max` or a positive factor of real time, e.g. 60")
+                })?,
+        ),
+    };
     let (header, reader) = ArchiveReader::open(archive)?;
     let district = Arc::new(header.district()?);
     let opts = ReplayOptions {
@@ -131,16 +139,73 @@ pub async fn replay_archive(
         lateness_ms: lateness_s as Millis * 1000,
         ..ReplayOptions::default()
     };
-    let mut progress = Progress::new("loading the archive");
-    let outcome = replay(
-        district.clone(),
-        reader,
-        header.readings,
-        &opts,
-        &mut |done, total| progress.update(done, total),
-    )
-    .await?;
-    progress.finish();
+    let outcome = match factor {
+        None => {
+            if wall.is_some() {
+                anyhow::bail!("--wall needs a paced replay (--speed N), not --speed max");
+            }
+            let mut progress = Progress::new("loading the archive");
+            let outcome = replay(
+                district.clone(),
+                reader,
+                header.readings,
+                &opts,
+                &mut |done, total| progress.update(done, total),
+            )
+            .await?;
+            progress.finish();
+            outcome
+        }
+        Some(f) => {
+            let readings: Vec<_> = reader.collect::<Result<_, _>>()?;
+            let on = floodcmd::replay::PacedBus {
+                bus: floodcmd_bus::EmbeddedBus::new(readings.len() * 2 + 65_536),
+                topics: floodcmd_model::topic::Topics::new("replay"),
+                clock: floodcmd_model::time::ManualClock::new(header.from_ms),
+            };
+            let (shutdown, rx) = tokio::sync::watch::channel(false);
+            if let Some(addr) = wall {
+                // The wall says it is a replay in its title, and its clock is the replay's.
+                let mut shown = (*district).clone();
+                shown.info.name = format!("【复盘 REPLAY ×{f}】{}", shown.info.name);
+                for t in on.topics.all() {
+                    on.bus.ensure_topic(&t, opts.partitions).await?;
+                }
+                let ctx = floodcmd::stages::StageContext {
+                    bus: Arc::new(on.bus.clone()),
+                    district: Arc::new(shown),
+                    clock: Arc::new(on.clock.clone()),
+                    topics: on.topics.clone(),
+                    shutdown: rx.clone(),
+                };
+                let (addr, _) = floodcmd::stages::start_dashboard(
+                    &ctx,
+                    addr,
+                    &floodcmd_model::settings::DashboardSettings::default(),
+                )
+                .await?;
+                let drill = floodcmd_model::settings::AlertsSettings {
+                    drill: true,
+                    ..Default::default()
+                };
+                floodcmd::stages::start_alerts(&ctx, &drill, None);
+                println!("command wall (replay): http://{addr}/");
+            }
+            let mut progress = Progress::new("replaying");
+            let outcome = floodcmd::replay::replay_paced(
+                district.clone(),
+                readings,
+                f,
+                &opts,
+                on,
+                &mut |done, total| progress.update(done, total),
+            )
+            .await?;
+            progress.finish();
+            let _ = shutdown.send(true);
+            outcome
+        }
+    };
     let report = outcome.report(&district, &header.source, workers);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = out.join("storm-report.json");

@@ -177,3 +177,120 @@ async fn harvey_replay_raises_rain_levels_at_the_wettest_gauges_and_site_520s_sp
     assert!(out.notifications.iter().all(|n| n.drill));
     std::fs::remove_dir_all(dir).ok();
 }
+
+fn paced_bus(from_ms: i64) -> floodcmd::replay::PacedBus {
+    floodcmd::replay::PacedBus {
+        bus: floodcmd_bus::EmbeddedBus::new(65_536),
+        topics: floodcmd_model::topic::Topics::new("replay"),
+        clock: floodcmd_model::time::ManualClock::new(from_ms),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_replay_equals_the_max_speed_one_at_60x() {
+    // Ida at Carroll St and its neighbours, 01:30–02:10 UTC: the rise to red.
+    let mut filter = floodcmd_import::floodnet::FloodnetFilter::ida_2021();
+    filter.from_ms = 1_630_546_200_000; // 2021-09-02T01:30:00Z
+    filter.to_ms = 1_630_548_600_000; // 2021-09-02T02:10:00Z
+    let imported =
+        floodcmd_import::floodnet::import(&data("floodnet-nyc"), filter, &mut |_, _| {}).unwrap();
+    let district = Arc::new(imported.district.clone());
+    let from = imported.readings[0].ts_ms;
+    let max = replay(
+        district.clone(),
+        imported.readings.iter().cloned().map(Ok),
+        imported.readings.len() as u64,
+        &ReplayOptions::default(),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    let paced = floodcmd::replay::replay_paced(
+        district.clone(),
+        imported.readings.clone(),
+        60.0,
+        &ReplayOptions {
+            workers: 1,
+            ..ReplayOptions::default()
+        },
+        paced_bus(from),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(
+        max.transitions.iter().any(|t| t.to == Level::Red),
+        "the slice reaches red"
+    );
+    let strip = |o: &ReplayOutcome| -> Vec<_> {
+        o.transitions
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                t.processed_ms = 0;
+                t
+            })
+            .collect()
+    };
+    assert_eq!(strip(&max), strip(&paced), "transitions at max and at 60×");
+    assert_eq!(max.notifications, paced.notifications);
+    assert_eq!(
+        max.report(&district, "ida", 2).storm,
+        paced.report(&district, "ida", 1).storm
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_replay_equals_the_max_speed_one_at_1x() {
+    // Ten seconds of one underpass rising through blue at 9 cm/min (inside QC's rate limit),
+    // with no hold time, so something happens within a test's patience at real time.
+    let mut file = floodcmd_sim::synthetic_district(3);
+    file.defaults.underpass.blue.hold_s = 0;
+    let district = Arc::new(floodcmd_model::District::from_file(file).unwrap());
+    let sensor = district
+        .sensors()
+        .find(|s| s.point.kind == floodcmd_model::config::PointKind::Underpass)
+        .unwrap();
+    let t0 = 1_783_000_000_000i64;
+    let readings: Vec<floodcmd_model::Reading> = (0..11)
+        .map(|i| floodcmd_model::Reading {
+            sensor: sensor.sensor.id.clone(),
+            point: sensor.point.id.clone(),
+            kind: floodcmd_model::SensorKind::Depth,
+            ts_ms: t0 + i * 1000,
+            value: 9.0 + 0.15 * i as f64,
+            seq: Some(i as u64),
+            received_ms: t0 + i * 1000,
+        })
+        .collect();
+    let max = replay(
+        district.clone(),
+        readings.iter().cloned().map(Ok),
+        readings.len() as u64,
+        &ReplayOptions::default(),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    let paced = floodcmd::replay::replay_paced(
+        district.clone(),
+        readings.clone(),
+        1.0,
+        &ReplayOptions::default(),
+        paced_bus(t0),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(
+        max.transitions
+            .iter()
+            .any(|t| t.point == sensor.point.id && t.to == Level::Blue),
+        "{:?}",
+        max.transitions
+    );
+    assert_eq!(
+        max.report(&district, "s", 2).storm,
+        paced.report(&district, "s", 2).storm
+    );
+}

@@ -171,7 +171,7 @@ pub(crate) struct Schedule {
 impl Schedule {
     /// The depth sensor `s` (feeding index) reports for its `j`-th reading at `ts`.
     pub(crate) fn value(&self, s: usize, j: u64, ts: i64) -> f64 {
-        if self.alert_every > 0 && s % self.alert_every == 0 {
+        if self.alert_every > 0 && s.is_multiple_of(self.alert_every) {
             // 6 → 12 → 6 cm over 90 s of event time (8 cm/min, inside QC's rate limit and
             // spike check), each sensor at its own phase: crosses blue's raise (10 cm) going
             // up and its reset (8 cm) going down once per cycle.

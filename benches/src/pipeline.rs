@@ -138,7 +138,7 @@ struct Watched {
     lag: Vec<(f64, f64)>,
 }
 
-/// Read `topic` from its beginning until `stop`; `mark` gives a record's reading stamp (Unix
+/// Read `topic` from its current end until `stop`; `mark` gives a record's reading stamp (Unix
 /// ms) when the record is one to measure.
 async fn watch<F>(
     bus: Arc<dyn Bus>,
@@ -156,30 +156,29 @@ where
         read: 0,
         lag: Vec::new(),
     };
-    let mut consumer = bus.consumer(&group, &topic, Assignment::All).await?;
-    let mut next: HashMap<u32, u64> = HashMap::new();
-    let mut committed_at = Instant::now();
+    // From the topic's end as the step starts, at explicit positions, committing nothing: a
+    // group position would pin the embedded bus's history from then on, and the watchers of
+    // finished steps would fill it until the stages waited on them.
+    let ends = bus.end_offsets(&topic).await?;
+    let positions = ends
+        .into_iter()
+        .enumerate()
+        .map(|(p, o)| (p as u32, Some(o)))
+        .collect();
+    let mut consumer = bus
+        .consumer(&group, &topic, Assignment::Positions(positions))
+        .await?;
     while !stop.load(Ordering::Relaxed) {
         let records = consumer.poll(4096, Duration::from_millis(20)).await?;
         let now_us = unix_us();
         w.read += records.len() as u64;
         for rec in &records {
-            next.insert(rec.partition, rec.offset + 1);
             if let Some(ts) = mark(&rec.payload) {
                 let lat = now_us.saturating_sub(ts.max(0) as u64 * 1000).max(1);
                 let _ = w.latency.record(lat.min(3_600_000_000));
                 w.count += 1;
                 w.lag.push((now_us as f64 / 1000.0, lat as f64 / 1000.0));
             }
-        }
-        // The embedded bus keeps what a group has not committed: commit, or the stages would
-        // eventually wait on this watcher. Once a second: a Kafka commit is a round trip to
-        // the coordinator, and committing every poll made this watcher the slowest reader.
-        if committed_at.elapsed() >= Duration::from_secs(1) {
-            for (p, n) in next.drain() {
-                consumer.commit(p, n).await?;
-            }
-            committed_at = Instant::now();
         }
     }
     Ok(w)
@@ -217,7 +216,7 @@ async fn step(
     let alerting: HashSet<String> = sensors
         .iter()
         .enumerate()
-        .filter(|(i, _)| opts.alert_every > 0 && i % opts.alert_every == 0)
+        .filter(|(i, _)| opts.alert_every > 0 && i.is_multiple_of(opts.alert_every))
         .map(|(_, (_, p))| p.clone())
         .collect();
     let start_ms = unix_us() as f64 / 1000.0 + 2000.0 + opts.clients as f64 * 5.0;
