@@ -294,3 +294,65 @@ async fn a_paced_replay_equals_the_max_speed_one_at_1x() {
         paced.report(&district, "s", 2).storm
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_gives_the_lead_time_from_a_linked_gauge_to_its_depth_point() {
+    // UP-01 (尚德门下穿) is linked to rain gauge RG-02. Heavy rain from minute 0 trips the
+    // gauge's short-duration rule (20 mm/h) within minutes; the underpass fills from minute 20
+    // at 5 cm/min and crosses blue (10 cm) two minutes later, held 30 s.
+    let district = Arc::new(floodcmd_model::District::from_toml_str(floodcmd::XINCHENG_TOML).unwrap());
+    let gauge = district.point("RG-02").unwrap();
+    let up = district.point("UP-01").unwrap();
+    assert_eq!(up.rain_gauge.as_deref(), Some("RG-02"));
+    let t0 = 1_783_000_000_000i64;
+    let mut readings = Vec::new();
+    for m in 0..40i64 {
+        let ts = t0 + m * 60_000;
+        readings.push(floodcmd_model::Reading {
+            sensor: gauge.sensors[0].id.clone(),
+            point: gauge.id.clone(),
+            kind: floodcmd_model::SensorKind::Rain,
+            ts_ms: ts,
+            value: 2.0,
+            seq: Some(m as u64),
+            received_ms: ts,
+        });
+        readings.push(floodcmd_model::Reading {
+            sensor: up.sensors[0].id.clone(),
+            point: up.id.clone(),
+            kind: floodcmd_model::SensorKind::Depth,
+            ts_ms: ts,
+            value: ((m - 20).max(0) * 5) as f64,
+            seq: Some(m as u64),
+            received_ms: ts,
+        });
+    }
+    readings.sort_by(|a, b| (a.ts_ms, &a.sensor).cmp(&(b.ts_ms, &b.sensor)));
+    let out = replay(
+        district.clone(),
+        readings.iter().cloned().map(Ok),
+        readings.len() as u64,
+        &ReplayOptions::default(),
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    let report = out.report(&district, "test", 2);
+    let lead = report
+        .storm
+        .lead_times
+        .iter()
+        .find(|l| l.gauge == "RG-02" && l.point == "UP-01")
+        .expect("a lead time for UP-01");
+    let first = |p: &str| {
+        out.transitions
+            .iter()
+            .find(|t| t.point == p && t.transition == TransitionKind::Raised)
+            .map(|t| t.event_ms)
+            .unwrap()
+    };
+    let expected = (first("UP-01") - first("RG-02")) as f64 / 60_000.0;
+    assert!(expected > 10.0, "the rain rule fires well before the depth rule: {expected}");
+    assert!((lead.lead_min.unwrap() - expected).abs() < 0.06, "{lead:?} vs {expected}");
+    assert!(report.markdown().contains("RG-02"));
+}
