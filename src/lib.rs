@@ -5,8 +5,10 @@
 //! against a bus; [`pipeline`] runs every stage in one process on the embedded bus
 //! (`floodcmd demo`); [`replay`] runs a past storm's archive through the stream dataflow and
 //! the incident book in isolation, and [`storm_report`] turns the result into a report;
-//! [`progress`] shows how far a long import or replay has got.
+//! [`progress`] shows how far a long import or replay has got; [`archive_export`] takes a time
+//! range of the live readings topic into an archive (or into memory, for a replay).
 
+pub mod archive_export;
 pub mod pipeline;
 pub mod progress;
 pub mod replay;

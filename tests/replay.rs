@@ -300,7 +300,8 @@ async fn the_report_gives_the_lead_time_from_a_linked_gauge_to_its_depth_point()
     // UP-01 (尚德门下穿) is linked to rain gauge RG-02. Heavy rain from minute 0 trips the
     // gauge's short-duration rule (20 mm/h) within minutes; the underpass fills from minute 20
     // at 5 cm/min and crosses blue (10 cm) two minutes later, held 30 s.
-    let district = Arc::new(floodcmd_model::District::from_toml_str(floodcmd::XINCHENG_TOML).unwrap());
+    let district =
+        Arc::new(floodcmd_model::District::from_toml_str(floodcmd::XINCHENG_TOML).unwrap());
     let gauge = district.point("RG-02").unwrap();
     let up = district.point("UP-01").unwrap();
     assert_eq!(up.rain_gauge.as_deref(), Some("RG-02"));
@@ -352,7 +353,13 @@ async fn the_report_gives_the_lead_time_from_a_linked_gauge_to_its_depth_point()
             .unwrap()
     };
     let expected = (first("UP-01") - first("RG-02")) as f64 / 60_000.0;
-    assert!(expected > 10.0, "the rain rule fires well before the depth rule: {expected}");
-    assert!((lead.lead_min.unwrap() - expected).abs() < 0.06, "{lead:?} vs {expected}");
+    assert!(
+        expected > 10.0,
+        "the rain rule fires well before the depth rule: {expected}"
+    );
+    assert!(
+        (lead.lead_min.unwrap() - expected).abs() < 0.06,
+        "{lead:?} vs {expected}"
+    );
     assert!(report.markdown().contains("RG-02"));
 }
