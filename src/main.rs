@@ -51,6 +51,9 @@ enum BenchScenario {
     StreamCore,
     /// Peak memory with state for --sensors sensors.
     StreamMemory,
+    /// The stream stage reading --records readings back from a Kafka topic (1 and 2 workers),
+    /// beside the raw consume ceiling of the same broker in the same run.
+    StreamKafka,
     /// The influx sink's sustained write rate (--records readings and a state for every
     /// tenth, over --sensors sensors, batches of --batch lines) into the server at
     /// $FLOODCMD_INFLUX (default http://127.0.0.1:18428, scripts/victoria.sh), beside that
@@ -753,6 +756,10 @@ async fn bench(
         }
         BenchScenario::StreamCore => {
             floodcmd_benches::stream_core::throughput(sensors, records, &command).await?
+        }
+        BenchScenario::StreamKafka => {
+            floodcmd_benches::stream_core::kafka_throughput(&kafka, sensors, records, &command)
+                .await?
         }
         BenchScenario::StreamMemory => {
             floodcmd_benches::stream_core::memory(sensors, &command).await?

@@ -136,3 +136,119 @@ pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError>
     r.figure("throughput of that run, 2 workers", rate, "readings/s");
     Ok(r)
 }
+
+/// The `stream-kafka` scenario: `readings` of a synthetic district put on a fresh Kafka
+/// readings topic first, then the stream stage (bounded, `workers` workers) reads them back
+/// from the broker and runs every rule, timed from start to finish; beside the raw librdkafka
+/// consume ceiling of the same broker measured just before.
+pub async fn kafka_throughput(
+    bootstrap: &str,
+    sensors: usize,
+    readings: u64,
+    command: &str,
+) -> Result<Report, BenchError> {
+    use floodcmd_bus::{KafkaBus, KafkaConfig};
+    use floodcmd_model::bus::Outgoing;
+    let b = bootstrap.to_string();
+    let cmd = command.to_string();
+    let (_, ceiling) =
+        tokio::task::spawn_blocking(move || crate::kafka::ceiling(&b, readings, &cmd))
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))??;
+    let district = Arc::new(
+        District::from_file(floodcmd_sim::synthetic_district(sensors))
+            .map_err(|e| BenchError::Other(e.to_string()))?,
+    );
+    let other = |e: floodcmd_model::bus::BusError| BenchError::Other(e.to_string());
+    let bus = KafkaBus::new(KafkaConfig::new(bootstrap)).map_err(other)?;
+    let topics = Topics::new(format!("benchstream{}", std::process::id()));
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4).await.map_err(other)?;
+    }
+    let ids: Vec<(String, String, floodcmd_model::SensorKind)> = district
+        .sensors()
+        .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
+        .collect();
+    let n = ids.len() as u64;
+    let producer = bus.producer();
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..readings {
+        let (sensor, point, kind) = &ids[(i % n) as usize];
+        let minute = i / n;
+        let r = Reading {
+            sensor: sensor.clone(),
+            point: point.clone(),
+            kind: *kind,
+            ts_ms: T0 + minute as i64 * 60_000,
+            value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
+            seq: Some(minute),
+            received_ms: T0,
+        };
+        batch.push(Outgoing {
+            key: bytes::Bytes::copy_from_slice(sensor.as_bytes()),
+            payload: encode(&r),
+            timestamp_ms: r.ts_ms,
+        });
+        if batch.len() == 10_000 || i + 1 == readings {
+            for res in producer
+                .send_batch(&topics.readings(), std::mem::take(&mut batch))
+                .await
+            {
+                res.map_err(other)?;
+            }
+        }
+    }
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let mut rates = Vec::new();
+    for workers in [1usize, 2] {
+        let config = StreamConfig {
+            workers,
+            lateness_ms: 10_000,
+            topics: topics.clone(),
+            group: format!("bench-{workers}"),
+            watermark: Watermark::Bounded { origin_ms: T0 },
+            rebuild_ms: None,
+        };
+        let start = Instant::now();
+        let h = run_stream(
+            Arc::new(bus.clone()),
+            district.clone(),
+            clock.clone(),
+            config,
+        )
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))?;
+        tokio::task::spawn_blocking(move || h.join())
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?
+            .map_err(BenchError::Other)?;
+        rates.push(readings as f64 / start.elapsed().as_secs_f64());
+    }
+    let mut r = Report {
+        scenario: "stream-kafka".into(),
+        command: command.into(),
+        machine: Machine::here(),
+        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka" }),
+        figures: Vec::new(),
+    };
+    r.figure(
+        "raw Kafka consume ceiling (same run)",
+        ceiling.consume_per_s,
+        "records/s",
+    );
+    r.figure_vs(
+        "stream stage from Kafka, 1 worker",
+        rates[0],
+        "readings/s",
+        ceiling.consume_per_s,
+        "raw Kafka consume ceiling",
+    );
+    r.figure_vs(
+        "stream stage from Kafka, 2 workers",
+        rates[1],
+        "readings/s",
+        ceiling.consume_per_s,
+        "raw Kafka consume ceiling",
+    );
+    Ok(r)
+}
