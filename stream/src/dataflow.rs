@@ -13,7 +13,7 @@
 
 use crate::engine::{Engine, StreamOutput, TimedReading};
 use floodcmd_model::bus::{murmur2, Assignment, Bus, BusError, Consumer};
-use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::codec::{decode_reading, encode};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::topic::Topics;
@@ -362,29 +362,58 @@ impl WorkerContext {
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
                         let mut out = Vec::new();
+                        // Topic names and counters resolved once: per output they were a string
+                        // format and a labelled-metric lookup.
+                        let (status_topic, alerts_topic) = (sink_topics.status(), sink_topics.alerts());
+                        let status_count = metrics().outputs.with_label_values(&["status"]);
+                        let mut transition_counts: Vec<(&'static str, IntCounter)> = Vec::new();
                         // Outputs go to the bus from here, in the engine's order: timely may
                         // reorder containers of different times downstream, the bus must not.
-                        let emit = move |out: &mut Vec<StreamOutput>| {
-                            for o in out.drain(..) {
-                                let (topic, kind, payload, ts) = match &o {
-                                    StreamOutput::Status(s) => (sink_topics.status(), "status", encode(s), s.as_of_ms),
-                                    StreamOutput::Transition(t) => (sink_topics.alerts(), t.transition.as_str(), encode(t), t.event_ms),
-                                };
-                                metrics().outputs.with_label_values(&[kind]).inc();
-                                // An output that is not on the bus must not let its offset be
-                                // committed: keep trying; if the stage is told to stop meanwhile,
-                                // commit nothing more, so a restart produces it again.
-                                let mut wait = Duration::from_millis(100);
-                                while let Err(e) = sink_rt.block_on(sink_producer.send(&topic, output_key(&o).as_bytes(), payload.clone(), ts)) {
-                                    tracing::error!(error = %e, topic, retry_in = ?wait, "stream could not produce an output");
-                                    if sink_stop.load(Ordering::SeqCst) {
-                                        sink_lost.set(true);
-                                        break;
-                                    }
-                                    std::thread::sleep(wait);
-                                    wait = (wait * 2).min(Duration::from_secs(5));
-                                }
+                        // One entry into the runtime per batch of outputs, not per output.
+                        let mut emit = move |out: &mut Vec<StreamOutput>| {
+                            if out.is_empty() {
+                                return;
                             }
+                            sink_rt.block_on(async {
+                                for o in out.drain(..) {
+                                    let (topic, counter, ts) = match &o {
+                                        StreamOutput::Status(s) => (&status_topic, &status_count, s.as_of_ms),
+                                        StreamOutput::Transition(t) => {
+                                            let kind = t.transition.as_str();
+                                            let at = match transition_counts.iter().position(|(k, _)| *k == kind) {
+                                                Some(at) => at,
+                                                None => {
+                                                    transition_counts.push((kind, metrics().outputs.with_label_values(&[kind])));
+                                                    transition_counts.len() - 1
+                                                }
+                                            };
+                                            (&alerts_topic, &transition_counts[at].1, t.event_ms)
+                                        }
+                                    };
+                                    counter.inc();
+                                    // An output that is not on the bus must not let its offset be
+                                    // committed: keep trying; if the stage is told to stop meanwhile,
+                                    // commit nothing more, so a restart produces it again.
+                                    let mut wait = Duration::from_millis(100);
+                                    // Encoded per attempt rather than cloned: the first clone of a
+                                    // fresh `Bytes` allocates, and retries are rare.
+                                    let payload = || match &o {
+                                        StreamOutput::Status(s) => encode(s),
+                                        StreamOutput::Transition(t) => encode(t),
+                                    };
+                                    while let Err(e) = sink_producer.send(topic, output_key(&o).as_bytes(), payload(), ts).await {
+                                        tracing::error!(error = %e, topic, retry_in = ?wait, "stream could not produce an output");
+                                        if sink_stop.load(Ordering::SeqCst) {
+                                            sink_lost.set(true);
+                                            break;
+                                        }
+                                        // Blocking on purpose, as the timely worker waits for the bus
+                                        // either way; a runtime timer may not be driven from here.
+                                        std::thread::sleep(wait);
+                                        wait = (wait * 2).min(Duration::from_secs(5));
+                                    }
+                                }
+                            });
                         };
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
@@ -438,6 +467,9 @@ impl WorkerContext {
             self.bounded_end.replayed.fetch_add(1, Ordering::SeqCst);
         }
         let mut final_time: Option<u64> = None;
+        // Readings of one poll grouped by the time they are fed at: one capability and one
+        // container per time, not per reading (a session per reading sent a message each).
+        let mut batches: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             let bounded_done = self.end_offsets.is_some() && remaining.is_empty();
@@ -473,7 +505,7 @@ impl WorkerContext {
                 let records = self
                     .rt
                     .block_on(consumer.poll(4096, Duration::from_millis(5)))?;
-                let mut session = input.activate();
+                let mut fed = 0;
                 for rec in records {
                     if let Some(end) = remaining.get(&rec.partition) {
                         if rec.offset + 1 >= *end {
@@ -494,7 +526,7 @@ impl WorkerContext {
                             "rebuild of this partition read"
                         );
                     }
-                    let reading: Reading = match decode(&rec.payload) {
+                    let reading: Reading = match decode_reading(&rec.payload) {
                         Ok(r) => r,
                         // Dead-lettered the first time round already.
                         Err(_) if replay => continue,
@@ -517,15 +549,14 @@ impl WorkerContext {
                     if replay {
                         // Behind the clock by design: neither late nor new, and never committed
                         // again (that would move the group's offset backwards).
-                        let t = *c.time();
-                        session.session(&c.delayed(&t)).give(TimedReading {
+                        batches.entry(*c.time()).or_default().push(TimedReading {
                             reading,
                             late: false,
                             replay: true,
                         });
                         continue;
                     }
-                    m.readings.inc();
+                    fed += 1;
                     let epoch = (reading.ts_ms.max(0) / 1000) as u64;
                     let pmax = partition_max.entry(rec.partition).or_insert(0);
                     // Live, late means behind the clock's watermark. Bounded, it means behind
@@ -546,13 +577,19 @@ impl WorkerContext {
                         .entry(rec.partition)
                         .or_default()
                         .push_back((t, rec.offset + 1));
-                    session.session(&c.delayed(&t)).give(TimedReading {
+                    batches.entry(t).or_default().push(TimedReading {
                         reading,
                         late,
                         replay: false,
                     });
                 }
-                drop(session);
+                m.readings.inc_by(fed);
+                if !batches.is_empty() {
+                    let mut session = input.activate();
+                    for (t, mut batch) in std::mem::take(&mut batches) {
+                        session.session(&c.delayed(&t)).give_container(&mut batch);
+                    }
+                }
                 let now_s = match &self.config.watermark {
                     Watermark::Clock(clock) => (clock.now_ms().max(0) / 1000) as u64,
                     Watermark::Bounded { .. } => {
