@@ -21,11 +21,26 @@ pub struct DecodeError {
 pub fn encode<T: Serialize>(value: &T) -> Bytes {
     // Serializing our own derive(Serialize) types to a Vec cannot fail: no maps with
     // non-string keys, no custom serializers that error.
-    // Sized for a status or transition up front: growing from empty reallocated several
-    // times per record on the stream stage's output path.
-    let mut buf = Vec::with_capacity(384);
-    serde_json::to_writer(&mut buf, value).expect("model types always serialize");
-    Bytes::from(buf)
+    // Written into a scratch buffer kept per thread, then copied once at its exact size:
+    // growing a fresh Vec reallocated several times per record on the stream stage's output
+    // path, and a buffer sized by guess wastes memory in every record the bus retains.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            serde_json::to_writer(&mut *buf, value).expect("model types always serialize");
+            let bytes = Bytes::copy_from_slice(&buf);
+            // One huge record must not pin its size in every thread that ever encoded it.
+            if buf.capacity() > 64 * 1024 {
+                *buf = Vec::new();
+            }
+            bytes
+        }
+        // Encoding from inside a `Serialize` impl: no scratch to share.
+        Err(_) => Bytes::from(serde_json::to_vec(value).expect("model types always serialize")),
+    })
 }
 
 /// Decode a record payload.

@@ -229,10 +229,24 @@ impl PointState {
     }
 
     fn status(&self, as_of_ms: Millis, rules: &Rules) -> PointStatus {
+        self.status_reusing(as_of_ms, rules, None)
+    }
+
+    /// The status, built in the allocations of `reuse` (a status no longer needed).
+    fn status_reusing(
+        &self,
+        as_of_ms: Millis,
+        rules: &Rules,
+        reuse: Option<PointStatus>,
+    ) -> PointStatus {
         let rain = |w| self.rain.as_ref().and_then(|r| r.total(w));
         let prediction = self.prediction(rules);
+        let (mut point, mut qc_flags) =
+            reuse.map_or_else(Default::default, |s| (s.point, s.qc_flags));
+        point.clone_from(&self.point.id);
+        qc_flags.clone_from(&self.qc_flags);
         PointStatus {
-            point: self.point.id.clone(),
+            point,
             kind: self.point.kind,
             level: self.level(rules),
             data_state: self.data_state,
@@ -243,7 +257,7 @@ impl PointState {
             rain_3h_mm: rain(180),
             rain_24h_mm: rain(1440),
             last_reading_ms: self.last_ms,
-            qc_flags: self.qc_flags.clone(),
+            qc_flags,
             next_level: prediction.map(|p| p.next_level),
             minutes_to_next: prediction.map(|p| p.minutes),
             flapping: self.flap.is_flapping(),
@@ -611,10 +625,12 @@ impl Engine {
             self.apply_reading(i, tr, out);
         }
         let rules = &self.rules;
+        // The status a point no longer needs, whose allocations the next one is built in.
+        let mut spare = None;
         for i in touched {
             let st = &mut self.points[i];
             st.touched = false;
-            let status = st.status(epoch_ms, rules);
+            let status = st.status_reusing(epoch_ms, rules, spare.take());
             let changed = st
                 .last_status
                 .as_ref()
@@ -623,7 +639,9 @@ impl Engine {
             // changed (a new timestamp alone is not news unless the point was silent).
             if changed {
                 out.push(StreamOutput::Status(status.clone()));
-                st.last_status = Some(status);
+                spare = st.last_status.replace(status);
+            } else {
+                spare = Some(status);
             }
         }
     }
