@@ -21,7 +21,7 @@ use crate::qc::{DepthQc, RainQc, Verdict};
 use crate::rain::RainWindows;
 use crate::rise::{predict, Prediction, RiseWindow};
 use floodcmd_model::config::{
-    Cadence, Flapping, Point, PointKind, QualityControl, RainIntensityRule, Rise,
+    Cadence, Flapping, LevelThresholds, Point, PointKind, QualityControl, RainIntensityRule, Rise,
 };
 use floodcmd_model::event::{AlertTransition, PointStatus, QcFlag, TransitionKind};
 use floodcmd_model::time::{Clock, Millis};
@@ -121,8 +121,41 @@ struct Cause {
     value: f64,
 }
 
+/// What the rules read of a point's config. A district `Point` also carries names, places,
+/// people and plans; copying all that for every owned point made starting (and dropping) an
+/// engine cost as much as a few hundred thousand readings.
+struct PointSpec {
+    id: String,
+    kind: PointKind,
+    thresholds: LevelThresholds,
+    sensors: Vec<SensorSpec>,
+}
+
+struct SensorSpec {
+    id: String,
+    calibration_offset_cm: f64,
+}
+
+impl PointSpec {
+    fn of(p: &Point) -> Self {
+        PointSpec {
+            id: p.id.clone(),
+            kind: p.kind,
+            thresholds: p.thresholds.clone(),
+            sensors: p
+                .sensors
+                .iter()
+                .map(|s| SensorSpec {
+                    id: s.id.clone(),
+                    calibration_offset_cm: s.calibration_offset_cm,
+                })
+                .collect(),
+        }
+    }
+}
+
 struct PointState {
-    point: Arc<Point>,
+    point: PointSpec,
     /// The threshold rules: depth, or the rainstorm signals of a rain gauge.
     tracker: LevelTracker,
     /// Rain gauges only: the short-duration heavy rain rule beside the signal rules.
@@ -147,7 +180,7 @@ struct PointState {
 }
 
 impl PointState {
-    fn new(point: Arc<Point>, rules: &Rules) -> Self {
+    fn new(point: PointSpec, rules: &Rules) -> Self {
         let gauge = point.kind == PointKind::RainGauge;
         let rain = gauge.then(|| {
             RainWindows::new(
@@ -510,7 +543,7 @@ impl Engine {
             .collect();
         let points: Vec<PointState> = owned
             .values()
-            .map(|p| PointState::new(Arc::new((*p).clone()), &rules))
+            .map(|p| PointState::new(PointSpec::of(p), &rules))
             .collect();
         let index = points
             .iter()
@@ -602,9 +635,24 @@ impl Engine {
         });
         // Points in the order of their first reading this epoch.
         let mut touched: Vec<usize> = Vec::new();
+        // Every point looked up first, in a pass of its own: the lookups do not depend on
+        // each other, so the CPU overlaps their cache misses (the point states of a large
+        // district do not fit in cache), and the pass below finds each state already there.
+        let found: Vec<Option<usize>> = readings
+            .iter()
+            .map(|tr| {
+                let i = *self.index.get(tr.reading.point.as_str())?;
+                let st = &mut self.points[i];
+                if !tr.replay && !st.touched {
+                    st.touched = true;
+                    touched.push(i);
+                }
+                Some(i)
+            })
+            .collect();
         let mut replayed = Vec::new();
-        for tr in readings.iter() {
-            let Some(&i) = self.index.get(tr.reading.point.as_str()) else {
+        for (tr, i) in readings.iter().zip(found) {
+            let Some(i) = i else {
                 self.unknown_points += 1;
                 continue;
             };
@@ -616,11 +664,6 @@ impl Engine {
                 let st = &mut self.points[i];
                 st.last_status = Some(st.status(epoch_ms, &self.rules));
                 continue;
-            }
-            let st = &mut self.points[i];
-            if !st.touched {
-                st.touched = true;
-                touched.push(i);
             }
             self.apply_reading(i, tr, out);
         }
