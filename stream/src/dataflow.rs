@@ -261,6 +261,16 @@ struct BoundedEnd {
     replayed: std::sync::atomic::AtomicUsize,
 }
 
+/// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
+/// time share one entry: they pass the probe together, and one entry per record was a queue
+/// as long as the backlog.
+fn note_pending(queue: &mut VecDeque<(u64, u64)>, t: u64, next: u64) {
+    match queue.back_mut() {
+        Some((last_t, last_next)) if *last_t == t => *last_next = next,
+        _ => queue.push_back((t, next)),
+    }
+}
+
 fn output_key(o: &StreamOutput) -> &str {
     match o {
         StreamOutput::Status(s) => &s.point,
@@ -539,10 +549,11 @@ impl WorkerContext {
                                 encode(&reject),
                                 reject.received_ms,
                             ))?;
-                            pending
-                                .entry(rec.partition)
-                                .or_default()
-                                .push_back((*c.time(), rec.offset + 1));
+                            note_pending(
+                                pending.entry(rec.partition).or_default(),
+                                *c.time(),
+                                rec.offset + 1,
+                            );
                             continue;
                         }
                     };
@@ -573,10 +584,7 @@ impl WorkerContext {
                         m.late.inc();
                     }
                     let t = epoch.max(*c.time());
-                    pending
-                        .entry(rec.partition)
-                        .or_default()
-                        .push_back((t, rec.offset + 1));
+                    note_pending(pending.entry(rec.partition).or_default(), t, rec.offset + 1);
                     batches.entry(t).or_default().push(TimedReading {
                         reading,
                         late,
