@@ -167,7 +167,10 @@ impl Bus for EmbeddedBus {
     }
 
     fn producer(&self) -> Arc<dyn Producer> {
-        Arc::new(EmbeddedProducer { bus: self.clone() })
+        Arc::new(EmbeddedProducer {
+            bus: self.clone(),
+            last: Mutex::new(None),
+        })
     }
 
     async fn consumer(
@@ -205,9 +208,24 @@ impl Bus for EmbeddedBus {
 
 struct EmbeddedProducer {
     bus: EmbeddedBus,
+    /// The topic sent to last. Topics are never removed or replaced, so it stays valid; it
+    /// spares each send the bus-wide topic map lock, which every producer contends for.
+    last: Mutex<Option<Arc<Topic>>>,
 }
 
 impl EmbeddedProducer {
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, BusError> {
+        let mut last = self.last.lock().expect("producer lock");
+        match last.as_ref() {
+            Some(t) if &*t.name == name => Ok(t.clone()),
+            _ => {
+                let t = self.bus.topic(name)?;
+                *last = Some(t.clone());
+                Ok(t)
+            }
+        }
+    }
+
     /// Append `entry` if the partition has room (after letting go of what every group has
     /// committed); its offset, or `None` with `entry` left in place.
     fn append(&self, t: &Topic, partition: u32, entry: &mut Option<Entry>) -> Option<u64> {
@@ -240,7 +258,7 @@ impl Producer for EmbeddedProducer {
         payload: Bytes,
         timestamp_ms: i64,
     ) -> Result<Delivery, BusError> {
-        let t = self.bus.topic(topic)?;
+        let t = self.topic(topic)?;
         let partition = partition_for(key, t.partitions.len() as u32);
         let part = &t.partitions[partition as usize];
         let mut entry = Some(Entry {

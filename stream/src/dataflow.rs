@@ -384,10 +384,14 @@ impl WorkerContext {
                             if out.is_empty() {
                                 return;
                             }
+                            // Statuses counted once per batch: the counter is shared by every
+                            // worker, and an atomic add per status made them contend for it.
+                            let statuses = out.iter().filter(|o| matches!(o, StreamOutput::Status(_))).count();
+                            status_count.inc_by(statuses as u64);
                             sink_rt.block_on(async {
                                 for o in out.drain(..) {
                                     let (topic, counter, ts) = match &o {
-                                        StreamOutput::Status(s) => (&status_topic, &status_count, s.as_of_ms),
+                                        StreamOutput::Status(s) => (&status_topic, None, s.as_of_ms),
                                         StreamOutput::Transition(t) => {
                                             let kind = t.transition.as_str();
                                             let at = match transition_counts.iter().position(|(k, _)| *k == kind) {
@@ -397,10 +401,12 @@ impl WorkerContext {
                                                     transition_counts.len() - 1
                                                 }
                                             };
-                                            (&alerts_topic, &transition_counts[at].1, t.event_ms)
+                                            (&alerts_topic, Some(&transition_counts[at].1), t.event_ms)
                                         }
                                     };
-                                    counter.inc();
+                                    if let Some(counter) = counter {
+                                        counter.inc();
+                                    }
                                     // An output that is not on the bus must not let its offset be
                                     // committed: keep trying; if the stage is told to stop meanwhile,
                                     // commit nothing more, so a restart produces it again.
