@@ -167,7 +167,10 @@ impl Bus for EmbeddedBus {
     }
 
     fn producer(&self) -> Arc<dyn Producer> {
-        Arc::new(EmbeddedProducer { bus: self.clone() })
+        Arc::new(EmbeddedProducer {
+            bus: self.clone(),
+            last: Mutex::new(None),
+        })
     }
 
     async fn consumer(
@@ -205,6 +208,45 @@ impl Bus for EmbeddedBus {
 
 struct EmbeddedProducer {
     bus: EmbeddedBus,
+    /// The topic sent to last. Topics are never removed or replaced, so it stays valid; it
+    /// spares each send the bus-wide topic map lock, which every producer contends for.
+    last: Mutex<Option<Arc<Topic>>>,
+}
+
+impl EmbeddedProducer {
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, BusError> {
+        let mut last = self.last.lock().expect("producer lock");
+        match last.as_ref() {
+            Some(t) if &*t.name == name => Ok(t.clone()),
+            _ => {
+                let t = self.bus.topic(name)?;
+                *last = Some(t.clone());
+                Ok(t)
+            }
+        }
+    }
+
+    /// Append `entry` if the partition has room (after letting go of what every group has
+    /// committed); its offset, or `None` with `entry` left in place.
+    fn append(&self, t: &Topic, partition: u32, entry: &mut Option<Entry>) -> Option<u64> {
+        let mut log = t.partitions[partition as usize]
+            .log
+            .lock()
+            .expect("partition lock");
+        // History is kept until room is needed (a restarted stage re-reads it to rebuild
+        // its state); then only what every group has committed is let go.
+        if log.log.len() >= self.bus.inner.capacity {
+            log.trim();
+        }
+        if log.log.len() >= self.bus.inner.capacity {
+            return None;
+        }
+        let offset = log.end();
+        log.log.push_back(entry.take().expect("appended once"));
+        drop(log);
+        t.data.notify_waiters();
+        Some(offset)
+    }
 }
 
 #[async_trait]
@@ -216,34 +258,27 @@ impl Producer for EmbeddedProducer {
         payload: Bytes,
         timestamp_ms: i64,
     ) -> Result<Delivery, BusError> {
-        let t = self.bus.topic(topic)?;
+        let t = self.topic(topic)?;
         let partition = partition_for(key, t.partitions.len() as u32);
         let part = &t.partitions[partition as usize];
-        let key = Bytes::copy_from_slice(key);
+        let mut entry = Some(Entry {
+            key: Bytes::copy_from_slice(key),
+            payload,
+            timestamp_ms,
+        });
+        // Room at once is the usual case: registering for a wakeup first (two more locks of
+        // the waiter list) is only needed when there may be a wait.
+        if let Some(offset) = self.append(&t, partition, &mut entry) {
+            return Ok(Delivery { partition, offset });
+        }
         loop {
             // Register interest before looking, so a trim between the look and the wait
             // cannot be missed.
             let space = part.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            {
-                let mut log = part.log.lock().expect("partition lock");
-                // History is kept until room is needed (a restarted stage re-reads it to rebuild
-                // its state); then only what every group has committed is let go.
-                if log.log.len() >= self.bus.inner.capacity {
-                    log.trim();
-                }
-                if log.log.len() < self.bus.inner.capacity {
-                    let offset = log.end();
-                    log.log.push_back(Entry {
-                        key,
-                        payload,
-                        timestamp_ms,
-                    });
-                    drop(log);
-                    t.data.notify_waiters();
-                    return Ok(Delivery { partition, offset });
-                }
+            if let Some(offset) = self.append(&t, partition, &mut entry) {
+                return Ok(Delivery { partition, offset });
             }
             // Wait for room, but not for ever: a caller that gets `Timeout` can tell its
             // client to come back (429) instead of holding the request open.

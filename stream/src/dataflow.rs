@@ -14,7 +14,7 @@
 use crate::engine::{Engine, StreamOutput, TimedReading};
 use bytes::Bytes;
 use floodcmd_model::bus::{murmur2, Assignment, Bus, BusError, Consumer, Outgoing};
-use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::codec::{decode_reading, encode};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::topic::Topics;
@@ -262,6 +262,16 @@ struct BoundedEnd {
     replayed: std::sync::atomic::AtomicUsize,
 }
 
+/// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
+/// time share one entry: they pass the probe together, and one entry per record was a queue
+/// as long as the backlog.
+fn note_pending(queue: &mut VecDeque<(u64, u64)>, t: u64, next: u64) {
+    match queue.back_mut() {
+        Some((last_t, last_next)) if *last_t == t => *last_next = next,
+        _ => queue.push_back((t, next)),
+    }
+}
+
 fn output_key(o: &StreamOutput) -> &str {
     match o {
         StreamOutput::Status(s) => &s.point,
@@ -363,32 +373,50 @@ impl WorkerContext {
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
                         let mut out = Vec::new();
+                        // Topic names and counters resolved once: per output they were a string
+                        // format and a labelled-metric lookup.
+                        let (status_topic, alerts_topic) = (sink_topics.status(), sink_topics.alerts());
+                        let status_count = metrics().outputs.with_label_values(&["status"]);
+                        let mut transition_counts: Vec<(&'static str, IntCounter)> = Vec::new();
                         // Outputs go to the bus from here, in the engine's order: timely may
                         // reorder containers of different times downstream, the bus must not.
-                        // One batch per topic and epoch, both in flight at once: waiting for
-                        // the broker's acknowledgement of each output in turn (linger plus a
-                        // round trip, ~5 ms on Kafka) held the stage to a few hundred outputs
-                        // a second. Each topic's batch keeps the engine's order.
-                        let emit = move |out: &mut Vec<StreamOutput>| {
-                            let (status_topic, alerts_topic) = (sink_topics.status(), sink_topics.alerts());
+                        // One batch per topic and epoch, both in flight at once, in one entry
+                        // into the runtime: waiting for the broker's acknowledgement of each
+                        // output in turn (linger plus a round trip, ~5 ms on Kafka) held the
+                        // stage to a few hundred outputs a second. Each topic's batch keeps the
+                        // engine's order.
+                        let mut emit = move |out: &mut Vec<StreamOutput>| {
+                            if out.is_empty() {
+                                return;
+                            }
+                            // Statuses counted once per batch: the counter is shared by every
+                            // worker, and an atomic add per status made them contend for it.
+                            let statuses = out.iter().filter(|o| matches!(o, StreamOutput::Status(_))).count();
+                            status_count.inc_by(statuses as u64);
                             let (mut status, mut alerts) = (Vec::new(), Vec::new());
                             for o in out.drain(..) {
-                                let (batch, kind, payload, ts) = match &o {
-                                    StreamOutput::Status(s) => (&mut status, "status", encode(s), s.as_of_ms),
-                                    StreamOutput::Transition(t) => (&mut alerts, t.transition.as_str(), encode(t), t.event_ms),
-                                };
-                                metrics().outputs.with_label_values(&[kind]).inc();
-                                batch.push(Outgoing {
-                                    key: Bytes::copy_from_slice(output_key(&o).as_bytes()),
-                                    payload,
-                                    timestamp_ms: ts,
-                                });
+                                let key = Bytes::copy_from_slice(output_key(&o).as_bytes());
+                                match &o {
+                                    StreamOutput::Status(s) => status.push(Outgoing { key, payload: encode(s), timestamp_ms: s.as_of_ms }),
+                                    StreamOutput::Transition(t) => {
+                                        let kind = t.transition.as_str();
+                                        let at = match transition_counts.iter().position(|(k, _)| *k == kind) {
+                                            Some(at) => at,
+                                            None => {
+                                                transition_counts.push((kind, metrics().outputs.with_label_values(&[kind])));
+                                                transition_counts.len() - 1
+                                            }
+                                        };
+                                        transition_counts[at].1.inc();
+                                        alerts.push(Outgoing { key, payload: encode(t), timestamp_ms: t.event_ms });
+                                    }
+                                }
                             }
                             // An output that is not on the bus must not let its offset be
                             // committed: keep trying what failed; if the stage is told to stop
                             // meanwhile, commit nothing more, so a restart produces it again.
                             let mut wait = Duration::from_millis(100);
-                            while !status.is_empty() || !alerts.is_empty() {
+                            loop {
                                 let (rs, ra) = sink_rt.block_on(async {
                                     futures::join!(
                                         sink_producer.send_batch(&status_topic, status.clone()),
@@ -411,6 +439,8 @@ impl WorkerContext {
                                     sink_lost.set(true);
                                     break;
                                 }
+                                // Blocking on purpose, as the timely worker waits for the bus
+                                // either way; a runtime timer may not be driven from here.
                                 std::thread::sleep(wait);
                                 wait = (wait * 2).min(Duration::from_secs(5));
                             }
@@ -467,6 +497,9 @@ impl WorkerContext {
             self.bounded_end.replayed.fetch_add(1, Ordering::SeqCst);
         }
         let mut final_time: Option<u64> = None;
+        // Readings of one poll grouped by the time they are fed at: one capability and one
+        // container per time, not per reading (a session per reading sent a message each).
+        let mut batches: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             let bounded_done = self.end_offsets.is_some() && remaining.is_empty();
@@ -502,7 +535,7 @@ impl WorkerContext {
                 let records = self
                     .rt
                     .block_on(consumer.poll(4096, Duration::from_millis(5)))?;
-                let mut session = input.activate();
+                let mut fed = 0;
                 for rec in records {
                     if let Some(end) = remaining.get(&rec.partition) {
                         if rec.offset + 1 >= *end {
@@ -523,7 +556,7 @@ impl WorkerContext {
                             "rebuild of this partition read"
                         );
                     }
-                    let reading: Reading = match decode(&rec.payload) {
+                    let reading: Reading = match decode_reading(&rec.payload) {
                         Ok(r) => r,
                         // Dead-lettered the first time round already.
                         Err(_) if replay => continue,
@@ -536,25 +569,25 @@ impl WorkerContext {
                                 encode(&reject),
                                 reject.received_ms,
                             ))?;
-                            pending
-                                .entry(rec.partition)
-                                .or_default()
-                                .push_back((*c.time(), rec.offset + 1));
+                            note_pending(
+                                pending.entry(rec.partition).or_default(),
+                                *c.time(),
+                                rec.offset + 1,
+                            );
                             continue;
                         }
                     };
                     if replay {
                         // Behind the clock by design: neither late nor new, and never committed
                         // again (that would move the group's offset backwards).
-                        let t = *c.time();
-                        session.session(&c.delayed(&t)).give(TimedReading {
+                        batches.entry(*c.time()).or_default().push(TimedReading {
                             reading,
                             late: false,
                             replay: true,
                         });
                         continue;
                     }
-                    m.readings.inc();
+                    fed += 1;
                     let epoch = (reading.ts_ms.max(0) / 1000) as u64;
                     let pmax = partition_max.entry(rec.partition).or_insert(0);
                     // Live, late means behind the clock's watermark. Bounded, it means behind
@@ -571,17 +604,20 @@ impl WorkerContext {
                         m.late.inc();
                     }
                     let t = epoch.max(*c.time());
-                    pending
-                        .entry(rec.partition)
-                        .or_default()
-                        .push_back((t, rec.offset + 1));
-                    session.session(&c.delayed(&t)).give(TimedReading {
+                    note_pending(pending.entry(rec.partition).or_default(), t, rec.offset + 1);
+                    batches.entry(t).or_default().push(TimedReading {
                         reading,
                         late,
                         replay: false,
                     });
                 }
-                drop(session);
+                m.readings.inc_by(fed);
+                if !batches.is_empty() {
+                    let mut session = input.activate();
+                    for (t, mut batch) in std::mem::take(&mut batches) {
+                        session.session(&c.delayed(&t)).give_container(&mut batch);
+                    }
+                }
                 let now_s = match &self.config.watermark {
                     Watermark::Clock(clock) => (clock.now_ms().max(0) / 1000) as u64,
                     Watermark::Bounded { .. } => {

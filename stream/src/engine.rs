@@ -21,13 +21,55 @@ use crate::qc::{DepthQc, RainQc, Verdict};
 use crate::rain::RainWindows;
 use crate::rise::{predict, Prediction, RiseWindow};
 use floodcmd_model::config::{
-    Cadence, Flapping, Point, PointKind, QualityControl, RainIntensityRule, Rise,
+    Cadence, Flapping, LevelThresholds, Point, PointKind, QualityControl, RainIntensityRule, Rise,
 };
 use floodcmd_model::event::{AlertTransition, PointStatus, QcFlag, TransitionKind};
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// FxHash, for the point index. Its keys come from the district config and a lookup of an
+/// unknown id inserts nothing, so nobody can flood it with collisions; SipHash over every
+/// reading's point id was a visible share of the per-reading cost.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+const FX_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_K);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// What the engine emits.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -79,8 +121,41 @@ struct Cause {
     value: f64,
 }
 
+/// What the rules read of a point's config. A district `Point` also carries names, places,
+/// people and plans; copying all that for every owned point made starting (and dropping) an
+/// engine cost as much as a few hundred thousand readings.
+struct PointSpec {
+    id: String,
+    kind: PointKind,
+    thresholds: LevelThresholds,
+    sensors: Vec<SensorSpec>,
+}
+
+struct SensorSpec {
+    id: String,
+    calibration_offset_cm: f64,
+}
+
+impl PointSpec {
+    fn of(p: &Point) -> Self {
+        PointSpec {
+            id: p.id.clone(),
+            kind: p.kind,
+            thresholds: p.thresholds.clone(),
+            sensors: p
+                .sensors
+                .iter()
+                .map(|s| SensorSpec {
+                    id: s.id.clone(),
+                    calibration_offset_cm: s.calibration_offset_cm,
+                })
+                .collect(),
+        }
+    }
+}
+
 struct PointState {
-    point: Arc<Point>,
+    point: PointSpec,
     /// The threshold rules: depth, or the rainstorm signals of a rain gauge.
     tracker: LevelTracker,
     /// Rain gauges only: the short-duration heavy rain rule beside the signal rules.
@@ -100,10 +175,12 @@ struct PointState {
     silent_reported: bool,
     data_state: DataState,
     last_status: Option<PointStatus>,
+    /// Already in this epoch's list of points to report on.
+    touched: bool,
 }
 
 impl PointState {
-    fn new(point: Arc<Point>, rules: &Rules) -> Self {
+    fn new(point: PointSpec, rules: &Rules) -> Self {
         let gauge = point.kind == PointKind::RainGauge;
         let rain = gauge.then(|| {
             RainWindows::new(
@@ -129,6 +206,7 @@ impl PointState {
             silent_reported: false,
             data_state: DataState::Silent,
             last_status: None,
+            touched: false,
         }
     }
 
@@ -184,10 +262,24 @@ impl PointState {
     }
 
     fn status(&self, as_of_ms: Millis, rules: &Rules) -> PointStatus {
+        self.status_reusing(as_of_ms, rules, None)
+    }
+
+    /// The status, built in the allocations of `reuse` (a status no longer needed).
+    fn status_reusing(
+        &self,
+        as_of_ms: Millis,
+        rules: &Rules,
+        reuse: Option<PointStatus>,
+    ) -> PointStatus {
         let rain = |w| self.rain.as_ref().and_then(|r| r.total(w));
         let prediction = self.prediction(rules);
+        let (mut point, mut qc_flags) =
+            reuse.map_or_else(Default::default, |s| (s.point, s.qc_flags));
+        point.clone_from(&self.point.id);
+        qc_flags.clone_from(&self.qc_flags);
         PointStatus {
-            point: self.point.id.clone(),
+            point,
             kind: self.point.kind,
             level: self.level(rules),
             data_state: self.data_state,
@@ -198,7 +290,7 @@ impl PointState {
             rain_3h_mm: rain(180),
             rain_24h_mm: rain(1440),
             last_reading_ms: self.last_ms,
-            qc_flags: self.qc_flags.clone(),
+            qc_flags,
             next_level: prediction.map(|p| p.next_level),
             minutes_to_next: prediction.map(|p| p.minutes),
             flapping: self.flap.is_flapping(),
@@ -319,8 +411,13 @@ impl PointState {
             .get(sensor)
             .is_none_or(|(t, _)| *t <= ts_ms);
         if newest {
-            self.depth_by_sensor
-                .insert(sensor.to_string(), (ts_ms, depth));
+            match self.depth_by_sensor.get_mut(sensor) {
+                Some(slot) => *slot = (ts_ms, depth),
+                None => {
+                    self.depth_by_sensor
+                        .insert(sensor.to_string(), (ts_ms, depth));
+                }
+            }
         }
         let point_depth = if newest {
             self.depth().unwrap_or(depth)
@@ -333,7 +430,9 @@ impl PointState {
 
 /// The rules for the points one worker owns.
 pub struct Engine {
-    points: BTreeMap<String, PointState>,
+    /// Owned points in id order: silence is reported in that order on ties.
+    points: Vec<PointState>,
+    index: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
     rules: Rules,
     clock: Arc<dyn Clock>,
     /// When the stage started, in event time; never-heard points count as silent from here.
@@ -342,6 +441,55 @@ pub struct Engine {
     pub unknown_points: u64,
     /// Newest event time among replayed readings: silence up to it was reported before.
     replay_horizon_ms: Millis,
+    /// No point still to be reported can become silent before this. `advance_to` runs on
+    /// every frontier move and otherwise scans every owned point each time.
+    quiet_until_ms: Millis,
+}
+
+/// A sensor's state in `map`, created on its first reading; the id is copied only then.
+fn sensor_state<'a, S: Default>(map: &'a mut BTreeMap<String, S>, sensor: &str) -> &'a mut S {
+    if !map.contains_key(sensor) {
+        map.insert(sensor.to_string(), S::default());
+    }
+    map.get_mut(sensor).expect("inserted above")
+}
+
+/// Equal but for `as_of_ms` and `last_reading_ms`. Field by field, without building a copy of
+/// `prev` per point per epoch; the destructuring stops compiling when a field is added, so a
+/// new field cannot silently be left out of the comparison.
+fn same_but_timestamps(prev: &PointStatus, next: &PointStatus) -> bool {
+    let PointStatus {
+        point,
+        kind,
+        level,
+        data_state,
+        depth_cm,
+        rise_cm_per_min,
+        rain_10m_mm,
+        rain_1h_mm,
+        rain_3h_mm,
+        rain_24h_mm,
+        last_reading_ms: _,
+        qc_flags,
+        next_level,
+        minutes_to_next,
+        flapping,
+        as_of_ms: _,
+    } = prev;
+    *point == next.point
+        && *kind == next.kind
+        && *level == next.level
+        && *data_state == next.data_state
+        && *depth_cm == next.depth_cm
+        && *rise_cm_per_min == next.rise_cm_per_min
+        && *rain_10m_mm == next.rain_10m_mm
+        && *rain_1h_mm == next.rain_1h_mm
+        && *rain_3h_mm == next.rain_3h_mm
+        && *rain_24h_mm == next.rain_24h_mm
+        && *qc_flags == next.qc_flags
+        && *next_level == next.next_level
+        && *minutes_to_next == next.minutes_to_next
+        && *flapping == next.flapping
 }
 
 /// Build a transition from a point's state as it is now.
@@ -387,28 +535,45 @@ impl Engine {
             flapping: d.flapping.clone(),
             rise: d.rise.clone(),
         };
-        let points = district
+        let owned: BTreeMap<&str, &Point> = district
             .points
             .iter()
             .filter(|p| owns(&p.id))
-            .map(|p| (p.id.clone(), PointState::new(Arc::new(p.clone()), &rules)))
+            .map(|p| (p.id.as_str(), p))
+            .collect();
+        let points: Vec<PointState> = owned
+            .values()
+            .map(|p| PointState::new(PointSpec::of(p), &rules))
+            .collect();
+        let index = points
+            .iter()
+            .enumerate()
+            .map(|(i, st)| (st.point.id.clone(), i))
             .collect();
         Engine {
             points,
+            index,
             rules,
             clock,
             origin_ms,
             unknown_points: 0,
             replay_horizon_ms: Millis::MIN,
+            quiet_until_ms: Millis::MIN,
         }
     }
 
     /// Judge silence for every owned point up to (not including) `t_ms`.
     pub fn advance_to(&mut self, t_ms: Millis, out: &mut Vec<StreamOutput>) {
+        if t_ms <= self.quiet_until_ms {
+            return;
+        }
         let started = self.origin_ms;
         let rules = &self.rules;
         let mut fired = Vec::new();
-        for (id, st) in &self.points {
+        // A point's moment of silence only changes when a reading is applied to it, which
+        // lowers this bound if need be.
+        let mut quiet_until = Millis::MAX;
+        for (i, st) in self.points.iter().enumerate() {
             if st.silent_reported {
                 continue;
             }
@@ -416,15 +581,16 @@ impl Engine {
                 .silent_at
                 .unwrap_or_else(|| started + st.silent_after_ms(rules));
             if at < t_ms {
-                fired.push((id.clone(), at));
+                fired.push((at, i));
+            } else {
+                quiet_until = quiet_until.min(at);
             }
         }
-        // Emit in event-time order, ties by point id, whatever the map order.
-        fired.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        for (id, at) in fired {
-            let Some(st) = self.points.get_mut(&id) else {
-                continue;
-            };
+        self.quiet_until_ms = quiet_until;
+        // Emit in event-time order, ties by point id (the order of `points`).
+        fired.sort_unstable();
+        for (at, i) in fired {
+            let st = &mut self.points[i];
             st.silent_reported = true;
             st.data_state = DataState::Silent;
             let level = st.level(rules);
@@ -467,51 +633,63 @@ impl Engine {
                 .then_with(|| x.value.total_cmp(&y.value))
                 .then_with(|| a.late.cmp(&b.late))
         });
-        let mut touched: Vec<String> = Vec::new();
+        // Points in the order of their first reading this epoch.
+        let mut touched: Vec<usize> = Vec::new();
+        // Every point looked up first, in a pass of its own: the lookups do not depend on
+        // each other, so the CPU overlaps their cache misses (the point states of a large
+        // district do not fit in cache), and the pass below finds each state already there.
+        let found: Vec<Option<usize>> = readings
+            .iter()
+            .map(|tr| {
+                let i = *self.index.get(tr.reading.point.as_str())?;
+                let st = &mut self.points[i];
+                if !tr.replay && !st.touched {
+                    st.touched = true;
+                    touched.push(i);
+                }
+                Some(i)
+            })
+            .collect();
         let mut replayed = Vec::new();
-        for tr in readings.iter() {
-            let point = &tr.reading.point;
-            if !self.points.contains_key(point) {
+        for (tr, i) in readings.iter().zip(found) {
+            let Some(i) = i else {
                 self.unknown_points += 1;
                 continue;
-            }
+            };
             if tr.replay {
                 // Rebuild the state, drop the outputs: they are on the bus already.
                 self.replay_horizon_ms = self.replay_horizon_ms.max(tr.reading.ts_ms);
-                self.apply_reading(tr, &mut replayed);
+                self.apply_reading(i, tr, &mut replayed);
                 replayed.clear();
-                if let Some(st) = self.points.get_mut(point) {
-                    st.last_status = Some(st.status(epoch_ms, &self.rules));
-                }
+                let st = &mut self.points[i];
+                st.last_status = Some(st.status(epoch_ms, &self.rules));
                 continue;
             }
-            if !touched.contains(point) {
-                touched.push(point.clone());
-            }
-            self.apply_reading(tr, out);
+            self.apply_reading(i, tr, out);
         }
         let rules = &self.rules;
-        for id in touched {
-            let Some(st) = self.points.get_mut(&id) else {
-                continue;
-            };
-            let status = st.status(epoch_ms, rules);
-            let changed = st.last_status.as_ref().is_none_or(|prev| {
-                let mut p = prev.clone();
-                p.as_of_ms = status.as_of_ms;
-                p.last_reading_ms = status.last_reading_ms;
-                p != status
-            });
+        // The status a point no longer needs, whose allocations the next one is built in.
+        let mut spare = None;
+        for i in touched {
+            let st = &mut self.points[i];
+            st.touched = false;
+            let status = st.status_reusing(epoch_ms, rules, spare.take());
+            let changed = st
+                .last_status
+                .as_ref()
+                .is_none_or(|prev| !same_but_timestamps(prev, &status));
             // Coalesce: one status per point per epoch, and only when something a user sees
             // changed (a new timestamp alone is not news unless the point was silent).
             if changed {
-                st.last_status = Some(status.clone());
-                out.push(StreamOutput::Status(status));
+                out.push(StreamOutput::Status(status.clone()));
+                spare = st.last_status.replace(status);
+            } else {
+                spare = Some(status);
             }
         }
     }
 
-    fn apply_reading(&mut self, tr: &TimedReading, out: &mut Vec<StreamOutput>) {
+    fn apply_reading(&mut self, i: usize, tr: &TimedReading, out: &mut Vec<StreamOutput>) {
         let Engine {
             points,
             rules,
@@ -520,9 +698,7 @@ impl Engine {
         } = self;
         let clock: &dyn Clock = &**clock;
         let r = &tr.reading;
-        let Some(st) = points.get_mut(&r.point) else {
-            return;
-        };
+        let st = &mut points[i];
         // A rain sensor on a depth point (or the reverse) does not judge the point.
         if r.kind != st.point.kind.judged_by() {
             return;
@@ -556,12 +732,10 @@ impl Engine {
         st.last_ms = Some(st.last_ms.map_or(at, |l| l.max(at)));
         st.silent_reported = false;
         let verdict = match r.kind {
-            SensorKind::Depth => st
-                .depth_qc
-                .entry(r.sensor.clone())
-                .or_default()
-                .judge(at, r.value, value, &rules.qc),
-            SensorKind::Rain => st.rain_qc.entry(r.sensor.clone()).or_default().judge(
+            SensorKind::Depth => {
+                sensor_state(&mut st.depth_qc, &r.sensor).judge(at, r.value, value, &rules.qc)
+            }
+            SensorKind::Rain => sensor_state(&mut st.rain_qc, &r.sensor).judge(
                 at,
                 value,
                 &rules.qc,
@@ -569,17 +743,18 @@ impl Engine {
             ),
         };
         // The held reading first, at its own event time, then this one.
-        let to_apply = match verdict {
-            Verdict::Accept => vec![(at, value)],
-            Verdict::Confirm(held) => vec![(held.ts_ms, held.value), (at, value)],
+        let (buf, n) = match verdict {
+            Verdict::Accept => ([(at, value), (0, 0.0)], 1),
+            Verdict::Confirm(held) => ([(held.ts_ms, held.value), (at, value)], 2),
             Verdict::Reject(flags) => {
                 if let Some(rain) = &mut st.rain {
                     rain.advance_to(at);
                 }
                 st.qc_flags = flags;
-                Vec::new()
+                ([(0, 0.0); 2], 0)
             }
         };
+        let to_apply = &buf[..n];
         if !to_apply.is_empty() {
             st.qc_flags.clear();
         }
@@ -590,7 +765,7 @@ impl Engine {
         } else {
             DataState::Fresh
         };
-        for (ts_ms, v) in to_apply {
+        for &(ts_ms, v) in to_apply {
             match &mut st.rain {
                 Some(rain) => {
                     // Older than a day: no window can hold it, and none needs to.
@@ -604,7 +779,9 @@ impl Engine {
             }
         }
         let last = st.last_ms.unwrap_or(at);
-        st.silent_at = Some(last + st.silent_after_ms(rules));
+        let silent_at = last + st.silent_after_ms(rules);
+        st.silent_at = Some(silent_at);
+        self.quiet_until_ms = self.quiet_until_ms.min(silent_at);
     }
 
     /// Points this engine owns.

@@ -8,7 +8,6 @@
 use floodcmd_model::config::{LevelThresholds, Rise};
 use floodcmd_model::time::Millis;
 use floodcmd_model::Level;
-use ndarray::{Array1, Array2};
 use std::collections::VecDeque;
 
 const MINUTE_MS: f64 = 60_000.0;
@@ -16,23 +15,36 @@ const MINUTE_MS: f64 = 60_000.0;
 /// Slope of the least-squares line through `(event time, value)` samples, value per minute.
 /// `None` with fewer than two distinct times.
 pub fn least_squares_slope(samples: &[(Millis, f64)]) -> Option<f64> {
-    let (t0, _) = *samples.first()?;
-    let minutes: Array1<f64> = samples
-        .iter()
-        .map(|(t, _)| (t - t0) as f64 / MINUTE_MS)
-        .collect();
-    let values: Array1<f64> = samples.iter().map(|(_, v)| *v).collect();
+    slope_of(samples.iter().copied())
+}
+
+/// The 2×2 normal equations solved in closed form: the fit runs once per accepted depth, and
+/// a matrix library's allocations and dispatch cost more than the arithmetic itself.
+fn slope_of(samples: impl Iterator<Item = (Millis, f64)> + Clone) -> Option<f64> {
+    let mut it = samples.clone();
+    let (t0, _) = it.next()?;
+    let minutes = |t: Millis| (t - t0) as f64 / MINUTE_MS;
+    let (mut n, mut sum_m) = (0usize, 0.0);
+    for (t, _) in samples.clone() {
+        n += 1;
+        sum_m += minutes(t);
+    }
+    let mean = sum_m / n as f64;
     // Centred time keeps the normal equations well conditioned.
-    let centred = &minutes - minutes.mean()?;
-    let mut design = Array2::<f64>::ones((samples.len(), 2));
-    design.column_mut(1).assign(&centred);
-    let normal = design.t().dot(&design);
-    let rhs = design.t().dot(&values);
-    let det = normal[[0, 0]] * normal[[1, 1]] - normal[[0, 1]] * normal[[1, 0]];
+    let (mut sc, mut scc, mut sv, mut scv) = (0.0, 0.0, 0.0, 0.0);
+    for (t, v) in samples {
+        let c = minutes(t) - mean;
+        sc += c;
+        scc += c * c;
+        sv += v;
+        scv += c * v;
+    }
+    let count = n as f64;
+    let det = count * scc - sc * sc;
     if det.abs() < 1e-12 {
         return None;
     }
-    Some((normal[[0, 0]] * rhs[1] - normal[[1, 0]] * rhs[0]) / det)
+    Some((count * scv - sc * sv) / det)
 }
 
 /// The recent depths of one point.
@@ -40,6 +52,8 @@ pub fn least_squares_slope(samples: &[(Millis, f64)]) -> Option<f64> {
 pub struct RiseWindow {
     samples: VecDeque<(Millis, f64)>,
     window_ms: Millis,
+    /// The fit of `samples`: every status and transition reads it, only `record` changes it.
+    slope: Option<f64>,
 }
 
 impl RiseWindow {
@@ -48,6 +62,7 @@ impl RiseWindow {
         RiseWindow {
             samples: VecDeque::new(),
             window_ms: window_min as Millis * 60_000,
+            slope: None,
         }
     }
 
@@ -63,12 +78,12 @@ impl RiseWindow {
         {
             self.samples.pop_front();
         }
+        self.slope = slope_of(self.samples.iter().copied());
     }
 
     /// The rate of rise, cm per minute.
     pub fn cm_per_min(&self) -> Option<f64> {
-        let samples: Vec<(Millis, f64)> = self.samples.iter().copied().collect();
-        least_squares_slope(&samples)
+        self.slope
     }
 
     /// How many samples are in the window.
