@@ -299,8 +299,10 @@ pub(crate) async fn feed(
             let j = i / n;
             let ts = (schedule.start_ms + i as f64 * 1000.0 / schedule.rate) as i64;
             let value = schedule.value(s, j, ts);
+            // The device sequence is the stamp: it keeps rising across the steps of a search
+            // (a count from 0 again would read as replayed messages and be rejected).
             body.push_str(&format!(
-                "{{\"sensor\":\"{sensor}\",\"ts\":{ts},\"value\":{value:.2},\"seq\":{j}}}\n"
+                "{{\"sensor\":\"{sensor}\",\"ts\":{ts},\"value\":{value:.2},\"seq\":{ts}}}\n"
             ));
         }
         let count = due - next;
