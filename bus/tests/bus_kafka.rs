@@ -21,6 +21,16 @@ fn unique(name: &str) -> String {
     format!("test.{name}.{n}")
 }
 
+/// A record timestamp `offset_ms` after now. Stamps near 1970 are past the broker's retention,
+/// and its retention check may delete them mid-test.
+fn stamp(offset_ms: i64) -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + offset_ms
+}
+
 async fn bus() -> KafkaBus {
     KafkaBus::new(KafkaConfig::new(bootstrap())).unwrap()
 }
@@ -59,7 +69,7 @@ async fn keyed_records_keep_their_order_and_land_where_the_embedded_bus_puts_the
                 &topic,
                 key.as_bytes(),
                 Bytes::from(i.to_string()),
-                1_000 + i as i64,
+                stamp(1_000 + i as i64),
             )
             .await
             .unwrap();
@@ -93,7 +103,7 @@ async fn a_restarted_consumer_resumes_at_its_groups_commit() {
     bus.ensure_topic(&topic, 1).await.unwrap();
     let p = bus.producer();
     for i in 0..50u32 {
-        p.send(&topic, b"k", Bytes::from(i.to_string()), i as i64)
+        p.send(&topic, b"k", Bytes::from(i.to_string()), stamp(i as i64))
             .await
             .unwrap();
     }
@@ -215,7 +225,7 @@ async fn a_consumer_can_start_at_explicit_offsets_and_see_the_groups_commits() {
     bus.ensure_topic(&topic, 1).await.unwrap();
     let p = bus.producer();
     for i in 0..50u32 {
-        p.send(&topic, b"k", Bytes::from(i.to_string()), i as i64)
+        p.send(&topic, b"k", Bytes::from(i.to_string()), stamp(i as i64))
             .await
             .unwrap();
     }
