@@ -18,16 +18,7 @@ const T0: i64 = 1_783_000_000_000;
 
 /// Peak resident memory of this process so far, MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-        })
-        .flatten()
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::pipeline::peak_rss_mib_of("self")
 }
 
 async fn one_run(
