@@ -48,32 +48,34 @@ pub fn import(
     let only = (!only.is_empty()).then_some(only);
     let mut progress = Progress::new("import");
     let mut tell = |done: u64, total: Option<u64>| progress.update(done, total);
+    // A narrowed range says so in the archive's source, whichever data set.
+    let from_ms = from.as_deref().map(parse_time).transpose()?;
+    let to_ms = to.as_deref().map(parse_time).transpose()?;
+    let label = |name: &str| {
+        format!(
+            "{name} {}..{}",
+            from.as_deref().unwrap_or("start"),
+            to.as_deref().unwrap_or("end")
+        )
+    };
+    let narrowed = from.is_some() || to.is_some();
     let imported: Imported = match source {
         ImportSource::Floodnet => {
             let mut f = floodcmd_import::floodnet::FloodnetFilter::ida_2021();
-            if let Some(t) = &from {
-                f.from_ms = parse_time(t)?;
-            }
-            if let Some(t) = &to {
-                f.to_ms = parse_time(t)?;
-            }
-            if from.is_some() || to.is_some() {
-                f.label = format!(
-                    "FloodNet {}..{}",
-                    from.as_deref().unwrap_or("start"),
-                    to.as_deref().unwrap_or("end")
-                );
+            f.from_ms = from_ms.unwrap_or(f.from_ms);
+            f.to_ms = to_ms.unwrap_or(f.to_ms);
+            if narrowed {
+                f.label = label("FloodNet");
             }
             f.sensors = only;
             floodcmd_import::floodnet::import(&root.join("floodnet-nyc"), f, &mut tell)?
         }
         ImportSource::Hcfcd => {
             let mut f = floodcmd_import::hcfcd::HcfcdFilter::harvey_2017();
-            if let Some(t) = &from {
-                f.from_ms = parse_time(t)?;
-            }
-            if let Some(t) = &to {
-                f.to_ms = parse_time(t)?;
+            f.from_ms = from_ms.unwrap_or(f.from_ms);
+            f.to_ms = to_ms.unwrap_or(f.to_ms);
+            if narrowed {
+                f.label = label("HCFCD");
             }
             f.sites = only;
             floodcmd_import::hcfcd::import(&root.join("harvey-hcfcd-5min"), f, &mut tell)?
