@@ -25,6 +25,7 @@
 #   FLOODCMD_KAFKA_EXTRA_PROPS extra broker properties, one key=value per line
 #   FLOODCMD_KAFKA_LOG_LEVEL   broker log level (default WARN)
 #   FLOODCMD_KAFKA_HEAP        broker heap options (default "-Xms256m -Xmx512m")
+#   FLOODCMD_KAFKA_PORT_OFFSET added to every port (default 0: 19092/19093, 29092/...)
 set -euo pipefail
 
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,8 +42,10 @@ HOST=127.0.0.1
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
 
-plain_port() { echo $(( $1 * 10000 + 9092 )); }
-ctrl_port() { echo $(( $1 * 10000 + 9093 )); }
+# FLOODCMD_KAFKA_PORT_OFFSET shifts every port, so two checkouts can run clusters side by side.
+PORT_OFFSET=${FLOODCMD_KAFKA_PORT_OFFSET:-0}
+plain_port() { echo $(( $1 * 10000 + 9092 + PORT_OFFSET )); }
+ctrl_port() { echo $(( $1 * 10000 + 9093 + PORT_OFFSET )); }
 node_dir() { echo "$RUN_DIR/node-$1"; }
 pid_file() { echo "$RUN_DIR/node-$1/kafka.pid"; }
 

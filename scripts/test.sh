@@ -27,7 +27,7 @@ else
   started_kafka=1
 fi
 if scripts/mosquitto.sh status >/dev/null 2>&1; then
-  FLOODCMD_MQTT=127.0.0.1:18830
+  FLOODCMD_MQTT=127.0.0.1:${FLOODCMD_MQTT_PORT:-18830}
 else
   FLOODCMD_MQTT=$(scripts/mosquitto.sh start | tail -n1)
   started_mqtt=1
