@@ -562,19 +562,33 @@ async fn stage(which: Which, args: StageArgs) -> Result<()> {
     if matches!(which, Which::All | Which::Stream) {
         let rebuild =
             (settings.stream.rebuild_h > 0).then_some(settings.stream.rebuild_h as i64 * 3_600_000);
+        let addresses = settings.stream.cluster_addresses();
+        let cluster = (!addresses.is_empty()).then_some(floodcmd_stream::Cluster {
+            process: settings.stream.process,
+            addresses,
+        });
         stream = Some(
             stages::start_stream(
                 &ctx,
                 settings.stream.workers,
                 settings.stream.lateness_s as i64 * 1000,
                 rebuild,
+                cluster.clone(),
             )
             .await?,
         );
-        println!(
-            "stream stage running with {} workers",
-            settings.stream.workers
-        );
+        match &cluster {
+            None => println!(
+                "stream stage running with {} workers",
+                settings.stream.workers
+            ),
+            Some(c) => println!(
+                "stream stage running with {} workers, process {} of a cluster of {}",
+                settings.stream.workers,
+                c.process,
+                c.addresses.len()
+            ),
+        }
     }
     if matches!(which, Which::All | Which::Ingest) {
         let listen = settings.ingest.listen.parse().context("ingest.listen")?;

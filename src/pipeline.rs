@@ -132,7 +132,7 @@ impl Pipeline {
         let lateness_ms: Millis = opts
             .lateness_ms
             .unwrap_or_else(|| ((opts.speed * 500.0) as Millis).max(10_000));
-        let stream = stages::start_stream(&ctx, opts.workers, lateness_ms, None).await?;
+        let stream = stages::start_stream(&ctx, opts.workers, lateness_ms, None, None).await?;
 
         // The simulator is one vendor gateway relaying every sensor, with its own token.
         let sim_token = format!("sim-{}", opts.seed);

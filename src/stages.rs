@@ -18,7 +18,9 @@ use floodcmd_model::settings::{
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
-use floodcmd_stream::{run_stream, StreamConfig, StreamHandle, Watermark};
+use floodcmd_stream::{
+    run_stream, run_stream_in_cluster, Cluster, StreamConfig, StreamHandle, Watermark,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -202,12 +204,13 @@ impl SmsSink for ConsoleSink {
     }
 }
 
-/// The stream stage, live on `ctx.clock`.
+/// The stream stage, live on `ctx.clock`: this process alone, or its share of `cluster`.
 pub async fn start_stream(
     ctx: &StageContext,
     workers: usize,
     lateness_ms: Millis,
     rebuild_ms: Option<Millis>,
+    cluster: Option<Cluster>,
 ) -> Result<StreamHandle, StageError> {
     let config = StreamConfig {
         workers,
@@ -217,13 +220,11 @@ pub async fn start_stream(
         watermark: Watermark::Clock(ctx.clock.clone()),
         rebuild_ms,
     };
-    Ok(run_stream(
-        ctx.bus.clone(),
-        ctx.district.clone(),
-        ctx.clock.clone(),
-        config,
-    )
-    .await?)
+    let (bus, district, clock) = (ctx.bus.clone(), ctx.district.clone(), ctx.clock.clone());
+    Ok(match cluster {
+        None => run_stream(bus, district, clock, config).await?,
+        Some(cluster) => run_stream_in_cluster(bus, district, clock, config, cluster).await?,
+    })
 }
 
 /// Who may write, from the settings: a devices file, or open access when none is named.

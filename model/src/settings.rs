@@ -111,6 +111,23 @@ pub struct StreamSettings {
     /// How far back the stage re-reads readings on start to rebuild its windows, hours
     /// (covers the longest rain window, 24 h).
     pub rebuild_h: u64,
+    /// A stage that spans several processes (a timely cluster): `host:port` of every
+    /// process, comma-separated, the same list in every process. Empty: this process alone.
+    pub cluster: String,
+    /// This process's index in `cluster` (`FLOODCMD_STREAM_PROCESS` sets it per process).
+    pub process: usize,
+}
+
+impl StreamSettings {
+    /// The cluster's addresses; empty when the stage runs in one process.
+    pub fn cluster_addresses(&self) -> Vec<String> {
+        self.cluster
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect()
+    }
 }
 
 impl Default for StreamSettings {
@@ -119,6 +136,8 @@ impl Default for StreamSettings {
             workers: 2,
             lateness_s: 10,
             rebuild_h: 25,
+            cluster: String::new(),
+            process: 0,
         }
     }
 }
@@ -428,6 +447,39 @@ impl Settings {
                 format!("{} must be 1 to 256", self.stream.workers),
             );
         }
+        let addresses = self.stream.cluster_addresses();
+        if addresses.iter().any(|a| {
+            a.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            bad(
+                "stream.cluster",
+                format!(
+                    "\"{}\" must be host:port[,host:port...]",
+                    self.stream.cluster
+                ),
+            );
+        } else if addresses.len()
+            != addresses
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        {
+            bad(
+                "stream.cluster",
+                format!("\"{}\" names one address twice", self.stream.cluster),
+            );
+        }
+        if self.stream.process >= addresses.len().max(1) {
+            bad(
+                "stream.process",
+                format!(
+                    "{} is not an index into stream.cluster's {} address(es)",
+                    self.stream.process,
+                    addresses.len()
+                ),
+            );
+        }
         if self.stream.lateness_s > 24 * 3600 {
             bad(
                 "stream.lateness_s",
@@ -594,6 +646,34 @@ mod tests {
         assert_eq!(s.stream.workers, 3);
         assert_eq!(s.bus.prefix, "drill");
         assert!(s.alerts.drill);
+    }
+
+    #[test]
+    fn a_stream_cluster_names_every_process_and_this_one() {
+        let s = Settings::load(
+            "[stream]\ncluster = \"127.0.0.1:2101, 127.0.0.1:2102\"\n",
+            env(&[("FLOODCMD_STREAM_PROCESS", "1")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.stream.cluster_addresses(),
+            vec!["127.0.0.1:2101".to_string(), "127.0.0.1:2102".to_string()]
+        );
+        assert_eq!(s.stream.process, 1);
+        let err = Settings::load(
+            "[stream]\ncluster = \"127.0.0.1:2101,127.0.0.1:2102\"\nprocess = 2\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("stream.process: 2 is not an index into stream.cluster's 2 address(es)"),
+            "{err}"
+        );
+        let err = Settings::load("[stream]\ncluster = \"a:1,b\"\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("stream.cluster"), "{err}");
+        let err = Settings::load("[stream]\nprocess = 1\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("stream.process"), "{err}");
     }
 
     #[test]

@@ -71,6 +71,21 @@ pub enum StreamError {
     /// Timely could not start its workers.
     #[error("timely: {0}")]
     Timely(String),
+    /// The cluster settings cannot work.
+    #[error("stream cluster: {0}")]
+    Cluster(String),
+}
+
+/// Where this process sits in a timely cluster of stream processes. Every process runs the
+/// same number of workers; worker indices, and so the partitions and points each owns, run
+/// across the whole cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// `host:port` of every process's timely endpoint, the same list in the same order in
+    /// every process.
+    pub addresses: Vec<String>,
 }
 
 struct StreamMetrics {
@@ -161,13 +176,55 @@ pub fn owner(point: &str, peers: usize) -> usize {
     (murmur2(point.as_bytes()) as u64 % peers as u64) as usize
 }
 
-/// Start the stage. Returns once the workers are started; they run on their own threads
-/// (they call into the current tokio runtime for bus I/O).
+/// Start the stage in this process alone. Returns once the workers are started; they run on
+/// their own threads (they call into the current tokio runtime for bus I/O).
 pub async fn run_stream(
     bus: Arc<dyn Bus>,
     district: Arc<District>,
     clock: Arc<dyn Clock>,
     config: StreamConfig,
+) -> Result<StreamHandle, StreamError> {
+    start(bus, district, clock, config, None).await
+}
+
+/// Start this process's share of a stage that spans the processes of `cluster`. Returns once
+/// the workers are started; they connect to the other processes on their own threads, and
+/// no epoch passes until every process has joined (timely's progress is cluster-wide).
+///
+/// The cluster lives and stops as one: a process asked to stop finishes once all are asked,
+/// and a process that dies takes the others' workers down with it (timely cannot lose a
+/// peer), so a supervisor restarts them together and each rebuilds from the bus as a single
+/// process does.
+pub async fn run_stream_in_cluster(
+    bus: Arc<dyn Bus>,
+    district: Arc<District>,
+    clock: Arc<dyn Clock>,
+    config: StreamConfig,
+    cluster: Cluster,
+) -> Result<StreamHandle, StreamError> {
+    if matches!(config.watermark, Watermark::Bounded { .. }) {
+        // Where a bounded run's input ends is agreed through memory the workers of one
+        // process share.
+        return Err(StreamError::Cluster(
+            "bounded runs (replay, tests) run in one process".into(),
+        ));
+    }
+    if cluster.process >= cluster.addresses.len() {
+        return Err(StreamError::Cluster(format!(
+            "process {} is not one of the {} addresses",
+            cluster.process,
+            cluster.addresses.len()
+        )));
+    }
+    start(bus, district, clock, config, Some(cluster)).await
+}
+
+async fn start(
+    bus: Arc<dyn Bus>,
+    district: Arc<District>,
+    clock: Arc<dyn Clock>,
+    config: StreamConfig,
+    cluster: Option<Cluster>,
 ) -> Result<StreamHandle, StreamError> {
     let rt = tokio::runtime::Handle::current();
     let readings_topic = config.topics.readings();
@@ -186,10 +243,24 @@ pub async fn run_stream(
     let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure_w = failure.clone();
     let workers = config.workers.max(1);
+    let communication = match cluster {
+        None => timely::CommunicationConfig::Process(workers),
+        Some(c) => timely::CommunicationConfig::Cluster {
+            threads: workers,
+            process: c.process,
+            addresses: c.addresses,
+            report: false,
+            zerocopy: false,
+        },
+    };
+    let timely_config = timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    };
     let thread = std::thread::Builder::new()
         .name("stream".into())
         .spawn(move || {
-            let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let guards = timely::execute(timely_config, move |worker| {
                 let ctx = WorkerContext {
                     bus: bus.clone(),
                     district: district.clone(),
@@ -218,7 +289,6 @@ pub async fn run_stream(
                         .get_or_insert(e.to_string());
                     stop.store(true, Ordering::SeqCst);
                     end.finished.fetch_add(1, Ordering::SeqCst);
-                    end.replayed.fetch_add(1, Ordering::SeqCst);
                 }
             })?;
             for r in guards.join() {
@@ -256,10 +326,6 @@ struct WorkerContext {
 struct BoundedEnd {
     finished: std::sync::atomic::AtomicUsize,
     max_event_s: std::sync::atomic::AtomicU64,
-    /// Workers done re-reading their history after a restart. Until all are, every
-    /// capability stays at 0, so no live epoch is judged on a half-rebuilt state (a point's
-    /// sensors can sit in partitions of different workers).
-    replayed: std::sync::atomic::AtomicUsize,
 }
 
 /// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
@@ -492,10 +558,11 @@ impl WorkerContext {
         let mut pending: BTreeMap<u32, VecDeque<(u64, u64)>> = BTreeMap::new();
         let m = metrics();
         let mut published_end = false;
-        let mut published_replayed = replay_until.is_empty();
-        if published_replayed {
-            self.bounded_end.replayed.fetch_add(1, Ordering::SeqCst);
-        }
+        // A worker re-reading its history after a restart holds its capability where it is
+        // until it is done. The frontier is the least capability of every worker in every
+        // process, so no live epoch is judged on a half-rebuilt state (a point's sensors can
+        // sit in partitions of different workers) without any worker waiting on another.
+        let mut rebuilt = replay_until.is_empty();
         let mut final_time: Option<u64> = None;
         // Readings of one poll grouped by the time they are fed at: one capability and one
         // container per time, not per reading (a session per reading sent a message each).
@@ -631,12 +698,8 @@ impl WorkerContext {
                     }
                 };
                 let wm = now_s.saturating_sub(lateness_s);
-                if !published_replayed && replay_until.is_empty() {
-                    published_replayed = true;
-                    self.bounded_end.replayed.fetch_add(1, Ordering::SeqCst);
-                }
-                let all_rebuilt = self.bounded_end.replayed.load(Ordering::SeqCst) >= peers;
-                if all_rebuilt && wm > *c.time() {
+                rebuilt |= replay_until.is_empty();
+                if rebuilt && wm > *c.time() {
                     c.downgrade(&wm);
                     if index == 0 {
                         m.watermark.set(wm as i64);
@@ -648,7 +711,7 @@ impl WorkerContext {
                 // No partitions here: follow the clock so the other workers are not held back.
                 std::thread::sleep(Duration::from_millis(5));
                 let wm = ((clock.now_ms().max(0) / 1000) as u64).saturating_sub(lateness_s);
-                if self.bounded_end.replayed.load(Ordering::SeqCst) >= peers && wm > *c.time() {
+                if wm > *c.time() {
                     c.downgrade(&wm);
                 }
             }

@@ -80,10 +80,48 @@ pub enum StreamOutput {
     Transition(AlertTransition),
 }
 
+/// How a reading crosses between processes of a timely cluster. Timely encodes exchanged data
+/// with bincode, which cannot skip a field, and the JSON form of [`Reading`] skips an absent
+/// `seq`: on the exchange every field is present, in a fixed order.
+mod exchange_form {
+    use floodcmd_model::time::Millis;
+    use floodcmd_model::{Reading, SensorKind};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Fields = (String, String, SensorKind, Millis, f64, Option<u64>, Millis);
+
+    pub fn serialize<S: Serializer>(r: &Reading, s: S) -> Result<S::Ok, S::Error> {
+        (
+            &r.sensor,
+            &r.point,
+            r.kind,
+            r.ts_ms,
+            r.value,
+            r.seq,
+            r.received_ms,
+        )
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reading, D::Error> {
+        let (sensor, point, kind, ts_ms, value, seq, received_ms) = Fields::deserialize(d)?;
+        Ok(Reading {
+            sensor,
+            point,
+            kind,
+            ts_ms,
+            value,
+            seq,
+            received_ms,
+        })
+    }
+}
+
 /// A reading as the engine sees it: validated, plus whether it arrived past the lateness budget.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimedReading {
     /// The reading.
+    #[serde(with = "exchange_form")]
     pub reading: Reading,
     /// Arrived after its epoch was closed; applied at a later epoch and flagged.
     pub late: bool,
@@ -918,5 +956,35 @@ mod tests {
             (TransitionKind::Cleared, Level::Normal)
         );
         assert!(t[0].rule.contains("短时强降水 reset"), "{}", t[0].rule);
+    }
+}
+
+#[cfg(test)]
+mod exchange_tests {
+    use super::TimedReading;
+    use floodcmd_model::{Reading, SensorKind};
+
+    /// Between processes timely encodes with bincode: a reading without a sequence number
+    /// (its JSON form skips `seq`) must come back whole, as one with a number does.
+    #[test]
+    fn a_timed_reading_crosses_processes_whole() {
+        for seq in [None, Some(7)] {
+            let r = TimedReading {
+                reading: Reading {
+                    sensor: "WL-UP-01".into(),
+                    point: "UP-01".into(),
+                    kind: SensorKind::Depth,
+                    ts_ms: 1_700_000_000_000,
+                    value: 12.5,
+                    seq,
+                    received_ms: 1_700_000_000_400,
+                },
+                late: true,
+                replay: false,
+            };
+            let bytes = bincode::serialize(&r).unwrap();
+            let back: TimedReading = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back, r);
+        }
     }
 }

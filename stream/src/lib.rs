@@ -20,5 +20,7 @@ pub mod qc;
 pub mod rain;
 pub mod rise;
 
-pub use dataflow::{run_stream, StreamConfig, StreamHandle, Watermark};
+pub use dataflow::{
+    run_stream, run_stream_in_cluster, Cluster, StreamConfig, StreamHandle, Watermark,
+};
 pub use engine::{Engine, StreamOutput, TimedReading};
