@@ -193,7 +193,8 @@ enum Command {
         /// Gateway URL (http target); defaults to the settings' ingest.listen.
         #[arg(long)]
         url: Option<String>,
-        /// Bearer token (http target).
+        /// Device token: the bearer token (http target), or the password of device `sim` at
+        /// the broker (mqtt target).
         #[arg(long, env = "FLOODCMD_SIM_TOKEN")]
         token: Option<String>,
         /// Use a synthetic district of this many depth sensors (the settings' district without it).
@@ -683,6 +684,7 @@ async fn sim(cmd: Command) -> Result<()> {
                 port: port.parse().context("ingest.mqtt port")?,
                 prefix: settings.ingest.mqtt_prefix.clone(),
                 device: "sim".into(),
+                token,
             }
         }
         SimTarget::Kafka => {

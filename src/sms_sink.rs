@@ -90,12 +90,22 @@ pub struct SmsConfigError(pub Vec<String>);
 
 /// The `[sms]` section decoded and validated; `None` when no gateway is configured.
 pub fn dispatcher_from(table: &toml::Table) -> Result<Option<Arc<Dispatcher>>, SmsConfigError> {
-    let settings: SmsSettings = toml::Value::Table(table.clone())
+    let mut settings: SmsSettings = toml::Value::Table(table.clone())
         .try_into()
         .map_err(|e: toml::de::Error| SmsConfigError(vec![format!("sms: {e}")]))?;
     if settings.gateways.is_empty() {
         return Ok(None);
     }
+    settings
+        .resolve_secrets(|var| std::env::var(var).ok())
+        .map_err(|problems| {
+            SmsConfigError(
+                problems
+                    .into_iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect(),
+            )
+        })?;
     Dispatcher::from_settings(&settings, Default::default())
         .map(|d| Some(Arc::new(d)))
         .map_err(|problems| {

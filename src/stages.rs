@@ -92,6 +92,12 @@ pub async fn connect_bus(
         (_, over) => {
             let mut cfg = KafkaConfig::new(over.unwrap_or(&settings.bootstrap));
             cfg.replication = settings.replication as i32;
+            // TLS and SASL to the brokers (docs/SECURITY.md): passed to librdkafka as given.
+            cfg.extra = settings
+                .kafka
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             (Arc::new(KafkaBus::new(cfg)?), None)
         }
     };
@@ -113,7 +119,10 @@ pub async fn start_dashboard(
         users: settings.users.clone(),
         anonymous: settings.anonymous,
         session_ms: settings.session_h as Millis * 3_600_000,
+        login_per_min: settings.login_per_min,
+        actions_per_min: settings.actions_per_min,
     };
+    config.allowed_origins = settings.allowed_origins.clone();
     config.cameras_dir =
         (!settings.cameras_dir.is_empty()).then(|| PathBuf::from(&settings.cameras_dir));
     Ok(serve(
@@ -249,6 +258,31 @@ pub fn access_from(settings: &IngestSettings, district: &District) -> Result<Acc
         })
 }
 
+/// A secret kept in a file (a mounted secret, a systemd credential): its text without the
+/// trailing newline. The error names the settings field, never the content.
+pub fn read_secret_file(field: &str, path: &str) -> Result<String, StageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StageError::Settings(format!("{field}: cannot read {path}: {e}")))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_string();
+    if secret.is_empty() {
+        return Err(StageError::Settings(format!("{field}: {path} is empty")));
+    }
+    Ok(secret)
+}
+
+/// The MQTT adapter's user name and password at the broker, if it has them.
+fn mqtt_credentials(settings: &IngestSettings) -> Result<Option<(String, String)>, StageError> {
+    if settings.mqtt_username.is_empty() {
+        return Ok(None);
+    }
+    let password = if settings.mqtt_password_file.is_empty() {
+        settings.mqtt_password.clone()
+    } else {
+        read_secret_file("ingest.mqtt_password_file", &settings.mqtt_password_file)?
+    };
+    Ok(Some((settings.mqtt_username.clone(), password)))
+}
+
 /// The ingest gateway (HTTP, and MQTT when `settings.mqtt` names a broker).
 pub async fn start_ingest(
     ctx: &StageContext,
@@ -268,6 +302,7 @@ pub async fn start_ingest(
                 retention_ms: settings.retention_h as Millis * 3_600_000,
             },
             access,
+            device_requests_per_min: settings.device_requests_per_min,
         },
     ));
     let mut stop = ctx.shutdown.clone();
@@ -291,6 +326,7 @@ pub async fn start_ingest(
             port,
             client_id: format!("floodcmd-ingest-{}", ctx.topics.prefix()),
             prefix: settings.mqtt_prefix.clone(),
+            credentials: mqtt_credentials(settings)?,
         };
         tasks.push(tokio::spawn(run_mqtt(gateway, cfg, ctx.shutdown.clone())));
     }
@@ -307,7 +343,11 @@ pub fn start_sink_influx(
         url: settings.url.clone(),
         org: settings.org.clone(),
         bucket: settings.bucket.clone(),
-        token: settings.token.clone(),
+        token: if settings.token_file.is_empty() {
+            settings.token.clone()
+        } else {
+            read_secret_file("sink_influx.token_file", &settings.token_file)?
+        },
         gzip: settings.gzip,
         timeout: std::time::Duration::from_secs(30),
     })

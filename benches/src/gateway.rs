@@ -56,6 +56,7 @@ pub async fn throughput(
                 retention_ms: 72 * 3_600_000,
             },
             access: Access::Open,
+            device_requests_per_min: 0,
         },
     ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

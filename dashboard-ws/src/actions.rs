@@ -12,6 +12,7 @@
 //! it.
 
 use crate::auth::{error, unauthorized, Auth, AuthError, Session};
+use crate::guard;
 use floodcmd_model::bus::Producer;
 use floodcmd_model::codec::encode;
 use floodcmd_model::event::{Action, ActionKind};
@@ -81,16 +82,24 @@ pub fn route(
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .then(move |incident: String, session: Result<Session, AuthError>, body: bytes::Bytes| {
-            let (producer, topics, clock, seq) =
-                (producer.clone(), topics.clone(), clock.clone(), seq.clone());
+            let (producer, topics, clock, seq, auth) =
+                (producer.clone(), topics.clone(), clock.clone(), seq.clone(), auth.clone());
             async move {
                 let session = match session {
                     Ok(s) if s.name.is_some() => s,
                     // An anonymous viewer has not logged in: 401, as without a token.
-                    Ok(_) => return unauthorized(&AuthError::Missing),
-                    Err(e) => return unauthorized(&e),
+                    Ok(_) => {
+                        guard::count("action", "no_login");
+                        return unauthorized(&AuthError::Missing);
+                    }
+                    Err(e) => {
+                        guard::count("action", "no_login");
+                        return unauthorized(&e);
+                    }
                 };
                 let Some(by) = session.name.clone().filter(|_| session.can_act()) else {
+                    guard::count("action", "role");
+                    tracing::warn!(user = ?session.name, role = session.role.as_str(), "wall action refused: role may not act");
                     return error(
                         StatusCode::FORBIDDEN,
                         format!(
@@ -99,6 +108,10 @@ pub fn route(
                         ),
                     );
                 };
+                if let Some(too_many) = auth.action_refusal(&by) {
+                    tracing::warn!(user = %by, "wall actions over the limit");
+                    return too_many;
+                }
                 let incident = percent_decode(&incident);
                 let req: Request = match serde_json::from_slice(&body) {
                     Ok(r) => r,

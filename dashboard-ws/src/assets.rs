@@ -9,8 +9,14 @@
 //! Camera streams (HLS playlists and segments) are served from a directory named in the
 //! settings (`dashboard.cameras_dir`) at `/cameras/<camera id>/index.m3u8`, as
 //! `scripts/cameras.sh` writes them.
+//!
+//! Only files inside that directory are served. warp's `fs::dir` already refuses `..`
+//! segments (also percent-encoded) and backslashes, and joins absolute-looking paths under
+//! the root; it does follow symlinks, so every file is also checked after resolving links:
+//! a link that leads outside the directory (planted, or left by a careless copy) is a 404,
+//! as if it were not there. `tests/static_files.rs` proves each case.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
@@ -41,9 +47,25 @@ pub fn routes(cameras_dir: Option<PathBuf>) -> BoxedFilter<(Response,)> {
     match cameras_dir {
         Some(dir) => {
             tracing::info!(dir = %dir.display(), "serving camera streams at /cameras/");
+            // Resolved once; a directory that does not exist yet (no camera started) is
+            // resolved per request instead.
+            let root = dir.canonicalize().ok();
+            let root_dir = dir.clone();
             let cameras = warp::path("cameras")
                 .and(warp::get())
                 .and(warp::fs::dir(dir))
+                .and_then(move |f: warp::fs::File| {
+                    let root = root.clone().or_else(|| root_dir.canonicalize().ok());
+                    async move {
+                        match root {
+                            Some(root) if inside(&root, f.path()) => Ok(f),
+                            _ => {
+                                tracing::warn!(path = %f.path().display(), "camera request resolves outside cameras_dir; refused");
+                                Err(warp::reject::not_found())
+                            }
+                        }
+                    }
+                })
                 .map(|f: warp::fs::File| {
                     let hls = f.path().extension().is_some_and(|e| e == "m3u8");
                     let r = f.into_response();
@@ -63,4 +85,9 @@ pub fn routes(cameras_dir: Option<PathBuf>) -> BoxedFilter<(Response,)> {
         }
         None => pages.boxed(),
     }
+}
+
+/// Does `path`, with every symlink resolved, lie inside `root` (already resolved)?
+fn inside(root: &Path, path: &Path) -> bool {
+    path.canonicalize().is_ok_and(|p| p.starts_with(root))
 }

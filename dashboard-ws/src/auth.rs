@@ -11,12 +11,20 @@
 //! viewer when `dashboard.anonymous` allows it. Viewers (and anonymous clients) get phone
 //! numbers masked ([`mask_phone`]) in every payload built for them; only commanders and
 //! admins may act ([`Session::can_act`]).
+//!
+//! Logins are rate limited (`dashboard.login_per_min`: attempts per client address, failures
+//! per user name) against password guessing, and actions per user
+//! (`dashboard.actions_per_min`); past either the answer is 429 ([`crate::guard`]). Names in
+//! log lines are Debug-quoted, so a name with a newline cannot forge a log line.
 
+use crate::guard;
+use floodcmd_model::limit::RateLimiter;
 use floodcmd_model::settings::{DashboardUser, UserRole};
 use floodcmd_model::time::{Clock, Millis};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -100,6 +108,12 @@ pub struct Auth {
     clock: Arc<dyn Clock>,
     session_ms: Millis,
     anonymous: bool,
+    /// Login attempts by client address.
+    login_by_addr: Arc<RateLimiter>,
+    /// Failed logins by user name.
+    failures_by_name: Arc<RateLimiter>,
+    /// Actions by login.
+    actions_by_login: Arc<RateLimiter>,
 }
 
 /// Settings of [`Auth`].
@@ -112,6 +126,11 @@ pub struct AuthConfig {
     pub anonymous: bool,
     /// How long a login lasts, ms (on `clock`).
     pub session_ms: Millis,
+    /// Login attempts per minute from one client address, and failed attempts per minute
+    /// on one user name; 0: no limit.
+    pub login_per_min: u32,
+    /// Actions per minute by one login; 0: no limit.
+    pub actions_per_min: u32,
 }
 
 impl Default for AuthConfig {
@@ -120,6 +139,8 @@ impl Default for AuthConfig {
             users: Vec::new(),
             anonymous: true,
             session_ms: 12 * 3_600_000,
+            login_per_min: 10,
+            actions_per_min: 120,
         }
     }
 }
@@ -194,9 +215,15 @@ impl Auth {
             inner: Arc::new(Mutex::new(Inner {
                 by_token: HashMap::new(),
             })),
-            clock,
+            clock: clock.clone(),
             session_ms: config.session_ms,
             anonymous: config.anonymous,
+            login_by_addr: Arc::new(RateLimiter::per_minute(config.login_per_min, clock.clone())),
+            failures_by_name: Arc::new(RateLimiter::per_minute(
+                config.login_per_min,
+                clock.clone(),
+            )),
+            actions_by_login: Arc::new(RateLimiter::per_minute(config.actions_per_min, clock)),
         }
     }
 
@@ -272,6 +299,58 @@ impl Auth {
         }
     }
 
+    /// Answer `POST /api/login`: rate limits first (per client address, then failures per
+    /// name), then the password.
+    fn login_request(&self, addr: Option<SocketAddr>, body: &[u8]) -> Response {
+        #[derive(Deserialize)]
+        struct Login {
+            name: String,
+            password: String,
+        }
+        // Behind a reverse proxy every client has the proxy's address: the proxy should
+        // limit per client itself (docs/SECURITY.md); this still caps the total.
+        let ip = addr.map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        if let Err(wait) = self.login_by_addr.hit(&ip) {
+            tracing::warn!(client = %ip, "command wall logins from one address over the limit");
+            return too_many("login", "rate_addr", wait);
+        }
+        let req: Login = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(StatusCode::BAD_REQUEST, format!("body: {e}"));
+            }
+        };
+        let name = req.name.trim();
+        if let Err(wait) = self.failures_by_name.check(name) {
+            tracing::warn!(user = ?name, client = %ip, "command wall login refused: too many failures for this name");
+            return too_many("login", "rate_name", wait);
+        }
+        match self.login(name, &req.password) {
+            Ok((token, session, expires_ms)) => warp::reply::json(&serde_json::json!({
+                "token": token,
+                "name": session.name,
+                "role": session.role,
+                "can_act": session.can_act(),
+                "expires_ms": expires_ms,
+            }))
+            .into_response(),
+            Err(e) => {
+                let _ = self.failures_by_name.hit(name);
+                guard::count("login", "bad_credentials");
+                tracing::warn!(user = ?name, client = %ip, "command wall login refused");
+                unauthorized(&e)
+            }
+        }
+    }
+
+    /// Take one action from this user's allowance; `Some` is the 429 to answer instead.
+    pub fn action_refusal(&self, user: &str) -> Option<Response> {
+        self.actions_by_login
+            .hit(user)
+            .err()
+            .map(|wait| too_many("action", "rate", wait))
+    }
+
     /// A filter giving the bearer token of a request, if it has one.
     pub fn bearer() -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
         warp::header::optional::<String>("authorization").map(|h: Option<String>| {
@@ -298,35 +377,10 @@ impl Auth {
         let me = self.clone();
         let login = warp::path!("api" / "login")
             .and(warp::post())
+            .and(warp::addr::remote())
             .and(warp::body::content_length_limit(4096))
             .and(warp::body::bytes())
-            .map(move |body: bytes::Bytes| {
-                #[derive(Deserialize)]
-                struct Login {
-                    name: String,
-                    password: String,
-                }
-                let req: Login = match serde_json::from_slice(&body) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return error(StatusCode::BAD_REQUEST, format!("body: {e}"));
-                    }
-                };
-                match me.login(req.name.trim(), &req.password) {
-                    Ok((token, session, expires_ms)) => warp::reply::json(&serde_json::json!({
-                        "token": token,
-                        "name": session.name,
-                        "role": session.role,
-                        "can_act": session.can_act(),
-                        "expires_ms": expires_ms,
-                    }))
-                    .into_response(),
-                    Err(e) => {
-                        tracing::warn!(user = %req.name, "command wall login refused");
-                        unauthorized(&e)
-                    }
-                }
-            });
+            .map(move |addr: Option<SocketAddr>, body: bytes::Bytes| me.login_request(addr, &body));
         let me2 = self.clone();
         let logout = warp::path!("api" / "logout")
             .and(warp::post())
@@ -375,6 +429,20 @@ pub fn unauthorized(e: &AuthError) -> Response {
     .into_response()
 }
 
+/// 429 with `Retry-After`, counted.
+pub fn too_many(what: &str, reason: &str, wait_s: u64) -> Response {
+    guard::count(what, reason);
+    warp::reply::with_header(
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests; try again in {wait_s} s"),
+        ),
+        "retry-after",
+        wait_s.to_string(),
+    )
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +467,7 @@ mod tests {
                 ],
                 anonymous: false,
                 session_ms: 60_000,
+                ..AuthConfig::default()
             },
             clock.clone(),
         );

@@ -6,7 +6,8 @@
 //! for the clients, [`server`] serves it as REST, as a websocket (a snapshot, then coalesced
 //! deltas, with resume after a reconnect), as Prometheus text, and [`assets`] serves the page
 //! bundle compiled into the binary and the camera streams. [`auth`] holds users, logins and
-//! roles; [`history`] the last hours of each point for the charts. Its one write is
+//! roles; [`guard`] the rate limits, the websocket's Origin check and the count of what is
+//! refused; [`history`] the last hours of each point for the charts. Its one write is
 //! [`actions`]: what commanders do goes onto the `actions` topic for the alerts stage,
 //! attributed to the logged-in user.
 
@@ -14,6 +15,7 @@ pub mod actions;
 pub mod assets;
 pub mod auth;
 pub mod feed;
+pub mod guard;
 pub mod history;
 pub mod server;
 pub mod state;

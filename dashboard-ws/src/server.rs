@@ -10,6 +10,7 @@
 
 use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
 use crate::feed::{Feed, Resume, Wall};
+use crate::guard::{self, Origins};
 use crate::state::{Change, PendingDelta, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
 use floodcmd_model::codec::{decode, encode};
@@ -53,6 +54,8 @@ pub struct DashboardConfig {
     pub client_queue: usize,
     /// How many recent changes are kept for clients that reconnect.
     pub resume_ring: usize,
+    /// Browser origins that may open the websocket; empty: the wall's own host only.
+    pub allowed_origins: Vec<String>,
 }
 
 impl DashboardConfig {
@@ -67,6 +70,7 @@ impl DashboardConfig {
             cameras_dir: None,
             client_queue: 4096,
             resume_ring: 4096,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -460,17 +464,39 @@ pub async fn serve(
         warp::reply::with_header(buf, "content-type", enc.format_type().to_string()).into_response()
     });
     let ws_auth = auth.clone();
+    let origins = Origins {
+        allowed: config.allowed_origins.clone(),
+    };
     let ws = warp::path!("ws")
         .and(warp::ws())
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
         .and(warp::query::<HashMap<String, String>>())
         .and(with_shared)
         .map(
-            move |ws: warp::ws::Ws, q: HashMap<String, String>, w: Shared| {
+            move |ws: warp::ws::Ws,
+                  origin: Option<String>,
+                  host: Option<String>,
+                  q: HashMap<String, String>,
+                  w: Shared| {
+                // A page on another site must not open the wall in an operator's browser
+                // (cross-site websocket hijacking): checked before the token.
+                if !origins.allows(origin.as_deref(), host.as_deref()) {
+                    guard::count("ws", "origin");
+                    tracing::warn!(origin = ?origin, host = ?host, "websocket refused: origin not allowed");
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "origin not allowed (dashboard.allowed_origins)".into(),
+                    );
+                }
                 // Browsers cannot set headers on a websocket: the token comes in the query.
                 let token = q.get("token").map(String::as_str).filter(|t| !t.is_empty());
                 let session = match ws_auth.session(token) {
                     Ok(s) => s,
-                    Err(e) => return unauthorized(&e),
+                    Err(e) => {
+                        guard::count("ws", "token");
+                        return unauthorized(&e);
+                    }
                 };
                 let resume = q.get("resume").and_then(|r| parse_resume(r));
                 ws.max_message_size(64 * 1024)

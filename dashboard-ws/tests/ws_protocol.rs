@@ -68,6 +68,7 @@ async fn start(anonymous: bool) -> Wall {
         ],
         anonymous,
         session_ms: 3_600_000,
+        ..AuthConfig::default()
     };
     let (stop, rx) = watch::channel(false);
     let (addr, _) = serve(

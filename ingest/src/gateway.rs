@@ -14,6 +14,7 @@ use bytes::Buf;
 use floodcmd_model::bus::{BusError, Outgoing, Producer};
 use floodcmd_model::codec::encode;
 use floodcmd_model::event::{Reject, RejectReason};
+use floodcmd_model::limit::RateLimiter;
 use floodcmd_model::time::Clock;
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
@@ -45,6 +46,9 @@ pub struct GatewayConfig {
     pub limits: TimeLimits,
     /// Who may write.
     pub access: Access,
+    /// HTTP requests per minute one device may make (past it: 429 with `Retry-After`,
+    /// counted, nothing read); 0: no limit. Open access is not limited per device.
+    pub device_requests_per_min: u32,
 }
 
 /// What became of one request.
@@ -94,6 +98,8 @@ pub struct Gateway {
     topics: Topics,
     clock: Arc<dyn Clock>,
     config: GatewayConfig,
+    /// Requests per device.
+    per_device: RateLimiter,
 }
 
 fn lossy_prefix(bytes: &[u8]) -> String {
@@ -130,6 +136,7 @@ impl Gateway {
         Gateway {
             district,
             validator: Mutex::new(Validator::new(config.limits)),
+            per_device: RateLimiter::per_minute(config.device_requests_per_min, clock.clone()),
             producer,
             topics,
             clock,
@@ -397,6 +404,23 @@ impl Gateway {
                 return with_header(r, "www-authenticate", "Bearer");
             }
         };
+        // A device past its allowance is told to wait before anything is read: the body is
+        // not bad input, so no dead letter; the device keeps its backlog and sends it later.
+        if let Some(d) = device {
+            if let Err(wait) = self.per_device.hit(&d.id) {
+                metrics().rate_limited.inc();
+                tracing::warn!(device = %d.id, "device over its request rate; 429");
+                let mut r = reply(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    serde_json::json!({ "error": format!("device \"{}\" is over {} requests a minute; retry in {wait} s", d.id, self.config.device_requests_per_min) }),
+                );
+                r.headers_mut().insert(
+                    "retry-after",
+                    HeaderValue::from_str(&wait.to_string()).expect("digits"),
+                );
+                return r;
+            }
+        }
         let limit = self.config.max_body_bytes;
         if let Some(n) = len.filter(|&n| n > limit) {
             if let Err(e) = self.too_large(&[], Some(n), "http").await {

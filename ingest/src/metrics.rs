@@ -11,6 +11,8 @@ pub struct IngestMetrics {
     pub rejected: IntCounterVec,
     /// Requests by HTTP status.
     pub requests: IntCounterVec,
+    /// Requests refused because their device was over its rate.
+    pub rate_limited: IntCounter,
 }
 
 /// The process-wide ingest counters.
@@ -39,12 +41,18 @@ pub fn metrics() -> &'static IngestMetrics {
                 &["status"],
             )
             .expect("metric"),
+            rate_limited: IntCounter::new(
+                "floodcmd_ingest_rate_limited_total",
+                "Device requests refused with 429 for exceeding ingest.device_requests_per_min",
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         // Registering twice (two gateways in one test process) is harmless: keep the first.
         let _ = r.register(Box::new(m.accepted.clone()));
         let _ = r.register(Box::new(m.rejected.clone()));
         let _ = r.register(Box::new(m.requests.clone()));
+        let _ = r.register(Box::new(m.rate_limited.clone()));
         m
     })
 }

@@ -2,9 +2,14 @@
 //! `floodcmd/readings/<device-id>`; this subscribes and feeds every message through the same
 //! [`Gateway::ingest`] as HTTP.
 //!
-//! The broker authenticates clients (its ACL should allow a client to publish only under its
-//! own id, e.g. `pattern write floodcmd/readings/%c`); the device id in the topic then decides
-//! which sensors the message may carry. Messages are acknowledged (QoS 1, manual acks) only
+//! Devices are authenticated by the broker, not here: an MQTT subscriber never learns who
+//! published a message, only its topic. So the broker must hold each device's credentials
+//! (user name = device id, password = its token) and an ACL that lets a device publish only
+//! under its own id (`pattern write floodcmd/readings/%u`) and nobody but this adapter read
+//! them; `allow_anonymous false`. The device id in the topic then decides which sensors the
+//! message may carry, exactly as a bearer token does over HTTP. The adapter logs in with its
+//! own user name and password ([`MqttConfig::credentials`]). docs/SECURITY.md has the broker
+//! config; `tests/mqtt_auth.rs` runs it against a real Mosquitto. Messages are acknowledged (QoS 1, manual acks) only
 //! after everything they carried is on the bus, so a crash or a full bus means the broker
 //! delivers them again rather than losing them. The session is persistent: messages published
 //! while the adapter is away wait at the broker.
@@ -16,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Where the broker is and what to subscribe to.
-#[derive(Clone, Debug)]
+/// Where the broker is and what to subscribe to. Debug hides the password.
+#[derive(Clone)]
 pub struct MqttConfig {
     /// Broker host.
     pub host: String,
@@ -27,6 +32,23 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Topic prefix; the adapter subscribes to `<prefix>/#`.
     pub prefix: String,
+    /// The adapter's user name and password at the broker; `None`: anonymous (trials).
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("prefix", &self.prefix)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(user, _)| (user, "***")),
+            )
+            .finish()
+    }
 }
 
 impl MqttConfig {
@@ -37,6 +59,7 @@ impl MqttConfig {
             port: 18830,
             client_id: "floodcmd-ingest".into(),
             prefix: "floodcmd/readings".into(),
+            credentials: None,
         }
     }
 }
@@ -64,6 +87,9 @@ pub async fn run_mqtt(
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     opts.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
+    if let Some((user, password)) = &config.credentials {
+        opts.set_credentials(user, password);
+    }
     let (client, mut events) = AsyncClient::new(opts, 256);
     let filter = format!("{}/#", config.prefix);
     let mut backoff = Duration::from_millis(200);

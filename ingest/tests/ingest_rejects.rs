@@ -20,6 +20,7 @@ struct Rig {
     url: String,
     bus: EmbeddedBus,
     topics: Topics,
+    clock: Arc<ManualClock>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -28,6 +29,10 @@ async fn rig(max_body_bytes: u64) -> Rig {
 }
 
 async fn rig_with(max_body_bytes: u64, access: Access) -> Rig {
+    rig_limited(max_body_bytes, access, 0).await
+}
+
+async fn rig_limited(max_body_bytes: u64, access: Access, device_requests_per_min: u32) -> Rig {
     let district =
         Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap());
     let bus = EmbeddedBus::new(1024);
@@ -35,7 +40,8 @@ async fn rig_with(max_body_bytes: u64, access: Access) -> Rig {
     for t in topics.all() {
         bus.ensure_topic(&t, 2).await.unwrap();
     }
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+    let manual = Arc::new(ManualClock::new(NOW));
+    let clock: Arc<dyn Clock> = manual.clone();
     let gw = Arc::new(Gateway::new(
         district,
         bus.producer(),
@@ -48,6 +54,7 @@ async fn rig_with(max_body_bytes: u64, access: Access) -> Rig {
                 retention_ms: 72 * 3_600_000,
             },
             access,
+            device_requests_per_min,
         },
     ));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -61,6 +68,7 @@ async fn rig_with(max_body_bytes: u64, access: Access) -> Rig {
         url: format!("http://{addr}/v1/readings"),
         bus,
         topics,
+        clock: manual,
         _stop: tx,
     }
 }
@@ -306,4 +314,122 @@ async fn devices_need_their_token_and_write_only_their_own_sensors() {
     assert!(rejects
         .iter()
         .all(|x| x.reason == RejectReason::Forbidden && x.detail.contains("up01-station")));
+}
+
+/// One counter's value from the gateway's `/metrics`.
+async fn counter(url: &str, line_prefix: &str) -> f64 {
+    let text = reqwest::get(url.replace("/v1/readings", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_device_over_its_request_rate_gets_429_and_others_are_not_held_back() {
+    let district = District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap();
+    let devices = format!(
+        "[[devices]]\nid = \"d1\"\ntoken_sha256 = \"{}\"\nsensors = [\"WL-UP-01\"]\n\
+         [[devices]]\nid = \"d2\"\ntoken_sha256 = \"{}\"\nsensors = [\"WL-UP-02\"]\n",
+        token_sha256("tok-d1"),
+        token_sha256("tok-d2")
+    );
+    let registry = DeviceRegistry::from_toml_str(&devices, &district).unwrap();
+    let r = rig_limited(1 << 20, Access::Devices(registry), 3).await;
+    let body = |sensor: &str, seq: u64| {
+        format!(r#"{{"sensor":"{sensor}","ts":{NOW},"value":5.0,"seq":{seq}}}"#)
+    };
+    let before = counter(&r.url, "floodcmd_ingest_rate_limited_total ").await;
+    for seq in 0..3 {
+        let (s, _) = post_as(
+            &r.url,
+            "application/json",
+            Some("tok-d1"),
+            body("WL-UP-01", seq),
+        )
+        .await;
+        assert_eq!(s, 200, "request {seq} is inside the allowance");
+    }
+    let resp = reqwest::Client::new()
+        .post(&r.url)
+        .bearer_auth("tok-d1")
+        .header("content-type", "application/json")
+        .body(body("WL-UP-01", 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let (s, _) = post_as(
+        &r.url,
+        "application/json",
+        Some("tok-d2"),
+        body("WL-UP-02", 0),
+    )
+    .await;
+    assert_eq!(s, 200, "another device has its own allowance");
+    assert!(counter(&r.url, "floodcmd_ingest_rate_limited_total ").await >= before + 1.0);
+
+    // The refused request was not read: its reading is not on the bus and not a dead letter,
+    // so the device sends it again once the window has passed, and it is taken.
+    r.clock.advance(60_000);
+    let (s, v) = post_as(
+        &r.url,
+        "application/json",
+        Some("tok-d1"),
+        body("WL-UP-01", 3),
+    )
+    .await;
+    assert_eq!((s, v["accepted"].as_u64()), (200, Some(1)));
+    let readings: Vec<Reading> = drain(&r.bus, &r.topics.readings()).await;
+    let seqs: Vec<_> = readings
+        .iter()
+        .filter(|x| x.sensor == "WL-UP-01")
+        .map(|x| x.seq)
+        .collect();
+    assert_eq!(seqs, [Some(0), Some(1), Some(2), Some(3)]);
+    let rejects: Vec<Reject> = drain(&r.bus, &r.topics.rejects()).await;
+    assert!(rejects.is_empty(), "{rejects:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_sequence_number_is_refused_with_a_reason_and_counted() {
+    let r = rig(1 << 20).await;
+    let reading = format!(r#"{{"sensor":"WL-UP-03","ts":{NOW},"value":5.0,"seq":41}}"#);
+    let before = counter(
+        &r.url,
+        "floodcmd_ingest_rejects_total{reason=\"duplicate_sequence\"} ",
+    )
+    .await;
+    let (s, _) = post(&r.url, "application/json", reading.clone()).await;
+    assert_eq!(s, 200);
+    // The same bytes again, as an attacker replaying a captured request would send them.
+    let (s, v) = post(&r.url, "application/json", reading).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["rejects"][0]["reason"], "duplicate_sequence");
+    assert!(v["rejects"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("seq 41"));
+    assert!(
+        counter(
+            &r.url,
+            "floodcmd_ingest_rejects_total{reason=\"duplicate_sequence\"} "
+        )
+        .await
+            >= before + 1.0
+    );
+    let rejects: Vec<Reject> = drain(&r.bus, &r.topics.rejects()).await;
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].reason, RejectReason::DuplicateSequence);
 }

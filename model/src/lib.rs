@@ -12,13 +12,15 @@
 //!   notifications, operator actions, rejects);
 //! - [`level`]: warning levels and data states, kept as separate dimensions;
 //! - [`bus`]: the bus trait both the embedded bus and Kafka implement, and [`topic`] names;
-//! - [`codec`]: how records are encoded on the bus.
+//! - [`codec`]: how records are encoded on the bus;
+//! - [`limit`]: a per-key rate limit on a clock (devices, logins, actions).
 
 pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod event;
 pub mod level;
+pub mod limit;
 pub mod reading;
 pub mod settings;
 pub mod time;

@@ -33,8 +33,8 @@ pub enum BusKind {
     Kafka,
 }
 
-/// The bus.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The bus. Debug hides secret-looking Kafka properties.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusSettings {
     /// Embedded or Kafka.
@@ -49,6 +49,10 @@ pub struct BusSettings {
     pub bootstrap: String,
     /// Kafka: replication factor of the topics floodcmd creates.
     pub replication: u32,
+    /// Kafka: more librdkafka properties, applied last to every client (`[bus.kafka]`), e.g.
+    /// `"security.protocol" = "SASL_SSL"`, `"ssl.ca.location"`, `"sasl.mechanism"`,
+    /// `"sasl.username"`, `"sasl.password"` (docs/SECURITY.md).
+    pub kafka: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BusSettings {
@@ -60,12 +64,13 @@ impl Default for BusSettings {
             capacity: 65_536,
             bootstrap: "127.0.0.1:19092".into(),
             replication: 1,
+            kafka: std::collections::BTreeMap::new(),
         }
     }
 }
 
-/// The ingest gateway.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The ingest gateway. Debug hides the MQTT password.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestSettings {
     /// Listen address of the HTTP gateway.
@@ -83,6 +88,17 @@ pub struct IngestSettings {
     pub mqtt: String,
     /// MQTT topic prefix; the adapter subscribes to `<prefix>/#`.
     pub mqtt_prefix: String,
+    /// The adapter's own MQTT user name at the broker; empty: connect anonymously (trials
+    /// only: then any client can publish as any device, see docs/SECURITY.md).
+    pub mqtt_username: String,
+    /// The adapter's MQTT password; better given as `FLOODCMD_INGEST_MQTT_PASSWORD` or in
+    /// `mqtt_password_file` than written here.
+    pub mqtt_password: String,
+    /// File holding the adapter's MQTT password (trailing newline ignored).
+    pub mqtt_password_file: String,
+    /// HTTP requests per minute one device may make; past it, 429 with `Retry-After`.
+    /// 0: no limit.
+    pub device_requests_per_min: u32,
 }
 
 impl Default for IngestSettings {
@@ -95,6 +111,10 @@ impl Default for IngestSettings {
             devices_file: String::new(),
             mqtt: String::new(),
             mqtt_prefix: "floodcmd/readings".into(),
+            mqtt_username: String::new(),
+            mqtt_password: String::new(),
+            mqtt_password_file: String::new(),
+            device_requests_per_min: 600,
         }
     }
 }
@@ -227,6 +247,14 @@ pub struct DashboardSettings {
     pub cameras_dir: String,
     /// Who may log in.
     pub users: Vec<DashboardUser>,
+    /// Browser origins allowed to open the websocket (`https://wall.example.org`); empty:
+    /// only the wall's own host. From the environment: comma-separated.
+    pub allowed_origins: Vec<String>,
+    /// Login attempts per minute from one client address, and failed ones per user name;
+    /// past it, 429. 0: no limit.
+    pub login_per_min: u32,
+    /// Actions per minute by one user; past it, 429. 0: no limit.
+    pub actions_per_min: u32,
 }
 
 impl Default for DashboardSettings {
@@ -238,13 +266,17 @@ impl Default for DashboardSettings {
             session_h: 12,
             cameras_dir: ".cache/cameras".into(),
             users: Vec::new(),
+            allowed_origins: Vec::new(),
+            login_per_min: 10,
+            actions_per_min: 120,
         }
     }
 }
 
 /// The time-series sink (`floodcmd sink-influx`): any server speaking the InfluxDB v2 write
-/// API. An empty `url` means no sink (`floodcmd run` then leaves it out).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// API. An empty `url` means no sink (`floodcmd run` then leaves it out). Debug hides the
+/// token.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkInfluxSettings {
     /// Base URL, e.g. `http://127.0.0.1:8086`; empty: no sink.
@@ -253,8 +285,11 @@ pub struct SinkInfluxSettings {
     pub org: String,
     /// Bucket.
     pub bucket: String,
-    /// API token; better given as `FLOODCMD_SINK_INFLUX_TOKEN` than written in the file.
+    /// API token; better given as `FLOODCMD_SINK_INFLUX_TOKEN` or in `token_file` than
+    /// written in the file.
     pub token: String,
+    /// File holding the API token (trailing newline ignored); read by the binary at start.
+    pub token_file: String,
     /// A batch is written when it holds this many lines...
     pub batch_lines: usize,
     /// ... or when its first line is this old, ms, whichever comes first.
@@ -272,6 +307,7 @@ impl Default for SinkInfluxSettings {
             org: "floodcmd".into(),
             bucket: "floodcmd".into(),
             token: String::new(),
+            token_file: String::new(),
             batch_lines: 5_000,
             flush_ms: 1_000,
             gzip: true,
@@ -280,8 +316,9 @@ impl Default for SinkInfluxSettings {
     }
 }
 
-/// All runtime settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+/// All runtime settings. Debug hides every secret (the `[sms]` table's too), so settings
+/// can be logged.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// District file.
@@ -313,6 +350,118 @@ const SECTIONS: [&str; 7] = [
     "sink_influx",
 ];
 
+/// Fields whose environment override is a comma-separated list.
+const LIST_FIELDS: [(&str, &str); 1] = [("dashboard", "allowed_origins")];
+
+/// What Debug shows instead of a secret.
+const HIDDEN: &str = "***";
+
+fn hidden_if_set(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        HIDDEN
+    }
+}
+
+/// A copy of a table with every value under a secret-looking key hidden.
+fn redact(table: &toml::Table) -> toml::Table {
+    const SECRET_KEYS: [&str; 4] = ["password", "secret", "token", "api_key"];
+    table
+        .iter()
+        .map(|(k, v)| {
+            let v = if SECRET_KEYS.iter().any(|s| k.contains(s)) && !k.ends_with("_file") {
+                toml::Value::String(HIDDEN.into())
+            } else {
+                match v {
+                    toml::Value::Table(t) => toml::Value::Table(redact(t)),
+                    toml::Value::Array(a) => toml::Value::Array(
+                        a.iter()
+                            .map(|x| match x {
+                                toml::Value::Table(t) => toml::Value::Table(redact(t)),
+                                x => x.clone(),
+                            })
+                            .collect(),
+                    ),
+                    v => v.clone(),
+                }
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for BusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kafka: std::collections::BTreeMap<&str, &str> = self
+            .kafka
+            .iter()
+            .map(|(k, v)| {
+                let secret = k.contains("password") || k.contains("secret") || k.ends_with(".pem");
+                (k.as_str(), if secret { HIDDEN } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("BusSettings")
+            .field("kind", &self.kind)
+            .field("prefix", &self.prefix)
+            .field("partitions", &self.partitions)
+            .field("capacity", &self.capacity)
+            .field("bootstrap", &self.bootstrap)
+            .field("replication", &self.replication)
+            .field("kafka", &kafka)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for IngestSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestSettings")
+            .field("listen", &self.listen)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_future_s", &self.max_future_s)
+            .field("retention_h", &self.retention_h)
+            .field("devices_file", &self.devices_file)
+            .field("mqtt", &self.mqtt)
+            .field("mqtt_prefix", &self.mqtt_prefix)
+            .field("mqtt_username", &self.mqtt_username)
+            .field("mqtt_password", &hidden_if_set(&self.mqtt_password))
+            .field("mqtt_password_file", &self.mqtt_password_file)
+            .field("device_requests_per_min", &self.device_requests_per_min)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SinkInfluxSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkInfluxSettings")
+            .field("url", &self.url)
+            .field("org", &self.org)
+            .field("bucket", &self.bucket)
+            .field("token", &hidden_if_set(&self.token))
+            .field("token_file", &self.token_file)
+            .field("batch_lines", &self.batch_lines)
+            .field("flush_ms", &self.flush_ms)
+            .field("gzip", &self.gzip)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("district", &self.district)
+            .field("bus", &self.bus)
+            .field("ingest", &self.ingest)
+            .field("stream", &self.stream)
+            .field("alerts", &self.alerts)
+            .field("dashboard", &self.dashboard)
+            .field("sink_influx", &self.sink_influx)
+            .field("sms", &redact(&self.sms))
+            .finish()
+    }
+}
+
 impl Settings {
     /// Parse a settings file, apply `FLOODCMD_*` overrides from `env`, validate.
     pub fn load(
@@ -335,12 +484,30 @@ impl Settings {
                 // FLOODCMD_LOG, FLOODCMD_KAFKA and friends belong to the binary or tests.
                 continue;
             };
-            // Numbers and booleans keep their type; anything else is a string.
-            let parsed = value
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .or_else(|_| value.parse::<bool>().map(toml::Value::Boolean))
-                .unwrap_or_else(|_| toml::Value::String(value.clone()));
+            // Numbers and booleans keep their type; lists are comma-separated; anything else
+            // is a string.
+            let parsed = if LIST_FIELDS.contains(&(section, field)) {
+                toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| toml::Value::String(v.to_string()))
+                        .collect(),
+                )
+            } else if ["password", "token", "username"]
+                .iter()
+                .any(|w| field.contains(w))
+            {
+                // A secret of digits only is still a string.
+                toml::Value::String(value.clone())
+            } else {
+                value
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .or_else(|_| value.parse::<bool>().map(toml::Value::Boolean))
+                    .unwrap_or_else(|_| toml::Value::String(value.clone()))
+            };
             let entry = table
                 .entry(section.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -548,7 +715,63 @@ impl Settings {
                 );
             }
         }
+        for (i, o) in d.allowed_origins.iter().enumerate() {
+            let ok = o
+                .strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .is_some_and(|rest| {
+                    let rest = rest.trim_end_matches('/');
+                    !rest.is_empty() && !rest.contains('/')
+                });
+            if !ok {
+                bad(
+                    &format!("dashboard.allowed_origins[{i}]"),
+                    format!("\"{o}\" must be an origin like https://wall.example.org (scheme, host, optional port; no path)"),
+                );
+            }
+        }
+        if d.login_per_min > 10_000 {
+            bad(
+                "dashboard.login_per_min",
+                format!("{} must be 0 (no limit) to 10000", d.login_per_min),
+            );
+        }
+        if d.actions_per_min > 100_000 {
+            bad(
+                "dashboard.actions_per_min",
+                format!("{} must be 0 (no limit) to 100000", d.actions_per_min),
+            );
+        }
+        if self.ingest.device_requests_per_min > 1_000_000 {
+            bad(
+                "ingest.device_requests_per_min",
+                format!(
+                    "{} must be 0 (no limit) to 1000000",
+                    self.ingest.device_requests_per_min
+                ),
+            );
+        }
+        if !self.ingest.mqtt_password.is_empty() && !self.ingest.mqtt_password_file.is_empty() {
+            bad(
+                "ingest.mqtt_password_file",
+                "give the password or the file, not both".into(),
+            );
+        }
+        if self.ingest.mqtt_username.is_empty()
+            && !(self.ingest.mqtt_password.is_empty() && self.ingest.mqtt_password_file.is_empty())
+        {
+            bad(
+                "ingest.mqtt_username",
+                "must be set when a password is given".into(),
+            );
+        }
         let si = &self.sink_influx;
+        if !si.token.is_empty() && !si.token_file.is_empty() {
+            bad(
+                "sink_influx.token_file",
+                "give the token or the file, not both".into(),
+            );
+        }
         if !si.url.is_empty() {
             let rest = si
                 .url
@@ -763,6 +986,75 @@ mod tests {
             "sink_influx.bucket",
             "sink_influx.batch_lines",
             "sink_influx.flush_ms",
+        ] {
+            assert!(err.contains(field), "{field} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_every_secret() {
+        let s = Settings::load(
+            "[bus.kafka]\n\"sasl.password\" = \"kafka-pw-66\"\n\"security.protocol\" = \"SASL_SSL\"\n\
+             [sink_influx]\nurl = \"http://127.0.0.1:8086\"\n\
+             [[sms.gateways]]\nkind = \"smpp\"\npassword = \"smpp-pw-77\"\n\
+             [[sms.gateways]]\nkind = \"http_sendsms\"\naccess_key_secret = \"ak-secret-88\"\n",
+            env(&[
+                ("FLOODCMD_SINK_INFLUX_TOKEN", "influx-token-99"),
+                ("FLOODCMD_INGEST_MQTT_USERNAME", "floodcmd-ingest"),
+                ("FLOODCMD_INGEST_MQTT_PASSWORD", "123456"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.sink_influx.token, "influx-token-99");
+        assert_eq!(s.ingest.mqtt_password, "123456", "digits stay a string");
+        let shown = format!("{s:?} {s:#?}");
+        assert_eq!(s.bus.kafka["sasl.password"], "kafka-pw-66");
+        assert!(shown.contains("SASL_SSL"));
+        for secret in [
+            "influx-token-99",
+            "123456",
+            "smpp-pw-77",
+            "ak-secret-88",
+            "kafka-pw-66",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("floodcmd-ingest") && shown.contains("***"));
+    }
+
+    #[test]
+    fn security_settings_are_validated_by_field() {
+        let s = Settings::load(
+            "",
+            env(&[(
+                "FLOODCMD_DASHBOARD_ALLOWED_ORIGINS",
+                "https://wall.example.org, http://10.0.0.5:8080",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.dashboard.allowed_origins,
+            ["https://wall.example.org", "http://10.0.0.5:8080"]
+        );
+        assert_eq!(s.dashboard.login_per_min, 10);
+        let err = Settings::load(
+            "[dashboard]\nallowed_origins = [\"wall.example.org\", \"https://a/b\"]\n\
+             login_per_min = 20000\n\
+             [ingest]\nmqtt_password = \"x\"\nmqtt_password_file = \"/run/x\"\n\
+             device_requests_per_min = 2000000\n\
+             [sink_influx]\ntoken = \"t\"\ntoken_file = \"/run/t\"\n",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        for field in [
+            "dashboard.allowed_origins[0]",
+            "dashboard.allowed_origins[1]",
+            "dashboard.login_per_min",
+            "ingest.mqtt_password_file",
+            "ingest.mqtt_username",
+            "ingest.device_requests_per_min",
+            "sink_influx.token_file",
         ] {
             assert!(err.contains(field), "{field} missing from: {err}");
         }

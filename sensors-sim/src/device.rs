@@ -56,8 +56,11 @@ pub enum Target {
         port: u16,
         /// Topic prefix.
         prefix: String,
-        /// Device id in the topic.
+        /// Device id in the topic, and the user name at the broker.
         device: String,
+        /// The device's token, its password at the broker (docs/SECURITY.md); `None`:
+        /// anonymous.
+        token: Option<String>,
     },
     /// Validated readings straight onto the readings topic (load tests of the stream stage).
     Bus {
@@ -442,8 +445,12 @@ pub async fn run_sim(
             port,
             prefix,
             device,
+            token,
         } => {
             let mut opts = rumqttc::MqttOptions::new(format!("floodcmd-sim-{device}"), host, *port);
+            if let Some(t) = token {
+                opts.set_credentials(device, t);
+            }
             opts.set_keep_alive(Duration::from_secs(10));
             opts.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
             let (client, mut events) = rumqttc::AsyncClient::new(opts, 1024);

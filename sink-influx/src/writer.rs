@@ -21,8 +21,8 @@ use influxdb2::RequestError;
 use std::io::Write;
 use std::time::Duration;
 
-/// Where and how to write.
-#[derive(Clone, Debug)]
+/// Where and how to write. Debug hides the token.
+#[derive(Clone)]
 pub struct InfluxTarget {
     /// Base URL, e.g. `http://127.0.0.1:8086`.
     pub url: String,
@@ -36,6 +36,19 @@ pub struct InfluxTarget {
     pub gzip: bool,
     /// How long one write may take before it counts as failed and is tried again.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for InfluxTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxTarget")
+            .field("url", &self.url)
+            .field("org", &self.org)
+            .field("bucket", &self.bucket)
+            .field("token", &if self.token.is_empty() { "" } else { "***" })
+            .field("gzip", &self.gzip)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What went wrong with one write.

@@ -35,8 +35,8 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
 /// The template parameter that carries the text: the template is registered as `${content}`.
 pub const CONTENT_PARAM: &str = "content";
 
-/// How to reach and authenticate to the API.
-#[derive(Clone, Debug)]
+/// How to reach and authenticate to the API. Debug hides the secret.
+#[derive(Clone)]
 pub struct HttpSendSmsConfig {
     /// The gateway's name (logs, metrics).
     pub name: String,
@@ -52,6 +52,20 @@ pub struct HttpSendSmsConfig {
     pub template_code: String,
     /// Whole request, at most.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpSendSmsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSendSmsConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"***")
+            .field("sign_name", &self.sign_name)
+            .field("template_code", &self.template_code)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// The `SendSms` client.

@@ -21,8 +21,15 @@
 //! rate_per_s = 50
 //! ```
 //!
-//! Plain serde: the settings loader owns files and environment overrides; [`SmsSettings::validate`]
-//! checks what serde cannot and names each problem by its path.
+//! Plain serde: the settings loader owns the settings file and `FLOODCMD_*` overrides;
+//! [`SmsSettings::validate`] checks what serde cannot and names each problem by its path.
+//!
+//! Secrets need not be written in the file. [`SmsSettings::resolve_secrets`] fills each
+//! gateway's `password` / `access_key_secret` from the environment
+//! (`FLOODCMD_SMS_<NAME>_PASSWORD`, `FLOODCMD_SMS_<NAME>_ACCESS_KEY_SECRET`, where `<NAME>` is
+//! the gateway's name upper-cased with other characters as `_`) or from `password_file` /
+//! `access_key_secret_file` (a mounted secret; the trailing newline is ignored). Debug never
+//! shows them, and no error quotes them.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -61,8 +68,13 @@ pub struct SmppSettings {
     pub port: u32,
     /// Bind account, at most 15 characters.
     pub system_id: String,
-    /// Bind password, at most 8 characters.
+    /// Bind password, at most 8 characters; or give `password_file`, or
+    /// `FLOODCMD_SMS_<NAME>_PASSWORD`.
+    #[serde(default)]
     pub password: String,
+    /// File holding the bind password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
     /// Sender address (the short code recipients see), at most 20 characters.
     pub source_addr: String,
     /// Submits per second the contract allows (each part of a long text is one submit);
@@ -84,8 +96,13 @@ pub struct HttpSendSmsSettings {
     pub url: String,
     /// AccessKey id.
     pub access_key_id: String,
-    /// AccessKey secret.
+    /// AccessKey secret; or give `access_key_secret_file`, or
+    /// `FLOODCMD_SMS_<NAME>_ACCESS_KEY_SECRET`.
+    #[serde(default)]
     pub access_key_secret: String,
+    /// File holding the AccessKey secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_secret_file: Option<String>,
     /// Approved signature (签名).
     pub sign_name: String,
     /// Approved template with a `${content}` parameter.
@@ -107,6 +124,7 @@ impl fmt::Debug for SmppSettings {
             .field("port", &self.port)
             .field("system_id", &self.system_id)
             .field("password", &"***")
+            .field("password_file", &self.password_file)
             .field("source_addr", &self.source_addr)
             .field("rate_per_s", &self.rate_per_s)
             .field("window", &self.window)
@@ -121,6 +139,7 @@ impl fmt::Debug for HttpSendSmsSettings {
             .field("url", &self.url)
             .field("access_key_id", &self.access_key_id)
             .field("access_key_secret", &"***")
+            .field("access_key_secret_file", &self.access_key_secret_file)
             .field("sign_name", &self.sign_name)
             .field("template_code", &self.template_code)
             .field("rate_per_s", &self.rate_per_s)
@@ -187,6 +206,67 @@ impl SmsSettings {
                 None => g.kind().to_string(),
             })
             .collect()
+    }
+
+    /// Fill each gateway's secret from the environment (`env` looks a variable up) or from
+    /// its `*_file`, in that order of precedence over the file's literal value. A secret
+    /// given twice in the settings (the value and a file) is a problem; so is a file that
+    /// cannot be read or is empty. Problems name the field and the file, never the secret.
+    pub fn resolve_secrets(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), Vec<SettingsProblem>> {
+        let names = self.names();
+        let mut problems = Vec::new();
+        for (i, g) in self.gateways.iter_mut().enumerate() {
+            let (field, value, file) = match g {
+                GatewaySettings::Smpp(s) => ("password", &mut s.password, &s.password_file),
+                GatewaySettings::HttpSendSms(h) => (
+                    "access_key_secret",
+                    &mut h.access_key_secret,
+                    &h.access_key_secret_file,
+                ),
+            };
+            let var = format!(
+                "FLOODCMD_SMS_{}_{}",
+                env_name(&names[i]),
+                field.to_ascii_uppercase()
+            );
+            let mut bad = |f: String, message: String| {
+                problems.push(SettingsProblem {
+                    path: format!("sms.gateways[{i}].{f}"),
+                    message,
+                })
+            };
+            if let Some(v) = env(&var).filter(|v| !v.is_empty()) {
+                *value = v;
+                continue;
+            }
+            let Some(path) = file else { continue };
+            if !value.is_empty() {
+                bad(
+                    format!("{field}_file"),
+                    format!("give {field} or {field}_file, not both"),
+                );
+                continue;
+            }
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let secret = text.trim_end_matches(['\n', '\r']);
+                    if secret.is_empty() {
+                        bad(format!("{field}_file"), format!("{path} is empty"));
+                    } else {
+                        *value = secret.to_string();
+                    }
+                }
+                Err(e) => bad(format!("{field}_file"), format!("cannot read {path}: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Everything serde cannot check, each problem with its path.
@@ -270,6 +350,19 @@ impl SmsSettings {
             Err(problems)
         }
     }
+}
+
+/// A gateway name as it appears in an environment variable: `smpp-backup` → `SMPP_BACKUP`.
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -370,5 +463,57 @@ mod tests {
         let d = format!("{s:?}");
         assert!(!d.contains("secret\""), "{d}");
         assert!(d.contains("***"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_or_the_environment_and_never_show() {
+        let dir = std::env::temp_dir().join(format!("floodcmd-sms-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("smpp.pw");
+        std::fs::write(&pw, "pwfile1\n").unwrap();
+        let text = GOOD
+            .replace(
+                "password = \"secret\"",
+                &format!("password_file = \"{}\"", pw.display()),
+            )
+            .replace("access_key_secret = \"s\"\n", "");
+        let mut s: SmsSettings = toml::from_str(&text).unwrap();
+        s.resolve_secrets(|var| {
+            (var == "FLOODCMD_SMS_HTTP_SENDSMS_ACCESS_KEY_SECRET").then(|| "ak-from-env".into())
+        })
+        .unwrap();
+        assert_eq!(s.validate(), Ok(()));
+        match (&s.gateways[0], &s.gateways[1]) {
+            (GatewaySettings::Smpp(g), GatewaySettings::HttpSendSms(h)) => {
+                assert_eq!(g.password, "pwfile1");
+                assert_eq!(h.access_key_secret, "ak-from-env");
+            }
+            other => panic!("{other:?}"),
+        }
+        let shown = format!("{s:?} {s:#?}");
+        assert!(
+            !shown.contains("pwfile1") && !shown.contains("ak-from-env"),
+            "{shown}"
+        );
+        // Both a value and a file, and a file that is not there: each named, no secret quoted.
+        let twice = GOOD.replace(
+            "password = \"secret\"",
+            &format!(
+                "password = \"secret\"\npassword_file = \"{}\"",
+                pw.display()
+            ),
+        );
+        let mut s: SmsSettings = toml::from_str(&twice).unwrap();
+        let p = s.resolve_secrets(|_| None).unwrap_err();
+        assert_eq!(p[0].path, "sms.gateways[0].password_file");
+        let missing = GOOD.replace(
+            "access_key_secret = \"s\"",
+            "access_key_secret_file = \"/nonexistent/floodcmd-ak\"",
+        );
+        let mut s: SmsSettings = toml::from_str(&missing).unwrap();
+        let p = s.resolve_secrets(|_| None).unwrap_err();
+        assert_eq!(p[0].path, "sms.gateways[1].access_key_secret_file");
+        assert!(p[0].message.contains("/nonexistent/floodcmd-ak"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

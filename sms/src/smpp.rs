@@ -34,8 +34,8 @@ const DATA_CODING_UCS2: u8 = 0x08;
 /// Partial sends older than this are forgotten: by then the outbox has given up or moved on.
 const PARTIAL_TTL: Duration = Duration::from_secs(3600);
 
-/// How to reach and use one SMSC.
-#[derive(Clone, Debug)]
+/// How to reach and use one SMSC. Debug hides the password.
+#[derive(Clone)]
 pub struct SmppConfig {
     /// The gateway's name (receipts, logs, metrics).
     pub name: String,
@@ -64,6 +64,26 @@ pub struct SmppConfig {
     /// How long a send waits for a bind that is in progress before it reports
     /// [`SmsError::Unavailable`]; while the SMSC is known to be down, sends fail at once.
     pub bind_wait: Duration,
+}
+
+impl std::fmt::Debug for SmppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmppConfig")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("system_id", &self.system_id)
+            .field("password", &"***")
+            .field("source_addr", &self.source_addr)
+            .field("window", &self.window)
+            .field("receipts", &self.receipts)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("enquire_link_interval", &self.enquire_link_interval)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("bind_wait", &self.bind_wait)
+            .finish()
+    }
 }
 
 impl SmppConfig {
