@@ -466,6 +466,9 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.script("stop");
+        if let Some(base) = self.run.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
     }
 }
 
