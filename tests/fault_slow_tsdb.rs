@@ -410,7 +410,18 @@ async fn a_slow_time_series_server_lags_the_sink_only_in_bounded_memory_and_lose
     }
     let catch_up_s = t1.elapsed().as_secs_f64();
     sampler.abort();
-    let got = export(&influx, &run).await;
+    // The server acknowledged every batch; what it stored becomes searchable within a second
+    // or so, so read back until it is all there (or the limit says something is lost).
+    let read_from = Instant::now();
+    let got = loop {
+        let got = export(&influx, &run).await;
+        if expected.keys().all(|k| got.contains_key(k))
+            || read_from.elapsed() > Duration::from_secs(30)
+        {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
     let wrong: Vec<_> = expected
         .iter()
