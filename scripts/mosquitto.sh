@@ -12,6 +12,10 @@
 #   FLOODCMD_MQTT_RUN      run dir: config, pid, log (default <repo>/.cache/mosquitto-run)
 #   FLOODCMD_MQTT_TIMEOUT  seconds to wait for the port (default 20)
 #   FLOODCMD_MQTT_REUSE=1  `start` while running prints the address and exits 0 (default: refuse, exit 1)
+#   FLOODCMD_MQTT_PERSIST  a directory: keep sessions, subscriptions and queued QoS 1 messages
+#                          there (`persistence true`), saved at stop and loaded at start, so a
+#                          restarted broker still has them (default: no persistence). It is
+#                          kept across starts, unlike the run dir.
 set -euo pipefail
 
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +24,7 @@ HOST=127.0.0.1
 PORT=${FLOODCMD_MQTT_PORT:-18830}
 RUN_DIR=${FLOODCMD_MQTT_RUN:-$REPO/.cache/mosquitto-run}
 TIMEOUT=${FLOODCMD_MQTT_TIMEOUT:-20}
+PERSIST=${FLOODCMD_MQTT_PERSIST:-}
 PID_FILE=$RUN_DIR/mosquitto.pid
 CONF=$RUN_DIR/mosquitto.conf
 LOG=$RUN_DIR/mosquitto.log
@@ -79,12 +84,20 @@ cmd_start() {
   [[ -d $d && -n $(ls -A "$d") && ! -f $d/mosquitto.conf ]] && die "run dir $d is not empty and has no mosquitto.conf: not wiping it"
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR"
+  local persistence="persistence false"
+  if [[ -n $PERSIST ]]; then
+    mkdir -p "$PERSIST"
+    # Started as root, mosquitto drops to its own user, which must be able to write there.
+    if [[ $(id -u) == 0 ]] && id mosquitto >/dev/null 2>&1; then chown mosquitto: "$PERSIST"; fi
+    persistence="persistence true
+persistence_location $(realpath "$PERSIST")"
+  fi
   cat >"$CONF" <<EOF
 # written by scripts/mosquitto.sh
 per_listener_settings false
 listener $PORT $HOST
 allow_anonymous true
-persistence false
+$persistence
 # logs go to stderr, which the script sends to $LOG
 log_dest stderr
 log_type error
