@@ -56,6 +56,11 @@ pub struct DashboardConfig {
     pub resume_ring: usize,
     /// Browser origins that may open the websocket; empty: the wall's own host only.
     pub allowed_origins: Vec<String>,
+    /// A client that takes nothing from its socket for this long is disconnected. Until
+    /// then a stalled client costs only its bounded place in the feed and the kernel's
+    /// socket buffers; past it, not even its task and socket are kept. A browser that was
+    /// merely asleep reconnects and resumes.
+    pub stalled_after: Duration,
 }
 
 impl DashboardConfig {
@@ -71,6 +76,7 @@ impl DashboardConfig {
             client_queue: 4096,
             resume_ring: 4096,
             allowed_origins: Vec::new(),
+            stalled_after: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +103,7 @@ struct WallMetrics {
     deltas: IntCounter,
     resyncs: IntCounter,
     resumes: IntCounter,
+    evicted: IntCounter,
 }
 
 fn metrics() -> &'static WallMetrics {
@@ -123,12 +130,18 @@ fn metrics() -> &'static WallMetrics {
                 "Reconnecting clients sent only what they missed",
             )
             .expect("metric"),
+            evicted: IntCounter::new(
+                "floodcmd_dashboard_ws_evicted_total",
+                "Clients disconnected for taking nothing from their socket for dashboard stalled_after",
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         let _ = r.register(Box::new(m.clients.clone()));
         let _ = r.register(Box::new(m.deltas.clone()));
         let _ = r.register(Box::new(m.resyncs.clone()));
         let _ = r.register(Box::new(m.resumes.clone()));
+        let _ = r.register(Box::new(m.evicted.clone()));
         m
     })
 }
@@ -140,6 +153,8 @@ pub struct Shared {
     /// Stamps every message with the server's `now_ms`, so browsers can run countdowns on
     /// the server's clock (the demo's runs faster than real time).
     clock: Arc<dyn Clock>,
+    /// See [`DashboardConfig::stalled_after`].
+    stalled_after: Duration,
 }
 
 impl Shared {
@@ -156,7 +171,14 @@ impl Shared {
                 feed: Feed::new(client_queue, resume_ring),
             })),
             clock,
+            stalled_after: Duration::from_secs(30),
         }
+    }
+
+    /// Disconnect clients that take nothing from their socket for `d`.
+    pub fn with_stalled_after(mut self, d: Duration) -> Shared {
+        self.stalled_after = d;
+        self
     }
 
     fn stamp(&self, mut msg: serde_json::Value) -> String {
@@ -300,7 +322,8 @@ pub async fn client<S, R, E>(
 {
     metrics().clients.inc();
     let (first, mut changes) = shared.first(&session, resume);
-    if tx.send(Message::text(first)).await.is_err() {
+    let limit = shared.stalled_after;
+    if !send_or_evict(&mut tx, first, limit).await {
         metrics().clients.dec();
         return;
     }
@@ -318,7 +341,7 @@ pub async fn client<S, R, E>(
                     // A fresh receiver with the fresh snapshot: the old backlog is stale.
                     let (snap, fresh) = shared.snapshot(&session);
                     changes = fresh;
-                    if tx.send(Message::text(snap)).await.is_err() { break; }
+                    if !send_or_evict(&mut tx, snap, limit).await { break; }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -326,7 +349,7 @@ pub async fn client<S, R, E>(
                 if !pending.is_empty() {
                     let msg = shared.stamp(pending.take(0, false));
                     metrics().deltas.inc();
-                    if tx.send(Message::text(msg)).await.is_err() { break; }
+                    if !send_or_evict(&mut tx, msg, limit).await { break; }
                 }
             }
             incoming = rx_ws.next() => match incoming {
@@ -337,6 +360,19 @@ pub async fn client<S, R, E>(
         }
     }
     metrics().clients.dec();
+}
+
+/// Send one message; false when the client is gone, or has taken nothing for `limit` (its
+/// socket's buffers are full) and is let go.
+async fn send_or_evict<S: Sink<Message> + Unpin>(tx: &mut S, msg: String, limit: Duration) -> bool {
+    match tokio::time::timeout(limit, tx.send(Message::text(msg))).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::info!(after = ?limit, "websocket client took nothing from its socket; disconnecting it");
+            metrics().evicted.inc();
+            false
+        }
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> warp::reply::Response {
@@ -356,7 +392,8 @@ pub async fn serve(
         clock.clone(),
         config.client_queue,
         config.resume_ring,
-    );
+    )
+    .with_stalled_after(config.stalled_after);
     let t = config.topics.clone();
     let follower = Follower {
         bus: bus.clone(),
