@@ -27,9 +27,9 @@ fn kafka() -> String {
         .expect("FLOODCMD_KAFKA is not set: run the README's test command, scripts/test.sh")
 }
 
-/// Water rises to red at every point, then falls away.
-fn storm(d: &District, start: Millis) -> Vec<Reading> {
-    let mut out = Vec::new();
+/// Water rises to red at every point, then falls away: (rise, fall).
+fn storm(d: &District, start: Millis) -> (Vec<Reading>, Vec<Reading>) {
+    let (mut rise, mut fall) = (Vec::new(), Vec::new());
     for p in POINTS {
         let sensor = &d.point(p).unwrap().sensors[0];
         let r = |ts: Millis, cm: f64| Reading {
@@ -42,13 +42,13 @@ fn storm(d: &District, start: Millis) -> Vec<Reading> {
             received_ms: ts,
         };
         for i in 0..30i64 {
-            out.push(r(start + i * 3_000, i as f64 * 1.4));
+            rise.push(r(start + i * 3_000, i as f64 * 1.4));
         }
         for i in 0..20i64 {
-            out.push(r(start + 90_000 + i * 3_000, 40.0 - i as f64 * 2.2));
+            fall.push(r(start + 90_000 + i * 3_000, 40.0 - i as f64 * 2.2));
         }
     }
-    out
+    (rise, fall)
 }
 
 type Seen = (String, TransitionKind, Level, Level, Millis);
@@ -115,10 +115,16 @@ async fn one_process(district: Arc<District>, readings: &[Reading], origin: Mill
 /// A stage process that is killed when the test ends, however it ends.
 struct Stage(Child);
 
+impl Stage {
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL: no shutdown path runs
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Stage {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.kill();
     }
 }
 
@@ -158,93 +164,173 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A cluster of two stream processes on Kafka under a fresh topic prefix.
+struct Rig {
+    bus: Arc<dyn Bus>,
+    topics: Topics,
+    settings: std::path::PathBuf,
+}
+
+impl Rig {
+    async fn new(tag: &str) -> Rig {
+        let prefix = format!("{tag}{}", std::process::id());
+        let topics = Topics::new(prefix.clone());
+        let bus_settings = BusSettings {
+            kind: BusKind::Kafka,
+            bootstrap: kafka(),
+            prefix: prefix.clone(),
+            partitions: 4,
+            ..BusSettings::default()
+        };
+        let bus = stages::connect_bus(&bus_settings, None, &topics)
+            .await
+            .unwrap()
+            .bus;
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = dir.join("floodcmd.toml");
+        std::fs::write(
+            &settings,
+            format!(
+                "[district]\nfile = \"{}/config/xincheng.toml\"\n[bus]\nkind = \"kafka\"\nprefix = \"{prefix}\"\nbootstrap = \"{}\"\npartitions = 4\n[stream]\nworkers = 1\nlateness_s = 5\nrebuild_h = 1\ncluster = \"127.0.0.1:{},127.0.0.1:{}\"\n",
+                env!("CARGO_MANIFEST_DIR"),
+                kafka(),
+                free_port(),
+                free_port(),
+            ),
+        )
+        .unwrap();
+        Rig {
+            bus,
+            topics,
+            settings,
+        }
+    }
+
+    fn start(&self) -> (Stage, Stage) {
+        (
+            spawn_stream(&self.settings, 0),
+            spawn_stream(&self.settings, 1),
+        )
+    }
+
+    async fn send(&self, readings: &[Reading]) {
+        let producer = self.bus.producer();
+        for r in readings {
+            producer
+                .send(
+                    &self.topics.readings(),
+                    r.sensor.as_bytes(),
+                    encode(r),
+                    r.ts_ms,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Transitions of the test's points on the alerts topic (read by a fresh group) once there
+    /// are at least `n`, and then for 3 s more, so a transition produced twice shows.
+    async fn transitions(&self, group: &str, n: usize) -> Vec<Seen> {
+        let mut c = self
+            .bus
+            .consumer(group, &self.topics.alerts(), Assignment::All)
+            .await
+            .unwrap();
+        let mut got: Vec<Seen> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut settle: Option<Instant> = None;
+        while settle.is_none_or(|s| Instant::now() < s) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not produce the expected {n} transitions in 90 s: {got:#?}"
+            );
+            got.extend(
+                c.poll(1000, Duration::from_millis(300))
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| seen(&decode::<AlertTransition>(&r.payload).unwrap()))
+                    .filter(|s| POINTS.contains(&s.0.as_str())),
+            );
+            if settle.is_none() && got.len() >= n {
+                settle = Some(Instant::now() + Duration::from_secs(3));
+            }
+        }
+        got
+    }
+}
+
+async fn reference(district: &Arc<District>, readings: &[Reading], start: Millis) -> Vec<Seen> {
+    one_process(district.clone(), readings, start)
+        .await
+        .into_iter()
+        .filter(|s| POINTS.contains(&s.0.as_str()))
+        .collect()
+}
+
+fn assert_same(got: &[Seen], expected: &[Seen]) {
+    let unique: HashSet<&Seen> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "no transition twice: {got:#?}");
+    assert_eq!(
+        per_point(got),
+        per_point(expected),
+        "two processes raise what one raises"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_process_cluster_raises_what_one_process_raises() {
     let district = Arc::new(District::from_toml_str(floodcmd::XINCHENG_TOML).unwrap());
     let start = SystemClock.now_ms() - 150_000;
-    let readings = storm(&district, start);
-    let expected: Vec<Seen> = one_process(district.clone(), &readings, start)
-        .await
-        .into_iter()
-        .filter(|s| POINTS.contains(&s.0.as_str()))
-        .collect();
+    let (mut readings, fall) = storm(&district, start);
+    readings.extend(fall);
+    let expected = reference(&district, &readings, start).await;
     assert!(
         expected.iter().any(|s| s.3 == Level::Red)
             && expected.iter().any(|s| s.1 == TransitionKind::Cleared),
         "the storm raises red and passes: {expected:#?}"
     );
-
     let owners: HashSet<usize> = POINTS.iter().map(|p| owner(p, 2)).collect();
     assert_eq!(owners.len(), 2, "each process owns some of the points");
 
-    let prefix = format!("cluster{}", std::process::id());
-    let topics = Topics::new(prefix.clone());
-    let bus_settings = BusSettings {
-        kind: BusKind::Kafka,
-        bootstrap: kafka(),
-        prefix: prefix.clone(),
-        partitions: 4,
-        ..BusSettings::default()
-    };
-    let bus = stages::connect_bus(&bus_settings, None, &topics)
-        .await
-        .unwrap()
-        .bus;
-    let dir = std::env::temp_dir().join(&prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let settings = dir.join("floodcmd.toml");
-    std::fs::write(
-        &settings,
-        format!(
-            "[district]\nfile = \"{}/config/xincheng.toml\"\n[bus]\nkind = \"kafka\"\nprefix = \"{prefix}\"\nbootstrap = \"{}\"\npartitions = 4\n[stream]\nworkers = 1\nlateness_s = 5\nrebuild_h = 1\ncluster = \"127.0.0.1:{},127.0.0.1:{}\"\n",
-            env!("CARGO_MANIFEST_DIR"),
-            kafka(),
-            free_port(),
-            free_port(),
-        ),
-    )
-    .unwrap();
-    let _first = spawn_stream(&settings, 0);
-    let _second = spawn_stream(&settings, 1);
+    let rig = Rig::new("cluster").await;
+    let _cluster = rig.start();
+    rig.send(&readings).await;
+    let got = rig.transitions("watch", expected.len()).await;
+    assert_same(&got, &expected);
+}
 
-    let producer = bus.producer();
-    for r in &readings {
-        producer
-            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
-            .await
-            .unwrap();
-    }
-    let mut c = bus
-        .consumer("watch", &topics.alerts(), Assignment::All)
-        .await
-        .unwrap();
-    let mut got: Vec<Seen> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    // Until everything is there, then a little longer, so a transition produced twice shows.
-    let mut settle: Option<Instant> = None;
-    while settle.is_none_or(|s| Instant::now() < s) {
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not produce the expected {} transitions in 90 s: {got:#?}",
-            expected.len()
-        );
-        got.extend(
-            c.poll(1000, Duration::from_millis(300))
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| seen(&decode::<AlertTransition>(&r.payload).unwrap()))
-                .filter(|s| POINTS.contains(&s.0.as_str())),
-        );
-        if settle.is_none() && got.len() >= expected.len() {
-            settle = Some(Instant::now() + Duration::from_secs(3));
-        }
-    }
-    let unique: HashSet<&Seen> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "no transition twice: {got:#?}");
-    assert_eq!(
-        per_point(&got),
-        per_point(&expected),
-        "two processes raise what one raises"
+/// The cluster is restarted as a whole (timely cannot lose a peer): both processes killed
+/// with SIGKILL mid-storm, the water falls while they are down, both start again, rebuild
+/// their windows and levels from the readings before their committed offsets, and the
+/// alerts topic ends up exactly as one undisturbed process leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_restarts_without_losing_or_repeating_an_alert() {
+    let district = Arc::new(District::from_toml_str(floodcmd::XINCHENG_TOML).unwrap());
+    let start = SystemClock.now_ms() - 150_000;
+    let (rise, fall) = storm(&district, start);
+    let rig = Rig::new("clusterkill").await;
+
+    let (mut a, mut b) = rig.start();
+    rig.send(&rise).await;
+    let first_part = reference(&district, &rise, start).await.len();
+    assert!(first_part >= POINTS.len(), "the rise raises every point");
+    rig.transitions("watch-1", first_part).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the offset commits reach the broker
+    a.kill();
+    b.kill();
+
+    rig.send(&fall).await;
+    let mut readings = rise.clone();
+    readings.extend(fall.iter().cloned());
+    let expected = reference(&district, &readings, start).await;
+    let started = Instant::now();
+    let _cluster = rig.start();
+    let got = rig.transitions("watch-2", expected.len()).await;
+    eprintln!(
+        "the cluster recovered and caught up within {:.1} s of its restart",
+        started.elapsed().as_secs_f64()
     );
+    assert_same(&got, &expected);
 }
