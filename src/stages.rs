@@ -90,6 +90,7 @@ pub async fn connect_bus(
         (_, over) => {
             let mut cfg = KafkaConfig::new(over.unwrap_or(&settings.bootstrap));
             cfg.replication = settings.replication as i32;
+            cfg.min_insync_replicas = settings.min_insync_replicas as i32;
             (Arc::new(KafkaBus::new(cfg)?), None)
         }
     };

@@ -49,6 +49,9 @@ pub struct BusSettings {
     pub bootstrap: String,
     /// Kafka: replication factor of the topics floodcmd creates.
     pub replication: u32,
+    /// Kafka: `min.insync.replicas` of the topics floodcmd creates (capped at `replication`):
+    /// with replication 3 and 2, an acknowledged record survives the loss of any one broker.
+    pub min_insync_replicas: u32,
 }
 
 impl Default for BusSettings {
@@ -60,6 +63,7 @@ impl Default for BusSettings {
             capacity: 65_536,
             bootstrap: "127.0.0.1:19092".into(),
             replication: 1,
+            min_insync_replicas: 2,
         }
     }
 }
@@ -390,6 +394,12 @@ impl Settings {
             bad(
                 "bus.replication",
                 format!("{} must be 1 to 16", self.bus.replication),
+            );
+        }
+        if self.bus.min_insync_replicas == 0 || self.bus.min_insync_replicas > 16 {
+            bad(
+                "bus.min_insync_replicas",
+                format!("{} must be 1 to 16", self.bus.min_insync_replicas),
             );
         }
         if self.bus.prefix.is_empty()
