@@ -112,11 +112,13 @@ async fn three_broker_cluster_loses_a_broker_mid_storm_and_loses_nothing() {
     let ingest = spawn_stage("ingest", &settings, "ingest gateway:");
     let url = format!("http://{}/v1/readings", ingest.addr("ingest gateway:"));
 
-    // 24 points, 120 steps: 2,880 readings posted over 30 s by 4 devices. Event time runs
-    // 3 s a step from 400 s ago, so every reading is in the past when posted.
-    const STEPS: usize = 120;
+    // 24 points, 200 steps: 4,800 readings posted over 50 s by 4 devices, long enough for
+    // the broker to come back while the storm still blows (start-node takes 5-30 s here).
+    // Event time runs 1 s a step from 150 s ago: the lag shrinks by 0.75 s a step, to under
+    // a second at the end, so no reading is stamped in the future (see `STORM_LAG_MS`).
+    const STEPS: usize = 200;
     let origin = SystemClock.now_ms() - STORM_LAG_MS;
-    let storm = Arc::new(storm(&district, 24, STEPS, origin, STORM_STEP_MS));
+    let storm = Arc::new(storm(&district, 24, STEPS, origin, 1_000));
     let points = storm_points(&storm);
     let stats = Arc::new(Mutex::new(FeedStats::default()));
     let feeding = tokio::spawn(feed(
@@ -127,7 +129,7 @@ async fn three_broker_cluster_loses_a_broker_mid_storm_and_loses_nothing() {
         stats.clone(),
     ));
 
-    // A quarter of the way in, the broker goes; ten seconds later it comes back.
+    // 7.5 s in, the broker goes; ten seconds later it is started again.
     tokio::time::sleep(Duration::from_millis(7_500)).await;
     let node = victim.to_string();
     let mut revive = Revive(Some(node.clone()));
@@ -151,6 +153,8 @@ async fn three_broker_cluster_loses_a_broker_mid_storm_and_loses_nothing() {
     revive.0 = None;
     let down = killed.elapsed();
     let start_node = restarting.elapsed();
+    let back_mid_storm = !feeding.is_finished();
+    let at_back = stats.lock().unwrap().accepted;
 
     feeding.await.unwrap();
     let fed = stats.lock().unwrap().clone();
@@ -195,7 +199,14 @@ async fn three_broker_cluster_loses_a_broker_mid_storm_and_loses_nothing() {
         "on the topic more than once: {doubled:?}"
     );
     assert!(stray.is_empty(), "on the topic but never sent: {stray:?}");
-    let consumed: usize = on_topic.values().sum();
+    let on_topic_total: usize = on_topic.values().sum();
+    // The stream stage read and finished every one (it commits only after their effects).
+    let consumed =
+        wait_committed(&*bus, "stream", &topics.readings(), Duration::from_secs(60)).await;
+    assert_eq!(
+        consumed, on_topic_total as u64,
+        "the stream stage read them all"
+    );
 
     // The transitions the storm causes, each once, as in an undisturbed run.
     let readings: Vec<_> = storm.iter().flatten().cloned().collect();
@@ -220,17 +231,23 @@ async fn three_broker_cluster_loses_a_broker_mid_storm_and_loses_nothing() {
     .await;
     assert_same_transitions(&got, &expected, "broker loss");
 
+    let after_back = fed.accepted - at_back;
     eprintln!(
         "fault_broker_loss: killed broker {victim} (leader of {led} of 4 readings partitions) \
-         {:.1} s into the storm; down {:.1} s (kill → start-node returned; start-node took \
-         {:.1} s); back in every readings ISR {:.1} s after start-node began. Readings: {} sent, \
-         {} accepted ({during_outage} while the broker was down; the longest time the gateway \
-         accepted nothing: {:.1} s), {consumed} on the topic, 0 missing, 0 twice; {} posts, {} \
-         refused (429/503), {} unanswered. Transitions: {} \
+         7.5 s into a {STEPS}-step storm; down {:.1} s (kill until start-node returned, which \
+         took {:.1} s); back {} ({after_back} readings accepted after it returned); in every readings \
+         ISR {:.1} s after start-node began. Readings: {} sent, {} accepted ({during_outage} \
+         in the 10 s before start-node; the longest time the gateway accepted nothing: {:.1} s), \
+         {on_topic_total} on the topic (0 missing, 0 twice), {consumed} read and committed by \
+         the stream stage; {} posts, {} refused (429/503), {} unanswered. Transitions: {} \
          expected, {} emitted, 0 twice.",
-        7.5,
         down.as_secs_f64(),
         start_node.as_secs_f64(),
+        if back_mid_storm {
+            "mid-storm"
+        } else {
+            "after the storm"
+        },
         isr_back.as_secs_f64(),
         fed.sent,
         fed.accepted,

@@ -132,7 +132,13 @@ async fn a_killed_ingest_gateway_loses_no_acknowledged_reading_and_doubles_no_al
         );
         assert_eq!(**n, 2, "{k:?} on the topic {n} times");
     }
-    let consumed: usize = on_topic.values().sum();
+    let on_topic_total: usize = on_topic.values().sum();
+    let consumed =
+        wait_committed(&*bus, "stream", &topics.readings(), Duration::from_secs(60)).await;
+    assert_eq!(
+        consumed, on_topic_total as u64,
+        "the stream stage read them all"
+    );
 
     let readings: Vec<Reading> = storm.iter().flatten().cloned().collect();
     let expected = undisturbed(district.clone(), &readings, origin, &points).await;
@@ -149,8 +155,8 @@ async fn a_killed_ingest_gateway_loses_no_acknowledged_reading_and_doubles_no_al
     eprintln!(
         "fault_stage_kills/ingest: killed 10.0 s into the storm with {acked_before_kill} readings \
          acknowledged; restarted gateway listening {:.2} s after the restart began, first \
-         reading accepted {:.2} s after it. Readings: {} sent, {} accepted, {consumed} on the \
-         topic ({} distinct, 0 missing, {} twice, each from a request the kill left unanswered; \
+         reading accepted {:.2} s after it. Readings: {} sent, {} accepted, {on_topic_total} on the \
+         topic ({consumed} read and committed by the stream stage; {} distinct, 0 missing, {} twice, each from a request the kill left unanswered; \
          {} readings were in unanswered requests); {} posts, {} unanswered, {} refused; the longest time nothing was accepted: {:.1} s. \
          Transitions: {} expected, {} emitted, 0 twice.",
         listening.as_secs_f64(),

@@ -614,3 +614,25 @@ pub async fn produce_paced(
         *produced.lock().unwrap() = i + 1;
     }
 }
+
+/// Wait until `group` has committed every partition of `topic` to its end: the stage has read
+/// and finished every record. Returns the number of records committed.
+pub async fn wait_committed(bus: &dyn Bus, group: &str, topic: &str, within: Duration) -> u64 {
+    let ends = bus.end_offsets(topic).await.unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let done = bus.committed(group, topic).await.unwrap();
+        if ends
+            .iter()
+            .zip(&done)
+            .all(|(end, c)| *end == 0 || c.unwrap_or(0) >= *end)
+        {
+            return done.iter().flatten().sum();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} did not commit {topic} to its end {ends:?} in {within:?}: {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
