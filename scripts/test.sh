@@ -75,7 +75,8 @@ if [[ $started_kafka == 1 ]]; then
   cargo test --workspace --test kafka_cluster --test fault_broker_loss -- three_broker_cluster
   scripts/kafka.sh stop >/dev/null
   started_kafka=0
-  if pgrep -f 'kafka\.Kafka .*\.cache/kafka-run' >/dev/null; then
+  # Only this checkout's brokers (another checkout may run its own cluster beside this one).
+  if pgrep -f "kafka\.Kafka ${FLOODCMD_KAFKA_RUN:-$PWD/.cache/kafka-run}/node-" >/dev/null; then
     echo "test.sh: a broker survived 'kafka.sh stop'" >&2
     exit 1
   fi
