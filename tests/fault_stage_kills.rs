@@ -157,7 +157,7 @@ async fn a_killed_ingest_gateway_loses_no_acknowledged_reading_and_doubles_no_al
          acknowledged; restarted gateway listening {:.2} s after the restart began, first \
          reading accepted {:.2} s after it. Readings: {} sent, {} accepted, {on_topic_total} on the \
          topic ({consumed} read and committed by the stream stage; {} distinct, 0 missing, {} twice, each from a request the kill left unanswered; \
-         {} readings were in unanswered requests); {} posts, {} unanswered, {} refused; the longest time nothing was accepted: {:.1} s. \
+         {} readings in doubt: in requests a gateway took and never answered); {} posts, {} unanswered ({} of them found no gateway listening), {} refused; the longest time nothing was accepted: {:.1} s. \
          Transitions: {} expected, {} emitted, 0 twice.",
         listening.as_secs_f64(),
         first_accept.as_secs_f64(),
@@ -168,6 +168,7 @@ async fn a_killed_ingest_gateway_loses_no_acknowledged_reading_and_doubles_no_al
         fed.in_doubt.len(),
         fed.posts,
         fed.unanswered,
+        fed.refused_connections,
         fed.refused,
         fed.longest_gap.as_secs_f64(),
         expected.len(),

@@ -383,13 +383,16 @@ pub struct FeedStats {
     pub refused: usize,
     /// Requests with no answer (connection refused or reset, timeout): sent again whole.
     pub unanswered: usize,
+    /// Of those, attempts that found no gateway listening (connection refused): nothing was
+    /// sent, so nothing is in doubt.
+    pub refused_connections: usize,
     /// Readings sent again after a request got no answer.
     pub resent_unanswered: usize,
     /// Resent readings the gateway said it already had.
     pub already_had: usize,
-    /// Readings in requests that got no answer and were accepted on a later try: each may
-    /// be on the readings topic twice (the first try may have landed before its answer was
-    /// lost), keyed (sensor, seq).
+    /// Readings in requests that reached a gateway and got no answer (reset, timeout): each
+    /// may be on the readings topic twice (the first try may have landed before its answer
+    /// was lost), keyed (sensor, seq).
     pub in_doubt: HashSet<(String, u64)>,
     /// When a reading was last accepted.
     pub last_accept: Option<Instant>,
@@ -451,16 +454,21 @@ pub async fn post_until_accepted(
             .await;
         let resp = match resp {
             Ok(r) => r,
-            Err(_) => {
+            Err(e) => {
                 {
                     let mut s = stats.lock().unwrap();
                     s.unanswered += 1;
                     s.resent_unanswered += backlog.len();
-                    for r in &backlog {
-                        s.in_doubt.insert((r.sensor.clone(), r.seq.unwrap()));
+                    if e.is_connect() {
+                        // No connection, so no request: the gateway never saw these.
+                        s.refused_connections += 1;
+                    } else {
+                        for r in &backlog {
+                            s.in_doubt.insert((r.sensor.clone(), r.seq.unwrap()));
+                        }
+                        unanswered_before = true;
                     }
                 }
-                unanswered_before = true;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -475,7 +483,13 @@ pub async fn post_until_accepted(
             Ok(t) => t,
             Err(_) => {
                 // The answer broke off: as good as none.
-                stats.lock().unwrap().unanswered += 1;
+                {
+                    let mut s = stats.lock().unwrap();
+                    s.unanswered += 1;
+                    for r in &backlog {
+                        s.in_doubt.insert((r.sensor.clone(), r.seq.unwrap()));
+                    }
+                }
                 unanswered_before = true;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
