@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): starts the real services the tests need (Apache Kafka from
 # Maven jars, Mosquitto, victoria-metrics), runs the whole test suite against them, then checks a three-broker
-# cluster, and stops only what it started.
+# cluster and loses one of its brokers mid-storm (tests/fault_broker_loss.rs), and stops only what it started.
 #   scripts/test.sh               # everything
 #   scripts/test.sh -p floodcmd-bus   # extra args go to the first `cargo test`
 set -euo pipefail
@@ -52,6 +52,8 @@ export FLOODCMD_KAFKA FLOODCMD_MQTT FLOODCMD_SMSC
 echo "test.sh: SMSC simulator at $FLOODCMD_SMSC" >&2
 echo "test.sh: Kafka at $FLOODCMD_KAFKA, MQTT at $FLOODCMD_MQTT" >&2
 
+# `three_broker_cluster` names the tests that need the three-broker cluster (kafka_cluster.rs,
+# fault_broker_loss.rs): they run in the last phase.
 cargo test --workspace "$@" -- --skip three_broker_cluster
 
 # The command wall in a real browser: playwright-core drives Debian's Chromium against
@@ -70,10 +72,11 @@ if [[ $started_kafka == 1 ]]; then
   FLOODCMD_KAFKA_CLUSTER=$(scripts/kafka.sh start 3 | tail -n1)
   started_kafka=1
   export FLOODCMD_KAFKA_CLUSTER
-  cargo test --workspace --test kafka_cluster -- three_broker_cluster
+  cargo test --workspace --test kafka_cluster --test fault_broker_loss -- three_broker_cluster
   scripts/kafka.sh stop >/dev/null
   started_kafka=0
-  if pgrep -f 'kafka\.Kafka .*\.cache/kafka-run' >/dev/null; then
+  # Only this checkout's brokers (another checkout may run its own cluster beside this one).
+  if pgrep -f "kafka\.Kafka ${FLOODCMD_KAFKA_RUN:-$PWD/.cache/kafka-run}/node-" >/dev/null; then
     echo "test.sh: a broker survived 'kafka.sh stop'" >&2
     exit 1
   fi

@@ -98,6 +98,7 @@ pub async fn connect_bus(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            cfg.min_insync_replicas = settings.min_insync_replicas as i32;
             (Arc::new(KafkaBus::new(cfg)?), None)
         }
     };

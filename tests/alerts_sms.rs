@@ -228,19 +228,21 @@ async fn outbox_of(
     }
 }
 
+/// What the simulator received once every message of `want` is there, and when that was.
 async fn wait_until_received(
     system_id: &str,
     want: &BTreeMap<(String, String), usize>,
-) -> BTreeMap<(String, String), usize> {
+) -> (BTreeMap<(String, String), usize>, Instant) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let got = received(system_id).await;
         // Every distinct message, not a count: a duplicate must not stand in for a gap.
         let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
         if missing == 0 {
+            let complete = Instant::now();
             // Anything still in flight lands now, before we compare.
             tokio::time::sleep(Duration::from_secs(4)).await;
-            return received(system_id).await;
+            return (received(system_id).await, complete);
         }
         assert!(
             Instant::now() < deadline,
@@ -288,6 +290,7 @@ async fn a_killed_alerts_process_resumes_without_a_gap_and_declares_any_resend()
     }
     first.kill();
     let at_kill: usize = received(&system_id).await.values().sum();
+    let restarted = Instant::now();
     let _second = spawn_alerts(&cfg, "second");
 
     // 40 red points, five people each.
@@ -297,7 +300,8 @@ async fn a_killed_alerts_process_resumes_without_a_gap_and_declares_any_resend()
         at_kill < total,
         "the kill came mid-sending ({at_kill} of {total})"
     );
-    let got = wait_until_received(&system_id, &want).await;
+    let (got, complete) = wait_until_received(&system_id, &want).await;
+    let recovered = complete.duration_since(restarted).as_secs_f64();
 
     let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     assert!(missing.is_empty(), "never sent: {missing:?}");
@@ -326,8 +330,9 @@ async fn a_killed_alerts_process_resumes_without_a_gap_and_declares_any_resend()
         );
     }
     let declared = declared.len();
+    let received_total: usize = got.values().sum();
     eprintln!(
-        "alerts_sms: killed after {at_kill} of {total}; {doubled} duplicate(s), {declared} declared in-doubt resend(s)"
+        "alerts_sms: killed after {at_kill} of {total}; every message at the simulator {recovered:.1} s after the restart began; {received_total} received for {total} expected, {doubled} duplicate(s), {declared} declared in-doubt resend(s)"
     );
 }
 
@@ -344,7 +349,7 @@ async fn two_alerts_processes_at_once_never_send_the_same_message_twice() {
     red_storm(&*bus, &topics, &district, 30).await;
 
     let want = outbox_of(&*bus, &topics, 150).await;
-    let got = wait_until_received(&system_id, &want).await;
+    let (got, _) = wait_until_received(&system_id, &want).await;
     let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     let twice: Vec<_> = got
         .iter()

@@ -4,6 +4,9 @@
 //!   [`partition_for`] (Kafka's murmur2), so the embedded bus, this bus and a Java producer all
 //!   agree. A full local queue makes `send` wait up to `queue_timeout`, then fail with
 //!   [`BusError::Timeout`]: callers (the gateway) turn that into 429, never into a drop.
+//! - Topics: created at `replication` with `min.insync.replicas` set on the topic (2 at
+//!   replication 3), so an `acks=all` write is on at least two brokers before it counts and
+//!   one broker may be lost without refusing writes or losing an acknowledged record.
 //! - Consuming: static assignment (no group rebalancing), starting at the group's committed
 //!   offset or the earliest retained record; auto-commit is off, the caller commits after the
 //!   effects of a record are produced.
@@ -37,6 +40,9 @@ pub struct KafkaConfig {
     pub bootstrap: String,
     /// Replication factor of topics this bus creates.
     pub replication: i32,
+    /// `min.insync.replicas` of the topics this bus creates (capped at `replication`): how
+    /// many replicas must have a record before an `acks=all` write is acknowledged.
+    pub min_insync_replicas: i32,
     /// How long a producer waits for room in its local queue before giving up.
     pub queue_timeout: Duration,
     /// Extra librdkafka settings, applied last.
@@ -49,6 +55,7 @@ impl KafkaConfig {
         KafkaConfig {
             bootstrap: bootstrap.into(),
             replication: 1,
+            min_insync_replicas: 2,
             queue_timeout: Duration::from_secs(10),
             extra: Vec::new(),
         }
@@ -172,16 +179,99 @@ impl KafkaBus {
             .await
             .map_err(|e| BusError::Client(e.to_string()))?
     }
+
+    /// How `topic` sits in the cluster: each partition's leader, replicas and in-sync
+    /// replicas (broker ids), and the topic's `min.insync.replicas`. For fault tests and
+    /// operators' checks; no stage needs it.
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicLayout, BusError> {
+        let me = self.clone();
+        let t = topic.to_string();
+        let partitions = Self::blocking(move || {
+            let md = me
+                .producer
+                .inner
+                .client()
+                .fetch_metadata(Some(&t), METADATA_TIMEOUT)
+                .map_err(client_err)?;
+            let mt = md
+                .topics()
+                .iter()
+                .find(|x| x.name() == t)
+                .ok_or_else(|| BusError::UnknownTopic(t.clone()))?;
+            let mut v: Vec<PartitionLayout> = mt
+                .partitions()
+                .iter()
+                .map(|p| PartitionLayout {
+                    partition: p.id(),
+                    leader: p.leader(),
+                    replicas: p.replicas().to_vec(),
+                    isr: p.isr().to_vec(),
+                })
+                .collect();
+            v.sort_by_key(|p| p.partition);
+            Ok(v)
+        })
+        .await?;
+        let resource = rdkafka::admin::ResourceSpecifier::Topic(topic);
+        let opts = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+        let described = self
+            .admin
+            .describe_configs([&resource], &opts)
+            .await
+            .map_err(client_err)?;
+        let min_insync_replicas = described
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.entries)
+            .find(|e| e.name == "min.insync.replicas")
+            .and_then(|e| e.value)
+            .and_then(|v| v.parse().ok());
+        Ok(TopicLayout {
+            partitions,
+            min_insync_replicas,
+        })
+    }
+}
+
+/// One partition of a topic in the cluster (broker ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLayout {
+    /// Partition number.
+    pub partition: i32,
+    /// Broker leading it (-1: none).
+    pub leader: i32,
+    /// Brokers holding a replica.
+    pub replicas: Vec<i32>,
+    /// Replicas in sync with the leader.
+    pub isr: Vec<i32>,
+}
+
+/// A topic as the cluster holds it ([`KafkaBus::describe_topic`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Every partition, by number.
+    pub partitions: Vec<PartitionLayout>,
+    /// The topic's `min.insync.replicas`, if the cluster said.
+    pub min_insync_replicas: Option<i32>,
 }
 
 #[async_trait]
 impl Bus for KafkaBus {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        // Set on the topic, not left to the brokers' default: a cluster started without the
+        // setting would otherwise acknowledge a write held by the leader alone, and lose it
+        // with that broker.
+        let min_insync = self
+            .config
+            .min_insync_replicas
+            .clamp(1, self.config.replication.max(1))
+            .to_string();
         let new = NewTopic::new(
             topic,
             partitions as i32,
             TopicReplication::Fixed(self.config.replication),
-        );
+        )
+        .set("min.insync.replicas", &min_insync);
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self
             .admin

@@ -11,4 +11,4 @@ pub mod embedded;
 pub mod kafka;
 
 pub use embedded::EmbeddedBus;
-pub use kafka::{KafkaBus, KafkaConfig};
+pub use kafka::{KafkaBus, KafkaConfig, PartitionLayout, TopicLayout};

@@ -53,6 +53,9 @@ pub struct BusSettings {
     /// `"security.protocol" = "SASL_SSL"`, `"ssl.ca.location"`, `"sasl.mechanism"`,
     /// `"sasl.username"`, `"sasl.password"` (docs/SECURITY.md).
     pub kafka: std::collections::BTreeMap<String, String>,
+    /// Kafka: `min.insync.replicas` of the topics floodcmd creates (capped at `replication`):
+    /// with replication 3 and 2, an acknowledged record survives the loss of any one broker.
+    pub min_insync_replicas: u32,
 }
 
 impl Default for BusSettings {
@@ -65,6 +68,7 @@ impl Default for BusSettings {
             bootstrap: "127.0.0.1:19092".into(),
             replication: 1,
             kafka: std::collections::BTreeMap::new(),
+            min_insync_replicas: 2,
         }
     }
 }
@@ -408,6 +412,7 @@ impl std::fmt::Debug for BusSettings {
             .field("capacity", &self.capacity)
             .field("bootstrap", &self.bootstrap)
             .field("replication", &self.replication)
+            .field("min_insync_replicas", &self.min_insync_replicas)
             .field("kafka", &kafka)
             .finish()
     }
@@ -576,6 +581,12 @@ impl Settings {
             bad(
                 "bus.replication",
                 format!("{} must be 1 to 16", self.bus.replication),
+            );
+        }
+        if self.bus.min_insync_replicas == 0 || self.bus.min_insync_replicas > 16 {
+            bad(
+                "bus.min_insync_replicas",
+                format!("{} must be 1 to 16", self.bus.min_insync_replicas),
             );
         }
         if self.bus.prefix.is_empty()
