@@ -170,6 +170,22 @@ pub fn demo_users() -> Vec<(DashboardUser, String)> {
     .collect()
 }
 
+/// The body of `POST /api/login`.
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    /// User name (surrounding spaces are ignored at login).
+    pub name: String,
+    /// The password.
+    pub password: String,
+}
+
+impl LoginRequest {
+    /// Parse a login body; the error is the 400 answer's message.
+    pub fn parse(body: &[u8]) -> Result<LoginRequest, String> {
+        serde_json::from_slice(body).map_err(|e| format!("body: {e}"))
+    }
+}
+
 /// Compares without stopping at the first difference, so timing tells nothing.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -301,16 +317,9 @@ impl Auth {
             .and(warp::body::content_length_limit(4096))
             .and(warp::body::bytes())
             .map(move |body: bytes::Bytes| {
-                #[derive(Deserialize)]
-                struct Login {
-                    name: String,
-                    password: String,
-                }
-                let req: Login = match serde_json::from_slice(&body) {
+                let req = match LoginRequest::parse(&body) {
                     Ok(r) => r,
-                    Err(e) => {
-                        return error(StatusCode::BAD_REQUEST, format!("body: {e}"));
-                    }
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
                 };
                 match me.login(req.name.trim(), &req.password) {
                     Ok((token, session, expires_ms)) => warp::reply::json(&serde_json::json!({
