@@ -6,8 +6,29 @@ use flate2::read::MultiGzDecoder;
 use floodcmd_model::time::Millis;
 use floodcmd_model::Reading;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+
+/// The longest header line read: it carries the whole district TOML (the sample's is 64 KiB).
+const MAX_HEADER_LINE: usize = 64 << 20;
+/// The longest reading line read (one is ~150 bytes). A corrupt or hostile archive can hold a
+/// line of gigabytes in a few megabytes of gzip; the reader refuses it rather than holding it.
+const MAX_READING_LINE: usize = 1 << 20;
+
+/// Read one line (its newline included) into `buf`, which is cleared first. `Ok(None)` when it
+/// is longer than `max` bytes, with `buf` holding its first `max`.
+fn read_line_capped(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<usize>> {
+    buf.clear();
+    let n = input.take(max as u64 + 1).read_until(b'\n', buf)?;
+    if n > max {
+        return Ok(None);
+    }
+    Ok(Some(n))
+}
 
 /// The readings of an open archive, in file order. Each item is one reading line; after the
 /// first error the iterator ends (a corrupt stream cannot be resynchronised reliably). At the
@@ -15,7 +36,7 @@ use std::path::{Path, PathBuf};
 pub struct ArchiveReader {
     path: PathBuf,
     input: BufReader<MultiGzDecoder<File>>,
-    buf: String,
+    buf: Vec<u8>,
     line: u64,
     count: u64,
     expected: u64,
@@ -34,12 +55,21 @@ impl ArchiveReader {
         };
         let file = File::open(&path).map_err(io)?;
         let mut input = BufReader::with_capacity(1 << 20, MultiGzDecoder::new(file));
-        let mut buf = String::new();
-        if input.read_line(&mut buf).map_err(io)? == 0 {
-            return Err(ArchiveError::Header {
-                path,
-                message: "the file is empty".into(),
-            });
+        let mut buf = Vec::new();
+        match read_line_capped(&mut input, &mut buf, MAX_HEADER_LINE).map_err(io)? {
+            Some(0) => {
+                return Err(ArchiveError::Header {
+                    path,
+                    message: "the file is empty".into(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                return Err(ArchiveError::Header {
+                    path,
+                    message: format!("line 1 is longer than {MAX_HEADER_LINE} bytes"),
+                })
+            }
         }
         let header = parse_header(&path, &buf)?;
         let expected = header.readings;
@@ -48,7 +78,7 @@ impl ArchiveReader {
             ArchiveReader {
                 path,
                 input,
-                buf,
+                buf: Vec::new(),
                 line: 1,
                 count: 0,
                 expected,
@@ -64,14 +94,20 @@ impl ArchiveReader {
     }
 
     fn next_reading(&mut self) -> Result<Option<Reading>, ArchiveError> {
-        self.buf.clear();
-        let n = self
-            .input
-            .read_line(&mut self.buf)
-            .map_err(|source| ArchiveError::Io {
+        let n = read_line_capped(&mut self.input, &mut self.buf, MAX_READING_LINE).map_err(
+            |source| ArchiveError::Io {
                 path: self.path.clone(),
                 source,
-            })?;
+            },
+        )?;
+        let Some(n) = n else {
+            return Err(ArchiveError::Malformed {
+                path: self.path.clone(),
+                line: self.line + 1,
+                column: MAX_READING_LINE + 1,
+                message: format!("the line is longer than {MAX_READING_LINE} bytes"),
+            });
+        };
         if n == 0 {
             if self.count != self.expected {
                 return Err(ArchiveError::CountMismatch {
@@ -83,13 +119,14 @@ impl ArchiveReader {
             return Ok(None);
         }
         self.line += 1;
-        let text = self.buf.strip_suffix('\n').unwrap_or(&self.buf);
-        let reading: Reading = serde_json::from_str(text).map_err(|e| ArchiveError::Malformed {
-            path: self.path.clone(),
-            line: self.line,
-            column: e.column(),
-            message: e.to_string(),
-        })?;
+        let text = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        let reading: Reading =
+            serde_json::from_slice(text).map_err(|e| ArchiveError::Malformed {
+                path: self.path.clone(),
+                line: self.line,
+                column: e.column(),
+                message: e.to_string(),
+            })?;
         match &mut self.last {
             Some((ts, sensor)) => {
                 if (reading.ts_ms, reading.sensor.as_str()) < (*ts, sensor.as_str()) {
@@ -136,13 +173,14 @@ impl Iterator for ArchiveReader {
 
 /// Check format and version before the full shape, so a file of another kind (or a newer
 /// version with new fields) gets an error that says so rather than "unknown field".
-fn parse_header(path: &Path, line: &str) -> Result<ArchiveHeader, ArchiveError> {
+fn parse_header(path: &Path, line: &[u8]) -> Result<ArchiveHeader, ArchiveError> {
     let bad = |message: String| ArchiveError::Header {
         path: path.to_path_buf(),
         message,
     };
-    let value: serde_json::Value = serde_json::from_str(line.trim_end_matches('\n'))
-        .map_err(|e| bad(format!("column {}: {e}", e.column())))?;
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| bad(format!("column {}: {e}", e.column())))?;
     let obj = value
         .as_object()
         .ok_or_else(|| bad("line 1 is not a JSON object".into()))?;

@@ -153,6 +153,36 @@ fn a_malformed_line_names_the_file_and_the_line() {
 }
 
 #[test]
+fn a_line_too_long_to_be_a_reading_is_refused_without_holding_it() {
+    // 64 MiB of one line gzips to about 64 KiB: the reader stops at its 1 MiB cap.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.gz");
+    let mut h = header();
+    h.readings = 1;
+    let good = serde_json::to_string(&reading("WL-A", 1, 1.0, None)).unwrap();
+    write_raw(
+        &path,
+        &[
+            serde_json::to_string(&h).unwrap(),
+            good,
+            "x".repeat(64 << 20),
+        ],
+    );
+    let (_, rest) = ArchiveReader::open(&path).unwrap();
+    let items: Vec<_> = rest.collect();
+    assert_eq!(items.len(), 2, "the iterator ends at the first error");
+    let err = items[1].as_ref().unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::Malformed { line: 3, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("longer than 1048576 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn out_of_order_and_short_archives_are_refused_on_read() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = header();

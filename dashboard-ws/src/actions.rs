@@ -68,6 +68,16 @@ fn check(incident: &str, r: &Request) -> Result<(), String> {
     }
 }
 
+/// An action request as the route gets it: the incident id's path segment (perhaps
+/// percent-escaped) and the body. The incident id and what to do, or why the request is
+/// refused, naming the field (answered with 400).
+pub fn parse_request(incident: &str, body: &[u8]) -> Result<(String, ActionKind), String> {
+    let incident = percent_decode(incident);
+    let req: Request = serde_json::from_slice(body).map_err(|e| format!("body: {e}"))?;
+    check(&incident, &req)?;
+    Ok((incident, req.kind))
+}
+
 /// The route.
 pub fn route(
     producer: Arc<dyn Producer>,
@@ -112,19 +122,15 @@ pub fn route(
                     tracing::warn!(user = %by, "wall actions over the limit");
                     return too_many;
                 }
-                let incident = percent_decode(&incident);
-                let req: Request = match serde_json::from_slice(&body) {
+                let (incident, kind) = match parse_request(&incident, &body) {
                     Ok(r) => r,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
                 };
-                if let Err(e) = check(&incident, &req) {
-                    return error(StatusCode::BAD_REQUEST, e);
-                }
                 let at_ms = clock.now_ms();
                 let action = Action {
                     id: format!("wall-{at_ms}-{}", seq.fetch_add(1, Ordering::Relaxed)),
                     incident: incident.clone(),
-                    kind: req.kind,
+                    kind,
                     by,
                     at_ms,
                 };
@@ -150,15 +156,20 @@ pub fn route(
         .boxed()
 }
 
-/// Incident ids contain `:`; browsers may send it escaped.
+/// Incident ids contain `:`; browsers may send it escaped. A `%` not followed by two hex
+/// digits stays as it is. Works on bytes: the segment may hold any UTF-8 (the `http` crate
+/// lets raw non-ASCII through), and slicing the text after a `%` could cut a character.
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }
@@ -177,6 +188,15 @@ mod tests {
     fn escaped_ids_are_decoded_and_bad_requests_name_the_field() {
         assert_eq!(percent_decode("UP-09%3Awater%3A1"), "UP-09:water:1");
         assert_eq!(percent_decode("abc%"), "abc%");
+        // Found by fuzzing (fuzz/wall_requests): a `%` before a multi-byte character
+        // panicked slicing the text inside the character.
+        assert_eq!(percent_decode("%a厰"), "%a厰");
+        assert_eq!(percent_decode("%厰"), "%厰");
+        assert_eq!(
+            percent_decode("%+f%2B"),
+            "%+f+",
+            "a sign is not a hex digit"
+        );
         let r: Request =
             serde_json::from_str(r#"{"kind":"check_in","lat":91,"lon":108.9}"#).unwrap();
         assert!(check("i", &r).unwrap_err().starts_with("lat:"));

@@ -191,6 +191,22 @@ pub fn demo_users() -> Vec<(DashboardUser, String)> {
     .collect()
 }
 
+/// The body of `POST /api/login`.
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    /// User name (surrounding spaces are ignored at login).
+    pub name: String,
+    /// The password.
+    pub password: String,
+}
+
+impl LoginRequest {
+    /// Parse a login body; the error is the 400 answer's message.
+    pub fn parse(body: &[u8]) -> Result<LoginRequest, String> {
+        serde_json::from_slice(body).map_err(|e| format!("body: {e}"))
+    }
+}
+
 /// Compares without stopping at the first difference, so timing tells nothing.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -302,11 +318,6 @@ impl Auth {
     /// Answer `POST /api/login`: rate limits first (per client address, then failures per
     /// name), then the password.
     fn login_request(&self, addr: Option<SocketAddr>, body: &[u8]) -> Response {
-        #[derive(Deserialize)]
-        struct Login {
-            name: String,
-            password: String,
-        }
         // Behind a reverse proxy every client has the proxy's address: the proxy should
         // limit per client itself (docs/SECURITY.md); this still caps the total.
         let ip = addr.map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
@@ -314,11 +325,9 @@ impl Auth {
             tracing::warn!(client = %ip, "command wall logins from one address over the limit");
             return too_many("login", "rate_addr", wait);
         }
-        let req: Login = match serde_json::from_slice(body) {
+        let req = match LoginRequest::parse(body) {
             Ok(r) => r,
-            Err(e) => {
-                return error(StatusCode::BAD_REQUEST, format!("body: {e}"));
-            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
         let name = req.name.trim();
         if let Err(wait) = self.failures_by_name.check(name) {

@@ -301,8 +301,8 @@ impl Follower {
     }
 }
 
-/// `<epoch>.<seq>` from a reconnecting client.
-fn parse_resume(v: &str) -> Option<(String, u64)> {
+/// `<epoch>.<seq>` from a reconnecting client (`/ws?resume=`); `None` when it is not that.
+pub fn parse_resume(v: &str) -> Option<(String, u64)> {
     let (epoch, seq) = v.rsplit_once('.')?;
     Some((epoch.to_string(), seq.parse().ok()?))
 }

@@ -69,7 +69,8 @@ pub fn token_sha256(token: &str) -> String {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    // Hex digits only: `from_str_radix` alone would also take a sign ("+f").
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -90,7 +91,20 @@ impl DeviceRegistry {
         let mut ids = HashSet::new();
         for (i, d) in file.devices.into_iter().enumerate() {
             let at = |f: &str| format!("devices[{i}].{f}");
-            if !ids.insert(d.id.clone()) {
+            // The id is the last level of the device's MQTT topic: no empty level, no level
+            // separator, no wildcard.
+            if d.id.is_empty()
+                || d.id.contains(['/', '+', '#'])
+                || d.id.chars().any(char::is_control)
+            {
+                problems.push(ConfigProblem {
+                    path: at("id"),
+                    message: format!(
+                        "\"{}\" must be non-empty, without '/', '+', '#' or control characters",
+                        d.id.escape_debug()
+                    ),
+                });
+            } else if !ids.insert(d.id.clone()) {
                 problems.push(ConfigProblem {
                     path: at("id"),
                     message: format!("duplicate device id \"{}\"", d.id),
@@ -176,5 +190,29 @@ mod tests {
             err.contains("devices[0].token_sha256: must be 64 hex digits"),
             "{err}"
         );
+        // A sign is not a hex digit, though `u8::from_str_radix` takes "+f".
+        let signed = format!(
+            "[[devices]]\nid = \"d1\"\ntoken_sha256 = \"{}\"\nsensors = [\"*\"]\n",
+            "+f".repeat(32)
+        );
+        let err = DeviceRegistry::from_toml_str(&signed, &district)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be 64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn a_device_id_is_one_mqtt_topic_level() {
+        let district = District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap();
+        for id in ["", "a/b", "gw+", "#", "gw\\n1"] {
+            let file = format!(
+                "[[devices]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\nsensors = [\"*\"]\n",
+                token_sha256("t")
+            );
+            let err = DeviceRegistry::from_toml_str(&file, &district)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("devices[0].id: "), "{id:?}: {err}");
+        }
     }
 }

@@ -64,16 +64,26 @@ impl MqttConfig {
     }
 }
 
-fn framing_of(payload: &[u8]) -> Framing {
-    // Several readings in one message come as a JSON array or as NDJSON lines; a single
-    // object may be pretty-printed over several lines, so only text that is not one JSON
-    // value is taken as NDJSON.
+/// How a message's payload is framed. Several readings in one message come as a JSON array
+/// or as NDJSON lines; a single object may be pretty-printed over several lines, so only text
+/// that is not one JSON value is taken as NDJSON.
+pub fn framing_of(payload: &[u8]) -> Framing {
     let body = payload.trim_ascii();
     if body.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         Framing::NdJson
     } else {
         Framing::Json
     }
+}
+
+/// The device id a publish on `topic` names: what follows `<prefix>/`; empty when the topic
+/// is not under the prefix (the devices file refuses an empty id, so such a message is
+/// refused as from an unregistered device).
+pub fn device_id<'a>(prefix: &str, topic: &'a str) -> &'a str {
+    topic
+        .strip_prefix(prefix)
+        .unwrap_or("")
+        .trim_start_matches('/')
 }
 
 /// Subscribe and ingest until `shutdown` turns true. Reconnects by itself.
@@ -107,11 +117,7 @@ pub async fn run_mqtt(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let device_id = p
-                    .topic
-                    .strip_prefix(&config.prefix)
-                    .unwrap_or("")
-                    .trim_start_matches('/');
+                let device_id = device_id(&config.prefix, &p.topic);
                 let device = match gateway.access() {
                     Access::Open => None,
                     Access::Devices(reg) => match reg.by_id(device_id) {

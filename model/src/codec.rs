@@ -139,6 +139,11 @@ impl<'a> Cursor<'a> {
         if n == 0 || n > 18 || (n > 1 && digits[0] == b'0') {
             return None;
         }
+        // serde_json reads `-0` as the float -0.0 and refuses it for an integer field; the
+        // fast path must refuse what the general one refuses.
+        if neg && digits[0] == b'0' {
+            return None;
+        }
         // A fraction or exponent is serde_json's to judge (it refuses them for integers).
         if matches!(digits.get(n), Some(b'.' | b'e' | b'E')) {
             return None;
@@ -234,6 +239,9 @@ mod tests {
             r#"{"sensor":"a","point":"P","kind":"rain","ts_ms":99999999999999999999,"value":1,"received_ms":2}"#,
             r#"{"sensor":"a","point":"P","kind":"rain","ts_ms":1,"value":1,"received_ms":2,"x":0}"#,
             r#"{"sensor":"a","point":"P","kind":"rain","ts_ms":1,"value":1"#,
+            // serde_json refuses -0 for an integer; the fast path once took it as 0.
+            r#"{"sensor":"a","point":"P","kind":"rain","ts_ms":-0,"value":1,"received_ms":2}"#,
+            r#"{"sensor":"a","point":"P","kind":"rain","ts_ms":1,"value":-0,"seq":-0,"received_ms":-0}"#,
         ] {
             cases.push(text.as_bytes().to_vec());
         }

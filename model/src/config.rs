@@ -894,22 +894,40 @@ impl fmt::Display for ConfigErrors {
 impl ConfigErrors {
     /// Build from a TOML syntax or shape error; the message carries line and column.
     pub fn from_toml(err: &toml::de::Error, source: &str) -> Self {
-        let path = match err.span() {
+        let (path, line_text) = match err.span() {
             Some(span) => {
                 let (line, col) = line_col(source, span.start);
-                format!("line {line}, column {col}")
+                let text = source.lines().nth(line - 1).unwrap_or("");
+                (format!("line {line}, column {col}"), text)
             }
-            None => "file".to_string(),
+            None => ("file".to_string(), ""),
         };
-        ConfigErrors(vec![ConfigProblem {
-            path,
-            message: err.message().to_string(),
-        }])
+        // The toml crate gives some syntax errors (a key with no value: `name =`) without
+        // any message; a problem must still say what is wrong.
+        let near: String = line_text
+            .trim()
+            .chars()
+            .take(80)
+            .map(|c| match c {
+                c if c.is_control() => c.escape_debug().to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        let message = match err.message().trim() {
+            "" if near.is_empty() => "TOML syntax error".to_string(),
+            "" => format!("TOML syntax error in `{near}`"),
+            m => m.to_string(),
+        };
+        ConfigErrors(vec![ConfigProblem { path, message }])
     }
 }
 
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let before = &source[..offset.min(source.len())];
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
         before[nl + 1..].chars().count()

@@ -534,9 +534,13 @@ impl Settings {
             toml::Value::Table(table)
                 .try_into()
                 .map_err(|e: toml::de::Error| {
+                    let message = match e.message().trim() {
+                        "" => "invalid settings".to_string(),
+                        m => m.to_string(),
+                    };
                     ConfigErrors(vec![ConfigProblem {
                         path: "settings".into(),
-                        message: e.message().to_string(),
+                        message,
                     }])
                 })?;
         settings.validate()?;

@@ -362,7 +362,7 @@ pub fn status_name(st: u32) -> String {
 
 /// The text of a mobile-originated `deliver_sm`: UCS-2 (data_coding 8) or, for anything
 /// else, the bytes as Latin-1 (replies are digits and short words).
-fn mo_text(sm: &ShortMessage) -> String {
+pub fn mo_text(sm: &ShortMessage) -> String {
     let body = if sm.esm_class & 0x40 != 0 {
         // A UDH leads the payload: skip it (its first byte is its length).
         let skip = sm.short_message.first().map_or(0, |n| *n as usize + 1);
