@@ -341,11 +341,17 @@ async fn step(
 
 /// Peak resident memory of process `pid` (or `self`), MiB (Linux `VmHWM`).
 pub fn peak_rss_mib_of(pid: &str) -> f64 {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// A memory line of `/proc/<pid>/status` (`VmHWM:` the peak, `VmRSS:` now), MiB; 0 when
+/// unreadable.
+pub fn proc_status_mib(pid: &str, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
+                l.strip_prefix(field)
                     .map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             })
         })

@@ -103,15 +103,7 @@ pub async fn throughput(
 
 /// Resident memory of this process now, MiB (`VmRSS`; the peak is `VmHWM`).
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::pipeline::proc_status_mib("self", "VmRSS:")
 }
 
 /// The state alone: one engine owning every point of `district`, fed a day of readings (one

@@ -33,8 +33,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How to reach Kafka and how to create topics.
-#[derive(Clone, Debug)]
+/// How to reach Kafka and how to create topics. Debug hides extra settings that hold secrets
+/// (SASL passwords, key material).
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `host:port,...`.
     pub bootstrap: String,
@@ -47,6 +48,26 @@ pub struct KafkaConfig {
     pub queue_timeout: Duration,
     /// Extra librdkafka settings, applied last.
     pub extra: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let extra: Vec<(&str, &str)> = self
+            .extra
+            .iter()
+            .map(|(k, v)| {
+                let secret = k.contains("password") || k.contains("secret") || k.ends_with(".pem");
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap", &self.bootstrap)
+            .field("replication", &self.replication)
+            .field("min_insync_replicas", &self.min_insync_replicas)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("extra", &extra)
+            .finish()
+    }
 }
 
 impl KafkaConfig {

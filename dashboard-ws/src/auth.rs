@@ -191,13 +191,22 @@ pub fn demo_users() -> Vec<(DashboardUser, String)> {
     .collect()
 }
 
-/// The body of `POST /api/login`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /api/login`. Debug shows the name only.
+#[derive(Deserialize)]
 pub struct LoginRequest {
     /// User name (surrounding spaces are ignored at login).
     pub name: String,
     /// The password.
     pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("name", &self.name)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 impl LoginRequest {
@@ -320,7 +329,15 @@ impl Auth {
     fn login_request(&self, addr: Option<SocketAddr>, body: &[u8]) -> Response {
         // Behind a reverse proxy every client has the proxy's address: the proxy should
         // limit per client itself (docs/SECURITY.md); this still caps the total.
-        let ip = addr.map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        // An IPv6 client holds a whole /64 as a rule: one key for it, not one per address.
+        let ip = match addr.map(|a| a.ip()) {
+            None => "unknown".to_string(),
+            Some(std::net::IpAddr::V4(v4)) => v4.to_string(),
+            Some(std::net::IpAddr::V6(v6)) => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        };
         if let Err(wait) = self.login_by_addr.hit(&ip) {
             tracing::warn!(client = %ip, "command wall logins from one address over the limit");
             return too_many("login", "rate_addr", wait);

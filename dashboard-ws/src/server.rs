@@ -132,7 +132,7 @@ fn metrics() -> &'static WallMetrics {
             .expect("metric"),
             evicted: IntCounter::new(
                 "floodcmd_dashboard_ws_evicted_total",
-                "Clients disconnected for taking nothing from their socket for dashboard stalled_after",
+                "Clients disconnected for taking nothing from their socket for stalled_after (30 s)",
             )
             .expect("metric"),
         };

@@ -38,6 +38,8 @@ fuzz_target!(|data: &[u8]| {
                     users: users.clone(),
                     anonymous: settings.dashboard.anonymous,
                     session_ms: settings.dashboard.session_h as i64 * 3_600_000,
+                    login_per_min: settings.dashboard.login_per_min,
+                    actions_per_min: settings.dashboard.actions_per_min,
                 },
                 Arc::new(ManualClock::new(0)),
             );

@@ -8,8 +8,10 @@ use crate::time::{Clock, Millis};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Keys held at most; beyond it, expired windows are dropped first and then new keys are
-/// refused rather than let the map grow (a flood from many sources cannot exhaust memory).
+/// Keys held at most. Beyond it, expired windows are dropped (at most once a window, so a
+/// flood of new keys does not scan the map on every request), and a new key that still finds
+/// no room is let through untracked: refusing it would let anyone with many addresses or
+/// names lock every operator out, and the map must not grow without bound either.
 const MAX_KEYS: usize = 100_000;
 
 /// At most `limit` hits per key per window.
@@ -17,7 +19,15 @@ pub struct RateLimiter {
     limit: u32,
     window_ms: Millis,
     clock: Arc<dyn Clock>,
-    hits: Mutex<HashMap<String, (Millis, u32)>>,
+    hits: Mutex<Hits>,
+    /// Hits let through untracked because the map was full.
+    untracked: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Hits {
+    by_key: HashMap<String, (Millis, u32)>,
+    last_prune_ms: Option<Millis>,
 }
 
 impl RateLimiter {
@@ -27,8 +37,14 @@ impl RateLimiter {
             limit,
             window_ms: 60_000,
             clock,
-            hits: Mutex::new(HashMap::new()),
+            hits: Mutex::new(Hits::default()),
+            untracked: Default::default(),
         }
+    }
+
+    /// Hits let through without a count because every slot was taken by a live window.
+    pub fn untracked(&self) -> u64 {
+        self.untracked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Would one more hit for `key` be over the limit? `Err` holds the whole seconds until
@@ -50,13 +66,26 @@ impl RateLimiter {
         let now = self.clock.now_ms();
         let window = self.window_ms;
         let mut hits = self.hits.lock().expect("rate limiter lock");
-        if hits.len() >= MAX_KEYS && !hits.contains_key(key) {
-            hits.retain(|_, (start, _)| now - *start < window);
-            if hits.len() >= MAX_KEYS {
-                return Err((window / 1000) as u64);
+        let Hits {
+            by_key,
+            last_prune_ms,
+        } = &mut *hits;
+        if !by_key.contains_key(key) {
+            if !take {
+                // Nothing counted yet for this key: a check takes no slot.
+                return Ok(());
+            }
+            if by_key.len() >= MAX_KEYS && last_prune_ms.is_none_or(|p| now - p >= window) {
+                by_key.retain(|_, (start, _)| now - *start < window);
+                *last_prune_ms = Some(now);
+            }
+            if by_key.len() >= MAX_KEYS {
+                self.untracked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
             }
         }
-        let entry = hits.entry(key.to_string()).or_insert((now, 0));
+        let entry = by_key.entry(key.to_string()).or_insert((now, 0));
         if now - entry.0 >= window {
             *entry = (now, 0);
         }
@@ -98,5 +127,29 @@ mod tests {
         for _ in 0..1000 {
             assert!(open.hit("a").is_ok());
         }
+    }
+
+    /// Many keys cannot lock anyone out: past the map's size a new key goes through untracked,
+    /// a key already tracked is still limited, and a check takes no slot.
+    #[test]
+    fn a_full_limiter_lets_new_keys_through_and_still_limits_old_ones() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let l = RateLimiter::per_minute(1, clock.clone());
+        assert!(l.hit("old").is_ok());
+        for i in 0..MAX_KEYS {
+            let _ = l.hit(&format!("k{i}"));
+        }
+        assert!(l.hit("fresh").is_ok());
+        assert!(l.hit("fresh").is_ok(), "untracked: never refused");
+        assert!(l.untracked() >= 2);
+        assert_eq!(l.hit("old"), Err(60), "a tracked key keeps its limit");
+        assert!(l.check("never-seen").is_ok());
+        clock.advance(60_000);
+        assert!(l.hit("fresh").is_ok());
+        assert_eq!(
+            l.hit("fresh"),
+            Err(60),
+            "after the window, room again: tracked"
+        );
     }
 }

@@ -220,8 +220,9 @@ impl UserRole {
     }
 }
 
-/// One user of the command wall (`[[dashboard.users]]`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// One user of the command wall (`[[dashboard.users]]`). Debug hides the password hash: an
+/// unsalted SHA-256 of a weak password is a password.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DashboardUser {
     /// Login name; it is also the name every action of this user is attributed to.
@@ -393,6 +394,16 @@ fn redact(table: &toml::Table) -> toml::Table {
             (k.clone(), v)
         })
         .collect()
+}
+
+impl std::fmt::Debug for DashboardUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashboardUser")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("password_sha256", &HIDDEN)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for BusSettings {
@@ -1012,7 +1023,9 @@ mod tests {
             "[bus.kafka]\n\"sasl.password\" = \"kafka-pw-66\"\n\"security.protocol\" = \"SASL_SSL\"\n\
              [sink_influx]\nurl = \"http://127.0.0.1:8086\"\n\
              [[sms.gateways]]\nkind = \"smpp\"\npassword = \"smpp-pw-77\"\n\
-             [[sms.gateways]]\nkind = \"http_sendsms\"\naccess_key_secret = \"ak-secret-88\"\n",
+             [[sms.gateways]]\nkind = \"http_sendsms\"\naccess_key_secret = \"ak-secret-88\"\n\
+             [[dashboard.users]]\nname = \"duty\"\nrole = \"commander\"\n\
+             password_sha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\n",
             env(&[
                 ("FLOODCMD_SINK_INFLUX_TOKEN", "influx-token-99"),
                 ("FLOODCMD_INGEST_MQTT_USERNAME", "floodcmd-ingest"),
@@ -1031,6 +1044,7 @@ mod tests {
             "smpp-pw-77",
             "ak-secret-88",
             "kafka-pw-66",
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }

@@ -243,6 +243,7 @@ async fn start(
     let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure_w = failure.clone();
     let workers = config.workers.max(1);
+    let in_cluster = cluster.is_some();
     let communication = match cluster {
         None => timely::CommunicationConfig::Process(workers),
         Some(c) => timely::CommunicationConfig::Cluster {
@@ -262,6 +263,7 @@ async fn start(
         .spawn(move || {
             let guards = timely::execute(timely_config, move |worker| {
                 let ctx = WorkerContext {
+                    in_cluster,
                     bus: bus.clone(),
                     district: district.clone(),
                     clock: clock.clone(),
@@ -280,6 +282,14 @@ async fn start(
                     ctx.failure.clone(),
                 );
                 if let Err(e) = ctx.run(worker) {
+                    if in_cluster {
+                        // Its partitions would go unread while the other processes' clocks
+                        // move the frontier on, and their points would turn silent. Ending
+                        // this process ends the cluster (timely's peers cannot lose one), to
+                        // be restarted as a whole.
+                        tracing::error!(error = %e, "stream worker failed; ending this process, and with it the cluster");
+                        std::process::exit(1);
+                    }
                     // One worker down means its partitions go unread: stop them all and say so,
                     // rather than run on half blind or wait forever for it.
                     tracing::error!(error = %e, "stream worker failed; stopping the stage");
@@ -307,6 +317,8 @@ async fn start(
 }
 
 struct WorkerContext {
+    /// One of several processes of a timely cluster.
+    in_cluster: bool,
     bus: Arc<dyn Bus>,
     district: Arc<District>,
     clock: Arc<dyn Clock>,
@@ -569,6 +581,17 @@ impl WorkerContext {
         let mut batches: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
+            if stopping && self.in_cluster {
+                // Dropping this process's capabilities would let the others' clocks move the
+                // frontier past readings nobody reads any more, and this process could not
+                // finish while they run. Leave as a crash does: outputs not yet on the bus
+                // were never committed, so the restarted cluster produces them again.
+                tracing::warn!(
+                    worker = index,
+                    "stream cluster: stopping this process ends the cluster; restart every process"
+                );
+                std::process::exit(0);
+            }
             let bounded_done = self.end_offsets.is_some() && remaining.is_empty();
             if stopping && cap.is_some() {
                 cap = None;
@@ -701,7 +724,8 @@ impl WorkerContext {
                 rebuilt |= replay_until.is_empty();
                 if rebuilt && wm > *c.time() {
                     c.downgrade(&wm);
-                    if index == 0 {
+                    // Each process's first worker (indices run across the cluster).
+                    if index.is_multiple_of(self.config.workers.max(1)) {
                         m.watermark.set(wm as i64);
                     }
                 }
