@@ -3,18 +3,19 @@
 //! points between them, exchange readings by point over timely's own TCP connections, and
 //! produce exactly the alert transitions one process produces from the same readings.
 
+mod faults;
+
+use faults::{assert_same_transitions, env, free_port, seen, undisturbed, Seen};
 use floodcmd::stages;
-use floodcmd_bus::EmbeddedBus;
 use floodcmd_model::bus::{Assignment, Bus};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
 use floodcmd_model::settings::{BusKind, BusSettings};
-use floodcmd_model::time::{Clock, ManualClock, Millis, SystemClock};
+use floodcmd_model::time::{Clock, Millis, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, Level, Reading};
 use floodcmd_stream::dataflow::owner;
-use floodcmd_stream::{run_stream, StreamConfig, Watermark};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,8 +24,7 @@ use std::time::{Duration, Instant};
 const POINTS: [&str; 6] = ["UP-01", "UP-02", "UP-03", "UP-04", "LP-01", "LP-02"];
 
 fn kafka() -> String {
-    std::env::var("FLOODCMD_KAFKA")
-        .expect("FLOODCMD_KAFKA is not set: run the README's test command, scripts/test.sh")
+    env("FLOODCMD_KAFKA")
 }
 
 /// Water rises to red at every point, then falls away: (rise, fall).
@@ -49,67 +49,6 @@ fn storm(d: &District, start: Millis) -> (Vec<Reading>, Vec<Reading>) {
         }
     }
     (rise, fall)
-}
-
-type Seen = (String, TransitionKind, Level, Level, Millis);
-
-fn seen(t: &AlertTransition) -> Seen {
-    (t.point.clone(), t.transition, t.from, t.to, t.event_ms)
-}
-
-fn per_point(v: &[Seen]) -> BTreeMap<String, Vec<Seen>> {
-    let mut m: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
-    for s in v {
-        m.entry(s.0.clone()).or_default().push(s.clone());
-    }
-    m
-}
-
-/// The same readings through one process (bounded mode, embedded bus): the reference.
-async fn one_process(district: Arc<District>, readings: &[Reading], origin: Millis) -> Vec<Seen> {
-    let bus = EmbeddedBus::new(1 << 16);
-    let topics = Topics::new("ref");
-    for t in topics.all() {
-        bus.ensure_topic(&t, 4).await.unwrap();
-    }
-    let p = bus.producer();
-    for r in readings {
-        p.send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
-            .await
-            .unwrap();
-    }
-    let config = StreamConfig {
-        workers: 1,
-        lateness_ms: 5_000,
-        topics: topics.clone(),
-        group: "stream".into(),
-        watermark: Watermark::Bounded { origin_ms: origin },
-        rebuild_ms: None,
-    };
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(origin));
-    let h = run_stream(Arc::new(bus.clone()), district, clock, config)
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(move || h.join())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut c = bus
-        .consumer("check", &topics.alerts(), Assignment::All)
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let b = c.poll(10_000, Duration::from_millis(100)).await.unwrap();
-        if b.is_empty() {
-            break;
-        }
-        out.extend(
-            b.iter()
-                .map(|r| seen(&decode::<AlertTransition>(&r.payload).unwrap())),
-        );
-    }
-    out
 }
 
 /// A stage process that is killed when the test ends, however it ends.
@@ -153,15 +92,6 @@ fn spawn_stream(settings: &std::path::Path, process: usize) -> Stage {
         }
     });
     Stage(child)
-}
-
-/// A port nobody listens on now, for one process's timely endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A cluster of two stream processes on Kafka under a fresh topic prefix.
@@ -261,22 +191,10 @@ impl Rig {
     }
 }
 
+/// The same readings through one process, undisturbed: the transitions of the test's points.
 async fn reference(district: &Arc<District>, readings: &[Reading], start: Millis) -> Vec<Seen> {
-    one_process(district.clone(), readings, start)
-        .await
-        .into_iter()
-        .filter(|s| POINTS.contains(&s.0.as_str()))
-        .collect()
-}
-
-fn assert_same(got: &[Seen], expected: &[Seen]) {
-    let unique: HashSet<&Seen> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "no transition twice: {got:#?}");
-    assert_eq!(
-        per_point(got),
-        per_point(expected),
-        "two processes raise what one raises"
-    );
+    let points: HashSet<String> = POINTS.iter().map(|p| p.to_string()).collect();
+    undisturbed(district.clone(), readings, start, &points).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +216,7 @@ async fn a_two_process_cluster_raises_what_one_process_raises() {
     let _cluster = rig.start();
     rig.send(&readings).await;
     let got = rig.transitions("watch", expected.len()).await;
-    assert_same(&got, &expected);
+    assert_same_transitions(&got, &expected, "two processes");
 }
 
 /// The cluster is restarted as a whole (timely cannot lose a peer): both processes killed
@@ -332,5 +250,5 @@ async fn a_killed_cluster_restarts_without_losing_or_repeating_an_alert() {
         "the cluster recovered and caught up within {:.1} s of its restart",
         started.elapsed().as_secs_f64()
     );
-    assert_same(&got, &expected);
+    assert_same_transitions(&got, &expected, "two processes");
 }
