@@ -3,17 +3,18 @@
 //! at those offsets, and the alert transitions on the bus equal those of an undisturbed run
 //! of the same readings: nothing missing, nothing twice.
 
+mod faults;
+
+use faults::{assert_same_transitions, seen, undisturbed, Seen};
 use floodcmd::stages;
-use floodcmd_bus::EmbeddedBus;
 use floodcmd_model::bus::{Assignment, Bus};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
 use floodcmd_model::settings::{BusKind, BusSettings};
-use floodcmd_model::time::{Clock, ManualClock, Millis, SystemClock};
+use floodcmd_model::time::{Clock, Millis, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, Reading};
-use floodcmd_stream::{run_stream, StreamConfig, Watermark};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -49,65 +50,6 @@ fn storm(d: &District, start: Millis) -> (Vec<Reading>, Vec<Reading>) {
         }
     }
     (rise, fall)
-}
-
-type Seen = (
-    String,
-    TransitionKind,
-    floodcmd_model::Level,
-    floodcmd_model::Level,
-    Millis,
-);
-
-fn seen(t: &AlertTransition) -> Seen {
-    (t.point.clone(), t.transition, t.from, t.to, t.event_ms)
-}
-
-/// The same readings through the stage in bounded mode on the embedded bus: the reference.
-async fn undisturbed(district: Arc<District>, readings: &[Reading], origin: Millis) -> Vec<Seen> {
-    let bus = EmbeddedBus::new(1 << 16);
-    let topics = Topics::new("ref");
-    for t in topics.all() {
-        bus.ensure_topic(&t, 4).await.unwrap();
-    }
-    let p = bus.producer();
-    for r in readings {
-        p.send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
-            .await
-            .unwrap();
-    }
-    let config = StreamConfig {
-        workers: 2,
-        lateness_ms: 5_000,
-        topics: topics.clone(),
-        group: "stream".into(),
-        watermark: Watermark::Bounded { origin_ms: origin },
-        rebuild_ms: None,
-    };
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(origin));
-    let h = run_stream(Arc::new(bus.clone()), district, clock, config)
-        .await
-        .unwrap();
-    tokio::task::spawn_blocking(move || h.join())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut c = bus
-        .consumer("check", &topics.alerts(), Assignment::All)
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let b = c.poll(10_000, Duration::from_millis(100)).await.unwrap();
-        if b.is_empty() {
-            break;
-        }
-        out.extend(
-            b.iter()
-                .map(|r| seen(&decode::<AlertTransition>(&r.payload).unwrap())),
-        );
-    }
-    out
 }
 
 /// A stage process that is killed when the test ends, however it ends.
@@ -209,11 +151,10 @@ async fn a_killed_stream_stage_resumes_without_losing_or_repeating_an_alert() {
             .unwrap();
     }
     // Wait until everything the rise causes (per the reference) is on the bus.
-    let first_part = undisturbed(district.clone(), &rise, start)
+    let points: HashSet<String> = POINTS.iter().map(|p| p.to_string()).collect();
+    let first_part = undisturbed(district.clone(), &rise, start, &points)
         .await
-        .into_iter()
-        .filter(|s| POINTS.contains(&s.0.as_str()))
-        .count();
+        .len();
     assert!(first_part >= POINTS.len(), "the rise raises every point");
     let caught_up = move |ts: &[AlertTransition]| {
         ts.iter()
@@ -234,11 +175,7 @@ async fn a_killed_stream_stage_resumes_without_losing_or_repeating_an_alert() {
     }
     let mut readings = rise.clone();
     readings.extend(fall.iter().cloned());
-    let expected: Vec<Seen> = undisturbed(district, &readings, start)
-        .await
-        .into_iter()
-        .filter(|s| POINTS.contains(&s.0.as_str()))
-        .collect();
+    let expected: Vec<Seen> = undisturbed(district, &readings, start, &points).await;
     let started = Instant::now();
     let mut second = spawn_stream(&settings);
     let whole = expected.len();
@@ -279,21 +216,7 @@ async fn a_killed_stream_stage_resumes_without_losing_or_repeating_an_alert() {
         .filter(|t| POINTS.contains(&t.point.as_str()))
         .map(seen)
         .collect();
-    let unique: HashSet<&Seen> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "no transition twice: {got:#?}");
-
-    let per_point = |v: &[Seen]| {
-        let mut m: BTreeMap<String, Vec<Seen>> = BTreeMap::new();
-        for s in v {
-            m.entry(s.0.clone()).or_default().push(s.clone());
-        }
-        m
-    };
-    assert_eq!(
-        per_point(&got),
-        per_point(&expected),
-        "the killed-and-restarted run equals the undisturbed one"
-    );
+    assert_same_transitions(&got, &expected, "the killed-and-restarted run");
     assert!(
         expected.iter().any(|s| s.1 == TransitionKind::Cleared),
         "the storm passes in the reference too"
