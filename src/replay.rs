@@ -1,6 +1,8 @@
 //! Replaying a past storm (`floodcmd replay`): an archive's readings through the same stream
-//! dataflow and the same incident book as a live run, in isolation on an embedded bus, with
-//! notifications captured in drill mode and never sent, then a storm report.
+//! dataflow and the same incident book as a live run, in isolation, with notifications
+//! captured in drill mode and never sent, then a storm report. At max speed the readings are
+//! fed straight into the dataflow ([`replay`]); paced, they go through an embedded bus that a
+//! command wall can watch ([`replay_paced`]).
 //!
 //! **Deterministic by construction.** The stream stage runs in bounded mode: its watermark
 //! follows the newest event time read per partition, never a clock, and every worker run of
@@ -20,9 +22,11 @@ use floodcmd_model::event::{AlertTransition, Incident, Notification, PointStatus
 use floodcmd_model::time::Millis;
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, Reading};
-use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use floodcmd_stream::{
+    run_stream, run_stream_fed, DirectFeed, StreamConfig, StreamOutput, Watermark,
+};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,8 +78,13 @@ pub struct ReplayOutcome {
     pub to_ms: Millis,
     /// Alert transitions, in event-time order.
     pub transitions: Vec<AlertTransition>,
-    /// Point statuses, in the order each point's were published.
-    pub statuses: Vec<PointStatus>,
+    /// Point statuses published.
+    pub status_count: u64,
+    /// What the report needs of each point's statuses, folded as they came.
+    pub status_peaks: BTreeMap<String, StatusPeaks>,
+    /// The statuses that carried a quality-control flag, in the order each point's were
+    /// published: what was found wrong, and when.
+    pub flagged_statuses: Vec<PointStatus>,
     /// Readings the stream stage dead-lettered.
     pub rejects: Vec<Reject>,
     /// Captured (drill) notifications, in the order the book made them.
@@ -86,6 +95,63 @@ pub struct ReplayOutcome {
     pub stream_s: f64,
     /// Wall time of the whole replay, s.
     pub total_s: f64,
+}
+
+/// A point's statuses over a replay, folded: a day of a district's statuses is millions, and
+/// the report needs only their peaks and flags.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatusPeaks {
+    /// Highest depth, cm.
+    pub depth_cm: Option<f64>,
+    /// Highest rolling 1 h rain, mm.
+    pub rain_1h_mm: Option<f64>,
+    /// Highest rolling 3 h rain, mm.
+    pub rain_3h_mm: Option<f64>,
+    /// Highest rolling 24 h rain, mm.
+    pub rain_24h_mm: Option<f64>,
+    /// Quality-control flag → statuses carrying it.
+    pub qc: BTreeMap<String, u64>,
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl StatusPeaks {
+    fn add(&mut self, s: &PointStatus) {
+        self.depth_cm = max_opt(self.depth_cm, s.depth_cm);
+        self.rain_1h_mm = max_opt(self.rain_1h_mm, s.rain_1h_mm);
+        self.rain_3h_mm = max_opt(self.rain_3h_mm, s.rain_3h_mm);
+        self.rain_24h_mm = max_opt(self.rain_24h_mm, s.rain_24h_mm);
+        for f in &s.qc_flags {
+            *self.qc.entry(f.as_str().to_string()).or_default() += 1;
+        }
+    }
+}
+
+/// Statuses folded as they arrive.
+#[derive(Default)]
+struct StatusFold {
+    count: u64,
+    peaks: BTreeMap<String, StatusPeaks>,
+    flagged: Vec<PointStatus>,
+}
+
+impl StatusFold {
+    fn add(&mut self, s: PointStatus) {
+        self.count += 1;
+        match self.peaks.get_mut(&s.point) {
+            Some(p) => p.add(&s),
+            None => self.peaks.entry(s.point.clone()).or_default().add(&s),
+        }
+        if !s.qc_flags.is_empty() {
+            self.flagged.push(s);
+        }
+    }
 }
 
 impl ReplayOutcome {
@@ -124,74 +190,204 @@ async fn collect<T: serde::de::DeserializeOwned + Send + 'static>(
     }
 }
 
-/// Replay `readings` (in event-time order, as an archive holds them) of `district`.
-/// `progress` is told (readings loaded, total) while the bus is loaded.
+/// Replay `readings` (in event-time order, as an archive holds them) of `district`, as fast
+/// as it goes. `progress` is told (readings read, total) as the replay goes.
+///
+/// The readings go straight into the stream dataflow ([`DirectFeed`]) from a thread of their
+/// own, while the workers run, and the outputs come straight back: no bus in between. The
+/// dataflow, its engine and what each worker sees in which order are those of a run from the
+/// bus (the paced replay, which runs on a bus, gives the same report; `tests/replay.rs`).
 pub async fn replay(
     district: Arc<District>,
-    readings: impl Iterator<Item = Result<Reading, floodcmd_archive::ArchiveError>>,
+    readings: impl Iterator<Item = Result<Reading, floodcmd_archive::ArchiveError>> + Send + 'static,
     expected: u64,
     opts: &ReplayOptions,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<ReplayOutcome, ReplayError> {
     let started = Instant::now();
     let partitions = opts.partitions.max(1);
-    // Bounded mode reads what is on the topic when it starts: the whole archive must fit.
-    let capacity = (expected as usize / partitions as usize) * 2 + 65_536;
-    let bus = EmbeddedBus::new(capacity);
+    let workers = opts.workers.max(1);
+    let mut readings = readings;
+    // The stage's origin (never-heard points are silent from here) is the first reading.
+    let first = match readings.next() {
+        Some(r) => r?,
+        None => return Err(ReplayError::Empty),
+    };
+    let origin_ms = first.ts_ms;
+    let readings = std::iter::once(Ok(first)).chain(readings);
+
+    // Only what the stage dead-letters goes to a bus.
+    let bus = EmbeddedBus::new(65_536);
     let topics = Topics::new("replay");
     for t in topics.all() {
         bus.ensure_topic(&t, partitions).await?;
     }
-    let producer = bus.producer();
-    let (mut n, mut from_ms, mut to_ms) = (0u64, Millis::MAX, Millis::MIN);
-    let mut batch = Vec::with_capacity(10_000);
-    for r in readings {
-        let r = r?;
-        from_ms = from_ms.min(r.ts_ms);
-        to_ms = to_ms.max(r.ts_ms);
-        batch.push(Outgoing {
-            key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
-            payload: encode(&r),
-            timestamp_ms: r.ts_ms,
-        });
-        n += 1;
-        if batch.len() == batch.capacity() {
-            send_all(&*producer, &topics.readings(), std::mem::take(&mut batch)).await?;
-            batch.reserve(10_000);
-            progress(n, Some(expected));
-        }
-    }
-    send_all(&*producer, &topics.readings(), batch).await?;
-    progress(n, Some(expected));
-    if n == 0 {
-        return Err(ReplayError::Empty);
-    }
+    // A few batches in flight per worker: enough to keep them busy, while the archive is
+    // never held in memory whole.
+    let (senders, inputs): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| std::sync::mpsc::sync_channel::<Vec<(u32, Reading)>>(8))
+        .unzip();
+    let (outputs, outputs_rx) = std::sync::mpsc::sync_channel::<Vec<StreamOutput>>(1024);
+    let loaded = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let loaded = loaded.clone();
+        std::thread::Builder::new()
+            .name("replay-feed".into())
+            .spawn(move || feed(readings, senders, partitions, &loaded))
+            .map_err(|e| ReplayError::Stream(format!("starting the feeder: {e}")))?
+    };
+    let collector = std::thread::Builder::new()
+        .name("replay-collect".into())
+        .spawn(move || {
+            let (mut transitions, mut statuses) = (Vec::new(), StatusFold::default());
+            for batch in outputs_rx {
+                for o in batch {
+                    match o {
+                        StreamOutput::Transition(t) => transitions.push(t),
+                        StreamOutput::Status(s) => statuses.add(s),
+                    }
+                }
+            }
+            (transitions, statuses)
+        })
+        .map_err(|e| ReplayError::Stream(format!("starting the collector: {e}")))?;
 
-    let collectors = Collectors::start(&bus, &topics);
     let stream_started = Instant::now();
     // The replay's clock is never read in bounded mode; the book below runs on event time.
     let clock: Arc<dyn floodcmd_model::time::Clock> =
-        Arc::new(floodcmd_model::time::ManualClock::new(from_ms));
-    let handle = run_stream(
+        Arc::new(floodcmd_model::time::ManualClock::new(origin_ms));
+    let handle = run_stream_fed(
         Arc::new(bus.clone()),
         district.clone(),
         clock,
         StreamConfig {
-            workers: opts.workers.max(1),
+            workers,
             lateness_ms: opts.lateness_ms,
             topics: topics.clone(),
             group: "replay-stream".into(),
-            watermark: Watermark::Bounded { origin_ms: from_ms },
+            watermark: Watermark::Bounded { origin_ms },
             rebuild_ms: None,
+        },
+        DirectFeed {
+            inputs,
+            partitions,
+            outputs,
         },
     )
     .await
     .map_err(|e| ReplayError::Stream(e.to_string()))?;
+    while !handle.is_finished() {
+        progress(loaded.load(Ordering::Relaxed), Some(expected));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     join_stream(handle).await?;
     let stream_s = stream_started.elapsed().as_secs_f64();
-    collectors
-        .finish(&district, n, from_ms, to_ms, stream_s, started)
-        .await
+    // The stage is done, so the feeder is too (its input ended, or the stage stopped taking).
+    let (n, from_ms, to_ms) = feeder
+        .join()
+        .map_err(|_| ReplayError::Stream("the feeder panicked".into()))??;
+    progress(n, Some(expected));
+    let (mut transitions, statuses) = collector
+        .join()
+        .map_err(|_| ReplayError::Stream("the collector panicked".into()))?;
+    let rejects = drain::<Reject>(&bus, &topics.rejects()).await?;
+    sort_transitions(&mut transitions);
+    let (notifications, incidents) = fold_incidents(&district, &transitions, to_ms);
+    Ok(ReplayOutcome {
+        readings: n,
+        from_ms,
+        to_ms,
+        transitions,
+        status_count: statuses.count,
+        status_peaks: statuses.peaks,
+        flagged_statuses: statuses.flagged,
+        rejects,
+        notifications,
+        incidents,
+        stream_s,
+        total_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Readings fed per batch: one channel message per this many.
+const FEED_BATCH: usize = 4096;
+
+/// Split `readings` into partitions and hand each worker its own, in read order. Returns
+/// (readings, first and last event time). Stops at the first unreadable one (the stage then
+/// ends with what came before it, and the replay reports the error), or when the stage stops
+/// taking readings.
+fn feed(
+    readings: impl Iterator<Item = Result<Reading, floodcmd_archive::ArchiveError>>,
+    senders: Vec<std::sync::mpsc::SyncSender<Vec<(u32, Reading)>>>,
+    partitions: u32,
+    loaded: &AtomicU64,
+) -> Result<(u64, Millis, Millis), ReplayError> {
+    let workers = senders.len();
+    let mut batches: Vec<Vec<(u32, Reading)>> = (0..workers)
+        .map(|_| Vec::with_capacity(FEED_BATCH))
+        .collect();
+    let (mut n, mut from_ms, mut to_ms) = (0u64, Millis::MAX, Millis::MIN);
+    for r in readings {
+        let r = r?;
+        from_ms = from_ms.min(r.ts_ms);
+        to_ms = to_ms.max(r.ts_ms);
+        let p = DirectFeed::partition(&r.sensor, partitions);
+        let w = DirectFeed::worker(p, workers);
+        batches[w].push((p, r));
+        n += 1;
+        if batches[w].len() == FEED_BATCH {
+            let batch = std::mem::replace(&mut batches[w], Vec::with_capacity(FEED_BATCH));
+            if senders[w].send(batch).is_err() {
+                return Err(ReplayError::Stream(
+                    "the stream stage stopped taking readings".into(),
+                ));
+            }
+            loaded.store(n, Ordering::Relaxed);
+        }
+    }
+    for (w, batch) in batches.into_iter().enumerate() {
+        if !batch.is_empty() && senders[w].send(batch).is_err() {
+            return Err(ReplayError::Stream(
+                "the stream stage stopped taking readings".into(),
+            ));
+        }
+    }
+    loaded.store(n, Ordering::Relaxed);
+    Ok((n, from_ms, to_ms))
+}
+
+/// Everything on `topic` now.
+async fn drain<T: serde::de::DeserializeOwned>(
+    bus: &EmbeddedBus,
+    topic: &str,
+) -> Result<Vec<T>, BusError> {
+    let mut consumer = bus.consumer("replay", topic, Assignment::All).await?;
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.poll(8192, Duration::from_millis(10)).await?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        for rec in &batch {
+            match decode::<T>(&rec.payload) {
+                Ok(v) => out.push(v),
+                Err(e) => tracing::error!(topic, error = %e, "replay: undecodable output"),
+            }
+        }
+    }
+}
+
+/// Workers publish in their own interleaving; event time, then the point, then what happened
+/// gives one order whatever the worker count or speed.
+fn sort_transitions(transitions: &mut [AlertTransition]) {
+    transitions.sort_by(|a, b| {
+        (a.event_ms, &a.point, a.transition.as_str(), a.to as u8).cmp(&(
+            b.event_ms,
+            &b.point,
+            b.transition.as_str(),
+            b.to as u8,
+        ))
+    });
 }
 
 async fn join_stream(handle: floodcmd_stream::StreamHandle) -> Result<(), ReplayError> {
@@ -233,25 +429,21 @@ impl Collectors {
         self.stop.store(true, Ordering::SeqCst);
         let join = |e: tokio::task::JoinError| ReplayError::Stream(format!("collector: {e}"));
         let mut transitions = self.alerts.await.map_err(join)??;
-        let statuses = self.status.await.map_err(join)??;
+        let mut statuses = StatusFold::default();
+        for s in self.status.await.map_err(join)?? {
+            statuses.add(s);
+        }
         let rejects = self.rejects.await.map_err(join)??;
-        // Workers publish in their own interleaving; event time, then the point, then what
-        // happened gives one order whatever the worker count or speed.
-        transitions.sort_by(|a, b| {
-            (a.event_ms, &a.point, a.transition.as_str(), a.to as u8).cmp(&(
-                b.event_ms,
-                &b.point,
-                b.transition.as_str(),
-                b.to as u8,
-            ))
-        });
+        sort_transitions(&mut transitions);
         let (notifications, incidents) = fold_incidents(district, &transitions, to_ms);
         Ok(ReplayOutcome {
             readings,
             from_ms,
             to_ms,
             transitions,
-            statuses,
+            status_count: statuses.count,
+            status_peaks: statuses.peaks,
+            flagged_statuses: statuses.flagged,
             rejects,
             notifications,
             incidents,

@@ -328,7 +328,9 @@ pub async fn replay_archive(
 async fn replay_readings(
     district: Arc<District>,
     source: &str,
-    readings: impl Iterator<Item = Result<floodcmd_model::Reading, floodcmd_archive::ArchiveError>>,
+    readings: impl Iterator<Item = Result<floodcmd_model::Reading, floodcmd_archive::ArchiveError>>
+        + Send
+        + 'static,
     expected: u64,
     how: How,
     out: &Path,

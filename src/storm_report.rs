@@ -174,15 +174,15 @@ impl StormReport {
                 _ => {}
             }
         }
-        for s in &out.statuses {
-            let a = acc.entry(s.point.as_str()).or_default();
+        for (point, s) in &out.status_peaks {
+            let a = acc.entry(point.as_str()).or_default();
             a.seen = true;
             a.depth = max_opt(a.depth, s.depth_cm);
             a.r1 = max_opt(a.r1, s.rain_1h_mm);
             a.r3 = max_opt(a.r3, s.rain_3h_mm);
             a.r24 = max_opt(a.r24, s.rain_24h_mm);
-            for f in &s.qc_flags {
-                *a.qc.entry(f.as_str().to_string()).or_default() += 1;
+            for (flag, n) in &s.qc {
+                *a.qc.entry(flag.clone()).or_default() += n;
             }
         }
         for i in &out.incidents {

@@ -163,7 +163,7 @@ async fn harvey_replay_raises_rain_levels_at_the_wettest_gauges_and_site_520s_sp
         "the spike stays out of the totals: {p520:?}"
     );
     assert!(
-        out.statuses.iter().any(|s| s.point == "RG-520"
+        out.flagged_statuses.iter().any(|s| s.point == "RG-520"
             && s.last_reading_ms == Some(spike_ms)
             && !s.qc_flags.is_empty()),
         "the status at the spike carries its flag"
@@ -198,7 +198,7 @@ async fn a_paced_replay_equals_the_max_speed_one_at_60x() {
     let from = imported.readings[0].ts_ms;
     let max = replay(
         district.clone(),
-        imported.readings.iter().cloned().map(Ok),
+        imported.readings.clone().into_iter().map(Ok),
         imported.readings.len() as u64,
         &ReplayOptions::default(),
         &mut |_, _| {},
@@ -265,7 +265,7 @@ async fn a_paced_replay_equals_the_max_speed_one_at_1x() {
         .collect();
     let max = replay(
         district.clone(),
-        readings.iter().cloned().map(Ok),
+        readings.clone().into_iter().map(Ok),
         readings.len() as u64,
         &ReplayOptions::default(),
         &mut |_, _| {},
@@ -331,7 +331,7 @@ async fn the_report_gives_the_lead_time_from_a_linked_gauge_to_its_depth_point()
     readings.sort_by(|a, b| (a.ts_ms, &a.sensor).cmp(&(b.ts_ms, &b.sensor)));
     let out = replay(
         district.clone(),
-        readings.iter().cloned().map(Ok),
+        readings.clone().into_iter().map(Ok),
         readings.len() as u64,
         &ReplayOptions::default(),
         &mut |_, _| {},

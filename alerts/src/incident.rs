@@ -45,13 +45,81 @@ pub struct IncidentBook {
     district: Arc<District>,
     drill: bool,
     /// Open incidents by (point, problem).
-    open: BTreeMap<(String, ProblemKey), Incident>,
+    open: OpenIncidents,
     /// Idempotency keys already notified.
     notified: HashSet<String>,
     /// The last closed water incident of each point: a flapping point's next raise reopens it.
     last_closed_water: BTreeMap<String, Incident>,
     /// Highest input offset applied, per (topic leaf, partition).
     applied: BTreeMap<(String, u32), u64>,
+}
+
+type Key = (String, ProblemKey);
+
+/// The open incidents, with each one's next escalation deadline indexed: finding the earliest
+/// timer, and the incidents due, does not scan every open incident. (A storm replay asks
+/// before each of its ~100k transitions, with thousands open; the scan was most of its time.)
+/// Every change to an open incident goes through `insert`, which indexes it afresh.
+#[derive(Default)]
+struct OpenIncidents {
+    by_key: BTreeMap<Key, Incident>,
+    deadline_of: BTreeMap<Key, Millis>,
+    deadlines: std::collections::BTreeSet<(Millis, Key)>,
+}
+
+impl OpenIncidents {
+    fn insert(&mut self, key: Key, inc: Incident) {
+        self.unindex(&key);
+        if let Some(d) = escalation::next_deadline(&inc) {
+            self.deadline_of.insert(key.clone(), d);
+            self.deadlines.insert((d, key.clone()));
+        }
+        self.by_key.insert(key, inc);
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Incident> {
+        self.unindex(key);
+        self.by_key.remove(key)
+    }
+
+    fn unindex(&mut self, key: &Key) {
+        if let Some(d) = self.deadline_of.remove(key) {
+            self.deadlines.remove(&(d, key.clone()));
+        }
+    }
+
+    fn contains_key(&self, key: &Key) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Incident> {
+        self.by_key.values()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Key, &Incident)> {
+        self.by_key.iter()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.by_key.keys()
+    }
+
+    /// The earliest deadline of any open incident.
+    fn next_deadline(&self) -> Option<Millis> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
+    /// Incidents with a deadline at or before `now`, in key order.
+    fn due(&self, now: Millis) -> Vec<Key> {
+        let mut due: Vec<Key> = self
+            .deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, k)| k.clone())
+            .collect();
+        due.sort();
+        due
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,7 +150,7 @@ impl IncidentBook {
         IncidentBook {
             district,
             drill,
-            open: BTreeMap::new(),
+            open: OpenIncidents::default(),
             notified: HashSet::new(),
             last_closed_water: BTreeMap::new(),
             applied: BTreeMap::new(),
@@ -287,7 +355,9 @@ impl IncidentBook {
         source: Option<InputOffset>,
     ) -> Vec<Effect> {
         let mut out = Vec::new();
-        let Some(point) = self.district.point(&t.point).cloned() else {
+        // The district by handle, so the point is borrowed, not copied, per transition.
+        let district = self.district.clone();
+        let Some(point) = district.point(&t.point) else {
             tracing::warn!(point = %t.point, "transition for a point not in the district config");
             return out;
         };
@@ -355,8 +425,8 @@ impl IncidentBook {
                         None,
                     ));
                 } else if let Some(policy) = self.district.escalation.policy(t.to).cloned() {
-                    let tells = escalation::start(&mut inc, &point, &policy, t.to, now);
-                    let text = message::water_alert(&sig, &point, t.to, t);
+                    let tells = escalation::start(&mut inc, point, &policy, t.to, now);
+                    let text = message::water_alert(&sig, point, t.to, t);
                     self.tell(&mut inc, tells, |_| text.clone(), now, &mut out);
                 }
                 changed.push(inc.clone());
@@ -413,15 +483,16 @@ impl IncidentBook {
                     inc.timeline
                         .push(entry(at, "silent", format!("设备失联: {}", t.rule), None));
                     let policy = self.district.escalation.silent.clone();
-                    let tells = escalation::start(&mut inc, &point, &policy, t.to, now);
-                    let text = message::silent_sensor(&sig, &point);
+                    let tells = escalation::start(&mut inc, point, &policy, t.to, now);
+                    let text = message::silent_sensor(&sig, point);
                     self.tell(&mut inc, tells, |_| text.clone(), now, &mut out);
                     self.tell_maintenance(&mut inc, &text, now, &mut out);
                     changed.push(inc.clone());
                     self.open.insert(key, inc);
                 }
                 // The water incident stays open at its level; record that its data went quiet.
-                if let Some(water) = self.open.get_mut(&(t.point.clone(), ProblemKey::Water)) {
+                let water_key = (t.point.clone(), ProblemKey::Water);
+                if let Some(mut water) = self.open.remove(&water_key) {
                     water.timeline.push(entry(
                         at,
                         "silent",
@@ -429,6 +500,7 @@ impl IncidentBook {
                         None,
                     ));
                     changed.push(water.clone());
+                    self.open.insert(water_key, water);
                 }
             }
             TransitionKind::Recovered => {
@@ -470,7 +542,8 @@ impl IncidentBook {
             return Vec::new();
         };
         let mut inc = self.open.remove(&key).expect("found above");
-        let point = self.district.point(&inc.point_id).cloned();
+        let district = self.district.clone();
+        let point = district.point(&inc.point_id);
         let policy = self.policy(&inc);
         let by = a.by.as_str();
         let on_behalf = |person: &Option<String>| -> String {
@@ -549,24 +622,18 @@ impl IncidentBook {
 
     /// Run out the timers due at `now`: escalate to the next rung, repeat loops.
     pub fn tick(&mut self, now: Millis) -> Vec<Effect> {
-        let due: Vec<(String, ProblemKey)> = self
-            .open
-            .iter()
-            .filter(|(_, i)| escalation::next_deadline(i).is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due = self.open.due(now);
         let mut out = Vec::new();
-        let sig = self.district.info.sms_signature.clone();
+        let district = self.district.clone();
+        let sig = &district.info.sms_signature;
         for key in due {
             let mut inc = self.open.remove(&key).expect("listed above");
-            let (Some(point), Some(policy)) = (
-                self.district.point(&inc.point_id).cloned(),
-                self.policy(&inc),
-            ) else {
+            let (Some(point), Some(policy)) = (district.point(&inc.point_id), self.policy(&inc))
+            else {
                 self.open.insert(key, inc);
                 continue;
             };
-            let tells = escalation::tick(&mut inc, &point, &policy, now);
+            let tells = escalation::tick(&mut inc, point, &policy, now);
             let level = inc.level;
             let problem = inc.problem;
             let value = inc.value;
@@ -574,7 +641,7 @@ impl IncidentBook {
                 &mut inc,
                 tells,
                 |tell| {
-                    message::escalated(&sig, &point, problem, level, value, tell.reason.as_deref())
+                    message::escalated(sig, point, problem, level, value, tell.reason.as_deref())
                 },
                 now,
                 &mut out,
@@ -587,10 +654,7 @@ impl IncidentBook {
 
     /// The earliest running timer, so the stage knows when to tick.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.open
-            .values()
-            .filter_map(escalation::next_deadline)
-            .min()
+        self.open.next_deadline()
     }
 
     /// The roster (district config) changed while running: running steps move to whoever now

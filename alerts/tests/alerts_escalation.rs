@@ -466,3 +466,129 @@ fn a_restored_book_carries_on_where_the_old_one_stopped() {
     );
     assert!(notes(&again).is_empty());
 }
+
+/// The book keeps its open incidents' deadlines indexed; after every kind of change (raise,
+/// upgrade, acknowledge, check-in, silence, recovery, clear, timers firing) the earliest one
+/// it gives must be what a scan of every open incident finds.
+#[test]
+fn the_next_deadline_is_always_the_earliest_of_every_open_incident() {
+    let d = district();
+    let mut book = IncidentBook::new(d.clone(), false);
+    let scanned = |book: &IncidentBook| {
+        book.open()
+            .into_iter()
+            .filter_map(floodcmd_alerts::escalation::next_deadline)
+            .min()
+    };
+    let points: Vec<String> = d
+        .points
+        .iter()
+        .filter(|p| p.kind == PointKind::Underpass)
+        .take(6)
+        .map(|p| p.id.clone())
+        .collect();
+    assert!(
+        points.len() >= 4,
+        "the district has underpasses to work with"
+    );
+    let mut checked = 0;
+    let mut check = |book: &IncidentBook, what: &str| {
+        assert_eq!(book.next_deadline(), scanned(book), "after {what}");
+        checked += 1;
+    };
+    let mut at = T0;
+    for (i, p) in points.iter().enumerate() {
+        book.on_transition(
+            &tr(p, TransitionKind::Raised, Level::Normal, Level::Blue, at),
+            at,
+        );
+        check(&book, "a raise");
+        at += (i as i64 + 1) * 37 * S;
+    }
+    book.on_transition(
+        &tr(
+            &points[1],
+            TransitionKind::Upgraded,
+            Level::Blue,
+            Level::Red,
+            at,
+        ),
+        at,
+    );
+    check(&book, "an upgrade");
+    book.on_transition(
+        &tr(
+            &points[2],
+            TransitionKind::Silent,
+            Level::Blue,
+            Level::Blue,
+            at,
+        ),
+        at,
+    );
+    check(&book, "silence");
+    let id = book
+        .open()
+        .into_iter()
+        .find(|i| i.point_id == points[0] && i.problem == floodcmd_model::event::Problem::Water)
+        .unwrap()
+        .id
+        .clone();
+    book.on_action(
+        &action(
+            &id,
+            ActionKind::Acknowledge { person: None },
+            "commander-1",
+            at,
+        ),
+        at,
+    );
+    check(&book, "an acknowledgement");
+    book.on_action(
+        &action(
+            &id,
+            ActionKind::CheckIn {
+                person: None,
+                lat: 34.27,
+                lon: 108.95,
+            },
+            "commander-1",
+            at + S,
+        ),
+        at + S,
+    );
+    check(&book, "a check-in");
+    book.on_transition(
+        &tr(
+            &points[2],
+            TransitionKind::Recovered,
+            Level::Blue,
+            Level::Blue,
+            at + 2 * S,
+        ),
+        at + 2 * S,
+    );
+    check(&book, "a recovery");
+    book.on_transition(
+        &tr(
+            &points[3],
+            TransitionKind::Cleared,
+            Level::Blue,
+            Level::Normal,
+            at + 3 * S,
+        ),
+        at + 3 * S,
+    );
+    check(&book, "a clear");
+    // Let the timers run for hours, each at its deadline.
+    let mut fired = 0;
+    while let Some(next) = book.next_deadline() {
+        if next > at + 6 * 3600 * S {
+            break;
+        }
+        fired += notes(&book.tick(next)).len();
+        check(&book, "timers firing");
+    }
+    assert!(fired > 0, "escalation ran");
+    assert!(checked > 10);
+}

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use floodcmd_model::bus::{
-    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Producer, Record,
+    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Outgoing, Producer, Record,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -251,6 +251,76 @@ impl EmbeddedProducer {
 
 #[async_trait]
 impl Producer for EmbeddedProducer {
+    /// Each partition locked once for all of its records that fit, one wakeup per batch. The
+    /// default (a future per record, joined) was a sixth of the stream stage's profile, as
+    /// the stage hands the bus every epoch's outputs in one batch. A partition that fills up
+    /// midway takes the rest of its records one by one, in order, waiting for room as `send`
+    /// does.
+    async fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<Outgoing>,
+    ) -> Vec<Result<Delivery, BusError>> {
+        let t = match self.topic(topic) {
+            Ok(t) => t,
+            Err(_) => {
+                return records
+                    .iter()
+                    .map(|_| Err(BusError::UnknownTopic(topic.to_string())))
+                    .collect()
+            }
+        };
+        let n = t.partitions.len() as u32;
+        let mut results: Vec<Option<Result<Delivery, BusError>>> =
+            (0..records.len()).map(|_| None).collect();
+        // Per partition, its records' places in the batch, in order.
+        let mut by_partition: Vec<Vec<(usize, Outgoing)>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, r) in records.into_iter().enumerate() {
+            by_partition[partition_for(&r.key, n) as usize].push((i, r));
+        }
+        let mut overflow = Vec::new();
+        for (partition, items) in by_partition.into_iter().enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let mut items = items.into_iter();
+            {
+                let mut log = t.partitions[partition].log.lock().expect("partition lock");
+                let capacity = self.bus.inner.capacity;
+                for (i, r) in items.by_ref() {
+                    if log.log.len() >= capacity {
+                        log.trim();
+                    }
+                    if log.log.len() >= capacity {
+                        overflow.push((i, r));
+                        break;
+                    }
+                    let offset = log.end();
+                    log.log.push_back(Entry {
+                        key: r.key,
+                        payload: r.payload,
+                        timestamp_ms: r.timestamp_ms,
+                    });
+                    results[i] = Some(Ok(Delivery {
+                        partition: partition as u32,
+                        offset,
+                    }));
+                }
+            }
+            overflow.extend(items);
+        }
+        t.data.notify_waiters();
+        // In batch order, which keeps each partition's order.
+        overflow.sort_by_key(|(i, _)| *i);
+        for (i, r) in overflow {
+            results[i] = Some(self.send(topic, &r.key, r.payload, r.timestamp_ms).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every record has a result"))
+            .collect()
+    }
+
     async fn send(
         &self,
         topic: &str,

@@ -58,6 +58,67 @@ async fn records_of_one_key_keep_their_order_and_offsets_count_up() {
 }
 
 #[tokio::test]
+async fn a_batch_larger_than_a_partition_waits_for_room_and_keeps_every_key_in_order() {
+    use floodcmd_model::bus::Outgoing;
+    let bus = EmbeddedBus::new(16);
+    bus.ensure_topic("t", 2).await.unwrap();
+    let mut c = bus.consumer("slow", "t", Assignment::All).await.unwrap();
+    let producer = bus.producer();
+    let records: Vec<Outgoing> = (0..100u32)
+        .map(|i| Outgoing {
+            key: Bytes::from(format!("k{}", i % 5)),
+            payload: Bytes::from(i.to_string()),
+            timestamp_ms: i as i64,
+        })
+        .collect();
+    let sender = tokio::spawn(async move { producer.send_batch("t", records).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !sender.is_finished(),
+        "the batch waits while a partition is full"
+    );
+    assert!(
+        bus.retained("t").unwrap() <= 32,
+        "never more than capacity in memory"
+    );
+    let mut seen: Vec<(Vec<u8>, u32, u64)> = Vec::new();
+    while seen.len() < 100 {
+        let batch = c.poll(8, Duration::from_secs(2)).await.unwrap();
+        assert!(
+            !batch.is_empty(),
+            "records keep coming once the consumer commits"
+        );
+        for r in &batch {
+            let v = std::str::from_utf8(&r.payload).unwrap().parse().unwrap();
+            seen.push((r.key.to_vec(), v, r.offset));
+            c.commit(r.partition, r.offset + 1).await.unwrap();
+        }
+    }
+    let results = sender.await.unwrap();
+    assert_eq!(results.len(), 100, "one result per record");
+    for (i, d) in results.iter().enumerate() {
+        let d = d.as_ref().expect("every record is delivered");
+        let key = format!("k{}", i % 5);
+        assert_eq!(d.partition, partition_for(key.as_bytes(), 2));
+        let (_, _, offset) = seen.iter().find(|(_, v, _)| *v == i as u32).unwrap();
+        assert_eq!(d.offset, *offset, "record {i}'s delivery names where it is");
+    }
+    for k in 0..5u32 {
+        let key = format!("k{k}");
+        let values: Vec<u32> = seen
+            .iter()
+            .filter(|(kk, _, _)| kk == key.as_bytes())
+            .map(|(_, v, _)| *v)
+            .collect();
+        let expect: Vec<u32> = (0..100).filter(|i| i % 5 == k).collect();
+        assert_eq!(
+            values, expect,
+            "{key}: every record once, in the order sent"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_full_partition_makes_the_producer_wait_and_nothing_is_dropped() {
     let bus = EmbeddedBus::new(16);
     bus.ensure_topic("t", 1).await.unwrap();

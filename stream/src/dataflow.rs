@@ -13,7 +13,9 @@
 
 use crate::engine::{Engine, StreamOutput, TimedReading};
 use bytes::Bytes;
-use floodcmd_model::bus::{murmur2, Assignment, Bus, BusError, Consumer, Outgoing};
+use floodcmd_model::bus::{
+    murmur2, partition_for, Assignment, Bus, BusError, Consumer, Outgoing, Record,
+};
 use floodcmd_model::codec::{decode_reading, encode};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, Millis};
@@ -74,6 +76,9 @@ pub enum StreamError {
     /// The cluster settings cannot work.
     #[error("stream cluster: {0}")]
     Cluster(String),
+    /// A direct feed that cannot run as asked.
+    #[error("stream feed: {0}")]
+    Feed(String),
 }
 
 /// Where this process sits in a timely cluster of stream processes. Every process runs the
@@ -184,7 +189,69 @@ pub async fn run_stream(
     clock: Arc<dyn Clock>,
     config: StreamConfig,
 ) -> Result<StreamHandle, StreamError> {
-    start(bus, district, clock, config, None).await
+    start(bus, district, clock, config, None, None).await
+}
+
+/// Readings handed straight to a bounded run, and where its outputs go, instead of the bus.
+///
+/// A replay from an archive uses it: putting every reading on a bus first (and every output,
+/// then reading them back) encoded and decoded each one twice and held the whole storm in
+/// memory, for nothing a replay needs. The dataflow, the engine and the order in which each
+/// worker sees its readings are the same as from the bus: the feeder splits readings into
+/// `partitions` by sensor key exactly as a producer does ([`partition_for`]), each partition
+/// in read order, and worker `w` takes the partitions `p` with `p % workers == w`, as it would
+/// be assigned them on the bus. So late flags, and with them every output, match a bus run of
+/// the same readings.
+pub struct DirectFeed {
+    /// One per worker, in worker order: batches of `(partition, reading)`. A worker's input
+    /// ends when its sender is dropped.
+    pub inputs: Vec<FeedInput>,
+    /// How many partitions the feeder splits readings into.
+    pub partitions: u32,
+    /// Every output, in batches, each worker's in its engine's order.
+    pub outputs: FeedOutput,
+}
+
+impl DirectFeed {
+    /// The partition a reading of `sensor` goes to.
+    pub fn partition(sensor: &str, partitions: u32) -> u32 {
+        partition_for(sensor.as_bytes(), partitions)
+    }
+
+    /// The worker that reads `partition`.
+    pub fn worker(partition: u32, workers: usize) -> usize {
+        partition as usize % workers.max(1)
+    }
+}
+
+/// One worker's end of a [`DirectFeed`]: batches of `(partition, reading)`.
+type FeedInput = std::sync::mpsc::Receiver<Vec<(u32, Reading)>>;
+/// Where a fed run's outputs go.
+type FeedOutput = std::sync::mpsc::SyncSender<Vec<StreamOutput>>;
+
+/// Start a bounded run fed by `feed` instead of the bus's readings topic; outputs go to
+/// `feed.outputs`, and `bus` takes only what the stage dead-letters. The watermark must be
+/// [`Watermark::Bounded`], and `feed.inputs` must hold one receiver per worker.
+pub async fn run_stream_fed(
+    bus: Arc<dyn Bus>,
+    district: Arc<District>,
+    clock: Arc<dyn Clock>,
+    config: StreamConfig,
+    feed: DirectFeed,
+) -> Result<StreamHandle, StreamError> {
+    if !matches!(config.watermark, Watermark::Bounded { .. }) {
+        return Err(StreamError::Feed(
+            "a fed run is bounded: its input ends when the feeder stops".into(),
+        ));
+    }
+    if feed.inputs.len() != config.workers.max(1) {
+        return Err(StreamError::Feed(format!(
+            "{} inputs for {} workers",
+            feed.inputs.len(),
+            config.workers.max(1)
+        )));
+    }
+    start(bus, district, clock, config, None, Some(feed)).await
 }
 
 /// Start this process's share of a stage that spans the processes of `cluster`. Returns once
@@ -216,7 +283,7 @@ pub async fn run_stream_in_cluster(
             cluster.addresses.len()
         )));
     }
-    start(bus, district, clock, config, Some(cluster)).await
+    start(bus, district, clock, config, Some(cluster), None).await
 }
 
 async fn start(
@@ -225,13 +292,32 @@ async fn start(
     clock: Arc<dyn Clock>,
     config: StreamConfig,
     cluster: Option<Cluster>,
+    feed: Option<DirectFeed>,
 ) -> Result<StreamHandle, StreamError> {
     let rt = tokio::runtime::Handle::current();
     let readings_topic = config.topics.readings();
-    let partitions = bus.partitions(&readings_topic).await?;
-    let end_offsets = match config.watermark {
-        Watermark::Bounded { .. } => Some(bus.end_offsets(&readings_topic).await?),
-        Watermark::Clock(_) => None,
+    let (partitions, end_offsets) = match (&feed, &config.watermark) {
+        // Read until the feeder is done, whatever the count.
+        (Some(f), _) => (
+            f.partitions.max(1),
+            Some(vec![u64::MAX; f.partitions.max(1) as usize]),
+        ),
+        (None, Watermark::Bounded { .. }) => (
+            bus.partitions(&readings_topic).await?,
+            Some(bus.end_offsets(&readings_topic).await?),
+        ),
+        (None, Watermark::Clock(_)) => (bus.partitions(&readings_topic).await?, None),
+    };
+    // Each worker takes its own receiver out once.
+    type Inputs = Vec<Option<FeedInput>>;
+    let (feed_inputs, feed_outputs): (Arc<std::sync::Mutex<Inputs>>, _) = match feed {
+        Some(f) => (
+            Arc::new(std::sync::Mutex::new(
+                f.inputs.into_iter().map(Some).collect(),
+            )),
+            Some(f.outputs),
+        ),
+        None => (Arc::default(), None),
     };
     let origin_ms = match &config.watermark {
         Watermark::Bounded { origin_ms } => *origin_ms,
@@ -262,7 +348,14 @@ async fn start(
         .name("stream".into())
         .spawn(move || {
             let guards = timely::execute(timely_config, move |worker| {
+                let fed = feed_outputs.clone().map(|outputs| {
+                    let input = feed_inputs.lock().expect("feed lock")[worker.index()]
+                        .take()
+                        .expect("one receiver per worker, taken once");
+                    (input, outputs)
+                });
                 let ctx = WorkerContext {
+                    fed,
                     in_cluster,
                     bus: bus.clone(),
                     district: district.clone(),
@@ -317,6 +410,8 @@ async fn start(
 }
 
 struct WorkerContext {
+    /// Fed directly (see [`DirectFeed`]): this worker's input and where outputs go.
+    fed: Option<(FeedInput, FeedOutput)>,
     /// One of several processes of a timely cluster.
     in_cluster: bool,
     bus: Arc<dyn Bus>,
@@ -348,6 +443,12 @@ fn note_pending(queue: &mut VecDeque<(u64, u64)>, t: u64, next: u64) {
         Some((last_t, last_next)) if *last_t == t => *last_next = next,
         _ => queue.push_back((t, next)),
     }
+}
+
+/// What a worker takes in: a record from the bus, or a reading fed directly.
+enum Intake {
+    Record(Record),
+    Fed(u32, Reading),
 }
 
 fn output_key(o: &StreamOutput) -> &str {
@@ -402,7 +503,11 @@ impl WorkerContext {
                 );
             }
         }
-        let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() {
+        let (feed_input, feed_output) = match self.fed {
+            Some((input, output)) => (Some(input), Some(output)),
+            None => (None, None),
+        };
+        let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() || feed_input.is_some() {
             None
         } else {
             Some(self.rt.block_on(self.bus.consumer(
@@ -414,6 +519,10 @@ impl WorkerContext {
         // Bounded mode: the offsets to read up to, per partition of this worker; a partition
         // the group has already read to the end has nothing to wait for.
         let mut remaining: BTreeMap<u32, u64> = match &self.end_offsets {
+            // Fed: every partition of this worker is open until the feeder is done.
+            Some(ends) if feed_input.is_some() => {
+                mine.iter().map(|p| (*p, ends[*p as usize])).collect()
+            }
             Some(ends) => {
                 let committed = self
                     .rt
@@ -471,6 +580,15 @@ impl WorkerContext {
                             // worker, and an atomic add per status made them contend for it.
                             let statuses = out.iter().filter(|o| matches!(o, StreamOutput::Status(_))).count();
                             status_count.inc_by(statuses as u64);
+                            if let Some(tx) = &feed_output {
+                                // Whoever fed the run takes the outputs as they are. If it has
+                                // gone, nothing more can be delivered: as with a lost output on
+                                // the bus, say so rather than pretend.
+                                if tx.send(std::mem::take(out)).is_err() {
+                                    sink_lost.set(true);
+                                }
+                                return;
+                            }
                             let (mut status, mut alerts) = (Vec::new(), Vec::new());
                             for o in out.drain(..) {
                                 let key = Bytes::copy_from_slice(output_key(&o).as_bytes());
@@ -619,14 +737,49 @@ impl WorkerContext {
                     }
                 }
             }
-            if let (Some(c), Some(consumer), false) =
-                (cap.as_mut(), consumer.as_mut(), bounded_done)
-            {
-                let records = self
-                    .rt
-                    .block_on(consumer.poll(4096, Duration::from_millis(5)))?;
+            let has_input = consumer.is_some() || feed_input.is_some();
+            if let (Some(c), true, false) = (cap.as_mut(), has_input, bounded_done) {
+                // From the bus, records to decode; fed, readings as they are.
+                let items: Vec<Intake> = match (consumer.as_mut(), &feed_input) {
+                    (Some(consumer), _) => self
+                        .rt
+                        .block_on(consumer.poll(4096, Duration::from_millis(5)))?
+                        .into_iter()
+                        .map(Intake::Record)
+                        .collect(),
+                    (None, Some(input)) => match input.recv_timeout(Duration::from_millis(5)) {
+                        Ok(batch) => batch.into_iter().map(|(p, r)| Intake::Fed(p, r)).collect(),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            remaining.clear();
+                            Vec::new()
+                        }
+                    },
+                    (None, None) => Vec::new(),
+                };
                 let mut fed = 0;
-                for rec in records {
+                for item in items {
+                    let rec = match item {
+                        Intake::Record(rec) => rec,
+                        Intake::Fed(partition, reading) => {
+                            fed += 1;
+                            let epoch = (reading.ts_ms.max(0) / 1000) as u64;
+                            let pmax = partition_max.entry(partition).or_insert(0);
+                            // As a bounded run from the bus judges it (below).
+                            let late = epoch + lateness_s < *pmax || epoch < *c.time();
+                            *pmax = (*pmax).max(epoch);
+                            if late {
+                                m.late.inc();
+                            }
+                            let t = epoch.max(*c.time());
+                            batches.entry(t).or_default().push(TimedReading {
+                                reading,
+                                late,
+                                replay: false,
+                            });
+                            continue;
+                        }
+                    };
                     if let Some(end) = remaining.get(&rec.partition) {
                         if rec.offset + 1 >= *end {
                             remaining.remove(&rec.partition);

@@ -21,6 +21,7 @@ pub mod rain;
 pub mod rise;
 
 pub use dataflow::{
-    run_stream, run_stream_in_cluster, Cluster, StreamConfig, StreamHandle, Watermark,
+    run_stream, run_stream_fed, run_stream_in_cluster, Cluster, DirectFeed, StreamConfig,
+    StreamHandle, Watermark,
 };
 pub use engine::{Engine, StreamOutput, TimedReading};

@@ -122,6 +122,51 @@ async fn the_same_readings_give_the_same_alerts_for_1_2_and_4_workers_and_any_or
     assert!(a.iter().all(|t| !t.late), "nothing was late");
 }
 
+/// A replay feeds the dataflow directly instead of through the bus: it must judge exactly as a
+/// run from the bus does, late flags included, for any worker count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
+    let d = district();
+    let ordered = storm(&d);
+    // Some readings held back well past the budget: late, applied, flagged.
+    let mut out_of_order = ordered.clone();
+    for i in (0..out_of_order.len()).step_by(37) {
+        let r = out_of_order.remove(i);
+        let at = (i + 150).min(out_of_order.len());
+        out_of_order.insert(at, r);
+    }
+    let per_point_status = |status: &[floodcmd_model::event::PointStatus]| {
+        let mut m: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+        for s in status {
+            m.entry(s.point.clone()).or_default().push(s.clone());
+        }
+        m
+    };
+    for readings in [&ordered, &out_of_order] {
+        for workers in [1, 2] {
+            let (bus_alerts, bus_status) = run(readings, workers, LATENESS_MS).await;
+            let (fed_alerts, fed_status) =
+                common::run_fed(d.clone(), readings, workers, LATENESS_MS).await;
+            assert!(!bus_alerts.is_empty());
+            assert_eq!(
+                by_point(&fed_alerts),
+                by_point(&bus_alerts),
+                "{workers} workers"
+            );
+            assert_eq!(
+                per_point_status(&fed_status),
+                per_point_status(&bus_status),
+                "{workers} workers"
+            );
+        }
+    }
+    let (_, status) = common::run_fed(d.clone(), &out_of_order, 2, LATENESS_MS).await;
+    assert!(
+        status.iter().any(|s| s.data_state == DataState::Late),
+        "the held-back readings were late"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_reading_that_crosses_a_threshold_raises_a_flagged_alert() {
     let d = district();

@@ -150,6 +150,80 @@ pub async fn run_with(
     (alerts, status)
 }
 
+/// [`run_with`], but with the readings fed straight into the dataflow ([`DirectFeed`], as a
+/// replay from an archive does) and the outputs taken straight back, in this order.
+pub async fn run_fed(
+    district: Arc<District>,
+    readings: &[Reading],
+    workers: usize,
+    lateness_ms: Millis,
+) -> (Vec<AlertTransition>, Vec<PointStatus>) {
+    use floodcmd_stream::{run_stream_fed, DirectFeed, StreamOutput};
+    let bus = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("s");
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4).await.expect("topic");
+    }
+    let (senders, inputs): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| std::sync::mpsc::sync_channel::<Vec<(u32, Reading)>>(2))
+        .unzip();
+    let (outputs, outputs_rx) = std::sync::mpsc::sync_channel::<Vec<StreamOutput>>(16);
+    // Small batches, so the workers see their input arrive in many pieces.
+    let feed: Vec<Reading> = readings.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let mut batches: Vec<Vec<(u32, Reading)>> = vec![Vec::new(); senders.len()];
+        for r in feed {
+            let p = DirectFeed::partition(&r.sensor, 4);
+            let w = DirectFeed::worker(p, senders.len());
+            batches[w].push((p, r));
+            if batches[w].len() == 7 {
+                senders[w]
+                    .send(std::mem::take(&mut batches[w]))
+                    .expect("feed");
+            }
+        }
+        for (w, b) in batches.into_iter().enumerate() {
+            senders[w].send(b).expect("feed");
+        }
+    });
+    let collector =
+        std::thread::spawn(move || outputs_rx.into_iter().flatten().collect::<Vec<_>>());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let handle = run_stream_fed(
+        Arc::new(bus),
+        district,
+        clock,
+        StreamConfig {
+            workers,
+            lateness_ms,
+            topics,
+            group: "stream".into(),
+            watermark: Watermark::Bounded { origin_ms: T0 },
+            rebuild_ms: None,
+        },
+        DirectFeed {
+            inputs,
+            partitions: 4,
+            outputs,
+        },
+    )
+    .await
+    .expect("the stage starts");
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .expect("join")
+        .expect("the stage finishes cleanly");
+    feeder.join().expect("the feeder");
+    let (mut alerts, mut status) = (Vec::new(), Vec::new());
+    for o in collector.join().expect("the collector") {
+        match o {
+            StreamOutput::Transition(t) => alerts.push(t),
+            StreamOutput::Status(s) => status.push(s),
+        }
+    }
+    (alerts, status)
+}
+
 /// [`run_with`] on the sample district.
 pub async fn run(
     readings: &[Reading],
