@@ -157,27 +157,11 @@ pub fn route(
 }
 
 /// Incident ids contain `:`; browsers may send it escaped. A `%` not followed by two hex
-/// digits stays as it is. Works on bytes: the segment may hold any UTF-8 (the `http` crate
-/// lets raw non-ASCII through), and slicing the text after a `%` could cut a character.
+/// digits stays as it is; bytes that are not UTF-8 once decoded become U+FFFD.
 fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
