@@ -4,7 +4,8 @@
 //! `POST /api/login` with `{"name","password"}` answers a random bearer token that lasts
 //! `dashboard.session_h` hours; `POST /api/logout` ends it; `GET /api/me` tells who the token
 //! belongs to. REST calls carry the token as `Authorization: Bearer <token>`; the websocket,
-//! which browsers cannot give headers, carries it as `/ws?token=<token>`.
+//! which browsers can give no other header, offers it as the subprotocol `bearer.<token>`
+//! (`Sec-WebSocket-Protocol`; see `server.rs`), never in the URL.
 //!
 //! Sessions live in this process's memory: a restarted wall asks everyone to log in again,
 //! and two wall instances do not share logins. Without a token a client is an anonymous

@@ -508,12 +508,14 @@ pub async fn serve(
         .and(warp::ws())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(warp::query::<HashMap<String, String>>())
         .and(with_shared)
         .map(
             move |ws: warp::ws::Ws,
                   origin: Option<String>,
                   host: Option<String>,
+                  protocols: Option<String>,
                   q: HashMap<String, String>,
                   w: Shared| {
                 // A page on another site must not open the wall in an operator's browser
@@ -526,9 +528,20 @@ pub async fn serve(
                         "origin not allowed (dashboard.allowed_origins)".into(),
                     );
                 }
-                // Browsers cannot set headers on a websocket: the token comes in the query.
-                let token = q.get("token").map(String::as_str).filter(|t| !t.is_empty());
-                let session = match ws_auth.session(token) {
+                // A token in the URL ends up in proxies' access logs and browser tooling: it
+                // is refused, not quietly accepted, so no client keeps sending it there.
+                if q.contains_key("token") {
+                    guard::count("ws", "token");
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "token: send it as the websocket subprotocol `{WS_TOKEN_PREFIX}<token>` \
+                             (Sec-WebSocket-Protocol), not in the URL"
+                        ),
+                    );
+                }
+                let offered = OfferedProtocols::parse(protocols.as_deref());
+                let session = match ws_auth.session(offered.token) {
                     Ok(s) => s,
                     Err(e) => {
                         guard::count("ws", "token");
@@ -536,12 +549,18 @@ pub async fn serve(
                     }
                 };
                 let resume = q.get("resume").and_then(|r| parse_resume(r));
-                ws.max_message_size(64 * 1024)
-                    .on_upgrade(move |socket| {
-                        let (tx, rx) = socket.split();
-                        client(tx, rx, w, session, resume)
-                    })
-                    .into_response()
+                let upgrade = ws.max_message_size(64 * 1024).on_upgrade(move |socket| {
+                    let (tx, rx) = socket.split();
+                    client(tx, rx, w, session, resume)
+                });
+                // A browser that offered subprotocols drops a connection whose answer names
+                // none of them; the token itself is never echoed.
+                if offered.wall {
+                    warp::reply::with_header(upgrade, "sec-websocket-protocol", WS_PROTOCOL)
+                        .into_response()
+                } else {
+                    upgrade.into_response()
+                }
             },
         );
     let actions = crate::actions::route(bus.producer(), t.clone(), clock.clone(), auth.clone());
@@ -597,11 +616,70 @@ pub async fn serve(
     Ok((bound, handle))
 }
 
+/// The websocket subprotocol the wall speaks, offered by its page and echoed in the answer.
+pub const WS_PROTOCOL: &str = "floodcmd";
+/// Browsers cannot give a websocket headers; the one they can set is `Sec-WebSocket-Protocol`,
+/// so the login's token travels as a second offered subprotocol, `bearer.<token>` (a token is
+/// hex, which the header allows), and never in the URL.
+pub const WS_TOKEN_PREFIX: &str = "bearer.";
+
+/// What a websocket request offered in `Sec-WebSocket-Protocol`.
+struct OfferedProtocols<'a> {
+    /// It offered [`WS_PROTOCOL`].
+    wall: bool,
+    /// The token it offered, if any.
+    token: Option<&'a str>,
+}
+
+impl<'a> OfferedProtocols<'a> {
+    fn parse(header: Option<&'a str>) -> Self {
+        let mut offered = OfferedProtocols {
+            wall: false,
+            token: None,
+        };
+        for p in header.unwrap_or("").split(',').map(str::trim) {
+            if p == WS_PROTOCOL {
+                offered.wall = true;
+            } else if let Some(t) = p.strip_prefix(WS_TOKEN_PREFIX).filter(|t| !t.is_empty()) {
+                offered.token = Some(t);
+            }
+        }
+        offered
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use floodcmd_model::event::PointStatus;
     use floodcmd_model::{DataState, Level};
+
+    #[test]
+    fn the_token_is_read_from_the_offered_subprotocols() {
+        let o = OfferedProtocols::parse(Some("floodcmd, bearer.0a1b"));
+        assert!(o.wall);
+        assert_eq!(o.token, Some("0a1b"));
+        let o = OfferedProtocols::parse(Some("bearer.ff,floodcmd"));
+        assert_eq!(
+            (o.wall, o.token),
+            (true, Some("ff")),
+            "any order, any spacing"
+        );
+        let o = OfferedProtocols::parse(Some("bearer."));
+        assert_eq!(
+            (o.wall, o.token),
+            (false, None),
+            "an empty token is no token"
+        );
+        let o = OfferedProtocols::parse(None);
+        assert_eq!((o.wall, o.token), (false, None));
+        let o = OfferedProtocols::parse(Some("chat, superchat"));
+        assert_eq!(
+            (o.wall, o.token),
+            (false, None),
+            "others' protocols are not ours"
+        );
+    }
 
     fn status(d: &District, i: usize, depth: f64) -> PointStatus {
         PointStatus {

@@ -72,12 +72,23 @@ async fn start(edit: impl FnOnce(&mut DashboardConfig)) -> Wall {
 
 impl Wall {
     /// Open `/ws<query>` with an optional Origin header; the HTTP status of a refusal, or 101.
-    async fn ws_status(&self, query: &str, origin: Option<&str>) -> u16 {
+    /// The status of a websocket request offering `token` as the page does (subprotocol).
+    async fn ws_status(&self, token: Option<&str>, origin: Option<&str>) -> u16 {
+        self.ws_status_at("", token, origin).await
+    }
+
+    async fn ws_status_at(&self, query: &str, token: Option<&str>, origin: Option<&str>) -> u16 {
         let mut req = format!("ws://{}/ws{query}", self.addr)
             .into_client_request()
             .unwrap();
         if let Some(o) = origin {
             req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                format!("floodcmd, bearer.{t}").parse().unwrap(),
+            );
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok((_ws, resp)) => resp.status().as_u16(),
@@ -152,20 +163,26 @@ impl Wall {
 async fn the_websocket_checks_origin_and_token_and_counts_refusals() {
     let wall = start(|_| {}).await;
     let token = wall.login("viewer").await;
-    let q = format!("?token={token}");
+    let q = Some(token.as_str());
     let own = format!("http://{}", wall.addr);
     let origin_before = wall.refused("ws", "origin").await;
     let token_before = wall.refused("ws", "token").await;
 
     // A page on another site, even with a valid token in hand: 403, before the upgrade.
-    assert_eq!(wall.ws_status(&q, Some("http://evil.example")).await, 403);
-    assert_eq!(wall.ws_status(&q, Some("null")).await, 403);
+    assert_eq!(wall.ws_status(q, Some("http://evil.example")).await, 403);
+    assert_eq!(wall.ws_status(q, Some("null")).await, 403);
     // The wall's own page, and a client that is not a browser (no Origin): accepted.
-    assert_eq!(wall.ws_status(&q, Some(&own)).await, 101);
-    assert_eq!(wall.ws_status(&q, None).await, 101);
+    assert_eq!(wall.ws_status(q, Some(&own)).await, 101);
+    assert_eq!(wall.ws_status(q, None).await, 101);
     // No token (this wall allows no anonymous viewers) or an unknown one: 401.
-    assert_eq!(wall.ws_status("", Some(&own)).await, 401);
-    assert_eq!(wall.ws_status("?token=forged", Some(&own)).await, 401);
+    assert_eq!(wall.ws_status(None, Some(&own)).await, 401);
+    assert_eq!(wall.ws_status(Some("forged"), Some(&own)).await, 401);
+    // A token in the URL would sit in proxies' logs: refused (400) even when it is valid.
+    assert_eq!(
+        wall.ws_status_at(&format!("?token={token}"), None, Some(&own))
+            .await,
+        400
+    );
     // A logged-out token is dead.
     reqwest::Client::new()
         .post(format!("{own}/api/logout"))
@@ -173,10 +190,10 @@ async fn the_websocket_checks_origin_and_token_and_counts_refusals() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wall.ws_status(&q, Some(&own)).await, 401);
+    assert_eq!(wall.ws_status(q, Some(&own)).await, 401);
 
     assert!(wall.refused("ws", "origin").await >= origin_before + 2.0);
-    assert!(wall.refused("ws", "token").await >= token_before + 3.0);
+    assert!(wall.refused("ws", "token").await >= token_before + 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +202,7 @@ async fn an_expired_login_cannot_open_the_websocket() {
     let token = wall.login("commander").await;
     // The login lasted 1 ms; 50 ms later it is certainly over.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(wall.ws_status(&format!("?token={token}"), None).await, 401);
+    assert_eq!(wall.ws_status(Some(&token), None).await, 401);
     assert_eq!(
         wall.act(Some(&token), json!({"kind": "acknowledge"})).await,
         401
@@ -201,10 +218,10 @@ async fn listed_origins_replace_the_same_host_rule() {
     .await;
     let own = format!("http://{}", wall.addr);
     assert_eq!(
-        wall.ws_status("", Some("https://wall.example.org")).await,
+        wall.ws_status(None, Some("https://wall.example.org")).await,
         101
     );
-    assert_eq!(wall.ws_status("", Some(&own)).await, 403);
+    assert_eq!(wall.ws_status(None, Some(&own)).await, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,26 @@ impl Wall {
         ws.split().1
     }
 
+    /// Connect as the page does: the token offered as the subprotocol `bearer.<token>` beside
+    /// `floodcmd`, which the wall must name in its answer.
+    async fn connect_with_token(&self, token: &str) -> Ws {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("floodcmd, bearer.{token}").parse().unwrap(),
+        );
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(
+            resp.headers()["sec-websocket-protocol"],
+            "floodcmd",
+            "the wall names its protocol, never echoes the token"
+        );
+        ws.split().1
+    }
+
     async fn login(&self, name: &str) -> String {
         let v: Value = reqwest::Client::new()
             .post(format!("http://{}/api/login", self.addr))
@@ -243,14 +263,22 @@ async fn snapshot_deltas_and_a_reconnect_that_resumes_with_only_what_was_missed(
 
     // A commander's snapshot has phones in full; a bad token is refused before the upgrade.
     let token = wall.login("commander").await;
-    let mut ws = wall.connect(&format!("?token={token}")).await;
+    let mut ws = wall.connect_with_token(&token).await;
     let snap = next_json(&mut ws).await;
     assert_eq!(snap["people"][&owner]["phone"], phone.as_str());
     assert_eq!(snap["can_act"], true);
     assert_eq!(snap["session"]["name"], "commander");
-    let refused =
-        tokio_tungstenite::connect_async(format!("ws://{}/ws?token=nope", wall.addr)).await;
-    match refused {
+    let mut bad = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        format!("ws://{}/ws", wall.addr)
+            .into_client_request()
+            .unwrap()
+    };
+    bad.headers_mut().insert(
+        "sec-websocket-protocol",
+        "floodcmd, bearer.nope".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(bad).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {other:?}"),
     }
