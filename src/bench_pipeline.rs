@@ -277,7 +277,7 @@ pub async fn replay(sensors: usize, hours: u64, workers: usize, command: &str) -
 
     let (header, reader) = ArchiveReader::open(&path)?;
     let district = Arc::new(header.district()?);
-    let mut progress = floodcmd::progress::Progress::new("loading");
+    let mut progress = floodcmd::progress::Progress::new("replaying");
     let outcome = floodcmd::replay::replay(
         district.clone(),
         reader,

@@ -345,7 +345,7 @@ async fn replay_readings(
             if how.wall.is_some() {
                 anyhow::bail!("--wall needs a paced replay (--speed N), not --speed max");
             }
-            let mut progress = Progress::new("loading the readings");
+            let mut progress = Progress::new("replaying");
             let outcome = replay(
                 district.clone(),
                 readings,
