@@ -101,7 +101,13 @@ pub async fn throughput(
     };
     r.figure("1 worker, first run in the process", cold, "readings/s");
     r.figure("1 worker, after the others", one, "readings/s");
-    r.figure_vs("2 workers", two, "readings/s", one, "1 worker, after the others");
+    r.figure_vs(
+        "2 workers",
+        two,
+        "readings/s",
+        one,
+        "1 worker, after the others",
+    );
     r.figure("peak resident memory of the process", peak_rss_mib(), "MiB");
     Ok(r)
 }

@@ -146,6 +146,68 @@ pub struct WallState {
     steps: HashMap<String, (u64, u64, u64)>,
     /// The last hours of every point, for the charts.
     pub history: History,
+    /// What the points add up to, kept as each status arrives.
+    tally: Tally,
+}
+
+/// The points' share of the counters, updated by taking a point's old view out and its new
+/// one in. Counting every point again on every status (10,000 points, thousands of statuses a
+/// second in a storm) was the wall's largest cost after encoding.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Tally {
+    /// Points per level, silent points with no alert level left out.
+    levels: [usize; 5],
+    silent: usize,
+    /// Rain gauges per level: the rainstorm signal is the highest level with one.
+    gauges: [usize; 5],
+}
+
+const LEVELS: [Level; 5] = [
+    Level::Normal,
+    Level::Blue,
+    Level::Yellow,
+    Level::Orange,
+    Level::Red,
+];
+
+fn level_index(l: Level) -> usize {
+    LEVELS
+        .iter()
+        .position(|x| *x == l)
+        .expect("every level is listed")
+}
+
+impl Tally {
+    /// Take `p` in (`add`) or out.
+    fn count(&mut self, p: &PointView, add: bool) {
+        let step = |n: &mut usize| {
+            if add {
+                *n += 1
+            } else {
+                *n -= 1
+            }
+        };
+        let i = level_index(p.level);
+        if p.kind == PointKind::RainGauge {
+            step(&mut self.gauges[i]);
+        }
+        let silent = p.data_state == DataState::Silent;
+        // A silent point is never counted as normal; a silent point that was red stays red.
+        if !(silent && p.level == Level::Normal) {
+            step(&mut self.levels[i]);
+        }
+        if silent {
+            step(&mut self.silent);
+        }
+    }
+
+    fn of<'a>(points: impl Iterator<Item = &'a PointView>) -> Tally {
+        let mut t = Tally::default();
+        for p in points {
+            t.count(p, true);
+        }
+        t
+    }
 }
 
 impl WallState {
@@ -194,40 +256,27 @@ impl WallState {
             deliveries: HashMap::new(),
             steps: HashMap::new(),
             history: History::default(),
+            tally: Tally::default(),
         };
+        s.tally = Tally::of(s.points.values());
         s.recount();
         s
     }
 
+    /// The counters from the tally.
     fn recount(&mut self) {
-        let mut levels: BTreeMap<Level, usize> = [
-            Level::Normal,
-            Level::Blue,
-            Level::Yellow,
-            Level::Orange,
-            Level::Red,
-        ]
-        .into_iter()
-        .map(|l| (l, 0))
-        .collect();
-        let mut silent = 0;
-        let mut signal = Level::Normal;
-        for p in self.points.values() {
-            if p.kind == PointKind::RainGauge {
-                signal = signal.max(p.level);
-            }
-            let silent_point = p.data_state == DataState::Silent;
-            // A silent point is never counted as normal; a silent point that was red stays red.
-            if !(silent_point && p.level == Level::Normal) {
-                *levels.entry(p.level).or_default() += 1;
-            }
-            if silent_point {
-                silent += 1;
-            }
-        }
-        self.counters.levels = levels;
-        self.counters.silent = silent;
-        self.counters.rain_signal = signal;
+        let t = &self.tally;
+        self.counters.levels = LEVELS
+            .iter()
+            .map(|l| (*l, t.levels[level_index(*l)]))
+            .collect();
+        self.counters.silent = t.silent;
+        self.counters.rain_signal = LEVELS
+            .iter()
+            .rev()
+            .find(|l| t.gauges[level_index(**l)] > 0)
+            .copied()
+            .unwrap_or(Level::Normal);
         self.counters.open_incidents = self.incidents.len();
     }
 
@@ -370,6 +419,7 @@ impl WallState {
             return Vec::new();
         };
         self.history.record(&s);
+        self.tally.count(p, false);
         p.level = s.level;
         p.data_state = s.data_state;
         p.depth_cm = s.depth_cm;
@@ -383,6 +433,7 @@ impl WallState {
         p.next_level = s.next_level;
         p.minutes_to_next = s.minutes_to_next;
         p.flapping = s.flapping;
+        self.tally.count(p, true);
         let view = p.clone();
         self.recount();
         vec![Change::Point(view), Change::Counters(self.counters.clone())]
@@ -604,6 +655,73 @@ mod tests {
 
     fn district() -> Arc<District> {
         Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap())
+    }
+
+    /// The tally kept status by status is what counting every point again gives.
+    #[test]
+    fn the_counters_kept_as_statuses_arrive_equal_a_full_count() {
+        let d = district();
+        let mut w = WallState::new(d.clone());
+        let ids: Vec<(String, PointKind)> =
+            d.points.iter().map(|p| (p.id.clone(), p.kind)).collect();
+        let states = [
+            DataState::Fresh,
+            DataState::Silent,
+            DataState::Suspect,
+            DataState::Late,
+        ];
+        let mut seed = 7u64;
+        for n in 0..2_000u64 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (id, kind) = &ids[(seed >> 33) as usize % ids.len()];
+            let s = PointStatus {
+                point: id.clone(),
+                kind: *kind,
+                level: LEVELS[(seed >> 20) as usize % 5],
+                data_state: states[(seed >> 40) as usize % states.len()],
+                depth_cm: Some(n as f64),
+                rise_cm_per_min: None,
+                rain_10m_mm: None,
+                rain_1h_mm: None,
+                rain_3h_mm: None,
+                rain_24h_mm: None,
+                last_reading_ms: Some(n as i64),
+                qc_flags: Vec::new(),
+                next_level: None,
+                minutes_to_next: None,
+                flapping: false,
+                as_of_ms: n as i64,
+            };
+            w.on_status(s);
+            assert_eq!(w.tally, Tally::of(w.points.values()), "after status {n}");
+        }
+        let c = w.counters.clone();
+        let gauges_max = w
+            .points
+            .values()
+            .filter(|p| p.kind == PointKind::RainGauge)
+            .map(|p| p.level)
+            .max()
+            .unwrap_or(Level::Normal);
+        assert_eq!(c.rain_signal, gauges_max);
+        assert_eq!(
+            c.silent,
+            w.points
+                .values()
+                .filter(|p| p.data_state == DataState::Silent)
+                .count()
+        );
+        assert_eq!(
+            c.levels.values().sum::<usize>()
+                + w.points
+                    .values()
+                    .filter(|p| p.data_state == DataState::Silent && p.level == Level::Normal)
+                    .count(),
+            w.points.len(),
+            "every point counted once, silent normal ones under silent only"
+        );
     }
 
     #[test]
