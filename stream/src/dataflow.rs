@@ -200,8 +200,14 @@ pub async fn run_stream(
 /// worker sees its readings are the same as from the bus: the feeder splits readings into
 /// `partitions` by sensor key exactly as a producer does ([`partition_for`]), each partition
 /// in read order, and worker `w` takes the partitions `p` with `p % workers == w`, as it would
-/// be assigned them on the bus. So late flags, and with them every output, match a bus run of
-/// the same readings.
+/// be assigned them on the bus. Late flags depend only on each partition's order, so they match
+/// a bus run; for readings in event-time order (an archive refuses any other) or shuffled within
+/// the budget, every output matches too. (A reading later than the budget is applied at the
+/// worker's watermark when it is read, which on either path depends on how far the other
+/// partitions have been read.) One difference: the bus path closes a partition at its end
+/// offset, but a fed partition is open until the feed ends, so a partition that gets no
+/// readings, or whose sensors all stop, holds the watermark back and the workers keep what
+/// follows until the end (a replay of a handful of sensors, where that is little).
 pub struct DirectFeed {
     /// One per worker, in worker order: batches of `(partition, reading)`. A worker's input
     /// ends when its sender is dropped.

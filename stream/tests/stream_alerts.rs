@@ -122,19 +122,47 @@ async fn the_same_readings_give_the_same_alerts_for_1_2_and_4_workers_and_any_or
     assert!(a.iter().all(|t| !t.late), "nothing was late");
 }
 
-/// A replay feeds the dataflow directly instead of through the bus: it must judge exactly as a
-/// run from the bus does, late flags included, for any worker count.
+/// A replay feeds the dataflow directly instead of through the bus: for readings in event-time
+/// order, or shuffled within the lateness budget, it must judge exactly as a run from the bus
+/// does, for any worker count. Every partition has readings throughout, so the watermark
+/// moves during the run on both paths (an empty partition would hold it at the start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
     let d = district();
-    let ordered = storm(&d);
-    // Some readings held back well past the budget: late, applied, flagged.
-    let mut out_of_order = ordered.clone();
-    for i in (0..out_of_order.len()).step_by(37) {
-        let r = out_of_order.remove(i);
-        let at = (i + 150).min(out_of_order.len());
-        out_of_order.insert(at, r);
+    let partition = |s: &str| floodcmd_model::bus::partition_for(s.as_bytes(), 4);
+    let mut ordered = storm(&d);
+    // A dry low point in each partition, reporting with the storm.
+    for p in 0..4 {
+        let sensor = d
+            .sensors()
+            .filter(|s| s.sensor.kind == SensorKind::Depth && s.point.id.starts_with("LP-"))
+            .map(|s| s.sensor.id.clone())
+            .find(|s| partition(s) == p && ordered.iter().all(|r| &r.sensor != s))
+            .expect("a low point in every partition");
+        for i in 0..120i64 {
+            ordered.push(reading(&d, &sensor, T0 + i * 30_000 + 5_000, 0.0));
+        }
     }
+    ordered.sort_by_key(|r| r.ts_ms);
+    let covered: std::collections::BTreeSet<u32> =
+        ordered.iter().map(|r| partition(&r.sensor)).collect();
+    assert_eq!(covered.len(), 4, "every partition has readings");
+    // Arrival order shuffled, but no reading arrives more than half the budget late.
+    let mut seed: u64 = 7;
+    let mut keyed: Vec<(Millis, Reading)> = ordered
+        .iter()
+        .map(|r| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (
+                r.ts_ms + ((seed >> 33) % (LATENESS_MS as u64 / 2)) as Millis,
+                r.clone(),
+            )
+        })
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    let shuffled: Vec<Reading> = keyed.into_iter().map(|(_, r)| r).collect();
     let per_point_status = |status: &[floodcmd_model::event::PointStatus]| {
         let mut m: std::collections::BTreeMap<String, Vec<_>> = Default::default();
         for s in status {
@@ -142,7 +170,7 @@ async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
         }
         m
     };
-    for readings in [&ordered, &out_of_order] {
+    for readings in [&ordered, &shuffled] {
         for workers in [1, 2] {
             let (bus_alerts, bus_status) = run(readings, workers, LATENESS_MS).await;
             let (fed_alerts, fed_status) =
@@ -160,7 +188,14 @@ async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
             );
         }
     }
-    let (_, status) = common::run_fed(d.clone(), &out_of_order, 2, LATENESS_MS).await;
+    // Readings held back past the budget are applied and flagged late on the fed path too.
+    let mut held_back = ordered.clone();
+    for i in (0..held_back.len()).step_by(37) {
+        let r = held_back.remove(i);
+        let at = (i + 200).min(held_back.len());
+        held_back.insert(at, r);
+    }
+    let (_, status) = common::run_fed(d.clone(), &held_back, 2, LATENESS_MS).await;
     assert!(
         status.iter().any(|s| s.data_state == DataState::Late),
         "the held-back readings were late"
