@@ -13,7 +13,7 @@
 //! the storm would have sent to an unresponsive chain. No SMS sender runs, and the book is in
 //! drill mode, so every notification is marked drill as well.
 
-use crate::storm_report::StormReport;
+use crate::storm_report::{max_opt, StormReport};
 use floodcmd_alerts::incident::{Effect, IncidentBook};
 use floodcmd_bus::EmbeddedBus;
 use floodcmd_model::bus::{Assignment, Bus, BusError, Outgoing};
@@ -111,14 +111,6 @@ pub struct StatusPeaks {
     pub rain_24h_mm: Option<f64>,
     /// Quality-control flag → statuses carrying it.
     pub qc: BTreeMap<String, u64>,
-}
-
-fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
 }
 
 impl StatusPeaks {
@@ -290,7 +282,13 @@ pub async fn replay(
     let (mut transitions, statuses) = collector
         .join()
         .map_err(|_| ReplayError::Stream("the collector panicked".into()))?;
-    let rejects = drain::<Reject>(&bus, &topics.rejects()).await?;
+    // The stage is done: one pass over what it dead-lettered.
+    let rejects = collect::<Reject>(
+        bus.clone(),
+        topics.rejects(),
+        Arc::new(AtomicBool::new(true)),
+    )
+    .await?;
     sort_transitions(&mut transitions);
     let (notifications, incidents) = fold_incidents(&district, &transitions, to_ms);
     Ok(ReplayOutcome {
@@ -354,27 +352,6 @@ fn feed(
     }
     loaded.store(n, Ordering::Relaxed);
     Ok((n, from_ms, to_ms))
-}
-
-/// Everything on `topic` now.
-async fn drain<T: serde::de::DeserializeOwned>(
-    bus: &EmbeddedBus,
-    topic: &str,
-) -> Result<Vec<T>, BusError> {
-    let mut consumer = bus.consumer("replay", topic, Assignment::All).await?;
-    let mut out = Vec::new();
-    loop {
-        let batch = consumer.poll(8192, Duration::from_millis(10)).await?;
-        if batch.is_empty() {
-            return Ok(out);
-        }
-        for rec in &batch {
-            match decode::<T>(&rec.payload) {
-                Ok(v) => out.push(v),
-                Err(e) => tracing::error!(topic, error = %e, "replay: undecodable output"),
-            }
-        }
-    }
 }
 
 /// Workers publish in their own interleaving; event time, then the point, then what happened

@@ -121,7 +121,8 @@ pub struct LeadTime {
 
 const LEVELS: [Level; 4] = [Level::Blue, Level::Yellow, Level::Orange, Level::Red];
 
-fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+/// The larger of two optional values; a missing one does not count.
+pub(crate) fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
         (x, None) => x,

@@ -162,16 +162,8 @@ struct Tally {
     gauges: [usize; 5],
 }
 
-const LEVELS: [Level; 5] = [
-    Level::Normal,
-    Level::Blue,
-    Level::Yellow,
-    Level::Orange,
-    Level::Red,
-];
-
 fn level_index(l: Level) -> usize {
-    LEVELS
+    Level::ALL
         .iter()
         .position(|x| *x == l)
         .expect("every level is listed")
@@ -266,12 +258,12 @@ impl WallState {
     /// The counters from the tally.
     fn recount(&mut self) {
         let t = &self.tally;
-        self.counters.levels = LEVELS
+        self.counters.levels = Level::ALL
             .iter()
             .map(|l| (*l, t.levels[level_index(*l)]))
             .collect();
         self.counters.silent = t.silent;
-        self.counters.rain_signal = LEVELS
+        self.counters.rain_signal = Level::ALL
             .iter()
             .rev()
             .find(|l| t.gauges[level_index(**l)] > 0)
@@ -679,7 +671,7 @@ mod tests {
             let s = PointStatus {
                 point: id.clone(),
                 kind: *kind,
-                level: LEVELS[(seed >> 20) as usize % 5],
+                level: Level::ALL[(seed >> 20) as usize % 5],
                 data_state: states[(seed >> 40) as usize % states.len()],
                 depth_cm: Some(n as f64),
                 rise_cm_per_min: None,

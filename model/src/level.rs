@@ -29,6 +29,14 @@ pub enum Level {
 impl Level {
     /// The four alert levels, lowest first.
     pub const ALERTS: [Level; 4] = [Level::Blue, Level::Yellow, Level::Orange, Level::Red];
+    /// Every level, lowest first.
+    pub const ALL: [Level; 5] = [
+        Level::Normal,
+        Level::Blue,
+        Level::Yellow,
+        Level::Orange,
+        Level::Red,
+    ];
 
     /// The name used in config, JSON and metrics.
     pub fn as_str(self) -> &'static str {

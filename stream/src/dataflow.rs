@@ -765,80 +765,66 @@ impl WorkerContext {
                 };
                 let mut fed = 0;
                 for item in items {
-                    let rec = match item {
-                        Intake::Record(rec) => rec,
-                        Intake::Fed(partition, reading) => {
-                            fed += 1;
-                            let epoch = (reading.ts_ms.max(0) / 1000) as u64;
-                            let pmax = partition_max.entry(partition).or_insert(0);
-                            // As a bounded run from the bus judges it (below).
-                            let late = epoch + lateness_s < *pmax || epoch < *c.time();
-                            *pmax = (*pmax).max(epoch);
-                            if late {
-                                m.late.inc();
+                    // A fed reading has no offset to commit; a record's next one is noted.
+                    let (partition, next_offset, reading) = match item {
+                        Intake::Fed(partition, reading) => (partition, None, reading),
+                        Intake::Record(rec) => {
+                            if let Some(end) = remaining.get(&rec.partition) {
+                                if rec.offset + 1 >= *end {
+                                    remaining.remove(&rec.partition);
+                                }
                             }
-                            let t = epoch.max(*c.time());
-                            batches.entry(t).or_default().push(TimedReading {
-                                reading,
-                                late,
-                                replay: false,
-                            });
-                            continue;
+                            let replay = replay_until
+                                .get(&rec.partition)
+                                .is_some_and(|c| rec.offset < *c);
+                            if replay_until
+                                .get(&rec.partition)
+                                .is_some_and(|c| rec.offset + 1 >= *c)
+                            {
+                                replay_until.remove(&rec.partition);
+                                tracing::info!(
+                                    worker = index,
+                                    partition = rec.partition,
+                                    "rebuild of this partition read"
+                                );
+                            }
+                            let reading: Reading = match decode_reading(&rec.payload) {
+                                Ok(r) => r,
+                                // Dead-lettered the first time round already.
+                                Err(_) if replay => continue,
+                                Err(e) => {
+                                    m.undecodable.inc();
+                                    let reject = Reject::undecodable(&rec, &e, self.clock.now_ms());
+                                    self.rt.block_on(producer.send(
+                                        &topics.rejects(),
+                                        &rec.key,
+                                        encode(&reject),
+                                        reject.received_ms,
+                                    ))?;
+                                    note_pending(
+                                        pending.entry(rec.partition).or_default(),
+                                        *c.time(),
+                                        rec.offset + 1,
+                                    );
+                                    continue;
+                                }
+                            };
+                            if replay {
+                                // Behind the clock by design: neither late nor new, and never committed
+                                // again (that would move the group's offset backwards).
+                                batches.entry(*c.time()).or_default().push(TimedReading {
+                                    reading,
+                                    late: false,
+                                    replay: true,
+                                });
+                                continue;
+                            }
+                            (rec.partition, Some(rec.offset + 1), reading)
                         }
                     };
-                    if let Some(end) = remaining.get(&rec.partition) {
-                        if rec.offset + 1 >= *end {
-                            remaining.remove(&rec.partition);
-                        }
-                    }
-                    let replay = replay_until
-                        .get(&rec.partition)
-                        .is_some_and(|c| rec.offset < *c);
-                    if replay_until
-                        .get(&rec.partition)
-                        .is_some_and(|c| rec.offset + 1 >= *c)
-                    {
-                        replay_until.remove(&rec.partition);
-                        tracing::info!(
-                            worker = index,
-                            partition = rec.partition,
-                            "rebuild of this partition read"
-                        );
-                    }
-                    let reading: Reading = match decode_reading(&rec.payload) {
-                        Ok(r) => r,
-                        // Dead-lettered the first time round already.
-                        Err(_) if replay => continue,
-                        Err(e) => {
-                            m.undecodable.inc();
-                            let reject = Reject::undecodable(&rec, &e, self.clock.now_ms());
-                            self.rt.block_on(producer.send(
-                                &topics.rejects(),
-                                &rec.key,
-                                encode(&reject),
-                                reject.received_ms,
-                            ))?;
-                            note_pending(
-                                pending.entry(rec.partition).or_default(),
-                                *c.time(),
-                                rec.offset + 1,
-                            );
-                            continue;
-                        }
-                    };
-                    if replay {
-                        // Behind the clock by design: neither late nor new, and never committed
-                        // again (that would move the group's offset backwards).
-                        batches.entry(*c.time()).or_default().push(TimedReading {
-                            reading,
-                            late: false,
-                            replay: true,
-                        });
-                        continue;
-                    }
                     fed += 1;
                     let epoch = (reading.ts_ms.max(0) / 1000) as u64;
-                    let pmax = partition_max.entry(rec.partition).or_insert(0);
+                    let pmax = partition_max.entry(partition).or_insert(0);
                     // Live, late means behind the clock's watermark. Bounded, it means behind
                     // the newest reading of the same partition by more than the budget, which
                     // depends only on that partition's order, so every run agrees.
@@ -853,7 +839,9 @@ impl WorkerContext {
                         m.late.inc();
                     }
                     let t = epoch.max(*c.time());
-                    note_pending(pending.entry(rec.partition).or_default(), t, rec.offset + 1);
+                    if let Some(next) = next_offset {
+                        note_pending(pending.entry(partition).or_default(), t, next);
+                    }
                     batches.entry(t).or_default().push(TimedReading {
                         reading,
                         late,
