@@ -138,13 +138,14 @@ impl Pipeline {
         let sim_token = format!("sim-{}", opts.seed);
         let mut devices = DeviceRegistry::default();
         devices.insert(&sim_token, Device::any("simulated-vendor-gateway"));
-        let (ingest_addr, hs) = stages::start_ingest(
-            &ctx,
-            &IngestSettings::default(),
-            opts.ingest,
-            Access::Devices(devices),
-        )
-        .await?;
+        // Its only device is that gateway, whose request rate grows with the district and
+        // the speed: a per-device allowance meant for one sensor's box would refuse the storm.
+        let ingest = IngestSettings {
+            device_requests_per_min: 0,
+            ..IngestSettings::default()
+        };
+        let (ingest_addr, hs) =
+            stages::start_ingest(&ctx, &ingest, opts.ingest, Access::Devices(devices)).await?;
         tasks.extend(hs);
 
         let sim_report = Arc::new(SimReport::default());

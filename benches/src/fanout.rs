@@ -19,6 +19,28 @@
 //! **Open loop.** Batches are due every 10 ms whether or not the gateway answered the last
 //! ones, and the latency origin is the scheduled time, not the send: queueing anywhere, the
 //! load generator included, shows up as latency.
+//!
+//! **The stream's share and the wall's share.** Ingest→delta alone cannot say whether the wall
+//! is slow. The stream stage publishes a point's status only once the event-time watermark
+//! has passed the end of the reading's 1-second epoch plus the lateness budget, so
+//! ingest→status, and every figure downstream of it, has a floor the wall cannot lower: the
+//! budget plus what was left of the reading's epoch (up to a second). A regression in the
+//! wall of a few hundred milliseconds hides under it. So each reading's latency is also
+//! split where the two stages meet, on the `status` topic: ingest→status is the stream's
+//! share, and **status→delta**, from the moment `watch_status` sees the status carrying a
+//! point's `last_reading_ms = t` to the moment a client receives a wall message carrying the
+//! same `t` for that point, is the wall's own fan-out latency (its consume, its 100 ms delta
+//! tick, serialising, and the writes to every socket). The split is a join per (point,
+//! stamp), not a difference of percentiles, which do not subtract.
+//!
+//! The watcher logs every status it sees in a `StatusLog`: per point, a ring of the last
+//! few (stamp, seen time) pairs, each packed into one atomic word, so that a thousand
+//! clients look a status up with a handful of loads from one cache line, and no lock. The
+//! watcher and the wall consume the same topic independently, so the wall can be ahead: a
+//! delta whose status the watcher has not logged yet is counted as "delta before watcher"
+//! and not recorded, since its wall share is unknown and a zero would flatter the wall.
+//! Those are the wall's quickest deliveries, so the status→delta percentiles lean slightly
+//! high; their count is reported beside them to say by how much that can matter.
 
 use crate::report::{Machine, Report};
 use crate::stream_core::peak_rss_mib;
@@ -30,11 +52,13 @@ use floodcmd_model::{District, SensorKind};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// What can stop the fan-out benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +84,14 @@ pub enum FanoutError {
     /// The district has no depth sensors to feed.
     #[error("the district has no depth sensors")]
     NoSensors,
+    /// Not every client had its first snapshot within the time allowed.
+    #[error("only {got} of {clients} websocket clients had their snapshot after 300 s")]
+    Snapshots {
+        /// Clients with a snapshot.
+        got: usize,
+        /// Clients connected.
+        clients: usize,
+    },
 }
 
 /// The running pipeline the benchmark drives.
@@ -133,19 +165,166 @@ pub(crate) fn load_1m() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What a client needs of a wall message; serde skips the rest.
+/// What a client needs of a wall message; serde skips the rest without building it. Strings
+/// borrow from the message text (a `Cow` only allocates for an escaped string, which ids and
+/// types never are): at a thousand clients in the server's process the instrument must stay
+/// cheaper than what it measures.
 #[derive(Deserialize)]
-struct WallMessage {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    points: Vec<PointMark>,
+struct WallMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    /// Full point views (snapshots and deltas).
+    #[serde(default, borrow)]
+    points: Vec<PointMark<'a>>,
+    /// Changed fields only (deltas); the marker is there when the stamp moved.
+    #[serde(default, borrow)]
+    patches: Vec<PointMark<'a>>,
 }
 
 #[derive(Deserialize)]
-struct PointMark {
-    id: String,
+struct PointMark<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    /// Absent from a patch when unchanged, `null` when removed: no marker either way.
+    #[serde(default)]
     last_reading_ms: Option<i64>,
+}
+
+/// Statuses the watcher has seen per point, for clients to join their deltas against.
+///
+/// One writer (the watcher) and any number of readers (the clients), lock-free: each slot is
+/// one atomic word holding a whole (stamp, seen time) pair, so a reader never sees half of
+/// an update. Per point, the ring keeps the [`RING`] newest stamps in one cache line; a
+/// client more than that many statuses of a point behind the watcher cannot be joined, and
+/// is counted as such rather than guessed.
+pub(crate) struct StatusLog {
+    /// Stamps are kept as ms after this (the first measured stamp), to fit the packing.
+    base_ms: i64,
+    rings: Vec<Ring>,
+}
+
+const RING: usize = 8;
+
+/// A point's ring, alone on its cache line so that the watcher writing one point does not
+/// evict its neighbours from every client's cache.
+#[repr(align(64))]
+struct Ring([AtomicU64; RING]);
+
+/// A slot: `(stamp - base_ms + 1) << 32 | (seen_us - stamp_us)`. The stamp part is never 0
+/// for a logged status, so 0 is an empty slot, and the smallest word is the oldest stamp.
+/// 32 bits give 49 days of stamps and 71 minutes of ingest→status lag, both far beyond a
+/// run.
+fn pack(stamp: u64, lag_us: u64) -> u64 {
+    stamp << 32 | lag_us.min(u32::MAX as u64)
+}
+
+/// What the watcher knows of a (point, stamp) a client received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sighting {
+    /// The status carrying it was seen on the bus at this Unix µs.
+    Seen(u64),
+    /// The watcher has not reached that status yet.
+    NotYet,
+    /// Older than the point's ring, or outside the measured stamps.
+    NotLogged,
+}
+
+impl StatusLog {
+    pub(crate) fn new(points: usize, base_ms: i64) -> StatusLog {
+        StatusLog {
+            base_ms,
+            rings: (0..points)
+                .map(|_| Ring(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    fn stamp(&self, ts_ms: i64) -> Option<u64> {
+        let s = ts_ms.checked_sub(self.base_ms)?.checked_add(1)?;
+        (s > 0 && s <= u32::MAX as i64).then_some(s as u64)
+    }
+
+    /// The watcher saw the status of `point` carrying `ts_ms` at `seen_us`. Only the watcher
+    /// writes: two writers could both pick the same oldest slot.
+    pub(crate) fn record(&self, point: usize, ts_ms: i64, seen_us: u64) {
+        let (Some(ring), Some(stamp)) = (self.rings.get(point), self.stamp(ts_ms)) else {
+            return;
+        };
+        let mut oldest = &ring.0[0];
+        let mut oldest_word = u64::MAX;
+        for slot in &ring.0 {
+            // Relaxed throughout: the word is the whole message, nothing else is published
+            // with it.
+            let word = slot.load(Ordering::Relaxed);
+            if word >> 32 == stamp {
+                // The wall derives its view from the first status with this stamp; a later
+                // one (another field changed) is not what a client's delta reflects.
+                return;
+            }
+            if word < oldest_word {
+                oldest_word = word;
+                oldest = slot;
+            }
+        }
+        let lag_us = seen_us.saturating_sub(ts_ms.max(0) as u64 * 1000);
+        oldest.store(pack(stamp, lag_us), Ordering::Relaxed);
+    }
+
+    /// When the watcher saw the status of `point` carrying `ts_ms`.
+    pub(crate) fn sighting(&self, point: usize, ts_ms: i64) -> Sighting {
+        let (Some(ring), Some(stamp)) = (self.rings.get(point), self.stamp(ts_ms)) else {
+            return Sighting::NotLogged;
+        };
+        let mut newest = 0;
+        for slot in &ring.0 {
+            let word = slot.load(Ordering::Relaxed);
+            if word >> 32 == stamp {
+                return Sighting::Seen(ts_ms as u64 * 1000 + (word & u32::MAX as u64));
+            }
+            newest = newest.max(word >> 32);
+        }
+        // A point's statuses are in stamp order on the topic: nothing at or past this stamp
+        // yet means the watcher is behind the wall, not that it missed the status.
+        if newest < stamp {
+            Sighting::NotYet
+        } else {
+            Sighting::NotLogged
+        }
+    }
+}
+
+/// A client's status→delta figures.
+pub(crate) struct WallShare {
+    pub(crate) latency: Histogram<u64>,
+    /// Received before the watcher saw the status: no wall share to record.
+    pub(crate) before_watcher: u64,
+    /// The watcher's ring for the point had moved past the stamp.
+    pub(crate) not_logged: u64,
+}
+
+impl WallShare {
+    pub(crate) fn new() -> Result<WallShare, FanoutError> {
+        Ok(WallShare {
+            latency: histogram()?,
+            before_watcher: 0,
+            not_logged: 0,
+        })
+    }
+
+    /// A client received `ts_ms` for `point` (newly) at `received_us`.
+    pub(crate) fn observe(&mut self, log: &StatusLog, point: usize, ts_ms: i64, received_us: u64) {
+        match log.sighting(point, ts_ms) {
+            Sighting::Seen(seen_us) if seen_us < received_us => {
+                let _ = self
+                    .latency
+                    .record((received_us - seen_us).min(3_600_000_000));
+            }
+            // Seen at or after the client's receive time: the watcher read it after the
+            // client took its timestamp, which is "before watcher" too.
+            Sighting::Seen(_) | Sighting::NotYet => self.before_watcher += 1,
+            Sighting::NotLogged => self.not_logged += 1,
+        }
+    }
 }
 
 /// The feed's schedule, shared by the feeder and every client.
@@ -190,15 +369,25 @@ impl Schedule {
 
 /// What one client measured.
 pub(crate) struct ClientResult {
+    /// Ingest→delta, one sample per reading (those a message skipped over included).
     pub(crate) latency: Histogram<u64>,
+    /// Status→delta, one sample per stamp received, when the client had a [`StatusLog`].
+    pub(crate) wall_share: WallShare,
     pub(crate) deltas: u64,
     pub(crate) snapshots: u64,
     pub(crate) bytes: u64,
 }
 
+/// A websocket client on the wall, measuring until `stop`; with `status_log`, it also splits
+/// off the wall's share of each reading's latency. It reads from the start but measures only
+/// once `schedule` holds the schedule, and counts its first snapshot in `snapshotted`, so
+/// the caller can start the storm once every client has its snapshot, however long a
+/// thousand snapshots take.
 pub(crate) async fn client(
     url: String,
-    schedule: Arc<Schedule>,
+    schedule: watch::Receiver<Option<Arc<Schedule>>>,
+    status_log: Option<Arc<StatusLog>>,
+    snapshotted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     index: usize,
 ) -> Result<tokio::task::JoinHandle<Result<ClientResult, FanoutError>>, FanoutError> {
@@ -210,10 +399,10 @@ pub(crate) async fn client(
         })?;
     let handle = tokio::spawn(async move {
         let (_, mut read) = ws.split();
-        let mut latency = histogram()?;
-        let mut last = vec![i64::MIN; schedule.points.len()];
+        let mut last: Vec<i64> = Vec::new();
         let mut r = ClientResult {
             latency: histogram()?,
+            wall_share: WallShare::new()?,
             deltas: 0,
             snapshots: 0,
             bytes: 0,
@@ -233,13 +422,27 @@ pub(crate) async fn client(
             let Ok(m) = serde_json::from_str::<WallMessage>(text) else {
                 continue;
             };
-            match m.kind.as_str() {
+            match &*m.kind {
                 "delta" => r.deltas += 1,
-                "snapshot" => r.snapshots += 1,
+                "snapshot" => {
+                    if r.snapshots == 0 {
+                        snapshotted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r.snapshots += 1
+                }
                 _ => {}
             }
-            for p in m.points {
-                let (Some(&i), Some(ts)) = (schedule.points.get(&p.id), p.last_reading_ms) else {
+            let Some(schedule) = schedule.borrow().clone() else {
+                continue;
+            };
+            if last.is_empty() {
+                last = vec![i64::MIN; schedule.points.len()];
+            }
+            for p in m.points.iter().chain(&m.patches) {
+                let Some(ts) = p.last_reading_ms else {
+                    continue;
+                };
+                let Some(&i) = schedule.points.get(&*p.id) else {
                     continue;
                 };
                 let prev = last[i];
@@ -247,16 +450,18 @@ pub(crate) async fn client(
                     continue;
                 }
                 last[i] = ts;
+                if let (Some(log), true) = (&status_log, ts >= schedule.measure_from_ms) {
+                    r.wall_share.observe(log, i, ts, now_us);
+                }
                 // This reading and any earlier ones of the point this message skipped over.
                 let mut t = ts as f64;
                 while t as i64 > prev && t as i64 >= schedule.measure_from_ms {
                     let lat = now_us.saturating_sub((t * 1000.0) as u64).max(1);
-                    let _ = latency.record(lat.min(3_600_000_000));
+                    let _ = r.latency.record(lat.min(3_600_000_000));
                     t -= schedule.period_ms;
                 }
             }
         }
-        r.latency = latency;
         Ok(r)
     });
     Ok(handle)
@@ -332,11 +537,13 @@ pub(crate) async fn feed(
 }
 
 /// Watch `status` beside the wall: ingest → status on the bus, the part of the latency that
-/// is the stream stage's (its lateness budget included).
+/// is the stream stage's (its lateness budget included); and log when each status was seen,
+/// for the clients to measure the wall's part from.
 pub(crate) async fn watch_status(
     bus: Arc<dyn Bus>,
     topic: String,
     schedule: Arc<Schedule>,
+    status_log: Arc<StatusLog>,
     stop: Arc<AtomicBool>,
 ) -> Result<Histogram<u64>, FanoutError> {
     let mut h = histogram()?;
@@ -351,9 +558,10 @@ pub(crate) async fn watch_status(
             let Ok(s) = decode::<PointStatus>(&rec.payload) else {
                 continue;
             };
-            if let (true, Some(ts)) = (schedule.points.contains_key(&s.point), s.last_reading_ms) {
+            if let (Some(&i), Some(ts)) = (schedule.points.get(&s.point), s.last_reading_ms) {
                 if ts >= schedule.measure_from_ms {
                     let _ = h.record(now_us.saturating_sub(ts as u64 * 1000).max(1));
+                    status_log.record(i, ts, now_us);
                 }
             }
         }
@@ -396,9 +604,42 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let load_before = load_1m();
     let connect_at_ms = unix_us() as f64 / 1000.0;
-    // Connecting 1,000 clients takes a few seconds; start the schedule after an estimate of
-    // that, plus the warm-up, so that the measured readings all find every client connected.
-    let start_ms = connect_at_ms + 2000.0 + opts.clients as f64 * 5.0;
+    // Any base before the first reading's stamp will do.
+    let status_log = Arc::new(StatusLog::new(n, connect_at_ms as i64));
+    let (publish_schedule, schedule_rx) = watch::channel(None);
+    let snapshotted = Arc::new(AtomicUsize::new(0));
+    let url = format!("ws://{}/ws", target.dashboard);
+    let mut handles = Vec::with_capacity(opts.clients);
+    for chunk_start in (0..opts.clients).step_by(50) {
+        let chunk_end = (chunk_start + 50).min(opts.clients);
+        let connects = (chunk_start..chunk_end).map(|i| {
+            client(
+                url.clone(),
+                schedule_rx.clone(),
+                Some(status_log.clone()),
+                snapshotted.clone(),
+                stop.clone(),
+                i,
+            )
+        });
+        for c in futures::future::join_all(connects).await {
+            handles.push(c?);
+        }
+    }
+    // The storm starts a second after the last client has its snapshot, so the measured
+    // readings all find every client connected and past its snapshot.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while snapshotted.load(Ordering::Relaxed) < opts.clients {
+        if Instant::now() > deadline {
+            return Err(FanoutError::Snapshots {
+                got: snapshotted.load(Ordering::Relaxed),
+                clients: opts.clients,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_s = (unix_us() as f64 / 1000.0 - connect_at_ms) / 1000.0;
+    let start_ms = unix_us() as f64 / 1000.0 + 1000.0;
     let schedule = Arc::new(Schedule {
         start_ms,
         rate: opts.rate,
@@ -408,21 +649,13 @@ pub async fn run(
         measure_from_ms: (start_ms + WARMUP_S as f64 * 1000.0) as i64,
         alert_every: 0,
     });
-    let url = format!("ws://{}/ws", target.dashboard);
-    let mut handles = Vec::with_capacity(opts.clients);
-    for chunk_start in (0..opts.clients).step_by(50) {
-        let chunk_end = (chunk_start + 50).min(opts.clients);
-        let connects = (chunk_start..chunk_end)
-            .map(|i| client(url.clone(), schedule.clone(), stop.clone(), i));
-        for c in futures::future::join_all(connects).await {
-            handles.push(c?);
-        }
-    }
+    publish_schedule.send_replace(Some(schedule.clone()));
     let status_stop = Arc::new(AtomicBool::new(false));
     let status = tokio::spawn(watch_status(
         target.bus.clone(),
         target.topics.status(),
         schedule.clone(),
+        status_log.clone(),
         status_stop.clone(),
     ));
     let wait = (schedule.start_ms - unix_us() as f64 / 1000.0).max(0.0);
@@ -448,6 +681,7 @@ pub async fn run(
     status_stop.store(true, Ordering::Relaxed);
 
     let mut latency = histogram()?;
+    let mut wall_share = WallShare::new()?;
     let (mut deltas, mut snapshots, mut bytes, mut lost_clients) = (0u64, 0u64, 0u64, 0usize);
     for h in handles {
         match h.await {
@@ -455,6 +689,12 @@ pub async fn run(
                 latency
                     .add(&r.latency)
                     .map_err(|e| FanoutError::Histogram(e.to_string()))?;
+                wall_share
+                    .latency
+                    .add(&r.wall_share.latency)
+                    .map_err(|e| FanoutError::Histogram(e.to_string()))?;
+                wall_share.before_watcher += r.wall_share.before_watcher;
+                wall_share.not_logged += r.wall_share.not_logged;
                 deltas += r.deltas;
                 snapshots += r.snapshots;
                 bytes += r.bytes;
@@ -483,11 +723,19 @@ pub async fn run(
             "warmup_s": WARMUP_S,
             "ingest": "HTTP NDJSON to the gateway, 100 batches/s, open loop; latency origin = \
                        the reading's scheduled send time (its event time), before the POST",
+            "status→delta": "per (point, last_reading_ms) a client receives: receive time minus \
+                             when the bench's own consumer of `status` saw the status carrying \
+                             it; not recorded when that consumer had not seen it yet",
             "load_1m_before": load_before,
             "load_1m_end_of_feed": load_during,
         }),
         figures: Vec::new(),
     };
+    report.figure(
+        "all clients connected with a snapshot after",
+        connect_s,
+        "s",
+    );
     report.figure("readings sent", sent as f64, "readings");
     report.figure("readings sent per s", sent as f64 / feed_s, "readings/s");
     report.figure(
@@ -507,6 +755,22 @@ pub async fn run(
     report.figure("ingest→status p50", ms(&status_h, 0.5), "ms");
     report.figure("ingest→status p99", ms(&status_h, 0.99), "ms");
     report.figure("ingest→status max", status_h.max() as f64 / 1000.0, "ms");
+    let wall = &wall_share.latency;
+    report.figure("status→delta p50", ms(wall, 0.5), "ms");
+    report.figure("status→delta p99", ms(wall, 0.99), "ms");
+    report.figure("status→delta p99.9", ms(wall, 0.999), "ms");
+    report.figure("status→delta max", wall.max() as f64 / 1000.0, "ms");
+    report.figure("status→delta joined", wall.len() as f64, "stamp×client");
+    report.figure(
+        "status→delta unmatched: delta before watcher",
+        wall_share.before_watcher as f64,
+        "stamp×client",
+    );
+    report.figure(
+        "status→delta unmatched: status not in the watcher's ring",
+        wall_share.not_logged as f64,
+        "stamp×client",
+    );
     report.figure(
         "readings seen by clients",
         latency.len() as f64,
@@ -535,4 +799,94 @@ pub async fn run(
     report.figure("load average 1 min, before", load_before, "");
     report.figure("load average 1 min, end of feed", load_during, "");
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE_MS: i64 = 1_764_387_000_000;
+
+    fn us(ms: i64) -> u64 {
+        ms as u64 * 1000
+    }
+
+    #[test]
+    fn a_delta_after_its_status_gives_one_wall_share_sample() {
+        let log = StatusLog::new(2, BASE_MS);
+        let mut share = WallShare::new().unwrap();
+        let ts = BASE_MS + 1000;
+        log.record(0, ts, us(ts) + 800_000);
+        share.observe(&log, 0, ts, us(ts) + 850_000);
+        assert_eq!(share.latency.len(), 1);
+        assert!(share.latency.equivalent(share.latency.max(), 50_000));
+        assert_eq!((share.before_watcher, share.not_logged), (0, 0));
+    }
+
+    #[test]
+    fn a_delta_before_the_watcher_is_counted_not_recorded() {
+        let log = StatusLog::new(2, BASE_MS);
+        let mut share = WallShare::new().unwrap();
+        let ts = BASE_MS + 1000;
+        // Nothing logged for the point yet.
+        share.observe(&log, 1, ts, us(ts) + 850_000);
+        // Logged, but only after the client took its receive time.
+        log.record(0, ts, us(ts) + 900_000);
+        share.observe(&log, 0, ts, us(ts) + 850_000);
+        // The watcher has the previous stamp only.
+        log.record(1, ts - 1000, us(ts));
+        share.observe(&log, 1, ts, us(ts) + 850_000);
+        assert_eq!(share.latency.len(), 0);
+        assert_eq!(share.before_watcher, 3);
+        assert_eq!(share.not_logged, 0);
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_stamps_and_the_first_sighting() {
+        let log = StatusLog::new(1, BASE_MS);
+        for k in 0..=RING as i64 {
+            let ts = BASE_MS + k * 1000;
+            log.record(0, ts, us(ts) + 700_000);
+        }
+        let newest = BASE_MS + RING as i64 * 1000;
+        log.record(0, newest, us(newest) + 900_000);
+        assert_eq!(log.sighting(0, BASE_MS), Sighting::NotLogged);
+        assert_eq!(
+            log.sighting(0, BASE_MS + 1000),
+            Sighting::Seen(us(BASE_MS + 1000) + 700_000)
+        );
+        assert_eq!(
+            log.sighting(0, newest),
+            Sighting::Seen(us(newest) + 700_000)
+        );
+        assert_eq!(log.sighting(0, newest + 1000), Sighting::NotYet);
+    }
+
+    #[test]
+    fn clients_read_markers_from_points_and_patches_without_copying_ids() {
+        let text = r#"{"type":"delta","seq":7,"points":[{"id":"P-00001","name":"x","lat":1.0,
+            "last_reading_ms":5}],"patches":[{"id":"P-00012","depth_cm":2.1,
+            "last_reading_ms":6},{"id":"P-00013","rain_1h_mm":null},
+            {"id":"P-00014","last_reading_ms":null}],"incidents":[]}"#;
+        let m: WallMessage = serde_json::from_str(text).unwrap();
+        assert_eq!(m.kind, "delta");
+        let marks: Vec<(&str, Option<i64>)> = m
+            .points
+            .iter()
+            .chain(&m.patches)
+            .map(|p| (&*p.id, p.last_reading_ms))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                ("P-00001", Some(5)),
+                ("P-00012", Some(6)),
+                ("P-00013", None),
+                ("P-00014", None)
+            ]
+        );
+        assert!(matches!(m.patches[0].id, Cow::Borrowed(_)));
+        let old: WallMessage = serde_json::from_str(r#"{"type":"snapshot","points":[]}"#).unwrap();
+        assert!(old.patches.is_empty());
+    }
 }

@@ -232,8 +232,22 @@ async fn step(
     let stop = Arc::new(AtomicBool::new(false));
     let url = format!("ws://{}/ws", target.dashboard);
     let mut clients = Vec::with_capacity(opts.clients);
+    // Measured from the start: the schedule's estimate leaves time for a few clients'
+    // snapshots.
+    let (_keep, schedule_rx) = tokio::sync::watch::channel(Some(schedule.clone()));
+    let snapshotted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..opts.clients {
-        clients.push(client(url.clone(), schedule.clone(), stop.clone(), i).await?);
+        clients.push(
+            client(
+                url.clone(),
+                schedule_rx.clone(),
+                None,
+                snapshotted.clone(),
+                stop.clone(),
+                i,
+            )
+            .await?,
+        );
     }
     let tag = format!("{}-{index}", std::process::id());
     let from = schedule.measure_from_ms;

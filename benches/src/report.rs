@@ -113,9 +113,16 @@ impl Report {
                 (Some(r), Some(to)) => format!("{:.2} of {to}", r),
                 _ => String::new(),
             };
+            // Whole numbers for counts and rates; small figures (cores, load, seconds) would
+            // round to nothing.
+            let value = if f.value.abs() >= 100.0 || f.value == f.value.trunc() {
+                format!("{:.0}", f.value)
+            } else {
+                format!("{:.2}", f.value)
+            };
             s.push_str(&format!(
-                "| {} | {:.0} {} | {} |\n",
-                f.name, f.value, f.unit, ratio
+                "| {} | {value} {} | {} |\n",
+                f.name, f.unit, ratio
             ));
         }
         s

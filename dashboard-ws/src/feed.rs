@@ -1,19 +1,68 @@
-//! The wall's change feed: every change to the wall's view gets a sequence number, goes to
-//! every connected client through a bounded broadcast queue, and is kept in a bounded ring
-//! so a client that reconnects can be sent what it missed instead of a whole snapshot.
+//! The wall's change feed: every change to the wall's view gets a sequence number and is
+//! gathered into one pending delta; every 100 ms the delta is cut, encoded once, and the same
+//! text goes to every connected client through a bounded broadcast queue of deltas. A storm
+//! changes thousands of points a second and a wall may have a thousand clients: per-client
+//! gathering and encoding was what the wall spent its time on (and what made clients fall
+//! behind), so all of it happens once per tick here.
 //!
-//! The feed lives under the same lock as [`WallState`]: a snapshot or a resume taken under
-//! that lock is exactly the state before the changes its subscriber receives next.
+//! Clients join only at a cut: a client that connects, reconnects or falls behind waits for
+//! the next tick, and gets its snapshot (or the changes it missed, from the ring of recent
+//! changes) taken at exactly that cut, with a receiver that starts at the next delta. That is
+//! what makes a shared delta right for every client: each holds the state as of the last cut,
+//! so patches of the fields that changed since are all any of them needs. Snapshots for the
+//! clients joining at one tick are built once per kind of session (phones masked or not).
+//!
+//! The feed lives under the same lock as [`WallState`], and cuts happen under it.
 
-use crate::state::{Change, PendingDelta, WallState};
+use crate::auth::Session;
+use crate::state::{Change, PendingDelta, SentViews, WallState};
+use floodcmd_model::time::Millis;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 /// One change with its sequence number.
 pub type Numbered = (u64, Arc<Change>);
 
-/// Sequence numbers, the broadcast queue and the ring of recent changes.
+/// One tick's delta, encoded once for every client.
+#[derive(Debug)]
+pub struct Frame {
+    /// The number of the newest change it holds.
+    pub seq: u64,
+    /// The message.
+    pub text: String,
+}
+
+/// What a client waits for at the next cut.
+pub enum Want {
+    /// A snapshot built for the session.
+    Snapshot(Session),
+    /// What it missed since change `since` of run `epoch`, or a snapshot when that is gone.
+    Resume {
+        /// Its session (for the snapshot, if it comes to that).
+        session: Session,
+        /// The run it knew.
+        epoch: String,
+        /// The last change it applied.
+        since: u64,
+    },
+}
+
+/// A client's start: its first message, and the deltas after it.
+pub struct Joined {
+    /// The snapshot, or the resumed delta.
+    pub first: String,
+    /// Every delta after `first`.
+    pub frames: broadcast::Receiver<Arc<Frame>>,
+}
+
+struct Joiner {
+    want: Want,
+    reply: oneshot::Sender<Joined>,
+}
+
+/// Sequence numbers, the pending delta, the broadcast queue of deltas, the ring of recent
+/// changes and the clients waiting to join.
 pub struct Feed {
     /// Names this server's run: sequence numbers of another run mean nothing here.
     epoch: String,
@@ -21,7 +70,12 @@ pub struct Feed {
     seq: u64,
     ring: VecDeque<Numbered>,
     ring_len: usize,
-    tx: broadcast::Sender<Numbered>,
+    /// Changes since the last cut.
+    pending: PendingDelta,
+    /// What every client holds of each point as of the last cut.
+    sent: SentViews,
+    frames: broadcast::Sender<Arc<Frame>>,
+    joiners: Vec<Joiner>,
 }
 
 /// How a reconnecting client is brought up to date.
@@ -33,17 +87,21 @@ pub enum Resume {
 }
 
 impl Feed {
-    /// A feed whose clients may fall `queue` changes behind before they are re-synchronised,
-    /// and that can replay the last `ring_len` changes to a reconnecting client.
-    pub fn new(queue: usize, ring_len: usize) -> Feed {
-        let (tx, _) = broadcast::channel(queue.max(1));
+    /// A feed whose clients may fall `queue` deltas behind before they are re-synchronised,
+    /// that can replay the last `ring_len` changes to a reconnecting client, and whose
+    /// clients start from `sent` (the points every snapshot shows).
+    pub fn new(queue: usize, ring_len: usize, sent: SentViews) -> Feed {
+        let (frames, _) = broadcast::channel(queue.max(1));
         let epoch = format!("{:016x}", rand::random::<u64>());
         Feed {
             epoch,
             seq: 0,
             ring: VecDeque::with_capacity(ring_len.min(65_536)),
             ring_len,
-            tx,
+            pending: PendingDelta::default(),
+            sent,
+            frames,
+            joiners: Vec::new(),
         }
     }
 
@@ -57,24 +115,30 @@ impl Feed {
         self.seq
     }
 
-    /// Number, keep and broadcast one change. Never waits: a client that cannot keep up
-    /// lags in its own queue and is re-synchronised later.
+    /// Number, keep and gather one change for the next cut. Never waits on a client.
     pub fn publish(&mut self, change: Change) {
         self.seq += 1;
-        let numbered = (self.seq, Arc::new(change));
+        self.pending.add(self.seq, &change);
         if self.ring_len > 0 {
             if self.ring.len() == self.ring_len {
                 self.ring.pop_front();
             }
-            self.ring.push_back(numbered.clone());
+            self.ring.push_back((self.seq, Arc::new(change)));
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(numbered);
     }
 
-    /// A receiver that starts after the newest change.
-    pub fn subscribe(&self) -> broadcast::Receiver<Numbered> {
-        self.tx.subscribe()
+    /// Cut the pending changes into one delta stamped `now_ms` and send it to every client
+    /// (none listening is fine). Never waits: a client that cannot keep up lags in its own
+    /// place in the queue and is re-synchronised later.
+    fn cut(&mut self, now_ms: Millis) {
+        if let Some(mut msg) = self.pending.take_shared(&mut self.sent) {
+            msg["now_ms"] = now_ms.into();
+            let frame = Frame {
+                seq: self.seq,
+                text: msg.to_string(),
+            };
+            let _ = self.frames.send(Arc::new(frame));
+        }
     }
 
     /// What a client that last applied change `since` of run `epoch` needs.
@@ -104,11 +168,84 @@ pub struct Wall {
 }
 
 impl Wall {
+    /// A wall over `state`, whose clients may fall `queue` deltas behind and can resume from
+    /// the last `ring_len` changes.
+    pub fn new(state: WallState, queue: usize, ring_len: usize) -> Wall {
+        let sent = SentViews::seeded(state.points().iter());
+        Wall {
+            state,
+            feed: Feed::new(queue, ring_len, sent),
+        }
+    }
+
     /// Apply a fold and publish its changes.
     pub fn apply(&mut self, f: impl FnOnce(&mut WallState) -> Vec<Change>) {
         for c in f(&mut self.state) {
             self.feed.publish(c);
         }
+    }
+
+    /// Let go of every client waiting to join (the wall is stopping).
+    pub fn drop_joiners(&mut self) {
+        self.feed.joiners.clear();
+    }
+
+    /// Ask to join at the next cut.
+    pub fn join(&mut self, want: Want) -> oneshot::Receiver<Joined> {
+        let (reply, rx) = oneshot::channel();
+        self.feed.joiners.push(Joiner { want, reply });
+        rx
+    }
+
+    /// The tick: cut the pending delta and send it, then start every client waiting to join
+    /// from exactly this cut. Returns how many joined with a resume and with a snapshot.
+    pub fn tick(&mut self, now_ms: Millis) -> (usize, usize) {
+        self.feed.cut(now_ms);
+        let joiners = std::mem::take(&mut self.feed.joiners);
+        let (mut resumed, mut snapshots) = (0, 0);
+        // One body per kind of session: viewers' phones masked, commanders' not.
+        let mut bodies: [Option<String>; 2] = [None, None];
+        for j in joiners {
+            let session = match j.want {
+                Want::Resume {
+                    session,
+                    epoch,
+                    since,
+                } => match self.feed.resume(&epoch, since) {
+                    Resume::Missed(mut missed) => {
+                        let mut msg = missed.take(self.feed.seq, true);
+                        msg["now_ms"] = now_ms.into();
+                        resumed += 1;
+                        let _ = j.reply.send(Joined {
+                            first: msg.to_string(),
+                            frames: self.feed.frames.subscribe(),
+                        });
+                        continue;
+                    }
+                    Resume::Snapshot => session,
+                },
+                Want::Snapshot(session) => session,
+            };
+            let phones = session.sees_phones();
+            let body = bodies[usize::from(phones)].get_or_insert_with(|| {
+                self.state
+                    .snapshot_body(self.feed.seq, &self.feed.epoch, phones)
+                    .to_string()
+            });
+            snapshots += 1;
+            // The session's own fields, then the shared body without its opening brace.
+            let first = format!(
+                r#"{{"type":"snapshot","now_ms":{now_ms},"session":{},"can_act":{},{}"#,
+                serde_json::to_string(&session).expect("a session is plain data"),
+                session.can_act(),
+                &body[1..],
+            );
+            let _ = j.reply.send(Joined {
+                first,
+                frames: self.feed.frames.subscribe(),
+            });
+        }
+        (resumed, snapshots)
     }
 }
 
@@ -116,6 +253,7 @@ impl Wall {
 mod tests {
     use super::*;
     use crate::state::Counters;
+    use crate::state::WallState;
 
     fn counters(n: u64) -> Change {
         Change::Counters(Counters {
@@ -126,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_reconnecting_client_gets_what_it_missed_while_the_ring_holds_it() {
-        let mut f = Feed::new(16, 4);
+        let mut f = Feed::new(16, 4, SentViews::default());
         let epoch = f.epoch().to_string();
         for n in 1..=3 {
             f.publish(counters(n));
@@ -150,5 +288,109 @@ mod tests {
         assert!(matches!(f.resume(&epoch, 5), Resume::Missed(_)));
         assert!(matches!(f.resume("another-run", 9), Resume::Snapshot));
         assert!(matches!(f.resume(&epoch, 99), Resume::Snapshot));
+    }
+
+    fn depth(v: &serde_json::Value, point: &str) -> Option<f64> {
+        v["points"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(v["patches"].as_array().into_iter().flatten())
+            .find(|p| p["id"] == point)
+            .and_then(|p| p["depth_cm"].as_f64())
+    }
+
+    /// A client joins at a cut: its snapshot is the state at that cut, taken once for every
+    /// client of a kind of session joining then, and the first delta it receives is the next
+    /// one, whose patches are against exactly that state (a depth that goes back to what the
+    /// last delta said is still sent).
+    #[tokio::test]
+    async fn clients_join_at_a_cut_and_the_next_shared_delta_continues_their_snapshot() {
+        let d = std::sync::Arc::new(
+            floodcmd_model::District::from_toml_str(include_str!("../../config/xincheng.toml"))
+                .unwrap(),
+        );
+        let id = d.points[0].id.clone();
+        let status = |depth: f64| floodcmd_model::event::PointStatus {
+            point: id.clone(),
+            kind: d.points[0].kind,
+            level: floodcmd_model::Level::Normal,
+            data_state: floodcmd_model::DataState::Fresh,
+            depth_cm: Some(depth),
+            rise_cm_per_min: None,
+            rain_10m_mm: None,
+            rain_1h_mm: None,
+            rain_3h_mm: None,
+            rain_24h_mm: None,
+            last_reading_ms: Some(1),
+            qc_flags: Vec::new(),
+            next_level: None,
+            minutes_to_next: None,
+            flapping: false,
+            as_of_ms: 1,
+        };
+        let mut wall = Wall::new(WallState::new(d.clone()), 8, 64);
+        let mut early = wall.feed.frames.subscribe();
+        wall.apply(|s| s.on_status(status(5.0)));
+        wall.tick(100);
+        let first: serde_json::Value =
+            serde_json::from_str(&early.try_recv().unwrap().text).unwrap();
+        assert_eq!(depth(&first, &id), Some(5.0));
+
+        // Between two cuts the depth goes to 6 and two clients ask to join.
+        wall.apply(|s| s.on_status(status(6.0)));
+        let mut a = wall.join(Want::Snapshot(Session::anonymous()));
+        let mut b = wall.join(Want::Snapshot(Session::anonymous()));
+        assert!(a.try_recv().is_err(), "nobody starts between cuts");
+        assert_eq!(wall.tick(200), (0, 2));
+        let mut a = a.try_recv().unwrap();
+        let b = b.try_recv().unwrap();
+        let snap: serde_json::Value = serde_json::from_str(&a.first).unwrap();
+        assert_eq!(snap["type"], "snapshot");
+        assert_eq!(snap["seq"], wall.feed.seq());
+        assert_eq!(snap["now_ms"], 200);
+        assert_eq!(snap["can_act"], false);
+        let point = snap["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id.as_str());
+        assert_eq!(point.unwrap()["depth_cm"], 6.0);
+        assert_eq!(
+            a.first, b.first,
+            "one snapshot for every viewer joining at this cut"
+        );
+        assert!(
+            a.frames.try_recv().is_err(),
+            "the cut's own delta is in the snapshot"
+        );
+        let cut: serde_json::Value = serde_json::from_str(&early.try_recv().unwrap().text).unwrap();
+        assert_eq!(depth(&cut, &id), Some(6.0));
+
+        // Back to 5: the next delta says so to both the early client and the joined one.
+        wall.apply(|s| s.on_status(status(5.0)));
+        wall.tick(300);
+        let next = a.frames.try_recv().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&next.text).unwrap();
+        assert_eq!(depth(&v, &id), Some(5.0));
+        assert!(v["seq"].as_u64().unwrap() > snap["seq"].as_u64().unwrap());
+        assert_eq!(
+            early.try_recv().unwrap().text,
+            next.text,
+            "the same delta for everyone"
+        );
+
+        // A resume from the snapshot's number, after one more change: the missed change, whole.
+        wall.apply(|s| s.on_status(status(7.0)));
+        let mut r = wall.join(Want::Resume {
+            session: Session::anonymous(),
+            epoch: wall.feed.epoch().to_string(),
+            since: snap["seq"].as_u64().unwrap(),
+        });
+        assert_eq!(wall.tick(400), (1, 0));
+        let r: serde_json::Value = serde_json::from_str(&r.try_recv().unwrap().first).unwrap();
+        assert_eq!(r["resumed"], true);
+        assert_eq!(depth(&r, &id), Some(7.0));
+        assert_eq!(r["seq"], wall.feed.seq());
     }
 }

@@ -1,17 +1,17 @@
 //! HTTP and websocket routes, and the bus followers that keep [`WallState`] current.
 //!
-//! Websocket protocol (see `docs/WEBSOCKET.md`): on connect a `snapshot` built for the
-//! client's session, then `delta` messages, coalesced to at most one per 100 ms per client.
-//! Each client reads the [`Feed`] through its own bounded queue; a client that falls more
-//! than the queue behind gets a fresh snapshot instead of the backlog, and never slows the
-//! others (publishing never waits for a client). A client that reconnects with
-//! `?resume=<epoch>.<seq>` is sent what it missed from the feed's ring as one delta
+//! Websocket protocol (see `docs/WEBSOCKET.md`): a client starts at the next cut of the
+//! [`crate::feed`] (every 100 ms) with a `snapshot` built for its session, then gets the
+//! shared `delta` of every cut through a bounded queue of deltas; a client that falls more
+//! than the queue behind gets a fresh snapshot at the next cut instead of the backlog, and
+//! never slows the others (publishing never waits for a client). A client that reconnects
+//! with `?resume=<epoch>.<seq>` is sent what it missed from the feed's ring as one delta
 //! (`"resumed": true`) when the ring still holds it, else a snapshot.
 
 use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
-use crate::feed::{Feed, Resume, Wall};
+use crate::feed::{Joined, Wall, Want};
 use crate::guard::{self, Origins};
-use crate::state::{Change, PendingDelta, WallState};
+use crate::state::{Change, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::Reject;
@@ -49,8 +49,8 @@ pub struct DashboardConfig {
     pub auth: AuthConfig,
     /// Directory served at `/cameras/`; `None`: no cameras.
     pub cameras_dir: Option<PathBuf>,
-    /// How many changes a client may fall behind before it is re-synchronised with a
-    /// snapshot.
+    /// How many deltas (one per 100 ms at most) a client may fall behind before it is
+    /// re-synchronised with a snapshot.
     pub client_queue: usize,
     /// How many recent changes are kept for clients that reconnect.
     pub resume_ring: usize,
@@ -64,8 +64,9 @@ pub struct DashboardConfig {
 }
 
 impl DashboardConfig {
-    /// Defaults: no users (anonymous viewers only), no cameras, a 4,096-change queue and
-    /// ring.
+    /// Defaults: no users (anonymous viewers only), no cameras, a queue of 32 deltas (3.2 s
+    /// of a storm's, about 30 MB at most with 10,000 points changing every second), a ring of
+    /// 4,096 changes.
     pub fn new(listen: SocketAddr, topics: Topics, group: impl Into<String>) -> Self {
         DashboardConfig {
             listen,
@@ -73,7 +74,7 @@ impl DashboardConfig {
             group: group.into(),
             auth: AuthConfig::default(),
             cameras_dir: None,
-            client_queue: 4096,
+            client_queue: 32,
             resume_ring: 4096,
             allowed_origins: Vec::new(),
             stalled_after: Duration::from_secs(30),
@@ -158,7 +159,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A wall for `district` with an empty view.
+    /// A wall for `district` with an empty view, whose clients may fall `client_queue` deltas
+    /// behind and can resume from the last `resume_ring` changes.
     pub fn new(
         district: Arc<District>,
         clock: Arc<dyn Clock>,
@@ -166,10 +168,11 @@ impl Shared {
         resume_ring: usize,
     ) -> Shared {
         Shared {
-            wall: Arc::new(Mutex::new(Wall {
-                state: WallState::new(district),
-                feed: Feed::new(client_queue, resume_ring),
-            })),
+            wall: Arc::new(Mutex::new(Wall::new(
+                WallState::new(district),
+                client_queue,
+                resume_ring,
+            ))),
             clock,
             stalled_after: Duration::from_secs(30),
         }
@@ -181,11 +184,6 @@ impl Shared {
         self
     }
 
-    fn stamp(&self, mut msg: serde_json::Value) -> String {
-        msg["now_ms"] = self.clock.now_ms().into();
-        msg.to_string()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Wall> {
         self.wall.lock().expect("wall state lock")
     }
@@ -195,30 +193,34 @@ impl Shared {
         self.lock().apply(f);
     }
 
-    /// A snapshot for `session` and a receiver that starts right after it.
-    fn snapshot(&self, session: &Session) -> (String, broadcast::Receiver<crate::feed::Numbered>) {
-        let wall = self.lock();
-        let msg = wall
-            .state
-            .snapshot(wall.feed.seq(), wall.feed.epoch(), session);
-        (self.stamp(msg), wall.feed.subscribe())
+    /// Cut and send a delta every [`DELTA_EVERY`], and start the clients waiting to join,
+    /// until `shutdown`. Clients join only at a cut, so without this task none starts.
+    pub fn start_ticks(&self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DELTA_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => {
+                        // Clients still waiting to join are let go rather than left waiting.
+                        me.lock().drop_joiners();
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        let now = me.clock.now_ms();
+                        let (resumed, _) = me.lock().tick(now);
+                        metrics().resumes.inc_by(resumed as u64);
+                    }
+                }
+            }
+        })
     }
 
-    /// The first message for a client (a resumed delta or a snapshot) and its receiver.
-    fn first(
-        &self,
-        session: &Session,
-        resume: Option<(String, u64)>,
-    ) -> (String, broadcast::Receiver<crate::feed::Numbered>) {
-        if let Some((epoch, since)) = resume {
-            let wall = self.lock();
-            if let Resume::Missed(mut missed) = wall.feed.resume(&epoch, since) {
-                metrics().resumes.inc();
-                let msg = missed.take(wall.feed.seq(), true);
-                return (self.stamp(msg), wall.feed.subscribe());
-            }
-        }
-        self.snapshot(session)
+    /// Wait for the next cut and start there; `None` when the wall is shutting down.
+    async fn join(&self, want: Want) -> Option<Joined> {
+        let rx = self.lock().join(want);
+        rx.await.ok()
     }
 
     fn read<T>(&self, f: impl FnOnce(&WallState) -> T) -> T {
@@ -307,9 +309,9 @@ pub fn parse_resume(v: &str) -> Option<(String, u64)> {
     Some((epoch.to_string(), seq.parse().ok()?))
 }
 
-/// Serve one websocket client until it goes away: the first message, then coalesced
-/// deltas, and a fresh snapshot whenever it falls too far behind. Generic over the socket's
-/// halves so a test can hold the sending side still.
+/// Serve one websocket client until it goes away: its first message at the next cut, then
+/// the shared deltas, and a fresh snapshot whenever it falls too far behind. Generic over the
+/// socket's halves so a test can hold the sending side still.
 pub async fn client<S, R, E>(
     mut tx: S,
     mut rx_ws: R,
@@ -321,37 +323,45 @@ pub async fn client<S, R, E>(
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
     metrics().clients.inc();
-    let (first, mut changes) = shared.first(&session, resume);
+    let want = match resume {
+        Some((epoch, since)) => Want::Resume {
+            session: session.clone(),
+            epoch,
+            since,
+        },
+        None => Want::Snapshot(session.clone()),
+    };
     let limit = shared.stalled_after;
-    if !send_or_evict(&mut tx, first, limit).await {
+    let Some(joined) = shared.join(want).await else {
+        metrics().clients.dec();
+        return;
+    };
+    let mut frames = joined.frames;
+    if !send_or_evict(&mut tx, joined.first, limit).await {
         metrics().clients.dec();
         return;
     }
-    let mut pending = PendingDelta::default();
-    let mut tick = tokio::time::interval(DELTA_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            change = changes.recv() => match change {
-                Ok((seq, c)) => pending.add(seq, &c),
+            frame = frames.recv() => match frame {
+                Ok(f) => {
+                    metrics().deltas.inc();
+                    if !send_or_evict(&mut tx, f.text.clone(), limit).await { break; }
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(missed = n, "websocket client fell behind; re-synchronising");
                     metrics().resyncs.inc();
-                    pending = PendingDelta::default();
-                    // A fresh receiver with the fresh snapshot: the old backlog is stale.
-                    let (snap, fresh) = shared.snapshot(&session);
-                    changes = fresh;
-                    if !send_or_evict(&mut tx, snap, limit).await { break; }
+                    // A fresh snapshot at the next cut: the old backlog is stale.
+                    match shared.join(Want::Snapshot(session.clone())).await {
+                        Some(j) => {
+                            frames = j.frames;
+                            if !send_or_evict(&mut tx, j.first, limit).await { break; }
+                        }
+                        None => break,
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            _ = tick.tick() => {
-                if !pending.is_empty() {
-                    let msg = shared.stamp(pending.take(0, false));
-                    metrics().deltas.inc();
-                    if !send_or_evict(&mut tx, msg, limit).await { break; }
-                }
-            }
             incoming = rx_ws.next() => match incoming {
                 Some(Ok(m)) if m.is_close() => break,
                 Some(Ok(_)) => {}
@@ -394,6 +404,7 @@ pub async fn serve(
         config.resume_ring,
     )
     .with_stalled_after(config.stalled_after);
+    shared.start_ticks(shutdown.clone());
     let t = config.topics.clone();
     let follower = Follower {
         bus: bus.clone(),
@@ -715,9 +726,11 @@ mod tests {
         let shared = Shared::new(
             d.clone(),
             Arc::new(floodcmd_model::time::ManualClock::new(0)),
-            64,
+            2,
             64,
         );
+        let (_stop, stop_rx) = watch::channel(false);
+        shared.start_ticks(stop_rx);
         // The slow client's socket: a channel of one message that nobody reads for now.
         let (slow_tx, mut slow_rx) = futures::channel::mpsc::channel::<Message>(0);
         let slow_tx = slow_tx.sink_map_err(|_| ());
@@ -742,9 +755,8 @@ mod tests {
         // it blocks the client's task.
         shared.apply(|s| s.on_status(status(&d, 0, 1.0)));
         tokio::time::sleep(DELTA_EVERY * 3).await;
-        // Far more changes than the client's queue, in rounds the fast client can take
-        // (25 statuses are 50 changes, under its queue of 64; this test's runtime has one
-        // thread, so nobody reads during a round).
+        // Rounds of changes, each its own delta: more deltas than the client's queue of 2,
+        // at a pace the fast client keeps up with.
         let mut last_depth = 0.0;
         for round in 0..6 {
             for i in 0..25 {
@@ -758,10 +770,11 @@ mod tests {
         while !saw_last {
             let m = parse(&fast_rx.next().await.unwrap());
             assert_eq!(m["type"], "delta");
-            saw_last = m["points"]
+            saw_last = m["patches"]
                 .as_array()
                 .unwrap()
                 .iter()
+                .chain(m["points"].as_array().unwrap())
                 .any(|p| p["depth_cm"] == last_depth);
         }
         // Now the slow client reads: its first snapshot, at most the one delta it was stuck

@@ -301,30 +301,42 @@ impl WallState {
     /// The snapshot a client gets on connect: the state as of change `seq` of run `epoch`,
     /// built for `session` (phone numbers masked for viewers).
     pub fn snapshot(&self, seq: u64, epoch: &str, session: &Session) -> serde_json::Value {
+        let mut v = self.snapshot_body(seq, epoch, session.sees_phones());
+        v["type"] = "snapshot".into();
+        v["session"] = serde_json::to_value(session).expect("a session is plain data");
+        v["can_act"] = session.can_act().into();
+        v
+    }
+
+    /// What a snapshot holds that is the same for every session that sees phones alike (all
+    /// but `type`, `session` and `can_act`): built once for every client that joins at one
+    /// tick.
+    pub fn snapshot_body(&self, seq: u64, epoch: &str, sees_phones: bool) -> serde_json::Value {
         serde_json::json!({
-            "type": "snapshot",
             "seq": seq,
             "epoch": epoch,
-            "session": session,
-            "can_act": session.can_act(),
             "district": { "id": self.district.info.id, "name": self.district.info.name },
             "points": self.points(),
             "incidents": self.incidents(),
             "counters": self.counters,
             "alerts": self.alerts.iter().rev().collect::<Vec<_>>(),
             "rejects": self.rejects.iter().rev().collect::<Vec<_>>(),
-            "people": self.people(session),
+            "people": self.people_for(sees_phones),
         })
     }
 
     /// Everyone in the district's chains, by id: name, title, phone (masked unless the
     /// session may see phones).
     pub fn people(&self, session: &Session) -> BTreeMap<String, serde_json::Value> {
+        self.people_for(session.sees_phones())
+    }
+
+    fn people_for(&self, sees_phones: bool) -> BTreeMap<String, serde_json::Value> {
         self.district
             .people
             .iter()
             .map(|(id, p)| {
-                let phone = if session.sees_phones() {
+                let phone = if sees_phones {
                     p.phone.clone()
                 } else {
                     mask_phone(&p.phone)
@@ -606,6 +618,105 @@ impl PendingDelta {
             msg["resumed"] = serde_json::Value::Bool(true);
         }
         msg
+    }
+}
+
+/// Every point as the last shared delta left it in clients' views, as JSON fields: what the
+/// next shared delta's patches are taken against. Every client holds exactly this (a snapshot
+/// is taken only at a delta's cut, see [`crate::feed`]), so a patch of the fields that changed
+/// since is all it needs, a quarter of a whole view or less in a storm, where depth, rate of
+/// rise and reading time change and the rest stays.
+#[derive(Default)]
+pub struct SentViews {
+    views: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+/// How one point goes into a shared delta.
+enum PointChange {
+    /// Not sent before: the whole view.
+    Whole(serde_json::Value),
+    /// The changed fields, with `id`; a field gone is `null`.
+    Patch(serde_json::Map<String, serde_json::Value>),
+    /// Nothing a client would see changed.
+    Same,
+}
+
+impl SentViews {
+    /// Start from the views every client is given (the district's points at start).
+    pub fn seeded<'a>(views: impl Iterator<Item = &'a PointView>) -> SentViews {
+        let mut s = SentViews::default();
+        for v in views {
+            s.change(v);
+        }
+        s
+    }
+
+    /// Record `view` as sent; what the clients must be sent for it.
+    fn change(&mut self, view: &PointView) -> PointChange {
+        let serde_json::Value::Object(new) =
+            serde_json::to_value(view).expect("a point view is plain data")
+        else {
+            unreachable!("a point view serializes to an object");
+        };
+        let Some(old) = self.views.get_mut(&view.id) else {
+            self.views.insert(view.id.clone(), new.clone());
+            return PointChange::Whole(serde_json::Value::Object(new));
+        };
+        let mut patch = serde_json::Map::new();
+        for (k, v) in &new {
+            if old.get(k) != Some(v) {
+                patch.insert(k.clone(), v.clone());
+            }
+        }
+        for k in old.keys() {
+            if !new.contains_key(k) {
+                patch.insert(k.clone(), serde_json::Value::Null);
+            }
+        }
+        *old = new;
+        if patch.is_empty() {
+            return PointChange::Same;
+        }
+        patch.insert("id".into(), view.id.clone().into());
+        PointChange::Patch(patch)
+    }
+}
+
+impl PendingDelta {
+    /// The delta every client is sent for this tick, emptying the buffer: points as patches
+    /// against `sent` (whole views for points not sent before), and `sent` brought up to
+    /// date. `None` when nothing changed that a client would see.
+    pub fn take_shared(&mut self, sent: &mut SentViews) -> Option<serde_json::Value> {
+        let d = std::mem::take(self);
+        let seq = d.last_seq?;
+        let mut points = Vec::new();
+        let mut patches = Vec::new();
+        for view in d.points.values() {
+            match sent.change(view) {
+                PointChange::Whole(v) => points.push(v),
+                PointChange::Patch(p) => patches.push(serde_json::Value::Object(p)),
+                PointChange::Same => {}
+            }
+        }
+        if points.is_empty()
+            && patches.is_empty()
+            && d.incidents.is_empty()
+            && d.alerts.is_empty()
+            && d.rejects.is_empty()
+            && d.counters.is_none()
+        {
+            return None;
+        }
+        Some(serde_json::json!({
+            "type": "delta",
+            "seq": seq,
+            "points": points,
+            "patches": patches,
+            "incidents": d.incidents.into_values().collect::<Vec<_>>(),
+            "alerts": d.alerts,
+            "rejects": d.rejects,
+            "counters": d.counters,
+        }))
     }
 }
 
@@ -891,5 +1002,124 @@ mod tests {
         assert!(msg.get("resumed").is_none());
         assert!(pending.is_empty());
         assert_eq!(pending.take(9, true)["seq"], 9);
+    }
+
+    /// What a client holds after applying a delta's whole views and patches (a `null` field
+    /// removed), as the page's store does.
+    fn apply_delta(
+        client: &mut BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+        delta: &serde_json::Value,
+    ) {
+        for p in delta["points"].as_array().unwrap() {
+            let id = p["id"].as_str().unwrap().to_string();
+            client.insert(id, p.as_object().unwrap().clone());
+        }
+        for p in delta["patches"].as_array().unwrap() {
+            let cur = client
+                .get_mut(p["id"].as_str().unwrap())
+                .expect("a patch of a point held");
+            for (k, v) in p.as_object().unwrap() {
+                if v.is_null() {
+                    cur.remove(k);
+                } else {
+                    cur.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    fn as_maps(
+        views: &[PointView],
+    ) -> BTreeMap<String, serde_json::Map<String, serde_json::Value>> {
+        views
+            .iter()
+            .map(|v| {
+                let serde_json::Value::Object(m) = serde_json::to_value(v).unwrap() else {
+                    unreachable!()
+                };
+                (v.id.clone(), m)
+            })
+            .collect()
+    }
+
+    /// A client that starts from a snapshot and applies the shared deltas holds exactly what
+    /// a fresh snapshot shows, through fields appearing, changing, going back and vanishing;
+    /// and a patch is smaller than the whole view.
+    #[test]
+    fn snapshot_then_shared_patches_hold_what_a_fresh_snapshot_shows() {
+        let d = district();
+        let mut w = WallState::new(d.clone());
+        let mut sent = SentViews::seeded(w.points().iter());
+        let mut client = as_maps(&w.points());
+        let ids: Vec<(String, PointKind)> =
+            d.points.iter().map(|p| (p.id.clone(), p.kind)).collect();
+        let mut seed = 11u64;
+        let mut seq = 0;
+        let (mut patch_bytes, mut whole_bytes) = (0, 0);
+        for tick in 0..300u64 {
+            let mut pending = PendingDelta::default();
+            for _ in 0..(tick % 7) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let (id, kind) = &ids[(seed >> 33) as usize % ids.len()];
+                // Few values, so fields often go back to what they were.
+                let some = |shift: u32, v: f64| ((seed >> shift) & 1 == 1).then_some(v);
+                let s = PointStatus {
+                    point: id.clone(),
+                    kind: *kind,
+                    level: Level::ALL[(seed >> 20) as usize % 5],
+                    data_state: DataState::Fresh,
+                    depth_cm: some(3, ((seed >> 5) % 3) as f64),
+                    rise_cm_per_min: some(7, 0.5),
+                    rain_10m_mm: None,
+                    rain_1h_mm: some(9, 1.0),
+                    rain_3h_mm: None,
+                    rain_24h_mm: None,
+                    last_reading_ms: Some(tick as i64),
+                    qc_flags: Vec::new(),
+                    next_level: (seed >> 11 & 1 == 1).then_some(Level::Red),
+                    minutes_to_next: some(11, 8.0),
+                    flapping: seed >> 13 & 1 == 1,
+                    as_of_ms: tick as i64,
+                };
+                for c in w.on_status(s) {
+                    seq += 1;
+                    pending.add(seq, &c);
+                }
+            }
+            let Some(delta) = pending.take_shared(&mut sent) else {
+                assert_eq!(
+                    client,
+                    as_maps(&w.points()),
+                    "nothing sent, nothing changed"
+                );
+                continue;
+            };
+            assert_eq!(delta["seq"], seq);
+            assert!(
+                delta["points"].as_array().unwrap().is_empty(),
+                "every point was sent"
+            );
+            for p in delta["patches"].as_array().unwrap() {
+                patch_bytes += p.to_string().len();
+                let id = p["id"].as_str().unwrap();
+                whole_bytes += serde_json::to_string(&w.points[id]).unwrap().len();
+            }
+            apply_delta(&mut client, &delta);
+            assert_eq!(client, as_maps(&w.points()), "after tick {tick}");
+        }
+        assert!(
+            patch_bytes > 0 && patch_bytes < whole_bytes / 2,
+            "{patch_bytes} of {whole_bytes}"
+        );
+
+        // A point the clients were never sent goes whole.
+        let mut fresh = SentViews::default();
+        let mut pending = PendingDelta::default();
+        pending.add(1, &Change::Point(w.points().remove(0)));
+        let delta = pending.take_shared(&mut fresh).unwrap();
+        assert_eq!(delta["points"].as_array().unwrap().len(), 1);
+        assert!(delta["patches"].as_array().unwrap().is_empty());
     }
 }

@@ -164,9 +164,15 @@ async fn until_depth(ws: &mut Ws, point: &str, depth: f64) -> Value {
     loop {
         let m = next_json(ws).await;
         assert_eq!(m["type"], "delta", "{m}");
-        let points = m["points"].as_array().unwrap();
+        let points: Vec<&Value> = m["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(m["patches"].as_array().unwrap())
+            .collect();
         let mut ids: Vec<&str> = points.iter().map(|p| p["id"].as_str().unwrap()).collect();
         let n = ids.len();
+        ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), n, "a point twice in one delta: {m}");
         if points

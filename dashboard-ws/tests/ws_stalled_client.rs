@@ -72,7 +72,8 @@ impl View {
         if let Some(n) = m["counters"]["rejects"].as_u64() {
             self.rejects = n;
         }
-        for p in m["points"].as_array().into_iter().flatten() {
+        let patches = m["patches"].as_array().into_iter().flatten();
+        for p in m["points"].as_array().into_iter().flatten().chain(patches) {
             if let (Some(id), Some(d)) = (p["id"].as_str(), p["depth_cm"].as_f64()) {
                 self.depth.insert(id.to_string(), d);
             }
@@ -112,7 +113,9 @@ async fn a_stalled_client_is_resynchronised_in_bounded_memory_and_the_others_get
     for t in topics.all() {
         bus.ensure_topic(&t, 2).await.unwrap();
     }
-    let config = DashboardConfig::new(([127, 0, 0, 1], 0).into(), topics.clone(), "wall-stall");
+    let mut config = DashboardConfig::new(([127, 0, 0, 1], 0).into(), topics.clone(), "wall-stall");
+    // 1.6 s of deltas: the 4 s storm below is more than twice that.
+    config.client_queue = 16;
     let queue = config.client_queue;
     let (stop, rx) = watch::channel(false);
     let (addr, _) = serve(
@@ -219,7 +222,8 @@ async fn a_stalled_client_is_resynchronised_in_bounded_memory_and_the_others_get
     };
 
     // The storm: 400 rounds, 112 changes each (a point and the counters per state, a reject
-    // and the counters per dead letter): ten times a client's queue, and some 15 MB of deltas
+    // and the counters per dead letter) over 4 s, some 40 deltas: more than twice a client's
+    // queue of deltas, and some 15 MB of deltas
     // for each client, several times what the kernel buffers for a socket (tcp_wmem's
     // maximum is 4 MiB here).
     let rounds = 400;
@@ -227,7 +231,7 @@ async fn a_stalled_client_is_resynchronised_in_bounded_memory_and_the_others_get
     // Paced at a round per 10 ms (5,400 states, 10,800 changes a second): the storm's
     // producer shares this runtime and these two cores with the server and the readers, and
     // unpaced it would starve the readers' tasks for longer than their queue lasts (a reader
-    // that is not scheduled for `client_queue` changes is re-synchronised, rightly) rather
+    // that is not scheduled for `client_queue` deltas is re-synchronised, rightly) rather
     // than test the wall.
     let mut pace = tokio::time::interval(Duration::from_millis(10));
     for round in 1..=rounds {
@@ -267,8 +271,8 @@ async fn a_stalled_client_is_resynchronised_in_bounded_memory_and_the_others_get
         assert_eq!(v.snapshots, 1, "a reading client was re-synchronised");
         assert!(v.deltas > 0);
     }
-    // The wall holds no backlog for the stalled client: its queue is `client_queue` shared
-    // changes, and its socket holds what the kernel buffers (kernel memory, not ours). The
+    // The wall holds no backlog for the stalled client: its queue is `client_queue` deltas
+    // shared with every client, and its socket holds what the kernel buffers (kernel memory, not ours). The
     // storm's deltas for one client are some 15 MB; 24 MiB is above what this run needs
     // (about 10 MiB: the deltas being written to the readers, the bus's last records, the
     // allocator's slack) and below that backlog on top of it.

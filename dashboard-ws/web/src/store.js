@@ -71,6 +71,17 @@ export function applyMessage(store, msg) {
     if (msg.seq <= store.seq && !(msg.resumed && msg.seq === store.seq)) return false;
     store.seq = msg.seq;
     for (const p of msg.points || []) store.points.set(p.id, p);
+    // A patch holds the fields that changed since the last message; null: the field is gone.
+    for (const patch of msg.patches || []) {
+      const cur = store.points.get(patch.id);
+      if (!cur) continue;
+      const next = { ...cur };
+      for (const [k, v] of Object.entries(patch)) {
+        if (v === null) delete next[k];
+        else next[k] = v;
+      }
+      store.points.set(patch.id, next);
+    }
     for (const i of msg.incidents || []) {
       if (i.state === 'closed') store.incidents.delete(i.id);
       else store.incidents.set(i.id, i);
