@@ -15,7 +15,7 @@
 //! The feed lives under the same lock as [`WallState`], and cuts happen under it.
 
 use crate::auth::Session;
-use crate::state::{Change, PendingDelta, SentViews, WallState};
+use crate::state::{Change, PendingDelta, SentViews, SnapshotParts, WallState};
 use floodcmd_model::time::Millis;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -48,11 +48,13 @@ pub enum Want {
     },
 }
 
-/// A client's start: its first message, and the deltas after it.
+/// A client's start: its first messages, and the deltas after them.
 pub struct Joined {
-    /// The snapshot, or the resumed delta.
+    /// The snapshot's first message, or the resumed delta.
     pub first: String,
-    /// Every delta after `first`.
+    /// The snapshot's further parts, shared by the clients joining at the same cut.
+    pub rest: Arc<[String]>,
+    /// Every delta after `first` and `rest`.
     pub frames: broadcast::Receiver<Arc<Frame>>,
 }
 
@@ -159,12 +161,17 @@ impl Feed {
     }
 }
 
+/// Points per snapshot message: some 175 KB each.
+pub const SNAPSHOT_PART_POINTS: usize = 500;
+
 /// The wall's view and its feed, behind one lock.
 pub struct Wall {
     /// The folded view.
     pub state: WallState,
     /// The change feed.
     pub feed: Feed,
+    /// Points per snapshot message ([`SNAPSHOT_PART_POINTS`]).
+    pub part_points: usize,
 }
 
 impl Wall {
@@ -175,6 +182,7 @@ impl Wall {
         Wall {
             state,
             feed: Feed::new(queue, ring_len, sent),
+            part_points: SNAPSHOT_PART_POINTS,
         }
     }
 
@@ -204,7 +212,7 @@ impl Wall {
         let joiners = std::mem::take(&mut self.feed.joiners);
         let (mut resumed, mut snapshots) = (0, 0);
         // One body per kind of session: viewers' phones masked, commanders' not.
-        let mut bodies: [Option<String>; 2] = [None, None];
+        let mut bodies: [Option<SnapshotParts>; 2] = [None, None];
         for j in joiners {
             let session = match j.want {
                 Want::Resume {
@@ -218,6 +226,7 @@ impl Wall {
                         resumed += 1;
                         let _ = j.reply.send(Joined {
                             first: msg.to_string(),
+                            rest: Arc::from([]),
                             frames: self.feed.frames.subscribe(),
                         });
                         continue;
@@ -227,10 +236,9 @@ impl Wall {
                 Want::Snapshot(session) => session,
             };
             let phones = session.sees_phones();
-            let body = bodies[usize::from(phones)].get_or_insert_with(|| {
+            let snap = bodies[usize::from(phones)].get_or_insert_with(|| {
                 self.state
-                    .snapshot_body(self.feed.seq, &self.feed.epoch, phones)
-                    .to_string()
+                    .snapshot_parts(self.feed.seq, &self.feed.epoch, phones, self.part_points)
             });
             snapshots += 1;
             // The session's own fields, then the shared body without its opening brace.
@@ -238,10 +246,11 @@ impl Wall {
                 r#"{{"type":"snapshot","now_ms":{now_ms},"session":{},"can_act":{},{}"#,
                 serde_json::to_string(&session).expect("a session is plain data"),
                 session.can_act(),
-                &body[1..],
+                &snap.body[1..],
             );
             let _ = j.reply.send(Joined {
                 first,
+                rest: snap.rest.clone(),
                 frames: self.feed.frames.subscribe(),
             });
         }
@@ -330,6 +339,8 @@ mod tests {
             as_of_ms: 1,
         };
         let mut wall = Wall::new(WallState::new(d.clone()), 8, 64);
+        // 74 points: a snapshot of three messages.
+        wall.part_points = 30;
         let mut early = wall.feed.frames.subscribe();
         wall.apply(|s| s.on_status(status(5.0)));
         wall.tick(100);
@@ -345,20 +356,42 @@ mod tests {
         assert_eq!(wall.tick(200), (0, 2));
         let mut a = a.try_recv().unwrap();
         let b = b.try_recv().unwrap();
-        let snap: serde_json::Value = serde_json::from_str(&a.first).unwrap();
+        let msgs: Vec<serde_json::Value> = std::iter::once(&a.first)
+            .chain(a.rest.iter())
+            .map(|m| serde_json::from_str(m).unwrap())
+            .collect();
+        let snap = &msgs[0];
         assert_eq!(snap["type"], "snapshot");
         assert_eq!(snap["seq"], wall.feed.seq());
         assert_eq!(snap["now_ms"], 200);
         assert_eq!(snap["can_act"], false);
-        let point = snap["points"]
-            .as_array()
-            .unwrap()
+        assert_eq!(snap["parts"], 3);
+        assert_eq!(msgs.len(), 3);
+        for (i, part) in msgs.iter().enumerate().skip(1) {
+            assert_eq!(part["type"], "snapshot_part");
+            assert_eq!((&part["seq"], &part["part"]), (&snap["seq"], &i.into()));
+        }
+        let mut ids: Vec<&str> = msgs
             .iter()
+            .flat_map(|m| m["points"].as_array().unwrap())
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), d.points.len(), "every point once over the parts");
+        let point = msgs
+            .iter()
+            .flat_map(|m| m["points"].as_array().unwrap())
             .find(|p| p["id"] == id.as_str());
         assert_eq!(point.unwrap()["depth_cm"], 6.0);
+        let snap = snap.clone();
         assert_eq!(
             a.first, b.first,
             "one snapshot for every viewer joining at this cut"
+        );
+        assert!(
+            Arc::ptr_eq(&a.rest, &b.rest),
+            "its parts shared, not copied"
         );
         assert!(
             a.frames.try_recv().is_err(),

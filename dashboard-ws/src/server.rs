@@ -337,7 +337,9 @@ pub async fn client<S, R, E>(
         return;
     };
     let mut frames = joined.frames;
-    if !send_or_evict(&mut tx, joined.first, limit).await {
+    // The parts go out of scope once sent: a snapshot is shared by the clients that joined
+    // at its cut, and one still held would outlive the cut for as long as they stay.
+    if !send_start(&mut tx, joined.first, joined.rest, limit).await {
         metrics().clients.dec();
         return;
     }
@@ -355,7 +357,7 @@ pub async fn client<S, R, E>(
                     match shared.join(Want::Snapshot(session.clone())).await {
                         Some(j) => {
                             frames = j.frames;
-                            if !send_or_evict(&mut tx, j.first, limit).await { break; }
+                            if !send_start(&mut tx, j.first, j.rest, limit).await { break; }
                         }
                         None => break,
                     }
@@ -370,6 +372,25 @@ pub async fn client<S, R, E>(
         }
     }
     metrics().clients.dec();
+}
+
+/// Send a client's first message and the snapshot's further parts, copying one part at a
+/// time; false when the client is gone or let go.
+async fn send_start<S: Sink<Message> + Unpin>(
+    tx: &mut S,
+    first: String,
+    rest: Arc<[String]>,
+    limit: Duration,
+) -> bool {
+    if !send_or_evict(tx, first, limit).await {
+        return false;
+    }
+    for part in rest.iter() {
+        if !send_or_evict(tx, part.clone(), limit).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Send one message; false when the client is gone, or has taken nothing for `limit` (its

@@ -116,6 +116,16 @@ pub struct Counters {
     pub checked_in: u64,
 }
 
+/// A snapshot as it is sent: the body (a JSON object without `type`, `session` and
+/// `can_act`, which are each client's own) and the `snapshot_part` messages after it.
+pub struct SnapshotParts {
+    /// The first message's shared fields, with the first part of the points.
+    pub body: String,
+    /// The rest of the points, one whole message each, shared by every client joining at
+    /// one cut (each client copies one part at a time as it sends it).
+    pub rest: Arc<[String]>,
+}
+
 /// A change a client must hear about.
 #[derive(Clone, Debug)]
 pub enum Change {
@@ -309,20 +319,65 @@ impl WallState {
     }
 
     /// What a snapshot holds that is the same for every session that sees phones alike (all
-    /// but `type`, `session` and `can_act`): built once for every client that joins at one
-    /// tick.
+    /// but `type`, `session` and `can_act`).
     pub fn snapshot_body(&self, seq: u64, epoch: &str, sees_phones: bool) -> serde_json::Value {
+        let mut body = self.snapshot_head(seq, epoch, sees_phones);
+        body["points"] = serde_json::to_value(self.points()).expect("points are plain data");
+        body
+    }
+
+    fn snapshot_head(&self, seq: u64, epoch: &str, sees_phones: bool) -> serde_json::Value {
         serde_json::json!({
             "seq": seq,
             "epoch": epoch,
             "district": { "id": self.district.info.id, "name": self.district.info.name },
-            "points": self.points(),
             "incidents": self.incidents(),
             "counters": self.counters,
             "alerts": self.alerts.iter().rev().collect::<Vec<_>>(),
             "rejects": self.rejects.iter().rev().collect::<Vec<_>>(),
             "people": self.people_for(sees_phones),
         })
+    }
+
+    /// The snapshot body split for sending: the first `part_points` points with everything
+    /// else, then `snapshot_part` messages of as many points each (see
+    /// `docs/WEBSOCKET.md`). A snapshot of 10,000 points is some 3.5 MB; as one message, each
+    /// client's socket would keep a buffer that size for good (the websocket library never
+    /// shrinks its write buffer), which for a thousand clients is gigabytes.
+    pub fn snapshot_parts(
+        &self,
+        seq: u64,
+        epoch: &str,
+        sees_phones: bool,
+        part_points: usize,
+    ) -> SnapshotParts {
+        let points = self.points();
+        let chunks: Vec<&[PointView]> = points.chunks(part_points.max(1)).collect();
+        let parts = chunks.len().max(1);
+        let mut body = self.snapshot_head(seq, epoch, sees_phones);
+        body["points"] =
+            serde_json::to_value(chunks.first().copied().unwrap_or(&[])).expect("plain data");
+        body["parts"] = parts.into();
+        let rest: Arc<[String]> = chunks
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, chunk)| {
+                serde_json::json!({
+                    "type": "snapshot_part",
+                    "seq": seq,
+                    "epoch": epoch,
+                    "part": i,
+                    "parts": parts,
+                    "points": chunk,
+                })
+                .to_string()
+            })
+            .collect();
+        SnapshotParts {
+            body: body.to_string(),
+            rest,
+        }
     }
 
     /// Everyone in the district's chains, by id: name, title, phone (masked unless the

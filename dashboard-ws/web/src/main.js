@@ -102,7 +102,8 @@ function schedule() {
 
 const conn = createConnection(store, {
   onChange: (msg) => {
-    if (msg.type === 'snapshot') {
+    // The last part of a snapshot in parts completes it.
+    if (msg.type === 'snapshot' || msg.type === 'snapshot_part') {
       requestAnimationFrame(() => renderAll(true));
     } else schedule();
   },

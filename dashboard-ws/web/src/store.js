@@ -18,6 +18,8 @@ export function createStore() {
     rejects: [],
     session: null,
     canAct: false,
+    // A snapshot whose parts are still coming.
+    partial: null,
     // Server clock estimate: the last server time and when it arrived, and the rate of the
     // server clock against ours.
     clock: { server: null, local: null, rate: 1, anchor: null },
@@ -48,8 +50,22 @@ export function serverNow(store) {
 const MAX_ALERTS = 50;
 const MAX_REJECTS = 20;
 
-/// Apply one message; returns false when it was ignored (an old delta).
+/// Apply one message; returns false when it was ignored (an old delta, or a part of a
+/// snapshot whose other parts have not all come yet).
 export function applyMessage(store, msg) {
+  // A large snapshot comes in parts (docs/WEBSOCKET.md): gather them, apply it whole.
+  if (msg.type === 'snapshot' && msg.parts > 1) {
+    store.partial = { msg, points: [...msg.points] };
+    return false;
+  }
+  if (msg.type === 'snapshot_part') {
+    const partial = store.partial;
+    if (!partial || partial.msg.seq !== msg.seq || partial.msg.epoch !== msg.epoch) return false;
+    partial.points.push(...msg.points);
+    if (msg.part < msg.parts - 1) return false;
+    store.partial = null;
+    msg = { ...partial.msg, points: partial.points };
+  }
   if (msg.type === 'snapshot') {
     store.epoch = msg.epoch;
     store.seq = msg.seq;

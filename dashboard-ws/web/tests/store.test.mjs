@@ -1,0 +1,58 @@
+// The page's store without a browser: a snapshot in parts, patches with removed fields, and
+// deltas that are older than what the store holds (docs/WEBSOCKET.md).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createStore, applyMessage } from '../src/store.js';
+
+const point = (id, extra = {}) => ({ id, name: id, level: 'normal', data_state: 'fresh', ...extra });
+
+function snapshotInParts() {
+  const head = {
+    type: 'snapshot', seq: 7, epoch: 'e1', now_ms: 1000, parts: 3,
+    district: { id: 'd', name: 'D' }, points: [point('A'), point('B')],
+    incidents: [], counters: { silent: 0 }, alerts: [], rejects: [], people: {},
+    session: null, can_act: false,
+  };
+  const part = (i, ids) => ({ type: 'snapshot_part', seq: 7, epoch: 'e1', part: i, parts: 3, points: ids.map((id) => point(id)) });
+  return [head, part(1, ['C', 'D']), part(2, ['E'])];
+}
+
+test('a snapshot in parts is applied whole, when its last part comes', () => {
+  const store = createStore();
+  const [head, p1, p2] = snapshotInParts();
+  assert.equal(applyMessage(store, head), false);
+  assert.equal(store.points.size, 0, 'nothing shown from half a snapshot');
+  assert.equal(applyMessage(store, p1), false);
+  assert.equal(applyMessage(store, p2), true);
+  assert.deepEqual([...store.points.keys()], ['A', 'B', 'C', 'D', 'E']);
+  assert.equal(store.seq, 7);
+  assert.equal(store.epoch, 'e1');
+  assert.equal(store.partial, null);
+  // A stray part of another snapshot is ignored.
+  assert.equal(applyMessage(store, { ...p2, seq: 99 }), false);
+  assert.equal(store.points.size, 5);
+});
+
+test('patches change only the fields they name, and null removes a field', () => {
+  const store = createStore();
+  for (const m of snapshotInParts()) applyMessage(store, m);
+  applyMessage(store, {
+    type: 'delta', seq: 8, now_ms: 1100,
+    points: [point('F', { depth_cm: 1 })],
+    patches: [{ id: 'A', depth_cm: 12.5, next_level: 'red', minutes_to_next: 8 }],
+    incidents: [], alerts: [], rejects: [], counters: null,
+  });
+  assert.deepEqual(store.points.get('A'), point('A', { depth_cm: 12.5, next_level: 'red', minutes_to_next: 8 }));
+  assert.equal(store.points.get('F').depth_cm, 1);
+  const before = store.points.get('A');
+  assert.equal(
+    applyMessage(store, { type: 'delta', seq: 9, points: [], patches: [{ id: 'A', next_level: null, minutes_to_next: null, depth_cm: 9 }] }),
+    true,
+  );
+  assert.deepEqual(store.points.get('A'), point('A', { depth_cm: 9 }));
+  assert.equal(before.next_level, 'red', 'a patch makes a new object; the old one is left as it was');
+  // An old delta is ignored.
+  assert.equal(applyMessage(store, { type: 'delta', seq: 9, points: [], patches: [{ id: 'A', depth_cm: 1 }] }), false);
+  assert.equal(store.points.get('A').depth_cm, 9);
+});
