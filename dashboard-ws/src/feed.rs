@@ -12,7 +12,9 @@
 //! so patches of the fields that changed since are all any of them needs. Snapshots for the
 //! clients joining at one tick are built once per kind of session (phones masked or not).
 //!
-//! The feed lives under the same lock as [`WallState`], and cuts happen under it.
+//! The feed lives under the same lock as [`WallState`], and cuts and joins happen under it;
+//! encoding a cut happens outside it, in the one ticker ([`DeltaEncoder`]), so the bus
+//! followers folding a storm into the view wait only for the cut itself.
 
 use crate::auth::Session;
 use crate::state::{Change, PendingDelta, SentViews, SnapshotParts, WallState};
@@ -27,7 +29,8 @@ pub type Numbered = (u64, Arc<Change>);
 /// One tick's delta, encoded once for every client.
 #[derive(Debug)]
 pub struct Frame {
-    /// The number of the newest change it holds.
+    /// The number of the newest change it holds: a client that joined at this cut or later
+    /// already has it, and skips it.
     pub seq: u64,
     /// The message.
     pub text: String,
@@ -50,11 +53,13 @@ pub enum Want {
 
 /// A client's start: its first messages, and the deltas after them.
 pub struct Joined {
+    /// The cut it starts at: frames up to this number are in `first` already.
+    pub seq: u64,
     /// The snapshot's first message, or the resumed delta.
     pub first: String,
     /// The snapshot's further parts, shared by the clients joining at the same cut.
     pub rest: Arc<[String]>,
-    /// Every delta after `first` and `rest`.
+    /// The deltas from this cut's on (skip those numbered `seq` or below).
     pub frames: broadcast::Receiver<Arc<Frame>>,
 }
 
@@ -63,8 +68,8 @@ struct Joiner {
     reply: oneshot::Sender<Joined>,
 }
 
-/// Sequence numbers, the pending delta, the broadcast queue of deltas, the ring of recent
-/// changes and the clients waiting to join.
+/// Sequence numbers, the pending delta, the ring of recent changes and the clients waiting
+/// to join.
 pub struct Feed {
     /// Names this server's run: sequence numbers of another run mean nothing here.
     epoch: String,
@@ -74,10 +79,11 @@ pub struct Feed {
     ring_len: usize,
     /// Changes since the last cut.
     pending: PendingDelta,
-    /// What every client holds of each point as of the last cut.
-    sent: SentViews,
+    /// For subscribing joiners; the [`DeltaEncoder`] sends.
     frames: broadcast::Sender<Arc<Frame>>,
     joiners: Vec<Joiner>,
+    /// No more cuts will come: joining fails at once.
+    closed: bool,
 }
 
 /// How a reconnecting client is brought up to date.
@@ -89,10 +95,10 @@ pub enum Resume {
 }
 
 impl Feed {
-    /// A feed whose clients may fall `queue` deltas behind before they are re-synchronised,
-    /// that can replay the last `ring_len` changes to a reconnecting client, and whose
-    /// clients start from `sent` (the points every snapshot shows).
-    pub fn new(queue: usize, ring_len: usize, sent: SentViews) -> Feed {
+    /// A feed whose clients may fall `queue` deltas behind before they are re-synchronised
+    /// (tokio rounds it up to a power of two), and that can replay the last `ring_len`
+    /// changes to a reconnecting client.
+    pub fn new(queue: usize, ring_len: usize) -> Feed {
         let (frames, _) = broadcast::channel(queue.max(1));
         let epoch = format!("{:016x}", rand::random::<u64>());
         Feed {
@@ -101,9 +107,9 @@ impl Feed {
             ring: VecDeque::with_capacity(ring_len.min(65_536)),
             ring_len,
             pending: PendingDelta::default(),
-            sent,
             frames,
             joiners: Vec::new(),
+            closed: false,
         }
     }
 
@@ -129,20 +135,6 @@ impl Feed {
         }
     }
 
-    /// Cut the pending changes into one delta stamped `now_ms` and send it to every client
-    /// (none listening is fine). Never waits: a client that cannot keep up lags in its own
-    /// place in the queue and is re-synchronised later.
-    fn cut(&mut self, now_ms: Millis) {
-        if let Some(mut msg) = self.pending.take_shared(&mut self.sent) {
-            msg["now_ms"] = now_ms.into();
-            let frame = Frame {
-                seq: self.seq,
-                text: msg.to_string(),
-            };
-            let _ = self.frames.send(Arc::new(frame));
-        }
-    }
-
     /// What a client that last applied change `since` of run `epoch` needs.
     pub fn resume(&self, epoch: &str, since: u64) -> Resume {
         if epoch != self.epoch || since > self.seq {
@@ -161,29 +153,76 @@ impl Feed {
     }
 }
 
+/// The changes of one cut, to be encoded outside the wall's lock.
+pub struct Cut {
+    pending: PendingDelta,
+}
+
+/// Encodes each cut once and sends it to every client. It owns what every client holds of
+/// each point as of the last cut, so it alone may encode, one cut after another: the
+/// patches of a cut are taken against the cut before.
+pub struct DeltaEncoder {
+    sent: SentViews,
+    frames: broadcast::Sender<Arc<Frame>>,
+}
+
+impl DeltaEncoder {
+    /// Encode `cut` stamped `now_ms` and send it (none listening is fine). Never waits: a
+    /// client that cannot keep up lags in its own place in the queue and is re-synchronised
+    /// later.
+    pub fn send(&mut self, cut: Cut, now_ms: Millis) {
+        let mut pending = cut.pending;
+        let Some(seq) = pending.last_seq() else {
+            return;
+        };
+        if let Some(mut msg) = pending.take_shared(&mut self.sent) {
+            msg["now_ms"] = now_ms.into();
+            let _ = self.frames.send(Arc::new(Frame {
+                seq,
+                text: msg.to_string(),
+            }));
+        }
+    }
+}
+
 /// Points per snapshot message: some 175 KB each.
 pub const SNAPSHOT_PART_POINTS: usize = 500;
 
-/// The wall's view and its feed, behind one lock.
+/// The wall's view and its feed, behind one lock. Private, so that nothing changes the view
+/// without publishing the change (clients' patches would then be taken against a state they
+/// do not hold).
 pub struct Wall {
-    /// The folded view.
-    pub state: WallState,
-    /// The change feed.
-    pub feed: Feed,
+    state: WallState,
+    feed: Feed,
     /// Points per snapshot message ([`SNAPSHOT_PART_POINTS`]).
     pub part_points: usize,
 }
 
 impl Wall {
     /// A wall over `state`, whose clients may fall `queue` deltas behind and can resume from
-    /// the last `ring_len` changes.
-    pub fn new(state: WallState, queue: usize, ring_len: usize) -> Wall {
-        let sent = SentViews::seeded(state.points().iter());
-        Wall {
+    /// the last `ring_len` changes, and the encoder of its deltas.
+    pub fn new(state: WallState, queue: usize, ring_len: usize) -> (Wall, DeltaEncoder) {
+        let feed = Feed::new(queue, ring_len);
+        let encoder = DeltaEncoder {
+            sent: SentViews::seeded(state.points().iter()),
+            frames: feed.frames.clone(),
+        };
+        let wall = Wall {
             state,
-            feed: Feed::new(queue, ring_len, sent),
+            feed,
             part_points: SNAPSHOT_PART_POINTS,
-        }
+        };
+        (wall, encoder)
+    }
+
+    /// The folded view.
+    pub fn state(&self) -> &WallState {
+        &self.state
+    }
+
+    /// The change feed.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     /// Apply a fold and publish its changes.
@@ -193,24 +232,32 @@ impl Wall {
         }
     }
 
-    /// Let go of every client waiting to join (the wall is stopping).
-    pub fn drop_joiners(&mut self) {
+    /// No more cuts will come (the wall is stopping, or its ticker died): let go of every
+    /// client waiting to join, and of any that asks later.
+    pub fn close(&mut self) {
+        self.feed.closed = true;
         self.feed.joiners.clear();
     }
 
-    /// Ask to join at the next cut.
+    /// Ask to join at the next cut; the answer fails when the wall is closed.
     pub fn join(&mut self, want: Want) -> oneshot::Receiver<Joined> {
         let (reply, rx) = oneshot::channel();
-        self.feed.joiners.push(Joiner { want, reply });
+        if !self.feed.closed {
+            self.feed.joiners.push(Joiner { want, reply });
+        }
         rx
     }
 
-    /// The tick: cut the pending delta and send it, then start every client waiting to join
-    /// from exactly this cut. Returns how many joined with a resume and with a snapshot.
-    pub fn tick(&mut self, now_ms: Millis) -> (usize, usize) {
-        self.feed.cut(now_ms);
+    /// The tick, under the lock: cut the pending changes (for the [`DeltaEncoder`], outside
+    /// the lock), and start every client waiting to join from exactly this cut. Returns the
+    /// cut and how many joined with a resume and with a snapshot.
+    pub fn tick(&mut self, now_ms: Millis) -> (Cut, usize, usize) {
+        let cut = Cut {
+            pending: std::mem::take(&mut self.feed.pending),
+        };
         let joiners = std::mem::take(&mut self.feed.joiners);
         let (mut resumed, mut snapshots) = (0, 0);
+        let seq = self.feed.seq;
         // One body per kind of session: viewers' phones masked, commanders' not.
         let mut bodies: [Option<SnapshotParts>; 2] = [None, None];
         for j in joiners {
@@ -221,10 +268,11 @@ impl Wall {
                     since,
                 } => match self.feed.resume(&epoch, since) {
                     Resume::Missed(mut missed) => {
-                        let mut msg = missed.take(self.feed.seq, true);
+                        let mut msg = missed.take(seq, true);
                         msg["now_ms"] = now_ms.into();
                         resumed += 1;
                         let _ = j.reply.send(Joined {
+                            seq,
                             first: msg.to_string(),
                             rest: Arc::from([]),
                             frames: self.feed.frames.subscribe(),
@@ -238,7 +286,7 @@ impl Wall {
             let phones = session.sees_phones();
             let snap = bodies[usize::from(phones)].get_or_insert_with(|| {
                 self.state
-                    .snapshot_parts(self.feed.seq, &self.feed.epoch, phones, self.part_points)
+                    .snapshot_parts(seq, &self.feed.epoch, phones, self.part_points)
             });
             snapshots += 1;
             // The session's own fields, then the shared body without its opening brace.
@@ -249,12 +297,13 @@ impl Wall {
                 &snap.body[1..],
             );
             let _ = j.reply.send(Joined {
+                seq,
                 first,
                 rest: snap.rest.clone(),
                 frames: self.feed.frames.subscribe(),
             });
         }
-        (resumed, snapshots)
+        (cut, resumed, snapshots)
     }
 }
 
@@ -262,7 +311,7 @@ impl Wall {
 mod tests {
     use super::*;
     use crate::state::Counters;
-    use crate::state::WallState;
+    use floodcmd_model::event::PointStatus;
 
     fn counters(n: u64) -> Change {
         Change::Counters(Counters {
@@ -273,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_reconnecting_client_gets_what_it_missed_while_the_ring_holds_it() {
-        let mut f = Feed::new(16, 4, SentViews::default());
+        let mut f = Feed::new(16, 4);
         let epoch = f.epoch().to_string();
         for n in 1..=3 {
             f.publish(counters(n));
@@ -299,131 +348,241 @@ mod tests {
         assert!(matches!(f.resume(&epoch, 99), Resume::Snapshot));
     }
 
-    fn depth(v: &serde_json::Value, point: &str) -> Option<f64> {
-        v["points"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(v["patches"].as_array().into_iter().flatten())
-            .find(|p| p["id"] == point)
-            .and_then(|p| p["depth_cm"].as_f64())
+    type Views = std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
+
+    /// A client as the page's store is: its points, and the cut it started from.
+    struct Client {
+        start: u64,
+        points: Views,
+        frames: broadcast::Receiver<Arc<Frame>>,
     }
 
-    /// A client joins at a cut: its snapshot is the state at that cut, taken once for every
-    /// client of a kind of session joining then, and the first delta it receives is the next
-    /// one, whose patches are against exactly that state (a depth that goes back to what the
-    /// last delta said is still sent).
-    #[tokio::test]
-    async fn clients_join_at_a_cut_and_the_next_shared_delta_continues_their_snapshot() {
-        let d = std::sync::Arc::new(
-            floodcmd_model::District::from_toml_str(include_str!("../../config/xincheng.toml"))
-                .unwrap(),
-        );
-        let id = d.points[0].id.clone();
-        let status = |depth: f64| floodcmd_model::event::PointStatus {
-            point: id.clone(),
-            kind: d.points[0].kind,
-            level: floodcmd_model::Level::Normal,
+    impl Client {
+        fn joined(j: Joined) -> Client {
+            let mut c = Client {
+                start: j.seq,
+                points: Views::new(),
+                frames: j.frames,
+            };
+            for m in std::iter::once(&j.first).chain(j.rest.iter()) {
+                c.apply(&serde_json::from_str(m).unwrap());
+            }
+            c
+        }
+
+        fn apply(&mut self, m: &serde_json::Value) {
+            if m["type"] == "snapshot" {
+                self.points.clear();
+            }
+            for p in m["points"].as_array().into_iter().flatten() {
+                let id = p["id"].as_str().unwrap().to_string();
+                self.points.insert(id, p.as_object().unwrap().clone());
+            }
+            for p in m["patches"].as_array().into_iter().flatten() {
+                let cur = self.points.get_mut(p["id"].as_str().unwrap()).unwrap();
+                for (k, v) in p.as_object().unwrap() {
+                    if v.is_null() {
+                        cur.remove(k);
+                    } else {
+                        cur.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+
+        /// Apply every delta sent since, as the server's client task does (skipping the
+        /// ones its first message holds); the deltas taken.
+        fn catch_up(&mut self) -> Vec<serde_json::Value> {
+            let mut taken = Vec::new();
+            while let Ok(f) = self.frames.try_recv() {
+                if f.seq <= self.start {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(&f.text).unwrap();
+                assert_eq!(v["seq"], f.seq);
+                self.apply(&v);
+                taken.push(v);
+            }
+            taken
+        }
+    }
+
+    fn views(state: &WallState) -> Views {
+        state
+            .points()
+            .iter()
+            .map(|v| {
+                let serde_json::Value::Object(m) = serde_json::to_value(v).unwrap() else {
+                    unreachable!()
+                };
+                (v.id.clone(), m)
+            })
+            .collect()
+    }
+
+    fn status(d: &floodcmd_model::District, i: usize, depth: Option<f64>) -> PointStatus {
+        PointStatus {
+            point: d.points[i].id.clone(),
+            kind: d.points[i].kind,
+            level: if depth.unwrap_or(0.0) > 5.0 {
+                floodcmd_model::Level::Blue
+            } else {
+                floodcmd_model::Level::Normal
+            },
             data_state: floodcmd_model::DataState::Fresh,
-            depth_cm: Some(depth),
-            rise_cm_per_min: None,
+            depth_cm: depth,
+            rise_cm_per_min: depth.map(|d| d / 10.0),
             rain_10m_mm: None,
             rain_1h_mm: None,
             rain_3h_mm: None,
             rain_24h_mm: None,
             last_reading_ms: Some(1),
             qc_flags: Vec::new(),
-            next_level: None,
-            minutes_to_next: None,
+            next_level: depth
+                .filter(|d| *d > 5.0)
+                .map(|_| floodcmd_model::Level::Red),
+            minutes_to_next: depth.filter(|d| *d > 5.0).map(|d| 50.0 - d),
             flapping: false,
             as_of_ms: 1,
-        };
-        let mut wall = Wall::new(WallState::new(d.clone()), 8, 64);
+        }
+    }
+
+    /// Clients that join at different cuts — from the start, by snapshot between two cuts
+    /// (as a viewer and as a commander), and by resume — all hold exactly the wall's view
+    /// after applying the same shared deltas, through depths that go up and come back and
+    /// fields that appear and vanish. Snapshots are built once per kind of session and come
+    /// in parts; a resume from a number the ring no longer holds gets a snapshot.
+    #[tokio::test]
+    async fn clients_joining_at_any_cut_hold_the_walls_view_after_the_shared_deltas() {
+        let d = std::sync::Arc::new(
+            floodcmd_model::District::from_toml_str(include_str!("../../config/xincheng.toml"))
+                .unwrap(),
+        );
+        let (mut wall, mut encoder) = Wall::new(WallState::new(d.clone()), 64, 16);
         // 74 points: a snapshot of three messages.
         wall.part_points = 30;
-        let mut early = wall.feed.frames.subscribe();
-        wall.apply(|s| s.on_status(status(5.0)));
-        wall.tick(100);
-        let first: serde_json::Value =
-            serde_json::from_str(&early.try_recv().unwrap().text).unwrap();
-        assert_eq!(depth(&first, &id), Some(5.0));
-
-        // Between two cuts the depth goes to 6 and two clients ask to join.
-        wall.apply(|s| s.on_status(status(6.0)));
-        let mut a = wall.join(Want::Snapshot(Session::anonymous()));
-        let mut b = wall.join(Want::Snapshot(Session::anonymous()));
-        assert!(a.try_recv().is_err(), "nobody starts between cuts");
-        assert_eq!(wall.tick(200), (0, 2));
-        let mut a = a.try_recv().unwrap();
-        let b = b.try_recv().unwrap();
-        let msgs: Vec<serde_json::Value> = std::iter::once(&a.first)
-            .chain(a.rest.iter())
-            .map(|m| serde_json::from_str(m).unwrap())
-            .collect();
-        let snap = &msgs[0];
-        assert_eq!(snap["type"], "snapshot");
-        assert_eq!(snap["seq"], wall.feed.seq());
-        assert_eq!(snap["now_ms"], 200);
-        assert_eq!(snap["can_act"], false);
-        assert_eq!(snap["parts"], 3);
-        assert_eq!(msgs.len(), 3);
-        for (i, part) in msgs.iter().enumerate().skip(1) {
-            assert_eq!(part["type"], "snapshot_part");
-            assert_eq!((&part["seq"], &part["part"]), (&snap["seq"], &i.into()));
+        let mut clients = vec![Client {
+            start: 0,
+            points: views(&wall.state),
+            frames: wall.feed.frames.subscribe(),
+        }];
+        let commander = Session {
+            name: Some("值班长".into()),
+            role: floodcmd_model::settings::UserRole::Commander,
+        };
+        let depths = [Some(5.0), Some(6.0), None, Some(5.0), Some(7.5), Some(5.0)];
+        let mut now = 0;
+        let mut last_seq = 0;
+        for round in 0..24 {
+            // A few points change between cuts, some back to what the last cut said.
+            for k in 0..3 {
+                let depth = depths[(round + k) % depths.len()];
+                wall.apply(|s| s.on_status(status(&d, (round * 7 + k) % 10, depth)));
+            }
+            let mut asked = Vec::new();
+            match round {
+                3 => {
+                    asked.push(wall.join(Want::Snapshot(Session::anonymous())));
+                    asked.push(wall.join(Want::Snapshot(Session::anonymous())));
+                    asked.push(wall.join(Want::Snapshot(commander.clone())));
+                }
+                9 => asked.push(wall.join(Want::Resume {
+                    session: Session::anonymous(),
+                    epoch: wall.feed.epoch().to_string(),
+                    since: last_seq,
+                })),
+                _ => {}
+            }
+            if let Some(rx) = asked.first_mut() {
+                assert!(rx.try_recv().is_err(), "nobody starts between cuts");
+            }
+            now += 100;
+            let (cut, resumed, snapshots) = wall.tick(now);
+            encoder.send(cut, now);
+            let mut joined: Vec<Joined> = asked
+                .into_iter()
+                .map(|mut rx| rx.try_recv().unwrap())
+                .collect();
+            match round {
+                3 => {
+                    assert_eq!((resumed, snapshots), (0, 3));
+                    assert!(
+                        Arc::ptr_eq(&joined[0].rest, &joined[1].rest),
+                        "parts shared"
+                    );
+                    assert_eq!(joined[0].first, joined[1].first, "one body for viewers");
+                    let viewer: serde_json::Value = serde_json::from_str(&joined[0].first).unwrap();
+                    let cmd: serde_json::Value = serde_json::from_str(&joined[2].first).unwrap();
+                    assert_eq!(
+                        (viewer["can_act"].clone(), cmd["can_act"].clone()),
+                        (false.into(), true.into())
+                    );
+                    assert_eq!(viewer["parts"], 3);
+                    assert_eq!(viewer["seq"], wall.feed.seq());
+                    assert_eq!(cmd["session"]["name"], "值班长");
+                    assert_ne!(
+                        viewer["people"], cmd["people"],
+                        "phones masked for viewers only"
+                    );
+                    for (i, part) in joined[0].rest.iter().enumerate() {
+                        let part: serde_json::Value = serde_json::from_str(part).unwrap();
+                        assert_eq!(part["type"], "snapshot_part");
+                        assert_eq!(
+                            (&part["seq"], &part["part"]),
+                            (&viewer["seq"], &(i + 1).into())
+                        );
+                    }
+                }
+                9 => {
+                    assert_eq!((resumed, snapshots), (1, 0));
+                    let r: serde_json::Value = serde_json::from_str(&joined[0].first).unwrap();
+                    assert_eq!(r["resumed"], true);
+                    assert_eq!(r["seq"], wall.feed.seq());
+                }
+                _ => assert_eq!((resumed, snapshots), (0, 0)),
+            }
+            // The resumed client held what the clients held at `last_seq`.
+            if round == 9 {
+                let j = joined.remove(0);
+                let mut c = Client {
+                    start: j.seq,
+                    points: clients[0].points.clone(),
+                    frames: j.frames,
+                };
+                c.apply(&serde_json::from_str(&j.first).unwrap());
+                clients.push(c);
+            } else {
+                clients.extend(joined.into_iter().map(Client::joined));
+            }
+            for (n, c) in clients.iter_mut().enumerate() {
+                c.catch_up();
+                assert_eq!(
+                    c.points,
+                    views(&wall.state),
+                    "client {n} after round {round}"
+                );
+            }
+            last_seq = wall.feed.seq();
         }
-        let mut ids: Vec<&str> = msgs
-            .iter()
-            .flat_map(|m| m["points"].as_array().unwrap())
-            .map(|p| p["id"].as_str().unwrap())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len(), d.points.len(), "every point once over the parts");
-        let point = msgs
-            .iter()
-            .flat_map(|m| m["points"].as_array().unwrap())
-            .find(|p| p["id"] == id.as_str());
-        assert_eq!(point.unwrap()["depth_cm"], 6.0);
-        let snap = snap.clone();
-        assert_eq!(
-            a.first, b.first,
-            "one snapshot for every viewer joining at this cut"
-        );
-        assert!(
-            Arc::ptr_eq(&a.rest, &b.rest),
-            "its parts shared, not copied"
-        );
-        assert!(
-            a.frames.try_recv().is_err(),
-            "the cut's own delta is in the snapshot"
-        );
-        let cut: serde_json::Value = serde_json::from_str(&early.try_recv().unwrap().text).unwrap();
-        assert_eq!(depth(&cut, &id), Some(6.0));
+        assert_eq!(clients.len(), 5);
 
-        // Back to 5: the next delta says so to both the early client and the joined one.
-        wall.apply(|s| s.on_status(status(5.0)));
-        wall.tick(300);
-        let next = a.frames.try_recv().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&next.text).unwrap();
-        assert_eq!(depth(&v, &id), Some(5.0));
-        assert!(v["seq"].as_u64().unwrap() > snap["seq"].as_u64().unwrap());
-        assert_eq!(
-            early.try_recv().unwrap().text,
-            next.text,
-            "the same delta for everyone"
-        );
-
-        // A resume from the snapshot's number, after one more change: the missed change, whole.
-        wall.apply(|s| s.on_status(status(7.0)));
-        let mut r = wall.join(Want::Resume {
+        // A resume from a number the ring (16 changes) no longer holds: a snapshot.
+        let mut rx = wall.join(Want::Resume {
             session: Session::anonymous(),
             epoch: wall.feed.epoch().to_string(),
-            since: snap["seq"].as_u64().unwrap(),
+            since: 1,
         });
-        assert_eq!(wall.tick(400), (1, 0));
-        let r: serde_json::Value = serde_json::from_str(&r.try_recv().unwrap().first).unwrap();
-        assert_eq!(r["resumed"], true);
-        assert_eq!(depth(&r, &id), Some(7.0));
-        assert_eq!(r["seq"], wall.feed.seq());
+        let (_, resumed, snapshots) = wall.tick(now + 100);
+        assert_eq!((resumed, snapshots), (0, 1));
+        let j = rx.try_recv().unwrap();
+        assert!(j.first.starts_with(r#"{"type":"snapshot""#));
+
+        // A closed wall lets a joiner go at once.
+        wall.close();
+        let mut rx = wall.join(Want::Snapshot(Session::anonymous()));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
     }
 }

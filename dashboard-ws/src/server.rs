@@ -9,7 +9,7 @@
 //! (`"resumed": true`) when the ring still holds it, else a snapshot.
 
 use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
-use crate::feed::{Joined, Wall, Want};
+use crate::feed::{DeltaEncoder, Joined, Wall, Want};
 use crate::guard::{self, Origins};
 use crate::state::{Change, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
@@ -33,7 +33,8 @@ use warp::{Filter, Reply};
 
 /// How much of each topic a starting wall folds to rebuild its view.
 const REBUILD_MS: i64 = 25 * 3_600_000;
-/// Deltas per client are sent at most this often.
+/// The tick: a delta is cut and sent this often, and a client that connects waits for the
+/// next one (at most this long) to join.
 const DELTA_EVERY: Duration = Duration::from_millis(100);
 
 /// Settings of the dashboard.
@@ -50,7 +51,7 @@ pub struct DashboardConfig {
     /// Directory served at `/cameras/`; `None`: no cameras.
     pub cameras_dir: Option<PathBuf>,
     /// How many deltas (one per 100 ms at most) a client may fall behind before it is
-    /// re-synchronised with a snapshot.
+    /// re-synchronised with a snapshot; rounded up to a power of two.
     pub client_queue: usize,
     /// How many recent changes are kept for clients that reconnect.
     pub resume_ring: usize,
@@ -64,9 +65,9 @@ pub struct DashboardConfig {
 }
 
 impl DashboardConfig {
-    /// Defaults: no users (anonymous viewers only), no cameras, a queue of 32 deltas (3.2 s
-    /// of a storm's, about 30 MB at most with 10,000 points changing every second), a ring of
-    /// 4,096 changes.
+    /// Defaults: no users (anonymous viewers only), no cameras, a queue of 32 deltas (3.2 s;
+    /// shared by every client, so its memory does not grow with them), a ring of 4,096
+    /// changes.
     pub fn new(listen: SocketAddr, topics: Topics, group: impl Into<String>) -> Self {
         DashboardConfig {
             listen,
@@ -151,6 +152,8 @@ fn metrics() -> &'static WallMetrics {
 #[derive(Clone)]
 pub struct Shared {
     wall: Arc<Mutex<Wall>>,
+    /// Taken by the one ticker ([`Shared::start_ticks`]).
+    encoder: Arc<Mutex<Option<DeltaEncoder>>>,
     /// Stamps every message with the server's `now_ms`, so browsers can run countdowns on
     /// the server's clock (the demo's runs faster than real time).
     clock: Arc<dyn Clock>,
@@ -167,12 +170,10 @@ impl Shared {
         client_queue: usize,
         resume_ring: usize,
     ) -> Shared {
+        let (wall, encoder) = Wall::new(WallState::new(district), client_queue, resume_ring);
         Shared {
-            wall: Arc::new(Mutex::new(Wall::new(
-                WallState::new(district),
-                client_queue,
-                resume_ring,
-            ))),
+            wall: Arc::new(Mutex::new(wall)),
+            encoder: Arc::new(Mutex::new(Some(encoder))),
             clock,
             stalled_after: Duration::from_secs(30),
         }
@@ -194,23 +195,36 @@ impl Shared {
     }
 
     /// Cut and send a delta every [`DELTA_EVERY`], and start the clients waiting to join,
-    /// until `shutdown`. Clients join only at a cut, so without this task none starts.
+    /// until `shutdown`. Clients join only at a cut, so without this task none starts; when
+    /// it ends, however it ends, the wall is closed and joining fails at once rather than
+    /// waiting for a cut that will not come.
     pub fn start_ticks(&self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        struct CloseOnExit(Arc<Mutex<Wall>>);
+        impl Drop for CloseOnExit {
+            fn drop(&mut self) {
+                // Also after a panic under the lock: closing is still right.
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).close();
+            }
+        }
         let me = self.clone();
+        let mut encoder = self
+            .encoder
+            .lock()
+            .expect("encoder lock")
+            .take()
+            .expect("one ticker per wall");
         tokio::spawn(async move {
+            let _close = CloseOnExit(me.wall.clone());
             let mut tick = tokio::time::interval(DELTA_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = shutdown.changed() => {
-                        // Clients still waiting to join are let go rather than left waiting.
-                        me.lock().drop_joiners();
-                        return;
-                    }
+                    _ = shutdown.wait_for(|s| *s) => return,
                     _ = tick.tick() => {
                         let now = me.clock.now_ms();
-                        let (resumed, _) = me.lock().tick(now);
+                        let (cut, resumed, _) = me.lock().tick(now);
                         metrics().resumes.inc_by(resumed as u64);
+                        encoder.send(cut, now);
                     }
                 }
             }
@@ -224,7 +238,7 @@ impl Shared {
     }
 
     fn read<T>(&self, f: impl FnOnce(&WallState) -> T) -> T {
-        f(&self.lock().state)
+        f(self.lock().state())
     }
 }
 
@@ -332,10 +346,11 @@ pub async fn client<S, R, E>(
         None => Want::Snapshot(session.clone()),
     };
     let limit = shared.stalled_after;
-    let Some(joined) = shared.join(want).await else {
+    let Some(joined) = join_unless_gone(&shared, want, &mut rx_ws).await else {
         metrics().clients.dec();
         return;
     };
+    let mut start = joined.seq;
     let mut frames = joined.frames;
     // The parts go out of scope once sent: a snapshot is shared by the clients that joined
     // at its cut, and one still held would outlive the cut for as long as they stay.
@@ -346,6 +361,8 @@ pub async fn client<S, R, E>(
     loop {
         tokio::select! {
             frame = frames.recv() => match frame {
+                // The delta of the cut it joined at is in its first message already.
+                Ok(f) if f.seq <= start => {}
                 Ok(f) => {
                     metrics().deltas.inc();
                     if !send_or_evict(&mut tx, f.text.clone(), limit).await { break; }
@@ -354,13 +371,11 @@ pub async fn client<S, R, E>(
                     tracing::debug!(missed = n, "websocket client fell behind; re-synchronising");
                     metrics().resyncs.inc();
                     // A fresh snapshot at the next cut: the old backlog is stale.
-                    match shared.join(Want::Snapshot(session.clone())).await {
-                        Some(j) => {
-                            frames = j.frames;
-                            if !send_start(&mut tx, j.first, j.rest, limit).await { break; }
-                        }
-                        None => break,
-                    }
+                    let want = Want::Snapshot(session.clone());
+                    let Some(j) = join_unless_gone(&shared, want, &mut rx_ws).await else { break };
+                    start = j.seq;
+                    frames = j.frames;
+                    if !send_start(&mut tx, j.first, j.rest, limit).await { break; }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -372,6 +387,28 @@ pub async fn client<S, R, E>(
         }
     }
     metrics().clients.dec();
+}
+
+/// Wait for the next cut to start there; `None` when the wall is closed or the client goes
+/// away meanwhile (its socket is watched, so a client that leaves is not kept waiting).
+async fn join_unless_gone<R, E>(shared: &Shared, want: Want, rx_ws: &mut R) -> Option<Joined>
+where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let joined = shared.join(want);
+    let gone = async {
+        loop {
+            match rx_ws.next().await {
+                Some(Ok(m)) if m.is_close() => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    tokio::select! {
+        j = joined => j,
+        _ = gone => None,
+    }
 }
 
 /// Send a client's first message and the snapshot's further parts, copying one part at a
@@ -789,7 +826,13 @@ mod tests {
         // The fast client saw the newest depth without waiting for the slow one.
         let mut saw_last = false;
         while !saw_last {
-            let m = parse(&fast_rx.next().await.unwrap());
+            let next = tokio::time::timeout(Duration::from_secs(10), fast_rx.next());
+            let m = parse(
+                &next
+                    .await
+                    .expect("the fast client is never held up")
+                    .unwrap(),
+            );
             assert_eq!(m["type"], "delta");
             saw_last = m["patches"]
                 .as_array()

@@ -308,24 +308,6 @@ impl WallState {
         self.counters.clone()
     }
 
-    /// The snapshot a client gets on connect: the state as of change `seq` of run `epoch`,
-    /// built for `session` (phone numbers masked for viewers).
-    pub fn snapshot(&self, seq: u64, epoch: &str, session: &Session) -> serde_json::Value {
-        let mut v = self.snapshot_body(seq, epoch, session.sees_phones());
-        v["type"] = "snapshot".into();
-        v["session"] = serde_json::to_value(session).expect("a session is plain data");
-        v["can_act"] = session.can_act().into();
-        v
-    }
-
-    /// What a snapshot holds that is the same for every session that sees phones alike (all
-    /// but `type`, `session` and `can_act`).
-    pub fn snapshot_body(&self, seq: u64, epoch: &str, sees_phones: bool) -> serde_json::Value {
-        let mut body = self.snapshot_head(seq, epoch, sees_phones);
-        body["points"] = serde_json::to_value(self.points()).expect("points are plain data");
-        body
-    }
-
     fn snapshot_head(&self, seq: u64, epoch: &str, sees_phones: bool) -> serde_json::Value {
         serde_json::json!({
             "seq": seq,
@@ -917,11 +899,16 @@ mod tests {
             s.people(&commander)[id.as_str()]["phone"],
             person.phone.as_str()
         );
-        let snap = s.snapshot(7, "e", &viewer).to_string();
+        let snap = s.snapshot_parts(7, "e", false, 30);
         assert!(
-            !snap.contains(&person.phone),
+            !snap.body.contains(&person.phone)
+                && !snap.rest.iter().any(|p| p.contains(&person.phone)),
             "a viewer's snapshot holds a full phone number"
         );
+        assert!(s
+            .snapshot_parts(7, "e", true, 30)
+            .body
+            .contains(&person.phone));
         let up = d
             .points
             .iter()
@@ -1097,11 +1084,11 @@ mod tests {
             .collect()
     }
 
-    /// A client that starts from a snapshot and applies the shared deltas holds exactly what
-    /// a fresh snapshot shows, through fields appearing, changing, going back and vanishing;
+    /// A client that starts from the first snapshot (every point silent) and applies the
+    /// shared deltas holds exactly what a fresh snapshot shows, through fields appearing, changing, going back and vanishing;
     /// and a patch is smaller than the whole view.
     #[test]
-    fn snapshot_then_shared_patches_hold_what_a_fresh_snapshot_shows() {
+    fn shared_patches_keep_a_client_at_what_a_fresh_snapshot_shows() {
         let d = district();
         let mut w = WallState::new(d.clone());
         let mut sent = SentViews::seeded(w.points().iter());

@@ -11,7 +11,7 @@ use floodcmd_dashboard::actions::parse_request;
 use floodcmd_dashboard::auth::{password_sha256, Auth, AuthConfig, LoginRequest};
 use floodcmd_dashboard::feed::{Feed, Resume};
 use floodcmd_dashboard::server::parse_resume;
-use floodcmd_dashboard::state::{Change, Counters, SentViews};
+use floodcmd_dashboard::state::{Change, Counters};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{Action, ActionKind};
 use floodcmd_model::settings::{DashboardUser, UserRole};
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
                     parse_resume(&format!("{epoch}.{seq}")),
                     Some((epoch.clone(), seq))
                 );
-                let mut feed = Feed::new(4, 4, SentViews::default());
+                let mut feed = Feed::new(4, 4);
                 for n in 0..6 {
                     feed.publish(Change::Counters(Counters {
                         rejects: n,

@@ -59,6 +59,7 @@ export function createConnection(store, { onChange, onStatus }) {
       ws = null;
       if (old) old.close();
       store.epoch = null;
+      store.partial = null;
       open(false);
     },
     /// Close the socket as a network failure would; the usual reconnect follows.

@@ -53,16 +53,19 @@ const MAX_REJECTS = 20;
 /// Apply one message; returns false when it was ignored (an old delta, or a part of a
 /// snapshot whose other parts have not all come yet).
 export function applyMessage(store, msg) {
-  // A large snapshot comes in parts (docs/WEBSOCKET.md): gather them, apply it whole.
+  // A large snapshot comes in parts (docs/WEBSOCKET.md): gather them, apply it whole. A new
+  // snapshot drops any half-gathered one.
+  if (msg.type === 'snapshot') store.partial = null;
   if (msg.type === 'snapshot' && msg.parts > 1) {
-    store.partial = { msg, points: [...msg.points] };
+    store.partial = { msg, points: [...msg.points], got: 1 };
     return false;
   }
   if (msg.type === 'snapshot_part') {
     const partial = store.partial;
     if (!partial || partial.msg.seq !== msg.seq || partial.msg.epoch !== msg.epoch) return false;
     partial.points.push(...msg.points);
-    if (msg.part < msg.parts - 1) return false;
+    partial.got += 1;
+    if (partial.got < partial.msg.parts) return false;
     store.partial = null;
     msg = { ...partial.msg, points: partial.points };
   }
@@ -90,7 +93,12 @@ export function applyMessage(store, msg) {
     // A patch holds the fields that changed since the last message; null: the field is gone.
     for (const patch of msg.patches || []) {
       const cur = store.points.get(patch.id);
-      if (!cur) continue;
+      if (!cur) {
+        // Cannot happen while the server keeps its promise (every client holds every point
+        // a patch names); say so rather than guess the rest of the point.
+        console.warn('patch for a point this page does not hold', patch.id);
+        continue;
+      }
       const next = { ...cur };
       for (const [k, v] of Object.entries(patch)) {
         if (v === null) delete next[k];

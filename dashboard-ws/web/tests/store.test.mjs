@@ -29,9 +29,32 @@ test('a snapshot in parts is applied whole, when its last part comes', () => {
   assert.equal(store.seq, 7);
   assert.equal(store.epoch, 'e1');
   assert.equal(store.partial, null);
-  // A stray part of another snapshot is ignored.
+  // A part with no snapshot being gathered is ignored.
   assert.equal(applyMessage(store, { ...p2, seq: 99 }), false);
   assert.equal(store.points.size, 5);
+});
+
+test('a stray part, or a new snapshot mid-gather, never mixes two snapshots', () => {
+  const store = createStore();
+  const [head, p1, p2] = snapshotInParts();
+  applyMessage(store, head);
+  // A part of another snapshot while this one is gathered: ignored.
+  assert.equal(applyMessage(store, { ...p1, seq: 6, points: [point('X')] }), false);
+  // A new single-message snapshot replaces the half-gathered one.
+  assert.equal(applyMessage(store, { ...head, seq: 8, parts: 1, points: [point('Z')] }), true);
+  assert.equal(store.partial, null);
+  assert.deepEqual([...store.points.keys()], ['Z']);
+  // The old snapshot's remaining parts find nothing to complete.
+  assert.equal(applyMessage(store, p1), false);
+  assert.equal(applyMessage(store, p2), false);
+  assert.deepEqual([...store.points.keys()], ['Z']);
+});
+
+test('a resumed delta at the number the store holds is applied', () => {
+  const store = createStore();
+  for (const m of snapshotInParts()) applyMessage(store, m);
+  assert.equal(applyMessage(store, { type: 'delta', seq: 7, resumed: true, points: [point('A', { depth_cm: 3 })], patches: [] }), true);
+  assert.equal(store.points.get('A').depth_cm, 3);
 });
 
 test('patches change only the fields they name, and null removes a field', () => {
