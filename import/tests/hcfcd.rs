@@ -79,7 +79,7 @@ fn harvey_district_and_time_range() {
         .points
         .iter()
         .all(|p| p.kind == PointKind::RainGauge
-            && p.thresholds == LevelThresholds::rain_gauge_default()));
+            && *p.thresholds == LevelThresholds::rain_gauge_default()));
     assert_eq!(imp.district.defaults.cadence.rain_normal_s, 300);
     common::check_readings(&imp.district, &imp.readings);
     // 2017-08-25 00:00 CDT .. 2017-08-30 00:00 CDT; the first interval ends at 00:05 CDT.

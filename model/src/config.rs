@@ -14,6 +14,7 @@ use crate::reading::SensorKind;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// The kind of monitored point.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -798,31 +799,35 @@ pub struct DistrictFile {
 }
 
 /// The five-level chain of one point, resolved to people.
+///
+/// The people are shared with [`District::people`]: the duty leader sits on every point's
+/// chain and a grid worker on every point of the grid, and a copy per point made the chains
+/// most of a large district's memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chain {
     /// 点位责任人 A.
-    pub owner_a: Person,
+    pub owner_a: Arc<Person>,
     /// 点位责任人 B.
-    pub owner_b: Person,
+    pub owner_b: Arc<Person>,
     /// 网格员.
-    pub grid_worker: Person,
+    pub grid_worker: Arc<Person>,
     /// 社区主任.
-    pub community_director: Person,
+    pub community_director: Arc<Person>,
     /// 街道包保干部.
-    pub sub_district_cadre: Person,
+    pub sub_district_cadre: Arc<Person>,
     /// 区防汛指挥部值班领导.
-    pub district_duty_leader: Person,
+    pub district_duty_leader: Arc<Person>,
 }
 
 impl Chain {
     /// The people at one level of the chain (two for point owners).
     pub fn at(&self, level: ResponsibilityLevel) -> Vec<&Person> {
         match level {
-            ResponsibilityLevel::PointOwner => vec![&self.owner_a, &self.owner_b],
-            ResponsibilityLevel::Grid => vec![&self.grid_worker],
-            ResponsibilityLevel::Community => vec![&self.community_director],
-            ResponsibilityLevel::SubDistrict => vec![&self.sub_district_cadre],
-            ResponsibilityLevel::District => vec![&self.district_duty_leader],
+            ResponsibilityLevel::PointOwner => vec![&*self.owner_a, &*self.owner_b],
+            ResponsibilityLevel::Grid => vec![&*self.grid_worker],
+            ResponsibilityLevel::Community => vec![&*self.community_director],
+            ResponsibilityLevel::SubDistrict => vec![&*self.sub_district_cadre],
+            ResponsibilityLevel::District => vec![&*self.district_duty_leader],
         }
     }
 }
@@ -854,8 +859,9 @@ pub struct Point {
     pub plan: String,
     /// Sensors.
     pub sensors: Vec<SensorConfig>,
-    /// Thresholds after overrides.
-    pub thresholds: LevelThresholds,
+    /// Thresholds after overrides. Points without overrides share one copy of their kind's
+    /// defaults: a copy each (four source texts) added up over a hundred thousand points.
+    pub thresholds: Arc<LevelThresholds>,
     /// The five-level chain.
     pub chain: Chain,
 }
@@ -946,8 +952,8 @@ pub struct District {
     pub escalation: Escalation,
     /// Underpass closures.
     pub closure: ClosurePolicy,
-    /// People by id.
-    pub people: BTreeMap<String, Person>,
+    /// People by id, shared with the points' chains.
+    pub people: BTreeMap<String, Arc<Person>>,
     /// Sub-districts in file order.
     pub sub_districts: Vec<SubDistrict>,
     /// Communities in file order.
@@ -1055,12 +1061,12 @@ impl Validator {
         });
     }
 
-    fn ids<'a>(&mut self, section: &str, ids: impl Iterator<Item = &'a str>) -> HashSet<String> {
+    fn ids<'a>(&mut self, section: &str, ids: impl Iterator<Item = &'a str>) -> HashSet<&'a str> {
         let mut seen = HashSet::new();
         for (i, id) in ids.enumerate() {
             if id.trim().is_empty() {
                 self.problem(format!("{section}[{i}].id"), "must not be empty");
-            } else if !seen.insert(id.to_string()) {
+            } else if !seen.insert(id) {
                 self.problem(
                     format!("{section}[{i}].id"),
                     format!("duplicate id \"{id}\""),
@@ -1070,7 +1076,7 @@ impl Validator {
         seen
     }
 
-    fn reference(&mut self, path: String, what: &str, id: &str, known: &HashSet<String>) {
+    fn reference(&mut self, path: String, what: &str, id: &str, known: &HashSet<&str>) {
         if !known.contains(id) {
             self.problem(path, format!("unknown {what} \"{id}\""));
         }
@@ -1224,7 +1230,7 @@ impl Validator {
         let comms = self.ids("communities", f.communities.iter().map(|c| c.id.as_str()));
         let grids = self.ids("grids", f.grids.iter().map(|g| g.id.as_str()));
         let cams = self.ids("cameras", f.cameras.iter().map(|c| c.id.as_str()));
-        let point_ids = self.ids("points", f.points.iter().map(|p| p.id.as_str()));
+        self.ids("points", f.points.iter().map(|p| p.id.as_str()));
 
         for (i, p) in f.people.iter().enumerate() {
             if p.name.trim().is_empty() {
@@ -1417,25 +1423,39 @@ impl Validator {
                 self.thresholds(&at("thresholds"), p.kind, &merged);
             }
         }
-        let _ = point_ids;
         if !self.problems.is_empty() {
             return None;
         }
 
-        // Everything resolves: build the indexes.
-        let people_map: BTreeMap<String, Person> =
-            f.people.iter().map(|p| (p.id.clone(), p.clone())).collect();
-        let person = |id: &str| people_map[id].clone();
+        // Everything resolves: build the indexes. What the file holds is moved, not copied:
+        // a district of 100,000 points is hundreds of thousands of small strings.
+        let people: BTreeMap<String, Arc<Person>> = f
+            .people
+            .into_iter()
+            .map(|p| (p.id.clone(), Arc::new(p)))
+            .collect();
+        let person = |id: &str| Arc::clone(&people[id]);
         let grid_by: HashMap<&str, &Grid> = f.grids.iter().map(|g| (g.id.as_str(), g)).collect();
         let comm_by: HashMap<&str, &Community> =
             f.communities.iter().map(|c| (c.id.as_str(), c)).collect();
         let sub_by: HashMap<&str, &SubDistrict> =
             f.sub_districts.iter().map(|s| (s.id.as_str(), s)).collect();
         let cam_by: HashMap<&str, &Camera> = f.cameras.iter().map(|c| (c.id.as_str(), c)).collect();
+        let rain_gauge_defaults = Arc::new(f.defaults.rain_gauge.clone());
+        let low_point_defaults = Arc::new(f.defaults.low_point.clone());
+        let underpass_defaults = Arc::new(f.defaults.underpass.clone());
+        let thresholds_of = |p: &PointConfig| match p.kind {
+            _ if !p.thresholds.is_empty() => {
+                Arc::new(p.thresholds.apply(f.defaults.for_kind(p.kind)))
+            }
+            PointKind::RainGauge => Arc::clone(&rain_gauge_defaults),
+            PointKind::LowPoint => Arc::clone(&low_point_defaults),
+            PointKind::Underpass => Arc::clone(&underpass_defaults),
+        };
         let mut points = Vec::with_capacity(f.points.len());
-        let mut point_index = HashMap::new();
+        let mut point_index = HashMap::with_capacity(f.points.len());
         let mut sensor_index = HashMap::new();
-        for (i, p) in f.points.iter().enumerate() {
+        for (i, p) in f.points.into_iter().enumerate() {
             let grid = grid_by[p.grid.as_str()];
             let comm = comm_by[grid.community.as_str()];
             let sub = sub_by[comm.sub_district.as_str()];
@@ -1443,28 +1463,30 @@ impl Validator {
             for (j, s) in p.sensors.iter().enumerate() {
                 sensor_index.insert(s.id.clone(), (i, j));
             }
+            let thresholds = thresholds_of(&p);
+            let chain = Chain {
+                owner_a: person(&p.owner_a),
+                owner_b: person(&p.owner_b),
+                grid_worker: person(&grid.worker),
+                community_director: person(&comm.director),
+                sub_district_cadre: person(&sub.cadre),
+                district_duty_leader: person(&f.district.duty_leader),
+            };
             points.push(Point {
-                id: p.id.clone(),
-                name: p.name.clone(),
+                id: p.id,
+                name: p.name,
                 kind: p.kind,
-                grid: grid.id.clone(),
+                grid: p.grid,
                 community: comm.id.clone(),
                 sub_district: sub.id.clone(),
                 lat: p.lat,
                 lon: p.lon,
                 camera: p.camera.as_deref().map(|c| cam_by[c].clone()),
-                rain_gauge: p.rain_gauge.clone(),
-                plan: p.plan.clone(),
-                sensors: p.sensors.clone(),
-                thresholds: p.thresholds.apply(f.defaults.for_kind(p.kind)),
-                chain: Chain {
-                    owner_a: person(&p.owner_a),
-                    owner_b: person(&p.owner_b),
-                    grid_worker: person(&grid.worker),
-                    community_director: person(&comm.director),
-                    sub_district_cadre: person(&sub.cadre),
-                    district_duty_leader: person(&f.district.duty_leader),
-                },
+                rain_gauge: p.rain_gauge,
+                plan: p.plan,
+                sensors: p.sensors,
+                thresholds,
+                chain,
             });
         }
         Some(District {
@@ -1472,7 +1494,7 @@ impl Validator {
             defaults: f.defaults,
             escalation: f.escalation,
             closure: f.closure,
-            people: people_map,
+            people,
             sub_districts: f.sub_districts,
             communities: f.communities,
             grids: f.grids,

@@ -165,7 +165,7 @@ struct Cause {
 struct PointSpec {
     id: String,
     kind: PointKind,
-    thresholds: LevelThresholds,
+    thresholds: Arc<LevelThresholds>,
     sensors: Vec<SensorSpec>,
 }
 
