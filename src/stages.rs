@@ -124,6 +124,8 @@ pub async fn start_dashboard(
         actions_per_min: settings.actions_per_min,
     };
     config.allowed_origins = settings.allowed_origins.clone();
+    config.stalled_after = std::time::Duration::from_secs(settings.stalled_after_s);
+    config.client_queue = settings.client_queue;
     config.cameras_dir =
         (!settings.cameras_dir.is_empty()).then(|| PathBuf::from(&settings.cameras_dir));
     Ok(serve(

@@ -260,6 +260,12 @@ pub struct DashboardSettings {
     pub login_per_min: u32,
     /// Actions per minute by one user; past it, 429. 0: no limit.
     pub actions_per_min: u32,
+    /// A websocket client that takes nothing from its socket for this many seconds is
+    /// disconnected (a browser that was asleep reconnects and resumes).
+    pub stalled_after_s: u64,
+    /// Deltas (one per 100 ms at most) a websocket client may fall behind before it is sent
+    /// a fresh snapshot instead.
+    pub client_queue: usize,
 }
 
 impl Default for DashboardSettings {
@@ -274,6 +280,8 @@ impl Default for DashboardSettings {
             allowed_origins: Vec::new(),
             login_per_min: 10,
             actions_per_min: 120,
+            stalled_after_s: 30,
+            client_queue: 32,
         }
     }
 }
@@ -768,6 +776,22 @@ impl Settings {
                 format!("{} must be 0 (no limit) to 100000", d.actions_per_min),
             );
         }
+        if d.stalled_after_s == 0 || d.stalled_after_s > 3_600 {
+            bad(
+                "dashboard.stalled_after_s",
+                format!("{} must be 1 to 3600 seconds", d.stalled_after_s),
+            );
+        }
+        if d.client_queue == 0 || d.client_queue > 4_096 {
+            bad(
+                "dashboard.client_queue",
+                format!(
+                    "{} must be 1 to 4096 deltas (each up to one tick's changes; the queue is \
+                     shared by every client)",
+                    d.client_queue
+                ),
+            );
+        }
         if self.ingest.device_requests_per_min > 1_000_000 {
             bad(
                 "ingest.device_requests_per_min",
@@ -971,7 +995,11 @@ mod tests {
                 "[[dashboard.users]]\nname = \"a\"\nrole = \"viewer\"\npassword_sha256 = \"{hash}\"\n\
                  [[dashboard.users]]\nname = \"a\"\nrole = \"admin\"\npassword_sha256 = \"secret\"\n"
             ),
-            env(&[("FLOODCMD_DASHBOARD_SESSION_H", "0")]),
+            env(&[
+                ("FLOODCMD_DASHBOARD_SESSION_H", "0"),
+                ("FLOODCMD_DASHBOARD_STALLED_AFTER_S", "0"),
+                ("FLOODCMD_DASHBOARD_CLIENT_QUEUE", "100000"),
+            ]),
         )
         .unwrap_err()
         .to_string();
@@ -979,6 +1007,8 @@ mod tests {
             "dashboard.users[1].name",
             "dashboard.users[1].password_sha256",
             "dashboard.session_h",
+            "dashboard.stalled_after_s",
+            "dashboard.client_queue",
         ] {
             assert!(err.contains(field), "{field} missing from: {err}");
         }
