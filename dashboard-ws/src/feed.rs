@@ -310,6 +310,7 @@ impl Wall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_view::{apply, views_of, Views};
     use crate::state::Counters;
     use floodcmd_model::event::PointStatus;
 
@@ -348,8 +349,6 @@ mod tests {
         assert!(matches!(f.resume(&epoch, 99), Resume::Snapshot));
     }
 
-    type Views = std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
-
     /// A client as the page's store is: its points, and the cut it started from.
     struct Client {
         start: u64,
@@ -371,29 +370,12 @@ mod tests {
         }
 
         fn apply(&mut self, m: &serde_json::Value) {
-            if m["type"] == "snapshot" {
-                self.points.clear();
-            }
-            for p in m["points"].as_array().into_iter().flatten() {
-                let id = p["id"].as_str().unwrap().to_string();
-                self.points.insert(id, p.as_object().unwrap().clone());
-            }
-            for p in m["patches"].as_array().into_iter().flatten() {
-                let cur = self.points.get_mut(p["id"].as_str().unwrap()).unwrap();
-                for (k, v) in p.as_object().unwrap() {
-                    if v.is_null() {
-                        cur.remove(k);
-                    } else {
-                        cur.insert(k.clone(), v.clone());
-                    }
-                }
-            }
+            apply(&mut self.points, m);
         }
 
         /// Apply every delta sent since, as the server's client task does (skipping the
-        /// ones its first message holds); the deltas taken.
-        fn catch_up(&mut self) -> Vec<serde_json::Value> {
-            let mut taken = Vec::new();
+        /// one its first message holds).
+        fn catch_up(&mut self) {
             while let Ok(f) = self.frames.try_recv() {
                 if f.seq <= self.start {
                     continue;
@@ -401,23 +383,12 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(&f.text).unwrap();
                 assert_eq!(v["seq"], f.seq);
                 self.apply(&v);
-                taken.push(v);
             }
-            taken
         }
     }
 
     fn views(state: &WallState) -> Views {
-        state
-            .points()
-            .iter()
-            .map(|v| {
-                let serde_json::Value::Object(m) = serde_json::to_value(v).unwrap() else {
-                    unreachable!()
-                };
-                (v.id.clone(), m)
-            })
-            .collect()
+        views_of(&state.points())
     }
 
     fn status(d: &floodcmd_model::District, i: usize, depth: Option<f64>) -> PointStatus {

@@ -14,6 +14,8 @@
 pub mod actions;
 pub mod assets;
 pub mod auth;
+#[cfg(test)]
+mod client_view;
 pub mod feed;
 pub mod guard;
 pub mod history;

@@ -1046,53 +1046,16 @@ mod tests {
         assert_eq!(pending.take(9, true)["seq"], 9);
     }
 
-    /// What a client holds after applying a delta's whole views and patches (a `null` field
-    /// removed), as the page's store does.
-    fn apply_delta(
-        client: &mut BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
-        delta: &serde_json::Value,
-    ) {
-        for p in delta["points"].as_array().unwrap() {
-            let id = p["id"].as_str().unwrap().to_string();
-            client.insert(id, p.as_object().unwrap().clone());
-        }
-        for p in delta["patches"].as_array().unwrap() {
-            let cur = client
-                .get_mut(p["id"].as_str().unwrap())
-                .expect("a patch of a point held");
-            for (k, v) in p.as_object().unwrap() {
-                if v.is_null() {
-                    cur.remove(k);
-                } else {
-                    cur.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-
-    fn as_maps(
-        views: &[PointView],
-    ) -> BTreeMap<String, serde_json::Map<String, serde_json::Value>> {
-        views
-            .iter()
-            .map(|v| {
-                let serde_json::Value::Object(m) = serde_json::to_value(v).unwrap() else {
-                    unreachable!()
-                };
-                (v.id.clone(), m)
-            })
-            .collect()
-    }
-
     /// A client that starts from the first snapshot (every point silent) and applies the
-    /// shared deltas holds exactly what a fresh snapshot shows, through fields appearing, changing, going back and vanishing;
-    /// and a patch is smaller than the whole view.
+    /// shared deltas holds exactly what a fresh snapshot shows, through fields appearing,
+    /// changing, going back and vanishing; and a patch is smaller than the whole view.
     #[test]
     fn shared_patches_keep_a_client_at_what_a_fresh_snapshot_shows() {
+        use crate::client_view::{apply, views_of};
         let d = district();
         let mut w = WallState::new(d.clone());
         let mut sent = SentViews::seeded(w.points().iter());
-        let mut client = as_maps(&w.points());
+        let mut client = views_of(&w.points());
         let ids: Vec<(String, PointKind)> =
             d.points.iter().map(|p| (p.id.clone(), p.kind)).collect();
         let mut seed = 11u64;
@@ -1133,7 +1096,7 @@ mod tests {
             let Some(delta) = pending.take_shared(&mut sent) else {
                 assert_eq!(
                     client,
-                    as_maps(&w.points()),
+                    views_of(&w.points()),
                     "nothing sent, nothing changed"
                 );
                 continue;
@@ -1148,8 +1111,8 @@ mod tests {
                 let id = p["id"].as_str().unwrap();
                 whole_bytes += serde_json::to_string(&w.points[id]).unwrap().len();
             }
-            apply_delta(&mut client, &delta);
-            assert_eq!(client, as_maps(&w.points()), "after tick {tick}");
+            apply(&mut client, &delta);
+            assert_eq!(client, views_of(&w.points()), "after tick {tick}");
         }
         assert!(
             patch_bytes > 0 && patch_bytes < whole_bytes / 2,

@@ -1,0 +1,45 @@
+//! What a websocket client holds of the points, modelled as the page's store keeps it (whole
+//! views replaced, patches merged, `null` removing a field): the tests of the shared deltas
+//! compare it with the wall's own view.
+
+use crate::state::PointView;
+use std::collections::BTreeMap;
+
+/// Each point as JSON fields, by id.
+pub type Views = BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
+
+/// `views` as a client holds them.
+pub fn views_of(views: &[PointView]) -> Views {
+    views
+        .iter()
+        .map(|v| {
+            let serde_json::Value::Object(m) = serde_json::to_value(v).expect("plain data") else {
+                unreachable!("a point view serializes to an object")
+            };
+            (v.id.clone(), m)
+        })
+        .collect()
+}
+
+/// Apply one message (a snapshot or a part of one, a delta) to what a client holds.
+pub fn apply(client: &mut Views, msg: &serde_json::Value) {
+    if msg["type"] == "snapshot" {
+        client.clear();
+    }
+    for p in msg["points"].as_array().into_iter().flatten() {
+        let id = p["id"].as_str().expect("an id").to_string();
+        client.insert(id, p.as_object().expect("a view").clone());
+    }
+    for p in msg["patches"].as_array().into_iter().flatten() {
+        let cur = client
+            .get_mut(p["id"].as_str().expect("an id"))
+            .expect("a patch names a point the client holds");
+        for (k, v) in p.as_object().expect("a patch") {
+            if v.is_null() {
+                cur.remove(k);
+            } else {
+                cur.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
