@@ -82,6 +82,15 @@ pub struct PointView {
     pub rain_gauge: Option<String>,
 }
 
+/// `v` to `1 / per` (a power of ten): what the wall shows, and sends. Sums and fits come out
+/// of the stream stage as `0.30000000000000004` or `0.030719323053203105`; at 0.1 mm of
+/// depth, 0.001 cm/min of rise, 0.01 mm of rain and 0.1 min of forecast nobody reads a
+/// difference, and a storm's deltas to a thousand clients are a third smaller. Dividing the
+/// rounded integer gives the double nearest the decimal, so it prints as written.
+fn shown(v: Option<f64>, per: f64) -> Option<f64> {
+    v.map(|x| (x * per).round() / per)
+}
+
 /// Counts shown in the banner.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
 pub struct Counters {
@@ -463,16 +472,16 @@ impl WallState {
         self.tally.count(p, false);
         p.level = s.level;
         p.data_state = s.data_state;
-        p.depth_cm = s.depth_cm;
-        p.rise_cm_per_min = s.rise_cm_per_min;
-        p.rain_10m_mm = s.rain_10m_mm;
-        p.rain_1h_mm = s.rain_1h_mm;
-        p.rain_3h_mm = s.rain_3h_mm;
-        p.rain_24h_mm = s.rain_24h_mm;
+        p.depth_cm = shown(s.depth_cm, 100.0);
+        p.rise_cm_per_min = shown(s.rise_cm_per_min, 1000.0);
+        p.rain_10m_mm = shown(s.rain_10m_mm, 100.0);
+        p.rain_1h_mm = shown(s.rain_1h_mm, 100.0);
+        p.rain_3h_mm = shown(s.rain_3h_mm, 100.0);
+        p.rain_24h_mm = shown(s.rain_24h_mm, 100.0);
         p.last_reading_ms = s.last_reading_ms;
         p.qc_flags = s.qc_flags;
         p.next_level = s.next_level;
-        p.minutes_to_next = s.minutes_to_next;
+        p.minutes_to_next = shown(s.minutes_to_next, 10.0);
         p.flapping = s.flapping;
         self.tally.count(p, true);
         let view = p.clone();
@@ -1126,5 +1135,50 @@ mod tests {
         let delta = pending.take_shared(&mut fresh).unwrap();
         assert_eq!(delta["points"].as_array().unwrap().len(), 1);
         assert!(delta["patches"].as_array().unwrap().is_empty());
+    }
+
+    /// The stream stage's sums and fits are sent as a person reads them, and print as
+    /// written.
+    #[test]
+    fn values_are_sent_at_the_precision_the_wall_shows() {
+        let text = |v: Option<f64>, per: f64| serde_json::to_string(&shown(v, per)).unwrap();
+        assert_eq!(text(Some(0.1 + 0.2), 100.0), "0.3");
+        assert_eq!(text(Some(0.21999999999999997), 100.0), "0.22");
+        assert_eq!(text(Some(0.030719323053203105), 1000.0), "0.031");
+        assert_eq!(text(Some(-0.0305), 1000.0), "-0.031");
+        assert_eq!(text(Some(12.5), 100.0), "12.5");
+        assert_eq!(text(Some(7.96), 10.0), "8.0");
+        assert_eq!(text(None, 100.0), "null");
+        // Through the fold: the view holds the shown value.
+        let d = district();
+        let mut w = WallState::new(d.clone());
+        let p = d
+            .points
+            .iter()
+            .find(|p| p.kind != PointKind::RainGauge)
+            .unwrap();
+        w.on_status(PointStatus {
+            point: p.id.clone(),
+            kind: p.kind,
+            level: Level::Normal,
+            data_state: DataState::Fresh,
+            depth_cm: Some(0.1 + 0.2),
+            rise_cm_per_min: Some(0.030719323053203105),
+            rain_10m_mm: None,
+            rain_1h_mm: None,
+            rain_3h_mm: None,
+            rain_24h_mm: None,
+            last_reading_ms: Some(1),
+            qc_flags: Vec::new(),
+            next_level: Some(Level::Blue),
+            minutes_to_next: Some(7.96),
+            flapping: false,
+            as_of_ms: 1,
+        });
+        let v = &w.points[&p.id];
+        assert_eq!(
+            (v.depth_cm, v.rise_cm_per_min, v.minutes_to_next),
+            (Some(0.3), Some(0.031), Some(8.0))
+        );
     }
 }
