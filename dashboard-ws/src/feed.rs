@@ -310,8 +310,8 @@ impl Wall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client_view::{apply, views_of, Views};
     use crate::state::Counters;
+    use crate::wall_fixtures::{apply, fresh_status, views_of, Views};
     use floodcmd_model::event::PointStatus;
 
     fn counters(n: u64) -> Change {
@@ -392,29 +392,16 @@ mod tests {
     }
 
     fn status(d: &floodcmd_model::District, i: usize, depth: Option<f64>) -> PointStatus {
+        let raised = depth.filter(|d| *d > 5.0);
         PointStatus {
-            point: d.points[i].id.clone(),
-            kind: d.points[i].kind,
-            level: if depth.unwrap_or(0.0) > 5.0 {
+            level: raised.map_or(floodcmd_model::Level::Normal, |_| {
                 floodcmd_model::Level::Blue
-            } else {
-                floodcmd_model::Level::Normal
-            },
-            data_state: floodcmd_model::DataState::Fresh,
+            }),
             depth_cm: depth,
             rise_cm_per_min: depth.map(|d| d / 10.0),
-            rain_10m_mm: None,
-            rain_1h_mm: None,
-            rain_3h_mm: None,
-            rain_24h_mm: None,
-            last_reading_ms: Some(1),
-            qc_flags: Vec::new(),
-            next_level: depth
-                .filter(|d| *d > 5.0)
-                .map(|_| floodcmd_model::Level::Red),
-            minutes_to_next: depth.filter(|d| *d > 5.0).map(|d| 50.0 - d),
-            flapping: false,
-            as_of_ms: 1,
+            next_level: raised.map(|_| floodcmd_model::Level::Red),
+            minutes_to_next: raised.map(|d| 50.0 - d),
+            ..fresh_status(&d.points[i])
         }
     }
 

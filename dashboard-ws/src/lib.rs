@@ -14,13 +14,13 @@
 pub mod actions;
 pub mod assets;
 pub mod auth;
-#[cfg(test)]
-mod client_view;
 pub mod feed;
 pub mod guard;
 pub mod history;
 pub mod server;
 pub mod state;
+#[cfg(test)]
+mod wall_fixtures;
 
 pub use server::{serve, DashboardConfig};
 pub use state::WallState;

@@ -721,7 +721,6 @@ impl<'a> OfferedProtocols<'a> {
 mod tests {
     use super::*;
     use floodcmd_model::event::PointStatus;
-    use floodcmd_model::{DataState, Level};
 
     #[test]
     fn the_token_is_read_from_the_offered_subprotocols() {
@@ -752,22 +751,8 @@ mod tests {
 
     fn status(d: &District, i: usize, depth: f64) -> PointStatus {
         PointStatus {
-            point: d.points[i].id.clone(),
-            kind: d.points[i].kind,
-            level: Level::Normal,
-            data_state: DataState::Fresh,
             depth_cm: Some(depth),
-            rise_cm_per_min: None,
-            rain_10m_mm: None,
-            rain_1h_mm: None,
-            rain_3h_mm: None,
-            rain_24h_mm: None,
-            last_reading_ms: Some(1),
-            qc_flags: Vec::new(),
-            next_level: None,
-            minutes_to_next: None,
-            flapping: false,
-            as_of_ms: 1,
+            ..crate::wall_fixtures::fresh_status(&d.points[i])
         }
     }
 

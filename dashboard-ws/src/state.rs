@@ -1022,22 +1022,9 @@ mod tests {
         let mut s = WallState::new(d.clone());
         let mut pending = PendingDelta::default();
         let st = |depth| PointStatus {
-            point: d.points[0].id.clone(),
-            kind: d.points[0].kind,
             level: Level::Blue,
-            data_state: DataState::Fresh,
             depth_cm: Some(depth),
-            rise_cm_per_min: None,
-            rain_10m_mm: None,
-            rain_1h_mm: None,
-            rain_3h_mm: None,
-            rain_24h_mm: None,
-            last_reading_ms: Some(1),
-            qc_flags: Vec::new(),
-            next_level: None,
-            minutes_to_next: None,
-            flapping: false,
-            as_of_ms: 1,
+            ..crate::wall_fixtures::fresh_status(&d.points[0])
         };
         let mut seq = 0;
         for depth in [1.0, 2.0] {
@@ -1060,7 +1047,7 @@ mod tests {
     /// changing, going back and vanishing; and a patch is smaller than the whole view.
     #[test]
     fn shared_patches_keep_a_client_at_what_a_fresh_snapshot_shows() {
-        use crate::client_view::{apply, views_of};
+        use crate::wall_fixtures::{apply, views_of};
         let d = district();
         let mut w = WallState::new(d.clone());
         let mut sent = SentViews::seeded(w.points().iter());
@@ -1158,22 +1145,11 @@ mod tests {
             .find(|p| p.kind != PointKind::RainGauge)
             .unwrap();
         w.on_status(PointStatus {
-            point: p.id.clone(),
-            kind: p.kind,
-            level: Level::Normal,
-            data_state: DataState::Fresh,
             depth_cm: Some(0.1 + 0.2),
             rise_cm_per_min: Some(0.030719323053203105),
-            rain_10m_mm: None,
-            rain_1h_mm: None,
-            rain_3h_mm: None,
-            rain_24h_mm: None,
-            last_reading_ms: Some(1),
-            qc_flags: Vec::new(),
             next_level: Some(Level::Blue),
             minutes_to_next: Some(7.96),
-            flapping: false,
-            as_of_ms: 1,
+            ..crate::wall_fixtures::fresh_status(p)
         });
         let v = &w.points[&p.id];
         assert_eq!(

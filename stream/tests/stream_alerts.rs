@@ -87,14 +87,10 @@ async fn a_rising_underpass_goes_red_and_back_with_hysteresis() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_readings_give_the_same_alerts_for_1_2_and_4_workers_and_any_order_within_the_budget(
-) {
-    let d = district();
-    let ordered = storm(&d);
-    // Arrival order shuffled, but no reading arrives more than half the budget after a newer one.
-    let mut seed: u64 = 42;
-    let mut shuffled: Vec<(Millis, Reading)> = ordered
+/// `ordered` in another arrival order, seeded: no reading arrives more than half the
+/// lateness budget after a newer one, so every outcome must stay as it was.
+fn shuffled_within_half_the_budget(ordered: &[Reading], mut seed: u64) -> Vec<Reading> {
+    let mut keyed: Vec<(Millis, Reading)> = ordered
         .iter()
         .map(|r| {
             seed = seed
@@ -106,8 +102,16 @@ async fn the_same_readings_give_the_same_alerts_for_1_2_and_4_workers_and_any_or
             )
         })
         .collect();
-    shuffled.sort_by_key(|(k, _)| *k);
-    let shuffled: Vec<Reading> = shuffled.into_iter().map(|(_, r)| r).collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed.into_iter().map(|(_, r)| r).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_readings_give_the_same_alerts_for_1_2_and_4_workers_and_any_order_within_the_budget(
+) {
+    let d = district();
+    let ordered = storm(&d);
+    let shuffled = shuffled_within_half_the_budget(&ordered, 42);
     assert_ne!(shuffled, ordered, "the shuffle changed the order");
 
     let (base, _) = run(&ordered, 1, LATENESS_MS).await;
@@ -147,22 +151,7 @@ async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
     let covered: std::collections::BTreeSet<u32> =
         ordered.iter().map(|r| partition(&r.sensor)).collect();
     assert_eq!(covered.len(), 4, "every partition has readings");
-    // Arrival order shuffled, but no reading arrives more than half the budget late.
-    let mut seed: u64 = 7;
-    let mut keyed: Vec<(Millis, Reading)> = ordered
-        .iter()
-        .map(|r| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (
-                r.ts_ms + ((seed >> 33) % (LATENESS_MS as u64 / 2)) as Millis,
-                r.clone(),
-            )
-        })
-        .collect();
-    keyed.sort_by_key(|(k, _)| *k);
-    let shuffled: Vec<Reading> = keyed.into_iter().map(|(_, r)| r).collect();
+    let shuffled = shuffled_within_half_the_budget(&ordered, 7);
     let per_point_status = |status: &[floodcmd_model::event::PointStatus]| {
         let mut m: std::collections::BTreeMap<String, Vec<_>> = Default::default();
         for s in status {

@@ -1,9 +1,35 @@
-//! What a websocket client holds of the points, modelled as the page's store keeps it (whole
-//! views replaced, patches merged, `null` removing a field): the tests of the shared deltas
-//! compare it with the wall's own view.
+//! What the wall's unit tests feed in and read back: a point's status as the stream stage
+//! would publish it, and what a websocket client holds of the points, modelled as the page's
+//! store keeps it (whole views replaced, patches merged, `null` removing a field), which the
+//! tests of the shared deltas compare with the wall's own view.
 
 use crate::state::PointView;
+use floodcmd_model::config::Point;
+use floodcmd_model::event::PointStatus;
+use floodcmd_model::{DataState, Level};
 use std::collections::BTreeMap;
+
+/// A fresh, normal status of `point` with nothing measured; tests set what they need.
+pub fn fresh_status(point: &Point) -> PointStatus {
+    PointStatus {
+        point: point.id.clone(),
+        kind: point.kind,
+        level: Level::Normal,
+        data_state: DataState::Fresh,
+        depth_cm: None,
+        rise_cm_per_min: None,
+        rain_10m_mm: None,
+        rain_1h_mm: None,
+        rain_3h_mm: None,
+        rain_24h_mm: None,
+        last_reading_ms: Some(1),
+        qc_flags: Vec::new(),
+        next_level: None,
+        minutes_to_next: None,
+        flapping: false,
+        as_of_ms: 1,
+    }
+}
 
 /// Each point as JSON fields, by id.
 pub type Views = BTreeMap<String, serde_json::Map<String, serde_json::Value>>;
