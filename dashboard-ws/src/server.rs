@@ -379,14 +379,19 @@ pub async fn client<S, R, E>(
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            incoming = rx_ws.next() => match incoming {
-                Some(Ok(m)) if m.is_close() => break,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
-            },
+            incoming = rx_ws.next() => if left(&incoming) { break },
         }
     }
     metrics().clients.dec();
+}
+
+/// Whether what the client's socket gave says it has gone: a close, an error or the end.
+/// Anything else a client sends is read only to notice that.
+fn left<E>(incoming: &Option<Result<Message, E>>) -> bool {
+    match incoming {
+        Some(Ok(m)) => m.is_close(),
+        Some(Err(_)) | None => true,
+    }
 }
 
 /// Wait for the next cut to start there; `None` when the wall is closed or the client goes
@@ -396,15 +401,7 @@ where
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
     let joined = shared.join(want);
-    let gone = async {
-        loop {
-            match rx_ws.next().await {
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
-        }
-    };
+    let gone = async { while !left(&rx_ws.next().await) {} };
     tokio::select! {
         j = joined => j,
         _ = gone => None,
