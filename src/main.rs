@@ -122,6 +122,11 @@ struct FanoutBenchArgs {
     /// a status is published once the watermark passes the reading's second.
     #[arg(long, default_value_t = 10_000)]
     lateness_ms: i64,
+    /// Of the clients, how many parse every message and measure (spread evenly); the rest
+    /// only read their sockets, as browsers elsewhere would (their parsing is not the
+    /// wall's work).
+    #[arg(long, default_value_t = 100)]
+    measured_clients: usize,
 }
 
 /// The `sms` bench's options.
@@ -857,6 +862,7 @@ async fn bench_fanout(
         target,
         floodcmd_benches::fanout::FanoutOptions {
             clients,
+            measured: args.measured_clients,
             rate: args.rate,
             duration_s: args.duration,
         },

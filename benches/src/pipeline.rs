@@ -25,7 +25,7 @@
 //! past its start by more than a second and a half. The report names the highest step passed.
 
 use crate::fanout::{
-    client, cpu_s_of, feed, histogram, load_1m, ms, unix_us, FanoutError, Schedule, WARMUP_S,
+    client, cpu_s_of, feed, histogram, load_1m, ms, unix_us, FanoutError, Role, Schedule, WARMUP_S,
 };
 use crate::report::{Machine, Report};
 use floodcmd_model::bus::{Assignment, Bus};
@@ -241,7 +241,7 @@ async fn step(
             client(
                 url.clone(),
                 schedule_rx.clone(),
-                None,
+                Role::Measure(None),
                 snapshotted.clone(),
                 stop.clone(),
                 i,
@@ -304,9 +304,12 @@ async fn step(
     let mut snapshots = 0;
     for h in clients {
         if let Ok(Ok(r)) = h.await {
-            delta
-                .add(&r.latency)
-                .map_err(|e| FanoutError::Histogram(e.to_string()))?;
+            // The delta carrying the reading's status: what this bench has always reported.
+            if let Some(a) = &r.status {
+                delta
+                    .add(&a.latency)
+                    .map_err(|e| FanoutError::Histogram(e.to_string()))?;
+            }
             snapshots += r.snapshots;
         }
     }

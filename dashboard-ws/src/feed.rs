@@ -22,6 +22,7 @@ use floodcmd_model::time::Millis;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
+use warp::ws::Message;
 
 /// One change with its sequence number.
 pub type Numbered = (u64, Arc<Change>);
@@ -32,8 +33,9 @@ pub struct Frame {
     /// The number of the newest change it holds: a client that joined at this cut or later
     /// already has it, and skips it.
     pub seq: u64,
-    /// The message.
-    pub text: String,
+    /// The message, built once: its payload is shared, so each client's copy costs a
+    /// reference count, not a copy of the text.
+    pub message: Message,
 }
 
 /// What a client waits for at the next cut.
@@ -179,7 +181,7 @@ impl DeltaEncoder {
             msg["now_ms"] = now_ms.into();
             let _ = self.frames.send(Arc::new(Frame {
                 seq,
-                text: msg.to_string(),
+                message: Message::text(msg.to_string()),
             }));
         }
     }
@@ -380,7 +382,8 @@ mod tests {
                 if f.seq <= self.start {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(&f.text).unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(f.message.to_str().unwrap()).unwrap();
                 assert_eq!(v["seq"], f.seq);
                 self.apply(&v);
             }

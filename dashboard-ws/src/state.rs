@@ -12,7 +12,7 @@ use floodcmd_model::event::{
     PointStatus, QcFlag, Reject, StepState,
 };
 use floodcmd_model::time::Millis;
-use floodcmd_model::{DataState, District, Level};
+use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -63,6 +63,15 @@ pub struct PointView {
     /// Event time of the latest reading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reading_ms: Option<Millis>,
+    /// Calibrated depth of the newest reading the wall has seen itself, straight off the
+    /// readings topic (cm): shown as live (实时, not yet quality-controlled) while it is newer
+    /// than `last_reading_ms`, because the stage's status waits for its epoch and the
+    /// lateness budget, seconds after the water is measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_depth_cm: Option<f64>,
+    /// Event time of that reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_ms: Option<Millis>,
     /// What quality control found wrong with the latest reading.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub qc_flags: Vec<QcFlag>,
@@ -247,6 +256,8 @@ impl WallState {
                         rain_3h_mm: None,
                         rain_24h_mm: None,
                         last_reading_ms: None,
+                        live_depth_cm: None,
+                        live_ms: None,
                         qc_flags: Vec::new(),
                         next_level: None,
                         minutes_to_next: None,
@@ -487,6 +498,35 @@ impl WallState {
         let view = p.clone();
         self.recount();
         vec![Change::Point(view), Change::Counters(self.counters.clone())]
+    }
+
+    /// Fold a reading off the readings topic, ahead of the stream stage: the live depth.
+    /// Only the newest reading of a point shows, and only a depth within the physical range
+    /// after calibration; the rest is the stream stage's to judge, count and dead-letter
+    /// (the wall would count them twice). Levels and data states are never touched here:
+    /// they stay the stage's, in event time.
+    pub fn on_reading(&mut self, r: Reading) -> Vec<Change> {
+        let Some(sensor) = self.district.sensor(&r.sensor) else {
+            return Vec::new();
+        };
+        if sensor.sensor.kind != SensorKind::Depth {
+            return Vec::new();
+        }
+        let Some(p) = self.points.get_mut(&sensor.point.id) else {
+            return Vec::new();
+        };
+        let newest = p.live_ms.max(p.last_reading_ms);
+        if newest.is_some_and(|t| r.ts_ms <= t) {
+            return Vec::new();
+        }
+        // As the stage judges it: the raw value in range (NaN is not), then calibration.
+        let (lo, hi) = SensorKind::Depth.physical_range();
+        if !(lo..=hi).contains(&r.value) {
+            return Vec::new();
+        }
+        p.live_depth_cm = shown(Some(r.value + sensor.sensor.calibration_offset_cm), 100.0);
+        p.live_ms = Some(r.ts_ms);
+        vec![Change::Point(p.clone())]
     }
 
     /// Fold an incident record.
@@ -1156,5 +1196,91 @@ mod tests {
             (v.depth_cm, v.rise_cm_per_min, v.minutes_to_next),
             (Some(0.3), Some(0.031), Some(8.0))
         );
+    }
+
+    /// The live depth: calibrated, the newest reading only, never a level or a data state,
+    /// and nothing the stage would reject for range or could not place.
+    #[test]
+    fn a_reading_shows_as_the_live_depth_ahead_of_its_status() {
+        let d = district();
+        let mut w = WallState::new(d.clone());
+        let sensor = d.sensor("WL-UP-01-B").unwrap();
+        assert_eq!(sensor.sensor.calibration_offset_cm, 1.0);
+        let point = sensor.point.id.clone();
+        let reading = |ts_ms, value| Reading {
+            sensor: "WL-UP-01-B".into(),
+            point: point.clone(),
+            kind: SensorKind::Depth,
+            ts_ms,
+            value,
+            seq: None,
+            received_ms: ts_ms,
+        };
+        let live = |w: &WallState| {
+            let v = &w.points[&point];
+            (v.live_depth_cm, v.live_ms, v.level, v.data_state)
+        };
+        let silent = (None, None, Level::Normal, DataState::Silent);
+
+        // Out of the physical range, not a number, or from a sensor the district does not
+        // have: nothing shows, nothing changes.
+        for r in [
+            reading(1_000, 2_000.0),
+            reading(1_000, -60.0),
+            reading(1_000, f64::NAN),
+            Reading {
+                sensor: "NO-SUCH".into(),
+                ..reading(1_000, 10.0)
+            },
+        ] {
+            assert!(w.on_reading(r).is_empty());
+            assert_eq!(live(&w), silent);
+        }
+
+        // Calibrated and rounded as the wall shows depth; the point stays as the stage last
+        // said (silent until its first status), whatever the live value.
+        let changes = w.on_reading(reading(1_000, 41.234));
+        assert!(matches!(&changes[..], [Change::Point(v)] if v.live_depth_cm == Some(42.23)));
+        assert_eq!(
+            live(&w),
+            (Some(42.23), Some(1_000), Level::Normal, DataState::Silent)
+        );
+
+        // Only a newer reading replaces it: one arriving late (or twice) does not.
+        assert!(w.on_reading(reading(900, 80.0)).is_empty());
+        assert!(w.on_reading(reading(1_000, 80.0)).is_empty());
+        assert_eq!(live(&w).0, Some(42.23));
+
+        // The stage's status for a later reading: the live value is older and stays, but
+        // a reading no newer than that status is not live any more.
+        let p = d.points.iter().find(|p| p.id == point).unwrap();
+        w.on_status(PointStatus {
+            depth_cm: Some(50.0),
+            last_reading_ms: Some(2_000),
+            ..crate::wall_fixtures::fresh_status(p)
+        });
+        assert!(w.on_reading(reading(1_500, 60.0)).is_empty());
+        assert_eq!(live(&w).1, Some(1_000));
+        w.on_reading(reading(2_500, 61.0));
+        assert_eq!(
+            live(&w),
+            (Some(62.0), Some(2_500), Level::Normal, DataState::Fresh)
+        );
+
+        // A rain gauge's reading is an increment, not a depth: no live value.
+        let gauge = d
+            .sensors()
+            .find(|s| s.sensor.kind == SensorKind::Rain)
+            .unwrap();
+        let before = w.points[&gauge.point.id].clone();
+        assert!(w
+            .on_reading(Reading {
+                sensor: gauge.sensor.id.clone(),
+                point: gauge.point.id.clone(),
+                kind: SensorKind::Rain,
+                ..reading(3_000, 5.0)
+            })
+            .is_empty());
+        assert_eq!(w.points[&gauge.point.id], before);
     }
 }

@@ -2,7 +2,7 @@
 //! a snapshot built for the session (phones masked for viewers), deltas that hold each point
 //! at most once with its newest state, a reconnect that resumes with only what was missed,
 //! a resume from another run that gets a snapshot, a refused token, the history endpoint,
-//! and a wall that allows no anonymous viewers.
+//! a reading shown live ahead of its status, and a wall that allows no anonymous viewers.
 
 use floodcmd_bus::EmbeddedBus;
 use floodcmd_dashboard::auth::{password_sha256, AuthConfig};
@@ -13,7 +13,7 @@ use floodcmd_model::event::PointStatus;
 use floodcmd_model::settings::{DashboardUser, UserRole};
 use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
-use floodcmd_model::{DataState, District, Level};
+use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -312,6 +312,66 @@ async fn snapshot_deltas_and_a_reconnect_that_resumes_with_only_what_was_missed(
             .unwrap();
         assert_eq!(r.status(), code, "{q}");
     }
+}
+
+/// A reading on the readings topic reaches the wall as the point's live depth, before any
+/// status; a record there the wall cannot decode is skipped (the stream stage dead-letters
+/// it), and the wall goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_reaches_clients_as_the_live_depth_before_its_status() {
+    let wall = start(true).await;
+    let mut ws = wall.connect("").await;
+    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+    let sensor = wall.district.sensor("WL-UP-01-B").unwrap();
+    let offset = sensor.sensor.calibration_offset_cm;
+    let now = SystemClock.now_ms();
+    let p = wall.bus.producer();
+    p.send(
+        &wall.topics.readings(),
+        b"WL-UP-01-B",
+        b"{not json".to_vec().into(),
+        now,
+    )
+    .await
+    .unwrap();
+    let reading = Reading {
+        sensor: "WL-UP-01-B".into(),
+        point: "UP-01".into(),
+        kind: SensorKind::Depth,
+        ts_ms: now,
+        value: 33.5,
+        seq: None,
+        received_ms: now,
+    };
+    p.send(
+        &wall.topics.readings(),
+        b"WL-UP-01-B",
+        encode(&reading),
+        now,
+    )
+    .await
+    .unwrap();
+    let live = loop {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["type"], "delta", "{m}");
+        let found = m["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(m["patches"].as_array().unwrap())
+            .find(|p| p["id"] == "UP-01" && p.get("live_depth_cm").is_some())
+            .cloned();
+        if let Some(p) = found {
+            break p;
+        }
+    };
+    assert_eq!(live["live_depth_cm"], 33.5 + offset, "{live}");
+    assert_eq!(live["live_ms"], now, "{live}");
+    // Only the live fields moved: level and data state are the stage's.
+    assert!(
+        live.get("level").is_none() && live.get("data_state").is_none(),
+        "{live}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

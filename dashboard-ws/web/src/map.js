@@ -5,6 +5,7 @@
 import L from 'leaflet';
 import { t } from './i18n.js';
 import { getJson } from './session.js';
+import { liveDepth } from './store.js';
 
 const fmt = (v, d = 1) => (typeof v === 'number' ? v.toFixed(d) : '–');
 
@@ -18,6 +19,8 @@ function markerHtml(p) {
 function tooltip(p) {
   const rows = [`<b>${p.name}</b> · ${t(`kind_${p.kind}`)}`, `${t(`level_${p.level}`)} · ${t(`ds_${p.data_state}`)}`];
   if (p.depth_cm != null) rows.push(`${t('depth')} ${fmt(p.depth_cm)} cm · ${t('rise')} ${fmt(p.rise_cm_per_min, 2)} cm/min`);
+  const live = liveDepth(p);
+  if (live) rows.push(`${t('live_depth')} ${fmt(live.depth_cm)} cm (${t('live_note')})`);
   if (p.rain_1h_mm != null) rows.push(`${t('rain_1h')} ${fmt(p.rain_1h_mm)} mm`);
   if (p.closure) rows.push(`${t('closure')}: ${t(`closure_${p.closure}`)}`);
   return rows.join('<br>');

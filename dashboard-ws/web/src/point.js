@@ -6,6 +6,7 @@ import uPlot from 'uplot';
 import { t } from './i18n.js';
 import { getJson } from './session.js';
 import { clockText } from './incidents.js';
+import { liveDepth } from './store.js';
 
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 const fmt = (v, d = 1) => (typeof v === 'number' ? v.toFixed(d) : '–');
@@ -79,6 +80,7 @@ export function createPointPanel(el, store) {
       p.next_level && typeof p.minutes_to_next === 'number'
         ? t('forecast', { min: p.minutes_to_next.toFixed(0), level: t(`level_${p.next_level}`) })
         : t('no_forecast');
+    const live = liveDepth(p);
     const head = `<div class="pp-head">
         <span class="lvl lv-${p.level}">${t(`level_${p.level}`)}</span>
         <b>${esc(p.name)}</b> <span class="kind">${t(`kind_${p.kind}`)} · ${esc(p.sub_district)}</span>
@@ -91,6 +93,7 @@ export function createPointPanel(el, store) {
         <div><span>${t('rain_1h')}</span><b>${fmt(p.rain_1h_mm)}</b> mm</div>
         <div class="forecast">${forecast}</div>
         <div><span>${t('last_reading')}</span> ${clockText(p.last_reading_ms)}</div>
+        ${live ? `<div class="live" title="${t('live_note')}"><span>${t('live_depth')}</span><b class="v-live">${fmt(live.depth_cm)}</b> cm <small>${clockText(live.ms)} · ${t('live_note')}</small></div>` : ''}
       </div>`;
     if (!full && el.dataset.point === p.id) {
       el.querySelector('.pp-live').innerHTML = head;

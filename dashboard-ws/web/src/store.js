@@ -128,6 +128,15 @@ export function sortedIncidents(store) {
   );
 }
 
+/// The point's live depth (off the readings topic, before the stream stage's quality control
+/// and levels) while it is newer than the stage's status, else null: the wall shows it beside
+/// the status, marked live, never as the level.
+export function liveDepth(p) {
+  if (p.live_depth_cm == null || p.live_ms == null) return null;
+  if (p.last_reading_ms != null && p.live_ms <= p.last_reading_ms) return null;
+  return { depth_cm: p.live_depth_cm, ms: p.live_ms };
+}
+
 /// How severe a point is now, for the camera wall's automatic choice.
 export function severity(p, store) {
   const open = [...store.incidents.values()].some((i) => i.point_id === p.id);

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createStore, applyMessage } from '../src/store.js';
+import { createStore, applyMessage, liveDepth } from '../src/store.js';
 
 const point = (id, extra = {}) => ({ id, name: id, level: 'normal', data_state: 'fresh', ...extra });
 
@@ -78,4 +78,20 @@ test('patches change only the fields they name, and null removes a field', () =>
   // An old delta is ignored.
   assert.equal(applyMessage(store, { type: 'delta', seq: 9, points: [], patches: [{ id: 'A', depth_cm: 1 }] }), false);
   assert.equal(store.points.get('A').depth_cm, 9);
+});
+
+test('the live depth shows only while it is newer than the status', () => {
+  assert.equal(liveDepth(point('A')), null);
+  assert.deepEqual(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000 })), { depth_cm: 12.5, ms: 2000 });
+  assert.deepEqual(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 1000 })), { depth_cm: 12.5, ms: 2000 });
+  assert.equal(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 2000 })), null);
+  assert.equal(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 3000 })), null);
+  // Through a patch, as the wall sends it.
+  const s = createStore();
+  const [head] = snapshotInParts();
+  applyMessage(s, { ...head, parts: 1 });
+  applyMessage(s, { type: 'delta', seq: 8, epoch: 'e1', now_ms: 1100, points: [], patches: [{ id: 'A', live_depth_cm: 30.1, live_ms: 5000 }], incidents: [] });
+  assert.deepEqual(liveDepth(s.points.get('A')), { depth_cm: 30.1, ms: 5000 });
+  applyMessage(s, { type: 'delta', seq: 9, epoch: 'e1', now_ms: 1200, points: [], patches: [{ id: 'A', depth_cm: 30.1, last_reading_ms: 5000 }], incidents: [] });
+  assert.equal(liveDepth(s.points.get('A')), null);
 });
