@@ -483,13 +483,15 @@ pub(crate) async fn client(
             r.bytes += text.len() as u64;
             let Role::Measure(status_log) = &role else {
                 // A reader only: what kind of message, from its opening (a snapshot's
-                // first message begins with its type) or its one `type` key otherwise.
+                // first message begins with its type, as `Wall::tick` in dashboard-ws's
+                // feed.rs writes it; if that changes, readers never count a snapshot and
+                // the storm never starts: `FanoutError::Snapshots`) or its `type` otherwise.
                 if text.starts_with(r#"{"type":"snapshot","#) {
                     if r.snapshots == 0 {
                         snapshotted.fetch_add(1, Ordering::Relaxed);
                     }
                     r.snapshots += 1;
-                } else if memchr::memmem::find(text.as_bytes(), br#""type":"delta""#).is_some() {
+                } else if text.contains(r#""type":"delta""#) {
                     r.deltas += 1;
                 }
                 continue;

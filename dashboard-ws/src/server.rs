@@ -7,20 +7,23 @@
 //! never slows the others (publishing never waits for a client). A client that reconnects
 //! with `?resume=<epoch>.<seq>` is sent what it missed from the feed's ring as one delta
 //! (`"resumed": true`) when the ring still holds it, else a snapshot.
+//!
+//! The followers fold each topic into the view as it arrives, `readings` too (each depth
+//! point's live depth, ahead of its status); `status` is paced once caught up, so that the
+//! stream stage's bursts (a whole epoch's statuses at once) spread over a few cuts.
 
 use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
 use crate::feed::{DeltaEncoder, Joined, Wall, Want};
 use crate::guard::{self, Origins};
 use crate::state::{Change, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
-use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::codec::{decode, decode_reading, encode, DecodeError};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use prometheus::{Encoder, IntCounter, IntGauge};
-use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,8 +80,9 @@ pub struct DashboardConfig {
 
 impl DashboardConfig {
     /// Defaults: no users (anonymous viewers only), no cameras, a queue of 32 deltas (3.2 s;
-    /// shared by every client, so its memory does not grow with them), a ring of 4,096
-    /// changes.
+    /// shared by every client, so its memory does not grow with them), a ring of 32,768
+    /// changes (every reading is one, for its live depth: in a storm of 10,000 sensors
+    /// reporting each minute, with their statuses, a minute and a half).
     pub fn new(listen: SocketAddr, topics: Topics, group: impl Into<String>) -> Self {
         DashboardConfig {
             listen,
@@ -87,7 +91,7 @@ impl DashboardConfig {
             auth: AuthConfig::default(),
             cameras_dir: None,
             client_queue: 32,
-            resume_ring: 4096,
+            resume_ring: 32_768,
             allowed_origins: Vec::new(),
             stalled_after: Duration::from_secs(30),
         }
@@ -166,19 +170,23 @@ fn metrics() -> &'static WallMetrics {
     })
 }
 
+/// What the one ticker owns: the encoder, and the count of ticks it sends.
+type TickerParts = (DeltaEncoder, watch::Sender<u64>);
+
 /// The wall's view with its feed, shared by the followers, the routes and the clients.
 #[derive(Clone)]
 pub struct Shared {
     wall: Arc<Mutex<Wall>>,
-    /// Taken by the one ticker ([`Shared::start_ticks`]).
-    encoder: Arc<Mutex<Option<DeltaEncoder>>>,
+    /// Taken by the one ticker ([`Shared::start_ticks`]), with the sender of `ticks`: when
+    /// the ticker is gone, however it went, nothing waits for its next tick.
+    encoder: Arc<Mutex<Option<TickerParts>>>,
     /// Stamps every message with the server's `now_ms`, so browsers can run countdowns on
     /// the server's clock (the demo's runs faster than real time).
     clock: Arc<dyn Clock>,
     /// See [`DashboardConfig::stalled_after`].
     stalled_after: Duration,
     /// Counts the ticks, for followers that pace their folding by them.
-    ticks: watch::Sender<u64>,
+    ticks: watch::Receiver<u64>,
 }
 
 impl Shared {
@@ -191,12 +199,13 @@ impl Shared {
         resume_ring: usize,
     ) -> Shared {
         let (wall, encoder) = Wall::new(WallState::new(district), client_queue, resume_ring);
+        let (tick_count, ticks) = watch::channel(0);
         Shared {
             wall: Arc::new(Mutex::new(wall)),
-            encoder: Arc::new(Mutex::new(Some(encoder))),
+            encoder: Arc::new(Mutex::new(Some((encoder, tick_count)))),
             clock,
             stalled_after: Duration::from_secs(30),
-            ticks: watch::channel(0).0,
+            ticks,
         }
     }
 
@@ -235,7 +244,7 @@ impl Shared {
             }
         }
         let me = self.clone();
-        let mut encoder = self
+        let (mut encoder, tick_count) = self
             .encoder
             .lock()
             .expect("encoder lock")
@@ -262,7 +271,7 @@ impl Shared {
                     let (cut, resumed, _) = me.lock().tick(now);
                     metrics().resumes.inc_by(resumed as u64);
                     encoder.send(cut, now);
-                    me.ticks.send_modify(|n| *n += 1);
+                    tick_count.send_modify(|n| *n += 1);
                 }
             })
             .expect("spawn the wall's ticker thread")
@@ -295,36 +304,38 @@ impl Follower {
     /// Follow `topic` into the wall state with `fold`, on its own task, from `rebuild_ms`
     /// ago; with `per_tick`, folding at most that many records between two ticks once it
     /// has caught up with the topic.
-    fn spawn<T: DeserializeOwned + Send + 'static>(
+    fn spawn<T: Send + 'static>(
         &self,
         topic: String,
         rebuild_ms: i64,
         per_tick: Option<usize>,
+        decode: fn(&[u8]) -> Result<T, DecodeError>,
         fold: fn(&mut WallState, T) -> Vec<Change>,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.follow(&topic, rebuild_ms, per_tick, fold).await {
+            if let Err(e) = me.follow(&topic, rebuild_ms, per_tick, decode, fold).await {
                 tracing::error!(error = %e, topic, "dashboard follower stopped");
             }
         });
     }
 
-    async fn follow<T: DeserializeOwned>(
+    async fn follow<T>(
         mut self,
         topic: &str,
         rebuild_ms: i64,
         per_tick: Option<usize>,
+        decode: fn(&[u8]) -> Result<T, DecodeError>,
         fold: fn(&mut WallState, T) -> Vec<Change>,
     ) -> Result<(), BusError> {
-        let mut pacer = per_tick.map(|limit| Pacer::new(limit, self.shared.ticks.subscribe()));
+        let mut pacer = per_tick.map(|limit| Pacer::new(limit, self.shared.ticks.clone()));
         // The rebuild at start folds at full speed; pacing is for the live flow after it:
         // once a poll comes back short of a full batch, and only for records stamped within
         // the last PACED_WITHIN_MS (a catch-up after a stall is not held back either).
         let mut caught_up = false;
-        // The wall's view lives in memory: on every start, fold the last day of each topic
-        // again rather than resume at the group's commit, or a restarted wall would show
-        // every point that has not changed since as silent.
+        // The wall's view lives in memory: on every start, fold the topic's last
+        // `rebuild_ms` again rather than resume at the group's commit, or a restarted wall
+        // would show every point that has not changed since as silent.
         let since = self.clock.now_ms() - rebuild_ms;
         let starts = self.bus.offsets_for_time(topic, since).await?;
         let positions = starts
@@ -350,7 +361,7 @@ impl Follower {
                                 _ = pacer.admit() => {}
                             }
                         }
-                        match decode::<T>(&rec.payload) {
+                        match decode(&rec.payload) {
                             Ok(v) => self.shared.apply(|s| fold(s, v)),
                             Err(e) if topic == self.topics.rejects() => {
                                 // Dead-lettering a dead letter would loop; log it and go on.
@@ -372,19 +383,34 @@ impl Follower {
                     for (p, next) in last {
                         consumer.commit(p, next).await?;
                     }
-                    caught_up |= batch.len() < FOLLOW_BATCH;
+                    if batch.len() < FOLLOW_BATCH {
+                        caught_up = true;
+                        if let Some(pacer) = pacer.as_mut() {
+                            pacer.caught_up();
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Lets at most `limit` records through between two ticks of the wall.
+/// Lets at most `limit` records through between two ticks of the wall: it spreads a burst.
+/// A backlog is not a burst: after [`PACED_TICKS_AT_MOST`] ticks in a row with the share used
+/// up, it lets everything through until [`Pacer::caught_up`], so a follower behind (a clock
+/// running faster than real time, a district larger than the limit assumes) is never held
+/// further behind.
 struct Pacer {
     limit: usize,
     admitted: usize,
     ticks: watch::Receiver<u64>,
+    /// Ticks in a row whose share was used up.
+    full_ticks: usize,
+    behind: bool,
 }
+
+/// A stream stage's burst is one epoch's statuses, a few ticks' shares at most.
+const PACED_TICKS_AT_MOST: usize = 10;
 
 impl Pacer {
     fn new(limit: usize, ticks: watch::Receiver<u64>) -> Pacer {
@@ -392,6 +418,8 @@ impl Pacer {
             limit,
             admitted: 0,
             ticks,
+            full_ticks: 0,
+            behind: false,
         }
     }
 
@@ -399,14 +427,34 @@ impl Pacer {
     /// Without a ticker (its sender gone) nothing waits.
     async fn admit(&mut self) {
         if self.ticks.has_changed().unwrap_or(false) {
+            // A tick passed before the share was used up.
             self.ticks.borrow_and_update();
             self.admitted = 0;
+            self.full_ticks = 0;
+        }
+        if self.behind {
+            return;
         }
         if self.admitted >= self.limit {
+            self.full_ticks += 1;
+            if self.full_ticks > PACED_TICKS_AT_MOST {
+                tracing::debug!(
+                    limit = self.limit,
+                    "status follower behind; not paced until caught up"
+                );
+                self.behind = true;
+                return;
+            }
             let _ = self.ticks.changed().await;
             self.admitted = 0;
         }
         self.admitted += 1;
+    }
+
+    /// The follower has read all there was: pace again.
+    fn caught_up(&mut self) {
+        self.behind = false;
+        self.full_ticks = 0;
     }
 }
 
@@ -580,19 +628,39 @@ pub async fn serve(
         t.status(),
         REBUILD_MS,
         Some(status_per_tick),
+        decode,
         WallState::on_status,
     );
-    follower.spawn(t.incidents(), REBUILD_MS, None, WallState::on_incident);
-    follower.spawn(t.alerts(), REBUILD_MS, None, WallState::on_alert);
+    follower.spawn(
+        t.incidents(),
+        REBUILD_MS,
+        None,
+        decode,
+        WallState::on_incident,
+    );
+    follower.spawn(t.alerts(), REBUILD_MS, None, decode, WallState::on_alert);
     follower.spawn(
         t.notifications(),
         REBUILD_MS,
         None,
+        decode,
         WallState::on_notification,
     );
-    follower.spawn(t.rejects(), REBUILD_MS, None, WallState::on_reject);
-    follower.spawn(t.deliveries(), REBUILD_MS, None, WallState::on_delivery);
-    follower.spawn(t.readings(), LIVE_REBUILD_MS, None, WallState::on_reading);
+    follower.spawn(t.rejects(), REBUILD_MS, None, decode, WallState::on_reject);
+    follower.spawn(
+        t.deliveries(),
+        REBUILD_MS,
+        None,
+        decode,
+        WallState::on_delivery,
+    );
+    follower.spawn(
+        t.readings(),
+        LIVE_REBUILD_MS,
+        None,
+        decode_reading,
+        WallState::on_reading,
+    );
 
     // Logins last real hours, whatever speed the demo's clock runs at.
     let auth = Auth::new(config.auth.clone(), Arc::new(SystemClock));
@@ -909,6 +977,69 @@ mod tests {
         drop(ticks);
         for _ in 0..10 {
             assert!(pacer.admit().now_or_never().is_some());
+        }
+    }
+
+    /// A backlog is not a burst: after its share was used up PACED_TICKS_AT_MOST ticks in
+    /// a row, the pacer lets everything through until the follower has caught up.
+    #[tokio::test]
+    async fn the_pacer_does_not_hold_a_backlog_back() {
+        use futures::FutureExt;
+        let (ticks, rx) = watch::channel(0u64);
+        let mut pacer = Pacer::new(1, rx);
+        assert!(pacer.admit().now_or_never().is_some());
+        for n in 1..=PACED_TICKS_AT_MOST as u64 {
+            let mut next = Box::pin(pacer.admit());
+            assert!((&mut next).now_or_never().is_none(), "tick {n}: paced");
+            ticks.send_replace(n);
+            assert!(next.now_or_never().is_some());
+        }
+        for _ in 0..100 {
+            assert!(pacer.admit().now_or_never().is_some(), "behind: not paced");
+        }
+        pacer.caught_up();
+        let mut next = Box::pin(pacer.admit());
+        assert!(
+            next.as_mut().now_or_never().is_none(),
+            "caught up: paced again"
+        );
+    }
+
+    /// The ticker stops on shutdown, and when the shutdown's sender is gone; then joining
+    /// the wall fails at once.
+    #[tokio::test]
+    async fn the_ticker_stops_on_shutdown_and_closes_the_wall() {
+        let d =
+            Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap());
+        for by_drop in [false, true] {
+            let shared = Shared::new(
+                d.clone(),
+                Arc::new(floodcmd_model::time::ManualClock::new(0)),
+                2,
+                64,
+            );
+            let (stop, stop_rx) = watch::channel(false);
+            let ticker = shared.start_ticks(stop_rx);
+            // It runs: a client joins at a cut.
+            assert!(shared
+                .join(Want::Snapshot(Session::anonymous()))
+                .await
+                .is_some());
+            if by_drop {
+                drop(stop);
+            } else {
+                stop.send_replace(true);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !ticker.is_finished() {
+                assert!(std::time::Instant::now() < deadline, "the ticker stops");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ticker.join().unwrap();
+            assert!(shared
+                .join(Want::Snapshot(Session::anonymous()))
+                .await
+                .is_none());
         }
     }
 

@@ -176,6 +176,9 @@ pub struct WallState {
     pub history: History,
     /// What the points add up to, kept as each status arrives.
     tally: Tally,
+    /// Per depth sensor, its newest reading off the readings topic: (event time, calibrated
+    /// depth). A point's live depth is the highest of its sensors', as the stage's depth is.
+    live_by_sensor: HashMap<String, (Millis, f64)>,
 }
 
 /// The points' share of the counters, updated by taking a point's old view out and its new
@@ -279,6 +282,7 @@ impl WallState {
             steps: HashMap::new(),
             history: History::default(),
             tally: Tally::default(),
+            live_by_sensor: HashMap::new(),
         };
         s.tally = Tally::of(s.points.values());
         s.recount();
@@ -501,10 +505,12 @@ impl WallState {
     }
 
     /// Fold a reading off the readings topic, ahead of the stream stage: the live depth.
-    /// Only the newest reading of a point shows, and only a depth within the physical range
-    /// after calibration; the rest is the stream stage's to judge, count and dead-letter
-    /// (the wall would count them twice). Levels and data states are never touched here:
-    /// they stay the stage's, in event time.
+    /// Per sensor only its newest reading counts, and only a depth within the physical range
+    /// (judged on the raw value, as the stage does) after calibration; the rest is the stream
+    /// stage's to judge, count and dead-letter (the wall would count them twice). A point
+    /// with several depth sensors shows the highest of their newest readings, as the stage's
+    /// depth is the highest of theirs. Levels and data states are never touched here: they
+    /// stay the stage's, in event time.
     pub fn on_reading(&mut self, r: Reading) -> Vec<Change> {
         let Some(sensor) = self.district.sensor(&r.sensor) else {
             return Vec::new();
@@ -512,20 +518,33 @@ impl WallState {
         if sensor.sensor.kind != SensorKind::Depth {
             return Vec::new();
         }
-        let Some(p) = self.points.get_mut(&sensor.point.id) else {
-            return Vec::new();
-        };
-        let newest = p.live_ms.max(p.last_reading_ms);
-        if newest.is_some_and(|t| r.ts_ms <= t) {
-            return Vec::new();
-        }
-        // As the stage judges it: the raw value in range (NaN is not), then calibration.
         let (lo, hi) = SensorKind::Depth.physical_range();
         if !(lo..=hi).contains(&r.value) {
             return Vec::new();
         }
-        p.live_depth_cm = shown(Some(r.value + sensor.sensor.calibration_offset_cm), 100.0);
-        p.live_ms = Some(r.ts_ms);
+        let newest = self.live_by_sensor.get(&r.sensor).map(|(t, _)| *t);
+        if newest.is_some_and(|t| r.ts_ms <= t) {
+            return Vec::new();
+        }
+        let depth = r.value + sensor.sensor.calibration_offset_cm;
+        self.live_by_sensor
+            .insert(r.sensor.clone(), (r.ts_ms, depth));
+        let Some(p) = self.points.get_mut(&sensor.point.id) else {
+            return Vec::new();
+        };
+        let (mut live_ms, mut live_depth) = (r.ts_ms, depth);
+        for s in &sensor.point.sensors {
+            if let Some(&(t, d)) = self.live_by_sensor.get(&s.id) {
+                live_ms = live_ms.max(t);
+                live_depth = live_depth.max(d);
+            }
+        }
+        let before = (p.live_depth_cm, p.live_ms);
+        p.live_depth_cm = shown(Some(live_depth), 100.0);
+        p.live_ms = Some(live_ms);
+        if (p.live_depth_cm, p.live_ms) == before {
+            return Vec::new();
+        }
         vec![Change::Point(p.clone())]
     }
 
@@ -1198,17 +1217,21 @@ mod tests {
         );
     }
 
-    /// The live depth: calibrated, the newest reading only, never a level or a data state,
-    /// and nothing the stage would reject for range or could not place.
+    /// The live depth: calibrated, each sensor's newest reading only, the highest of a
+    /// point's sensors, never a level or a data state, and nothing the stage would reject
+    /// for range or could not place.
     #[test]
     fn a_reading_shows_as_the_live_depth_ahead_of_its_status() {
         let d = district();
         let mut w = WallState::new(d.clone());
-        let sensor = d.sensor("WL-UP-01-B").unwrap();
-        assert_eq!(sensor.sensor.calibration_offset_cm, 1.0);
-        let point = sensor.point.id.clone();
-        let reading = |ts_ms, value| Reading {
-            sensor: "WL-UP-01-B".into(),
+        let b = d.sensor("WL-UP-01-B").unwrap();
+        assert_eq!(b.sensor.calibration_offset_cm, 1.0);
+        let a = d.sensor("WL-UP-01").unwrap();
+        assert_eq!(a.sensor.calibration_offset_cm, 0.0);
+        assert_eq!(a.point.id, b.point.id, "one point, two depth sensors");
+        let point = b.point.id.clone();
+        let reading = |sensor: &str, ts_ms, value| Reading {
+            sensor: sensor.into(),
             point: point.clone(),
             kind: SensorKind::Depth,
             ts_ms,
@@ -1225,13 +1248,10 @@ mod tests {
         // Out of the physical range, not a number, or from a sensor the district does not
         // have: nothing shows, nothing changes.
         for r in [
-            reading(1_000, 2_000.0),
-            reading(1_000, -60.0),
-            reading(1_000, f64::NAN),
-            Reading {
-                sensor: "NO-SUCH".into(),
-                ..reading(1_000, 10.0)
-            },
+            reading("WL-UP-01-B", 1_000, 1_000.01),
+            reading("WL-UP-01-B", 1_000, -50.01),
+            reading("WL-UP-01-B", 1_000, f64::NAN),
+            reading("NO-SUCH", 1_000, 10.0),
         ] {
             assert!(w.on_reading(r).is_empty());
             assert_eq!(live(&w), silent);
@@ -1239,29 +1259,45 @@ mod tests {
 
         // Calibrated and rounded as the wall shows depth; the point stays as the stage last
         // said (silent until its first status), whatever the live value.
-        let changes = w.on_reading(reading(1_000, 41.234));
+        let changes = w.on_reading(reading("WL-UP-01-B", 1_000, 41.234));
         assert!(matches!(&changes[..], [Change::Point(v)] if v.live_depth_cm == Some(42.23)));
         assert_eq!(
             live(&w),
             (Some(42.23), Some(1_000), Level::Normal, DataState::Silent)
         );
 
-        // Only a newer reading replaces it: one arriving late (or twice) does not.
-        assert!(w.on_reading(reading(900, 80.0)).is_empty());
-        assert!(w.on_reading(reading(1_000, 80.0)).is_empty());
+        // Only a sensor's newer reading replaces its own: one arriving late (or twice) does not.
+        assert!(w.on_reading(reading("WL-UP-01-B", 900, 80.0)).is_empty());
+        assert!(w.on_reading(reading("WL-UP-01-B", 1_000, 80.0)).is_empty());
         assert_eq!(live(&w).0, Some(42.23));
 
-        // The stage's status for a later reading: the live value is older and stays, but
-        // a reading no newer than that status is not live any more.
+        // The point's other sensor: the highest newest reading shows, stamped with the newest.
+        w.on_reading(reading("WL-UP-01", 1_100, 45.0));
+        assert_eq!(live(&w).0, Some(45.0));
+        w.on_reading(reading("WL-UP-01-B", 1_200, 40.0));
+        assert_eq!((live(&w).0, live(&w).1), (Some(45.0), Some(1_200)));
+        w.on_reading(reading("WL-UP-01", 1_300, 30.0));
+        assert_eq!((live(&w).0, live(&w).1), (Some(41.0), Some(1_300)));
+
+        // The range's ends are in it, as the stage has them.
+        w.on_reading(reading("WL-UP-01-B", 1_400, 1_000.0));
+        assert_eq!(live(&w).0, Some(1_001.0));
+        w.on_reading(reading("WL-UP-01-B", 1_500, -50.0));
+        w.on_reading(reading("WL-UP-01", 1_500, -50.0));
+        assert_eq!(live(&w).0, Some(-49.0));
+
+        // The stage's status changes neither live field, nor the live depth its level.
         let p = d.points.iter().find(|p| p.id == point).unwrap();
         w.on_status(PointStatus {
             depth_cm: Some(50.0),
             last_reading_ms: Some(2_000),
             ..crate::wall_fixtures::fresh_status(p)
         });
-        assert!(w.on_reading(reading(1_500, 60.0)).is_empty());
-        assert_eq!(live(&w).1, Some(1_000));
-        w.on_reading(reading(2_500, 61.0));
+        assert_eq!(
+            live(&w),
+            (Some(-49.0), Some(1_500), Level::Normal, DataState::Fresh)
+        );
+        w.on_reading(reading("WL-UP-01-B", 2_500, 61.0));
         assert_eq!(
             live(&w),
             (Some(62.0), Some(2_500), Level::Normal, DataState::Fresh)
@@ -1278,7 +1314,7 @@ mod tests {
                 sensor: gauge.sensor.id.clone(),
                 point: gauge.point.id.clone(),
                 kind: SensorKind::Rain,
-                ..reading(3_000, 5.0)
+                ..reading("", 3_000, 5.0)
             })
             .is_empty());
         assert_eq!(w.points[&gauge.point.id], before);

@@ -314,11 +314,12 @@ async fn snapshot_deltas_and_a_reconnect_that_resumes_with_only_what_was_missed(
     }
 }
 
-/// A reading on the readings topic reaches the wall as the point's live depth, before any
-/// status; a record there the wall cannot decode is skipped (the stream stage dead-letters
-/// it), and the wall goes on.
+/// A reading on the readings topic reaches the wall as the point's live depth with no status
+/// for it (the stream stage's comes seconds later); a record there the wall cannot decode is
+/// counted and skipped, not dead-lettered a second time (the stream stage does that), and
+/// the wall goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reading_reaches_clients_as_the_live_depth_before_its_status() {
+async fn a_reading_reaches_clients_as_the_live_depth_without_its_status() {
     let wall = start(true).await;
     let mut ws = wall.connect("").await;
     assert_eq!(next_json(&mut ws).await["type"], "snapshot");
@@ -372,6 +373,23 @@ async fn a_reading_reaches_clients_as_the_live_depth_before_its_status() {
         live.get("level").is_none() && live.get("data_state").is_none(),
         "{live}"
     );
+    // The undecodable record: counted, and nothing on rejects from the wall.
+    let metrics = reqwest::get(format!("http://{}/metrics", wall.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let undecodable = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("floodcmd_dashboard_undecodable_readings_total "))
+        .expect("the counter is exported");
+    assert!(
+        undecodable.trim().parse::<f64>().unwrap() >= 1.0,
+        "{undecodable}"
+    );
+    let rejects = wall.bus.end_offsets(&wall.topics.rejects()).await.unwrap();
+    assert!(rejects.iter().all(|&o| o == 0), "{rejects:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,11 +129,15 @@ export function sortedIncidents(store) {
 }
 
 /// The point's live depth (off the readings topic, before the stream stage's quality control
-/// and levels) while it is newer than the stage's status, else null: the wall shows it beside
-/// the status, marked live, never as the level.
+/// and levels) while it is newer than the stage's status and says something the status does
+/// not, else null: the wall shows it beside the status, marked live, never as the level. The
+/// stage publishes a status only when more than its times change, so a flat or stuck sensor's
+/// status keeps an old `last_reading_ms`; its live depth, the same as the status's, is not
+/// shown.
 export function liveDepth(p) {
   if (p.live_depth_cm == null || p.live_ms == null) return null;
   if (p.last_reading_ms != null && p.live_ms <= p.last_reading_ms) return null;
+  if (p.depth_cm != null && Math.abs(p.live_depth_cm - p.depth_cm) < 0.005) return null;
   return { depth_cm: p.live_depth_cm, ms: p.live_ms };
 }
 

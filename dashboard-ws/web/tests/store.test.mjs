@@ -86,6 +86,10 @@ test('the live depth shows only while it is newer than the status', () => {
   assert.deepEqual(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 1000 })), { depth_cm: 12.5, ms: 2000 });
   assert.equal(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 2000 })), null);
   assert.equal(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 3000 })), null);
+  // Newer, but the same depth as the status (a flat sensor, whose status the stage does not
+  // publish again): nothing to add.
+  assert.equal(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 1000, depth_cm: 12.5 })), null);
+  assert.deepEqual(liveDepth(point('A', { live_depth_cm: 12.6, live_ms: 2000, last_reading_ms: 1000, depth_cm: 12.5 })), { depth_cm: 12.6, ms: 2000 });
   // Through a patch, as the wall sends it.
   const s = createStore();
   const [head] = snapshotInParts();

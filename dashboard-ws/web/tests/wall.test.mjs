@@ -184,6 +184,18 @@ test('a red underpass incident appears with its escalation steps, on the map and
   await page.locator('#point .chart.depth .uplot').waitFor({ timeout: STEP_MS });
   assert.match(await page.locator('#point .v-depth').textContent(), /^\d+\.\d$/);
   assert.ok((await page.locator('#point .forecast').textContent()).length > 0);
+  // The live depth: the newest reading off the readings topic, shown (marked live, not yet
+  // quality-checked) whenever it is newer than the status, which waits for the stream
+  // stage's epoch and lateness budget. In the storm that is most of the time.
+  const live = page.locator(`#point[data-point="${redPoint}"] .live`);
+  await live.waitFor({ timeout: STEP_MS });
+  assert.match(await live.locator('.v-live').textContent(), /^-?\d+\.\d$/);
+  assert.match(await live.textContent(), /实时水深/);
+  const ws = viewer.sockets.find((s) => s.url.includes('/ws'));
+  assert.ok(
+    ws.frames.some((f) => f.type === 'delta' && (f.patches || []).some((p) => p.id === redPoint && typeof p.live_depth_cm === 'number')),
+    'deltas carry the live depth',
+  );
   await page.screenshot({ path: join(artifacts, 'wall-anonymous.png') });
 });
 
