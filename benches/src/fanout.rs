@@ -193,6 +193,9 @@ struct WallMessage<'a> {
     /// Changed fields only (deltas); the marker is there when the stamp moved.
     #[serde(default, borrow)]
     patches: Vec<PointMark<'a>>,
+    /// Live rows (deltas): `[id, live_depth_cm, live_ms]`.
+    #[serde(default, borrow)]
+    live: Vec<(&'a str, Option<f64>, Option<i64>)>,
 }
 
 #[derive(Deserialize)]
@@ -202,7 +205,8 @@ struct PointMark<'a> {
     /// Absent from a patch when unchanged, `null` when removed: no marker either way.
     #[serde(default)]
     last_reading_ms: Option<i64>,
-    /// The live depth's reading (the wall's own consume of the readings topic), likewise.
+    /// The live depth's reading (the wall's own consume of the readings topic), in whole
+    /// views; deltas carry it in their live rows.
     #[serde(default)]
     live_ms: Option<i64>,
 }
@@ -520,6 +524,11 @@ pub(crate) async fn client(
             let (Some(status), Some(live)) = (&mut r.status, &mut r.live) else {
                 continue;
             };
+            for &(id, _, ts) in &m.live {
+                if let (Some(&i), Some(ts)) = (schedule.points.get(id), ts) {
+                    live.observe(&schedule, i, ts, now_us);
+                }
+            }
             for p in m.points.iter().chain(&m.patches) {
                 let Some(&i) = schedule.points.get(&*p.id) else {
                     continue;
@@ -985,13 +994,18 @@ mod tests {
     }
 
     #[test]
-    fn clients_read_markers_from_points_and_patches_without_copying_ids() {
+    fn clients_read_markers_from_points_patches_and_live_rows_without_copying_ids() {
         let text = r#"{"type":"delta","seq":7,"points":[{"id":"P-00001","name":"x","lat":1.0,
             "last_reading_ms":5}],"patches":[{"id":"P-00012","depth_cm":2.1,
             "last_reading_ms":6},{"id":"P-00013","rain_1h_mm":null},
-            {"id":"P-00014","last_reading_ms":null}],"incidents":[]}"#;
+            {"id":"P-00014","last_reading_ms":null}],"live":[["P-00012",2.2,9],
+            ["P-00015",null,null]],"incidents":[]}"#;
         let m: WallMessage = serde_json::from_str(text).unwrap();
         assert_eq!(m.kind, "delta");
+        assert_eq!(
+            m.live,
+            [("P-00012", Some(2.2), Some(9)), ("P-00015", None, None)]
+        );
         let marks: Vec<(&str, Option<i64>)> = m
             .points
             .iter()
@@ -1009,6 +1023,6 @@ mod tests {
         );
         assert!(matches!(m.patches[0].id, Cow::Borrowed(_)));
         let old: WallMessage = serde_json::from_str(r#"{"type":"snapshot","points":[]}"#).unwrap();
-        assert!(old.patches.is_empty());
+        assert!(old.patches.is_empty() && old.live.is_empty());
     }
 }

@@ -736,6 +736,11 @@ pub struct SentViews {
     views: HashMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The fields of a point's live depth: a delta carries them apart, as one compact row per
+/// point (`[id, live_depth_cm, live_ms]`), not in its patch. Every reading changes them, so
+/// they are most of a storm's delta, and a row is half the bytes of a patch.
+const LIVE_FIELDS: [&str; 2] = ["live_depth_cm", "live_ms"];
+
 /// How one point goes into a shared delta.
 enum PointChange {
     /// Not sent before: the whole view.
@@ -756,8 +761,9 @@ impl SentViews {
         s
     }
 
-    /// Record `view` as sent; what the clients must be sent for it.
-    fn change(&mut self, view: &PointView) -> PointChange {
+    /// Record `view` as sent; what the clients must be sent for it, and its live row when
+    /// its live depth changed (see [`LIVE_FIELDS`]).
+    fn change(&mut self, view: &PointView) -> (PointChange, Option<serde_json::Value>) {
         let serde_json::Value::Object(new) =
             serde_json::to_value(view).expect("a point view is plain data")
         else {
@@ -765,25 +771,28 @@ impl SentViews {
         };
         let Some(old) = self.views.get_mut(&view.id) else {
             self.views.insert(view.id.clone(), new.clone());
-            return PointChange::Whole(serde_json::Value::Object(new));
+            return (PointChange::Whole(serde_json::Value::Object(new)), None);
         };
+        let live_moved = LIVE_FIELDS.iter().any(|k| old.get(*k) != new.get(*k));
         let mut patch = serde_json::Map::new();
         for (k, v) in &new {
-            if old.get(k) != Some(v) {
+            if old.get(k) != Some(v) && !LIVE_FIELDS.contains(&k.as_str()) {
                 patch.insert(k.clone(), v.clone());
             }
         }
         for k in old.keys() {
-            if !new.contains_key(k) {
+            if !new.contains_key(k) && !LIVE_FIELDS.contains(&k.as_str()) {
                 patch.insert(k.clone(), serde_json::Value::Null);
             }
         }
         *old = new;
+        let live =
+            live_moved.then(|| serde_json::json!([view.id, view.live_depth_cm, view.live_ms]));
         if patch.is_empty() {
-            return PointChange::Same;
+            return (PointChange::Same, live);
         }
         patch.insert("id".into(), view.id.clone().into());
-        PointChange::Patch(patch)
+        (PointChange::Patch(patch), live)
     }
 }
 
@@ -796,15 +805,19 @@ impl PendingDelta {
         let seq = d.last_seq?;
         let mut points = Vec::new();
         let mut patches = Vec::new();
+        let mut live = Vec::new();
         for view in d.points.values() {
-            match sent.change(view) {
+            let (change, row) = sent.change(view);
+            match change {
                 PointChange::Whole(v) => points.push(v),
                 PointChange::Patch(p) => patches.push(serde_json::Value::Object(p)),
                 PointChange::Same => {}
             }
+            live.extend(row);
         }
         if points.is_empty()
             && patches.is_empty()
+            && live.is_empty()
             && d.incidents.is_empty()
             && d.alerts.is_empty()
             && d.rejects.is_empty()
@@ -817,6 +830,7 @@ impl PendingDelta {
             "seq": seq,
             "points": points,
             "patches": patches,
+            "live": live,
             "incidents": d.incidents.into_values().collect::<Vec<_>>(),
             "alerts": d.alerts,
             "rejects": d.rejects,
@@ -1115,7 +1129,7 @@ mod tests {
             d.points.iter().map(|p| (p.id.clone(), p.kind)).collect();
         let mut seed = 11u64;
         let mut seq = 0;
-        let (mut patch_bytes, mut whole_bytes) = (0, 0);
+        let (mut patch_bytes, mut whole_bytes, mut live_rows) = (0, 0, 0);
         for tick in 0..300u64 {
             let mut pending = PendingDelta::default();
             for _ in 0..(tick % 7) {
@@ -1143,7 +1157,23 @@ mod tests {
                     flapping: seed >> 13 & 1 == 1,
                     as_of_ms: tick as i64,
                 };
-                for c in w.on_status(s) {
+                let mut changes = w.on_status(s);
+                // And, as often, a reading: the live depth's rows beside the patches.
+                let depth_sensor = d
+                    .point(id)
+                    .and_then(|p| p.sensors.iter().find(|s| s.kind == SensorKind::Depth));
+                if let (Some(sensor), true) = (depth_sensor, seed >> 15 & 1 == 1) {
+                    changes.extend(w.on_reading(Reading {
+                        sensor: sensor.id.clone(),
+                        point: id.clone(),
+                        kind: SensorKind::Depth,
+                        ts_ms: tick as i64 * 10 + (seed >> 17) as i64 % 10,
+                        value: ((seed >> 23) % 4) as f64,
+                        seq: None,
+                        received_ms: 0,
+                    }));
+                }
+                for c in changes {
                     seq += 1;
                     pending.add(seq, &c);
                 }
@@ -1162,10 +1192,15 @@ mod tests {
                 "every point was sent"
             );
             for p in delta["patches"].as_array().unwrap() {
+                assert!(
+                    LIVE_FIELDS.iter().all(|k| p.get(*k).is_none()),
+                    "live fields go in rows: {p}"
+                );
                 patch_bytes += p.to_string().len();
                 let id = p["id"].as_str().unwrap();
                 whole_bytes += serde_json::to_string(&w.points[id]).unwrap().len();
             }
+            live_rows += delta["live"].as_array().unwrap().len();
             apply(&mut client, &delta);
             assert_eq!(client, views_of(&w.points()), "after tick {tick}");
         }
@@ -1173,6 +1208,7 @@ mod tests {
             patch_bytes > 0 && patch_bytes < whole_bytes / 2,
             "{patch_bytes} of {whole_bytes}"
         );
+        assert!(live_rows > 50, "{live_rows} live rows");
 
         // A point the clients were never sent goes whole.
         let mut fresh = SentViews::default();

@@ -1,7 +1,7 @@
 //! What the wall's unit tests feed in and read back: a point's status as the stream stage
 //! would publish it, and what a websocket client holds of the points, modelled as the page's
-//! store keeps it (whole views replaced, patches merged, `null` removing a field), which the
-//! tests of the shared deltas compare with the wall's own view.
+//! store keeps it (whole views replaced, patches and live rows merged, `null` removing a
+//! field), which the tests of the shared deltas compare with the wall's own view.
 
 use crate::state::PointView;
 use floodcmd_model::config::Point;
@@ -65,6 +65,22 @@ pub fn apply(client: &mut Views, msg: &serde_json::Value) {
                 cur.remove(k);
             } else {
                 cur.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    // Live rows: `[id, live_depth_cm, live_ms]`, a null removing its field.
+    for row in msg["live"].as_array().into_iter().flatten() {
+        let cur = client
+            .get_mut(row[0].as_str().expect("an id"))
+            .expect("a live row names a point the client holds");
+        for (k, v) in ["live_depth_cm", "live_ms"]
+            .into_iter()
+            .zip([&row[1], &row[2]])
+        {
+            if v.is_null() {
+                cur.remove(k);
+            } else {
+                cur.insert(k.into(), v.clone());
             }
         }
     }

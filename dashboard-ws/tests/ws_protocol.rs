@@ -355,24 +355,26 @@ async fn a_reading_reaches_clients_as_the_live_depth_without_its_status() {
     let live = loop {
         let m = next_json(&mut ws).await;
         assert_eq!(m["type"], "delta", "{m}");
-        let found = m["points"]
+        // Live rows, `[id, live_depth_cm, live_ms]`, apart from the patches.
+        let found = m["live"]
             .as_array()
             .unwrap()
             .iter()
-            .chain(m["patches"].as_array().unwrap())
-            .find(|p| p["id"] == "UP-01" && p.get("live_depth_cm").is_some())
+            .find(|row| row[0] == "UP-01")
             .cloned();
-        if let Some(p) = found {
-            break p;
+        if let Some(row) = found {
+            // Only the live depth moved: no patch for the point (level and data state are
+            // the stage's).
+            let patched = m["patches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == "UP-01");
+            assert!(!patched, "{m}");
+            break row;
         }
     };
-    assert_eq!(live["live_depth_cm"], 33.5 + offset, "{live}");
-    assert_eq!(live["live_ms"], now, "{live}");
-    // Only the live fields moved: level and data state are the stage's.
-    assert!(
-        live.get("level").is_none() && live.get("data_state").is_none(),
-        "{live}"
-    );
+    assert_eq!(live, json!(["UP-01", 33.5 + offset, now]));
     // The undecodable record: counted, and nothing on rejects from the wall.
     let metrics = reqwest::get(format!("http://{}/metrics", wall.addr))
         .await

@@ -106,6 +106,20 @@ export function applyMessage(store, msg) {
       }
       store.points.set(patch.id, next);
     }
+    // Live rows, `[id, live_depth_cm, live_ms]`: a point's live depth, apart from its patch.
+    for (const [id, depth, ms] of msg.live || []) {
+      const cur = store.points.get(id);
+      if (!cur) {
+        console.warn('live row for a point this page does not hold', id);
+        continue;
+      }
+      const next = { ...cur };
+      if (depth === null) delete next.live_depth_cm;
+      else next.live_depth_cm = depth;
+      if (ms === null) delete next.live_ms;
+      else next.live_ms = ms;
+      store.points.set(id, next);
+    }
     for (const i of msg.incidents || []) {
       if (i.state === 'closed') store.incidents.delete(i.id);
       else store.incidents.set(i.id, i);

@@ -94,8 +94,9 @@ test('the live depth shows only while it is newer than the status', () => {
   const s = createStore();
   const [head] = snapshotInParts();
   applyMessage(s, { ...head, parts: 1 });
-  applyMessage(s, { type: 'delta', seq: 8, epoch: 'e1', now_ms: 1100, points: [], patches: [{ id: 'A', live_depth_cm: 30.1, live_ms: 5000 }], incidents: [] });
+  applyMessage(s, { type: 'delta', seq: 8, epoch: 'e1', now_ms: 1100, points: [], patches: [], live: [['A', 30.1, 5000]], incidents: [] });
   assert.deepEqual(liveDepth(s.points.get('A')), { depth_cm: 30.1, ms: 5000 });
+  assert.equal(s.points.get('A').name, 'A', 'a live row leaves the rest of the point');
   applyMessage(s, { type: 'delta', seq: 9, epoch: 'e1', now_ms: 1200, points: [], patches: [{ id: 'A', depth_cm: 30.1, last_reading_ms: 5000 }], incidents: [] });
   assert.equal(liveDepth(s.points.get('A')), null);
 });

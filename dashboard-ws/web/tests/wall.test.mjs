@@ -193,7 +193,7 @@ test('a red underpass incident appears with its escalation steps, on the map and
   assert.match(await live.textContent(), /实时水深/);
   const ws = viewer.sockets.find((s) => s.url.includes('/ws'));
   assert.ok(
-    ws.frames.some((f) => f.type === 'delta' && (f.patches || []).some((p) => p.id === redPoint && typeof p.live_depth_cm === 'number')),
+    ws.frames.some((f) => f.type === 'delta' && (f.live || []).some(([id, depth]) => id === redPoint && typeof depth === 'number')),
     'deltas carry the live depth',
   );
   await page.screenshot({ path: join(artifacts, 'wall-anonymous.png') });
