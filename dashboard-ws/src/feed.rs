@@ -1,6 +1,6 @@
 //! The wall's change feed: every change to the wall's view gets a sequence number and is
 //! gathered into one pending delta; every 100 ms the delta is cut, encoded once, and the same
-//! text goes to every connected client through a bounded broadcast queue of deltas. A storm
+//! message goes to every connected client through a bounded broadcast queue of deltas. A storm
 //! changes thousands of points a second and a wall may have a thousand clients: per-client
 //! gathering and encoding was what the wall spent its time on (and what made clients fall
 //! behind), so all of it happens once per tick here.
@@ -9,7 +9,8 @@
 //! the next tick, and gets its snapshot (or the changes it missed, from the ring of recent
 //! changes) taken at exactly that cut, with a receiver that starts at the next delta. That is
 //! what makes a shared delta right for every client: each holds the state as of the last cut,
-//! so patches of the fields that changed since are all any of them needs. Snapshots for the
+//! so patches of the fields that changed since (and rows of the live depths that moved) are
+//! all any of them needs. Snapshots for the
 //! clients joining at one tick are built once per kind of session (phones masked or not).
 //!
 //! The feed lives under the same lock as [`WallState`], and cuts and joins happen under it;
@@ -439,6 +440,27 @@ mod tests {
             for k in 0..3 {
                 let depth = depths[(round + k) % depths.len()];
                 wall.apply(|s| s.on_status(status(&d, (round * 7 + k) % 10, depth)));
+            }
+            // And readings: live depths, sent as rows beside the patches.
+            for k in 0..4 {
+                let point = &d.points[(round * 5 + k) % 20];
+                let Some(sensor) = point
+                    .sensors
+                    .iter()
+                    .find(|s| s.kind == floodcmd_model::SensorKind::Depth)
+                else {
+                    continue;
+                };
+                let reading = floodcmd_model::Reading {
+                    sensor: sensor.id.clone(),
+                    point: point.id.clone(),
+                    kind: floodcmd_model::SensorKind::Depth,
+                    ts_ms: (round * 10 + k + 2) as i64,
+                    value: ((round + k) % 4) as f64,
+                    seq: None,
+                    received_ms: 0,
+                };
+                wall.apply(|s| s.on_reading(reading));
             }
             let mut asked = Vec::new();
             match round {

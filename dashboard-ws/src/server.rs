@@ -82,7 +82,8 @@ impl DashboardConfig {
     /// Defaults: no users (anonymous viewers only), no cameras, a queue of 32 deltas (3.2 s;
     /// shared by every client, so its memory does not grow with them), a ring of 32,768
     /// changes (every reading is one, for its live depth: in a storm of 10,000 sensors
-    /// reporting each minute, with their statuses and counters, about a minute).
+    /// reporting each minute, with their statuses and counters, about a minute; at
+    /// 10,000 readings a second, about a second).
     pub fn new(listen: SocketAddr, topics: Topics, group: impl Into<String>) -> Self {
         DashboardConfig {
             listen,

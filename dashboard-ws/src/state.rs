@@ -63,13 +63,15 @@ pub struct PointView {
     /// Event time of the latest reading.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reading_ms: Option<Millis>,
-    /// Calibrated depth of the newest reading the wall has seen itself, straight off the
-    /// readings topic (cm): shown as live (实时, not yet quality-controlled) while it is newer
-    /// than `last_reading_ms`, because the stage's status waits for its epoch and the
-    /// lateness budget, seconds after the water is measured.
+    /// The live depth, cm: the highest of the point's depth sensors' newest readings the
+    /// wall has seen itself, straight off the readings topic, calibrated, and not yet judged
+    /// by the stage (readings the stage's status has covered drop out). Shown as live (实时,
+    /// not yet quality-controlled) while it is newer than `last_reading_ms`, because the
+    /// stage's status waits for its epoch and the lateness budget, seconds after the water
+    /// is measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_depth_cm: Option<f64>,
-    /// Event time of that reading.
+    /// Event time of the reading that gave `live_depth_cm`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live_ms: Option<Millis>,
     /// What quality control found wrong with the latest reading.
@@ -176,8 +178,9 @@ pub struct WallState {
     pub history: History,
     /// What the points add up to, kept as each status arrives.
     tally: Tally,
-    /// Per depth sensor, its newest reading off the readings topic: (event time, calibrated
-    /// depth). A point's live depth is the highest of its sensors', as the stage's depth is.
+    /// Per depth sensor, its newest reading off the readings topic that the stage's status
+    /// has not covered yet: (event time, calibrated depth). A point's live depth is the
+    /// highest of its sensors', as the stage's depth is.
     live_by_sensor: HashMap<String, (Millis, f64)>,
 }
 
@@ -480,6 +483,19 @@ impl WallState {
 
     /// Fold a status record.
     pub fn on_status(&mut self, s: PointStatus) -> Vec<Change> {
+        // Readings this status covers are the stage's now, judged: they leave the live
+        // depth, so a rejected one does not linger there as the highest.
+        if let (Some(point), Some(covered)) = (self.district.point(&s.point), s.last_reading_ms) {
+            for sensor in &point.sensors {
+                if self
+                    .live_by_sensor
+                    .get(&sensor.id)
+                    .is_some_and(|(t, _)| *t <= covered)
+                {
+                    self.live_by_sensor.remove(&sensor.id);
+                }
+            }
+        }
         let Some(p) = self.points.get_mut(&s.point) else {
             return Vec::new();
         };
@@ -522,8 +538,13 @@ impl WallState {
         if !(lo..=hi).contains(&r.value) {
             return Vec::new();
         }
+        // Not older than the sensor's last, nor than what the stage's status covers.
         let newest = self.live_by_sensor.get(&r.sensor).map(|(t, _)| *t);
-        if newest.is_some_and(|t| r.ts_ms <= t) {
+        let covered = self
+            .points
+            .get(&sensor.point.id)
+            .and_then(|p| p.last_reading_ms);
+        if newest.max(covered).is_some_and(|t| r.ts_ms <= t) {
             return Vec::new();
         }
         let depth = r.value + sensor.sensor.calibration_offset_cm;
@@ -532,11 +553,15 @@ impl WallState {
         let Some(p) = self.points.get_mut(&sensor.point.id) else {
             return Vec::new();
         };
+        // Stamped with the time of the reading that gave the value: another sensor's newer
+        // reading must not make an old one look new (say a spike the stage rejected, from a
+        // sensor that has gone quiet since).
         let (mut live_ms, mut live_depth) = (r.ts_ms, depth);
         for s in &sensor.point.sensors {
             if let Some(&(t, d)) = self.live_by_sensor.get(&s.id) {
-                live_ms = live_ms.max(t);
-                live_depth = live_depth.max(d);
+                if d > live_depth || (d == live_depth && t > live_ms) {
+                    (live_ms, live_depth) = (t, d);
+                }
             }
         }
         let before = (p.live_depth_cm, p.live_ms);
@@ -1307,13 +1332,14 @@ mod tests {
         assert!(w.on_reading(reading("WL-UP-01-B", 1_000, 80.0)).is_empty());
         assert_eq!(live(&w).0, Some(42.23));
 
-        // The point's other sensor: the highest newest reading shows, stamped with the newest.
+        // The point's other sensor: the highest newest reading shows, stamped with its own
+        // time (not the other sensor's newer one).
         w.on_reading(reading("WL-UP-01", 1_100, 45.0));
-        assert_eq!(live(&w).0, Some(45.0));
+        assert_eq!((live(&w).0, live(&w).1), (Some(45.0), Some(1_100)));
         w.on_reading(reading("WL-UP-01-B", 1_200, 40.0));
-        assert_eq!((live(&w).0, live(&w).1), (Some(45.0), Some(1_200)));
+        assert_eq!((live(&w).0, live(&w).1), (Some(45.0), Some(1_100)));
         w.on_reading(reading("WL-UP-01", 1_300, 30.0));
-        assert_eq!((live(&w).0, live(&w).1), (Some(41.0), Some(1_300)));
+        assert_eq!((live(&w).0, live(&w).1), (Some(41.0), Some(1_200)));
 
         // The range's ends are in it, as the stage has them.
         w.on_reading(reading("WL-UP-01-B", 1_400, 1_000.0));
@@ -1333,11 +1359,28 @@ mod tests {
             live(&w),
             (Some(-49.0), Some(1_500), Level::Normal, DataState::Fresh)
         );
+        // Readings the status covers are gone from the live depth: a new one alone counts.
         w.on_reading(reading("WL-UP-01-B", 2_500, 61.0));
         assert_eq!(
             live(&w),
             (Some(62.0), Some(2_500), Level::Normal, DataState::Fresh)
         );
+        // Nor does a reading the status already covers come back as live.
+        assert!(w.on_reading(reading("WL-UP-01", 1_900, 90.0)).is_empty());
+
+        // A spike from one sensor, which then goes quiet: the other's newer readings do not
+        // re-stamp it, and once the stage's status covers it, it is gone.
+        w.on_reading(reading("WL-UP-01-B", 3_000, 500.0));
+        w.on_reading(reading("WL-UP-01", 3_100, 30.0));
+        assert_eq!((live(&w).0, live(&w).1), (Some(501.0), Some(3_000)));
+        w.on_status(PointStatus {
+            depth_cm: Some(30.0),
+            last_reading_ms: Some(3_100),
+            qc_flags: vec![QcFlag::Spike],
+            ..crate::wall_fixtures::fresh_status(p)
+        });
+        w.on_reading(reading("WL-UP-01", 3_200, 31.0));
+        assert_eq!((live(&w).0, live(&w).1), (Some(31.0), Some(3_200)));
 
         // A rain gauge's reading is an increment, not a depth: no live value.
         let gauge = d

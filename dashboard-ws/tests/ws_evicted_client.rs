@@ -73,7 +73,13 @@ async fn a_client_that_takes_nothing_is_disconnected_and_a_reader_is_not() {
     sock.set_recv_buffer_size(4096).unwrap();
     let stream = sock.connect(addr).await.unwrap();
     let (stalled, _) = tokio_tungstenite::client_async(&url, stream).await.unwrap();
-    assert_eq!(metric(&base, "floodcmd_dashboard_ws_clients").await, 2.0);
+    // The handshake's answer can reach the client before the server's task for it has
+    // counted it: wait for the count rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&base, "floodcmd_dashboard_ws_clients").await != 2.0 {
+        assert!(std::time::Instant::now() < deadline, "both clients counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Dead letters of 16 KiB, which the wall shows: enough to fill the stalled socket's
     // buffers and block the server's writes to it.

@@ -90,7 +90,7 @@ test('the live depth shows only while it is newer than the status', () => {
   // publish again): nothing to add.
   assert.equal(liveDepth(point('A', { live_depth_cm: 12.5, live_ms: 2000, last_reading_ms: 1000, depth_cm: 12.5 })), null);
   assert.deepEqual(liveDepth(point('A', { live_depth_cm: 12.6, live_ms: 2000, last_reading_ms: 1000, depth_cm: 12.5 })), { depth_cm: 12.6, ms: 2000 });
-  // Through a patch, as the wall sends it.
+  // Through a live row, as the wall sends it.
   const s = createStore();
   const [head] = snapshotInParts();
   applyMessage(s, { ...head, parts: 1 });
@@ -99,4 +99,25 @@ test('the live depth shows only while it is newer than the status', () => {
   assert.equal(s.points.get('A').name, 'A', 'a live row leaves the rest of the point');
   applyMessage(s, { type: 'delta', seq: 9, epoch: 'e1', now_ms: 1200, points: [], patches: [{ id: 'A', depth_cm: 30.1, last_reading_ms: 5000 }], incidents: [] });
   assert.equal(liveDepth(s.points.get('A')), null);
+});
+
+test('a patch and a live row of one point in one delta both apply; a null removes; an unknown id is skipped', () => {
+  const s = createStore();
+  const [head] = snapshotInParts();
+  applyMessage(s, { ...head, parts: 1 });
+  applyMessage(s, {
+    type: 'delta', seq: 8, epoch: 'e1', now_ms: 1100, points: [],
+    patches: [{ id: 'A', depth_cm: 10, last_reading_ms: 900 }],
+    live: [['A', 12.5, 1000], ['NOPE', 1, 1]],
+    incidents: [],
+  });
+  const a = s.points.get('A');
+  assert.equal(a.depth_cm, 10);
+  assert.equal(a.last_reading_ms, 900);
+  assert.deepEqual(liveDepth(a), { depth_cm: 12.5, ms: 1000 });
+  assert.equal(s.points.has('NOPE'), false);
+  applyMessage(s, { type: 'delta', seq: 9, epoch: 'e1', now_ms: 1200, points: [], patches: [], live: [['A', null, null]], incidents: [] });
+  assert.equal('live_depth_cm' in s.points.get('A'), false);
+  assert.equal('live_ms' in s.points.get('A'), false);
+  assert.equal(s.points.get('A').depth_cm, 10);
 });
