@@ -845,52 +845,34 @@ pub async fn run(
         failed.load(Ordering::Relaxed) as f64,
         "posts",
     );
-    report.figure(
-        "ingest→delta (live depth) p50",
-        ms(&live_latency, 0.5),
-        "ms",
-    );
-    report.figure(
-        "ingest→delta (live depth) p99",
-        ms(&live_latency, 0.99),
-        "ms",
-    );
-    report.figure(
-        "ingest→delta (live depth) p99.9",
-        ms(&live_latency, 0.999),
-        "ms",
-    );
-    report.figure(
-        "ingest→delta (live depth) max",
-        live_latency.max() as f64 / 1000.0,
-        "ms",
-    );
-    report.figure(
-        "readings seen live by the measured clients",
-        live_latency.len() as f64,
-        "reading×client",
-    );
-    report.figure(
-        "readings never seen live by a measured client",
-        expected.saturating_sub(live_latency.len()) as f64,
-        "reading×client",
-    );
-    report.figure("ingest→delta (status) p50", ms(&latency, 0.5), "ms");
-    report.figure("ingest→delta (status) p99", ms(&latency, 0.99), "ms");
-    report.figure("ingest→delta (status) p99.9", ms(&latency, 0.999), "ms");
-    report.figure(
-        "ingest→delta (status) max",
-        latency.max() as f64 / 1000.0,
-        "ms",
-    );
+    // Each latency as p50, p99, p99.9 and max; each delivery also as readings seen and
+    // never seen, over the measured clients.
+    let percentiles = |report: &mut Report, name: &str, h: &Histogram<u64>| {
+        for (q, label) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+            report.figure(&format!("{name} {label}"), ms(h, q), "ms");
+        }
+        report.figure(&format!("{name} max"), h.max() as f64 / 1000.0, "ms");
+    };
+    let seen = |report: &mut Report, how: &str, h: &Histogram<u64>| {
+        report.figure(
+            &format!("readings seen{how} by the measured clients"),
+            h.len() as f64,
+            "reading×client",
+        );
+        report.figure(
+            &format!("readings never seen{how} by a measured client"),
+            expected.saturating_sub(h.len()) as f64,
+            "reading×client",
+        );
+    };
+    percentiles(&mut report, "ingest→delta (live depth)", &live_latency);
+    seen(&mut report, " live", &live_latency);
+    percentiles(&mut report, "ingest→delta (status)", &latency);
     report.figure("ingest→status p50", ms(&status_h, 0.5), "ms");
     report.figure("ingest→status p99", ms(&status_h, 0.99), "ms");
     report.figure("ingest→status max", status_h.max() as f64 / 1000.0, "ms");
     let wall = &wall_share.latency;
-    report.figure("status→delta p50", ms(wall, 0.5), "ms");
-    report.figure("status→delta p99", ms(wall, 0.99), "ms");
-    report.figure("status→delta p99.9", ms(wall, 0.999), "ms");
-    report.figure("status→delta max", wall.max() as f64 / 1000.0, "ms");
+    percentiles(&mut report, "status→delta", wall);
     report.figure("status→delta joined", wall.len() as f64, "stamp×client");
     report.figure(
         "status→delta unmatched: delta before watcher",
@@ -902,16 +884,7 @@ pub async fn run(
         wall_share.not_logged as f64,
         "stamp×client",
     );
-    report.figure(
-        "readings seen by the measured clients",
-        latency.len() as f64,
-        "reading×client",
-    );
-    report.figure(
-        "readings never seen by a measured client",
-        expected.saturating_sub(latency.len()) as f64,
-        "reading×client",
-    );
+    seen(&mut report, "", &latency);
     report.figure(
         "deltas delivered per s",
         deltas as f64 / window_s,
