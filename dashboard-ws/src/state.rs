@@ -538,21 +538,17 @@ impl WallState {
         if !(lo..=hi).contains(&r.value) {
             return Vec::new();
         }
+        let Some(p) = self.points.get_mut(&sensor.point.id) else {
+            return Vec::new();
+        };
         // Not older than the sensor's last, nor than what the stage's status covers.
         let newest = self.live_by_sensor.get(&r.sensor).map(|(t, _)| *t);
-        let covered = self
-            .points
-            .get(&sensor.point.id)
-            .and_then(|p| p.last_reading_ms);
-        if newest.max(covered).is_some_and(|t| r.ts_ms <= t) {
+        if newest.max(p.last_reading_ms).is_some_and(|t| r.ts_ms <= t) {
             return Vec::new();
         }
         let depth = r.value + sensor.sensor.calibration_offset_cm;
         self.live_by_sensor
             .insert(r.sensor.clone(), (r.ts_ms, depth));
-        let Some(p) = self.points.get_mut(&sensor.point.id) else {
-            return Vec::new();
-        };
         // Stamped with the time of the reading that gave the value: another sensor's newer
         // reading must not make an old one look new (say a spike the stage rejected, from a
         // sensor that has gone quiet since).
