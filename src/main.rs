@@ -127,6 +127,10 @@ struct FanoutBenchArgs {
     /// wall's work).
     #[arg(long, default_value_t = 100)]
     measured_clients: usize,
+    /// The clients do not offer permessage-deflate (browsers do), so the wall sends them
+    /// plain frames: for a run side by side.
+    #[arg(long)]
+    no_compression: bool,
 }
 
 /// The `sms` bench's options.
@@ -865,6 +869,7 @@ async fn bench_fanout(
             measured: args.measured_clients,
             rate: args.rate,
             duration_s: args.duration,
+            deflate: !args.no_compression,
         },
         command,
     )

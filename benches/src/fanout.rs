@@ -54,7 +54,8 @@ use floodcmd_model::codec::decode;
 use floodcmd_model::event::PointStatus;
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, SensorKind};
-use futures::StreamExt;
+use floodcmd_ws_frames::deflate::{inflate, inflate_prefix};
+use floodcmd_ws_frames::Incoming;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -75,7 +76,7 @@ pub enum FanoutError {
         client: usize,
         /// Why.
         #[source]
-        source: tokio_tungstenite::tungstenite::Error,
+        source: floodcmd_ws_frames::WireError,
     },
     /// The bus refused the status consumer.
     #[error("bus: {0}")]
@@ -133,6 +134,9 @@ pub struct FanoutOptions {
     pub rate: f64,
     /// Seconds of feeding.
     pub duration_s: u64,
+    /// Whether the clients offer permessage-deflate, as browsers do (Chromium and Firefox
+    /// always offer it). Off, the wall sends them plain frames, for a run side by side.
+    pub deflate: bool,
 }
 
 /// Batches per second of the feeder (one every 10 ms).
@@ -445,26 +449,32 @@ pub(crate) enum Role {
     Read,
 }
 
-/// A websocket client on the wall until `stop`, in its `role`. It reads from the start but measures only
+/// The most a client takes in one message: a snapshot's first part with a large district.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// A websocket client on the wall until `stop`, in its `role`, offering compression when
+/// `deflate`. It reads from the start but measures only
 /// once `schedule` holds the schedule, and counts its first snapshot in `snapshotted`, so
 /// the caller can start the storm once every client has its snapshot, however long a
 /// thousand snapshots take.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn client(
     url: String,
+    deflate: bool,
     schedule: watch::Receiver<Option<Arc<Schedule>>>,
     role: Role,
     snapshotted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     index: usize,
 ) -> Result<tokio::task::JoinHandle<Result<ClientResult, FanoutError>>, FanoutError> {
-    let (ws, _) = tokio_tungstenite::connect_async(&url)
+    let conn = floodcmd_ws_frames::handshake::connect(&url, None, deflate, MAX_MESSAGE)
         .await
         .map_err(|source| FanoutError::Connect {
             client: index,
             source,
         })?;
     let handle = tokio::spawn(async move {
-        let (_, mut read) = ws.split();
+        let (_writer, mut read) = (conn.writer, conn.reader);
         let mut r = ClientResult {
             status: None,
             live: None,
@@ -475,32 +485,51 @@ pub(crate) async fn client(
         };
         while !stop.load(Ordering::Relaxed) {
             let msg = match tokio::time::timeout(Duration::from_millis(200), read.next()).await {
-                Ok(Some(Ok(m))) => m,
+                Ok(Ok(Some(m))) => m,
                 Ok(_) => break,
                 Err(_) => continue,
             };
             let now_us = unix_us();
-            let text = match msg.to_text() {
-                Ok(t) if !t.is_empty() => t,
-                _ => continue,
+            let Incoming::Data {
+                text: true,
+                compressed,
+                payload,
+            } = msg
+            else {
+                continue;
             };
-            r.bytes += text.len() as u64;
+            // What came over the wire, compressed or not.
+            r.bytes += payload.len() as u64;
             let Role::Measure(status_log) = &role else {
-                // A reader only: what kind of message, from its opening (a snapshot's
-                // first message begins with its type, as `Wall::tick` in dashboard-ws's
-                // feed.rs writes it; if that changes, readers never count a snapshot and
-                // the storm never starts: `FanoutError::Snapshots`) or its `type` otherwise.
-                if text.starts_with(r#"{"type":"snapshot","#) {
+                // A reader only: what kind of message, from its opening, inflating no
+                // further. A snapshot's first message begins with its type, as `Wall::tick`
+                // in dashboard-ws's feed.rs writes it (if that changes, readers never count
+                // a snapshot and the storm never starts: `FanoutError::Snapshots`); its
+                // further parts begin with `snapshot_part`; anything else is a delta.
+                let opening = if compressed {
+                    Cow::Owned(inflate_prefix(&payload, 24).unwrap_or_default())
+                } else {
+                    Cow::Borrowed(&payload[..payload.len().min(24)])
+                };
+                if opening.starts_with(br#"{"type":"snapshot","#) {
                     if r.snapshots == 0 {
                         snapshotted.fetch_add(1, Ordering::Relaxed);
                     }
                     r.snapshots += 1;
-                } else if text.contains(r#""type":"delta""#) {
+                } else if !opening.starts_with(br#"{"type":"snapshot_part""#) {
                     r.deltas += 1;
                 }
                 continue;
             };
-            let Ok(m) = serde_json::from_str::<WallMessage>(text) else {
+            let text = if compressed {
+                match inflate(&payload, MAX_MESSAGE) {
+                    Ok(t) => Cow::Owned(t),
+                    Err(_) => continue,
+                }
+            } else {
+                Cow::Borrowed(&payload[..])
+            };
+            let Ok(m) = serde_json::from_slice::<WallMessage>(&text) else {
                 continue;
             };
             match &*m.kind {
@@ -702,6 +731,7 @@ pub async fn run(
         let connects = (chunk_start..chunk_end).map(|i| {
             client(
                 url.clone(),
+                opts.deflate,
                 schedule_rx.clone(),
                 if measures(i) {
                     Role::Measure(Some(status_log.clone()))
@@ -812,6 +842,7 @@ pub async fn run(
         params: serde_json::json!({
             "clients": opts.clients,
             "measured_clients": measured,
+            "compression": if opts.deflate { "permessage-deflate, offered by every client" } else { "none (plain frames)" },
             "rate_per_s": opts.rate,
             "duration_s": opts.duration_s,
             "depth_sensors": n,
@@ -890,6 +921,7 @@ pub async fn run(
         deltas as f64 / window_s,
         "deltas/s",
     );
+    // Over the wire: compressed bytes when the clients agreed to compression.
     report.figure("MB received per s", bytes as f64 / window_s / 1e6, "MB/s");
     report.figure(
         "resyncs (slow-client snapshots)",

@@ -240,6 +240,7 @@ async fn step(
         clients.push(
             client(
                 url.clone(),
+                true,
                 schedule_rx.clone(),
                 Role::Measure(None),
                 snapshotted.clone(),

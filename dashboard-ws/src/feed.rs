@@ -20,10 +20,10 @@
 use crate::auth::Session;
 use crate::state::{Change, PendingDelta, SentViews, SnapshotParts, WallState};
 use floodcmd_model::time::Millis;
+use floodcmd_ws_frames::OutFrame;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
-use warp::ws::Message;
 
 /// One change with its sequence number.
 pub type Numbered = (u64, Arc<Change>);
@@ -36,7 +36,7 @@ pub struct Frame {
     pub seq: u64,
     /// The message, built once: its payload is shared, so each client's copy costs a
     /// reference count, not a copy of the text.
-    pub message: Message,
+    pub message: OutFrame,
 }
 
 /// What a client waits for at the next cut.
@@ -61,7 +61,7 @@ pub struct Joined {
     /// The snapshot's first message, or the resumed delta.
     pub first: String,
     /// The snapshot's further parts, shared by the clients joining at the same cut.
-    pub rest: Arc<[String]>,
+    pub rest: Arc<[OutFrame]>,
     /// The deltas from this cut's on (skip those numbered `seq` or below).
     pub frames: broadcast::Receiver<Arc<Frame>>,
 }
@@ -182,7 +182,7 @@ impl DeltaEncoder {
             msg["now_ms"] = now_ms.into();
             let _ = self.frames.send(Arc::new(Frame {
                 seq,
-                message: Message::text(msg.to_string()),
+                message: OutFrame::text(msg.to_string()),
             }));
         }
     }
@@ -262,7 +262,9 @@ impl Wall {
         let (mut resumed, mut snapshots) = (0, 0);
         let seq = self.feed.seq;
         // One body per kind of session: viewers' phones masked, commanders' not.
-        let mut bodies: [Option<SnapshotParts>; 2] = [None, None];
+        // The further parts framed once, too: the clients joining at this cut share them,
+        // compressed (for those that agreed to it) by the first that needs them.
+        let mut bodies: [Option<(SnapshotParts, Arc<[OutFrame]>)>; 2] = [None, None];
         for j in joiners {
             let session = match j.want {
                 Want::Resume {
@@ -287,9 +289,16 @@ impl Wall {
                 Want::Snapshot(session) => session,
             };
             let phones = session.sees_phones();
-            let snap = bodies[usize::from(phones)].get_or_insert_with(|| {
-                self.state
-                    .snapshot_parts(seq, &self.feed.epoch, phones, self.part_points)
+            let (snap, rest) = bodies[usize::from(phones)].get_or_insert_with(|| {
+                let snap =
+                    self.state
+                        .snapshot_parts(seq, &self.feed.epoch, phones, self.part_points);
+                let rest = snap
+                    .rest
+                    .iter()
+                    .map(|p| OutFrame::text(p.as_str()))
+                    .collect();
+                (snap, rest)
             });
             snapshots += 1;
             // The session's own fields, then the shared body without its opening brace.
@@ -302,7 +311,7 @@ impl Wall {
             let _ = j.reply.send(Joined {
                 seq,
                 first,
-                rest: snap.rest.clone(),
+                rest: rest.clone(),
                 frames: self.feed.frames.subscribe(),
             });
         }
@@ -366,7 +375,8 @@ mod tests {
                 points: Views::new(),
                 frames: j.frames,
             };
-            for m in std::iter::once(&j.first).chain(j.rest.iter()) {
+            let rest = j.rest.iter().map(|p| p.as_text().unwrap());
+            for m in std::iter::once(j.first.as_str()).chain(rest) {
                 c.apply(&serde_json::from_str(m).unwrap());
             }
             c
@@ -384,7 +394,7 @@ mod tests {
                     continue;
                 }
                 let v: serde_json::Value =
-                    serde_json::from_str(f.message.to_str().unwrap()).unwrap();
+                    serde_json::from_str(f.message.as_text().unwrap()).unwrap();
                 assert_eq!(v["seq"], f.seq);
                 self.apply(&v);
             }
@@ -508,7 +518,8 @@ mod tests {
                         "phones masked for viewers only"
                     );
                     for (i, part) in joined[0].rest.iter().enumerate() {
-                        let part: serde_json::Value = serde_json::from_str(part).unwrap();
+                        let part: serde_json::Value =
+                            serde_json::from_str(part.as_text().unwrap()).unwrap();
                         assert_eq!(part["type"], "snapshot_part");
                         assert_eq!(
                             (&part["seq"], &part["part"]),

@@ -18,6 +18,7 @@ pub mod feed;
 pub mod guard;
 pub mod history;
 pub mod server;
+pub mod socket;
 pub mod state;
 #[cfg(test)]
 mod wall_fixtures;

@@ -15,6 +15,7 @@
 use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
 use crate::feed::{DeltaEncoder, Joined, Wall, Want};
 use crate::guard::{self, Origins};
+use crate::socket::{check_upgrade, upgrade};
 use crate::state::{Change, WallState};
 use floodcmd_model::bus::{Assignment, Bus, BusError, Producer};
 use floodcmd_model::codec::{decode, decode_reading, encode, DecodeError};
@@ -22,6 +23,8 @@ use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
+use floodcmd_ws_frames::handshake::deflate_offered;
+use floodcmd_ws_frames::{Incoming, OutFrame, WireError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use prometheus::{Encoder, IntCounter, IntGauge};
 use std::collections::HashMap;
@@ -31,7 +34,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use warp::http::StatusCode;
-use warp::ws::Message;
 use warp::{Filter, Reply};
 
 /// How much of each topic a starting wall folds to rebuild its view.
@@ -123,6 +125,7 @@ struct WallMetrics {
     resumes: IntCounter,
     evicted: IntCounter,
     undecodable_readings: IntCounter,
+    compressed: IntCounter,
 }
 
 fn metrics() -> &'static WallMetrics {
@@ -154,6 +157,11 @@ fn metrics() -> &'static WallMetrics {
                 "Clients disconnected for taking nothing from their socket for stalled_after (30 s)",
             )
             .expect("metric"),
+            compressed: IntCounter::new(
+                "floodcmd_dashboard_ws_compressed_connections_total",
+                "Websocket connections that agreed to permessage-deflate (browsers offer it)",
+            )
+            .expect("metric"),
             undecodable_readings: IntCounter::new(
                 "floodcmd_dashboard_undecodable_readings_total",
                 "Records on the readings topic the wall could not decode for its live depth (the stream stage dead-letters them)",
@@ -167,6 +175,7 @@ fn metrics() -> &'static WallMetrics {
         let _ = r.register(Box::new(m.resumes.clone()));
         let _ = r.register(Box::new(m.evicted.clone()));
         let _ = r.register(Box::new(m.undecodable_readings.clone()));
+        let _ = r.register(Box::new(m.compressed.clone()));
         m
     })
 }
@@ -468,15 +477,15 @@ pub fn parse_resume(v: &str) -> Option<(String, u64)> {
 /// Serve one websocket client until it goes away: its first message at the next cut, then
 /// the shared deltas, and a fresh snapshot whenever it falls too far behind. Generic over the
 /// socket's halves so a test can hold the sending side still.
-pub async fn client<S, R, E>(
+pub async fn client<S, R>(
     mut tx: S,
     mut rx_ws: R,
     shared: Shared,
     session: Session,
     resume: Option<(String, u64)>,
 ) where
-    S: Sink<Message> + Unpin,
-    R: Stream<Item = Result<Message, E>> + Unpin,
+    S: Sink<OutFrame> + Unpin,
+    R: Stream<Item = Result<Incoming, WireError>> + Unpin,
 {
     metrics().clients.inc();
     let want = match resume {
@@ -488,7 +497,7 @@ pub async fn client<S, R, E>(
         None => Want::Snapshot(session.clone()),
     };
     let limit = shared.stalled_after;
-    let Some(joined) = join_unless_gone(&shared, want, &mut rx_ws).await else {
+    let Some(joined) = join_unless_gone(&shared, want, &mut tx, &mut rx_ws).await else {
         metrics().clients.dec();
         return;
     };
@@ -514,55 +523,79 @@ pub async fn client<S, R, E>(
                     metrics().resyncs.inc();
                     // A fresh snapshot at the next cut: the old backlog is stale.
                     let want = Want::Snapshot(session.clone());
-                    let Some(j) = join_unless_gone(&shared, want, &mut rx_ws).await else { break };
+                    let Some(j) = join_unless_gone(&shared, want, &mut tx, &mut rx_ws).await else { break };
                     start = j.seq;
                     frames = j.frames;
                     if !send_start(&mut tx, j.first, j.rest, limit).await { break; }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            incoming = rx_ws.next() => if left(&incoming) { break },
+            incoming = rx_ws.next() => if !answer(&mut tx, incoming, limit).await { break },
         }
     }
     metrics().clients.dec();
 }
 
-/// Whether what the client's socket gave says it has gone: a close, an error or the end.
+/// Answer what the client's socket gave: a ping with a pong, a close with a close, a broken
+/// frame with the close code that says why. False when the client has gone or is let go.
 /// Anything else a client sends is read only to notice that.
-fn left<E>(incoming: &Option<Result<Message, E>>) -> bool {
+async fn answer<S: Sink<OutFrame> + Unpin>(
+    tx: &mut S,
+    incoming: Option<Result<Incoming, WireError>>,
+    limit: Duration,
+) -> bool {
     match incoming {
-        Some(Ok(m)) => m.is_close(),
-        Some(Err(_)) | None => true,
+        Some(Ok(Incoming::Ping(p))) => send_or_evict(tx, OutFrame::pong(&p), limit).await,
+        Some(Ok(Incoming::Data { .. } | Incoming::Pong(_))) => true,
+        Some(Ok(Incoming::Close(_))) => {
+            let _ = send_or_evict(tx, OutFrame::close(1000), limit).await;
+            false
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "websocket client broke the protocol; closing");
+            if let Some(code) = e.close_code() {
+                let _ = send_or_evict(tx, OutFrame::close(code), limit).await;
+            }
+            false
+        }
+        None => false,
     }
 }
 
 /// Wait for the next cut to start there; `None` when the wall is closed or the client goes
 /// away meanwhile (its socket is watched, so a client that leaves is not kept waiting).
-async fn join_unless_gone<R, E>(shared: &Shared, want: Want, rx_ws: &mut R) -> Option<Joined>
+async fn join_unless_gone<S, R>(
+    shared: &Shared,
+    want: Want,
+    tx: &mut S,
+    rx_ws: &mut R,
+) -> Option<Joined>
 where
-    R: Stream<Item = Result<Message, E>> + Unpin,
+    S: Sink<OutFrame> + Unpin,
+    R: Stream<Item = Result<Incoming, WireError>> + Unpin,
 {
     let joined = shared.join(want);
-    let gone = async { while !left(&rx_ws.next().await) {} };
+    let limit = shared.stalled_after;
+    let gone = async { while answer(tx, rx_ws.next().await, limit).await {} };
     tokio::select! {
         j = joined => j,
         _ = gone => None,
     }
 }
 
-/// Send a client's first message and the snapshot's further parts, copying one part at a
-/// time; false when the client is gone or let go.
-async fn send_start<S: Sink<Message> + Unpin>(
+/// Send a client's first message and the snapshot's further parts (shared with the clients
+/// that joined at the same cut); false when the client is gone or let go.
+async fn send_start<S: Sink<OutFrame> + Unpin>(
     tx: &mut S,
     first: String,
-    rest: Arc<[String]>,
+    rest: Arc<[OutFrame]>,
     limit: Duration,
 ) -> bool {
-    if !send_or_evict(tx, Message::text(first), limit).await {
+    if !send_or_evict(tx, OutFrame::text(first), limit).await {
         return false;
     }
     for part in rest.iter() {
-        if !send_or_evict(tx, Message::text(part.clone()), limit).await {
+        if !send_or_evict(tx, part.clone(), limit).await {
             return false;
         }
     }
@@ -571,9 +604,9 @@ async fn send_start<S: Sink<Message> + Unpin>(
 
 /// Send one message; false when the client is gone, or has taken nothing for `limit` (its
 /// socket's buffers are full) and is let go.
-async fn send_or_evict<S: Sink<Message> + Unpin>(
+async fn send_or_evict<S: Sink<OutFrame> + Unpin>(
     tx: &mut S,
-    msg: Message,
+    msg: OutFrame,
     limit: Duration,
 ) -> bool {
     match tokio::time::timeout(limit, tx.send(msg)).await {
@@ -757,22 +790,31 @@ pub async fn serve(
         allowed: config.allowed_origins.clone(),
     };
     let ws = warp::path!("ws")
-        .and(warp::ws())
-        .and(warp::header::optional::<String>("origin"))
-        .and(warp::header::optional::<String>("host"))
-        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_shared)
         .map(
-            move |ws: warp::ws::Ws,
-                  origin: Option<String>,
-                  host: Option<String>,
-                  protocols: Option<String>,
+            move |headers: warp::http::HeaderMap,
+                  on_upgrade: Option<hyper::upgrade::OnUpgrade>,
                   q: HashMap<String, String>,
                   w: Shared| {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let (origin, host) = (header("origin"), header("host"));
+                let key = match check_upgrade(&headers) {
+                    Ok(key) => key,
+                    Err(why) => {
+                        guard::count("ws", "upgrade");
+                        return error(StatusCode::BAD_REQUEST, format!("not a websocket request: {why}"));
+                    }
+                };
+                let Some(on_upgrade) = on_upgrade else {
+                    return error(StatusCode::BAD_REQUEST, "this connection cannot be upgraded".into());
+                };
                 // A page on another site must not open the wall in an operator's browser
                 // (cross-site websocket hijacking): checked before the token.
-                if !origins.allows(origin.as_deref(), host.as_deref()) {
+                if !origins.allows(origin, host) {
                     guard::count("ws", "origin");
                     tracing::warn!(origin = ?origin, host = ?host, "websocket refused: origin not allowed");
                     return error(
@@ -792,7 +834,7 @@ pub async fn serve(
                         ),
                     );
                 }
-                let offered = OfferedProtocols::parse(protocols.as_deref());
+                let offered = OfferedProtocols::parse(header("sec-websocket-protocol"));
                 let session = match ws_auth.session(offered.token) {
                     Ok(s) => s,
                     Err(e) => {
@@ -801,18 +843,18 @@ pub async fn serve(
                     }
                 };
                 let resume = q.get("resume").and_then(|r| parse_resume(r));
-                let upgrade = ws.max_message_size(64 * 1024).on_upgrade(move |socket| {
-                    let (tx, rx) = socket.split();
-                    client(tx, rx, w, session, resume)
-                });
+                // Compression is agreed without context takeover, so that one compressed
+                // delta serves every client that agreed (see crate::socket).
+                let deflate = deflate_offered(header("sec-websocket-extensions"));
+                if deflate {
+                    metrics().compressed.inc();
+                }
                 // A browser that offered subprotocols drops a connection whose answer names
                 // none of them; the token itself is never echoed.
-                if offered.wall {
-                    warp::reply::with_header(upgrade, "sec-websocket-protocol", WS_PROTOCOL)
-                        .into_response()
-                } else {
-                    upgrade.into_response()
-                }
+                let protocol = offered.wall.then_some(WS_PROTOCOL);
+                upgrade(&key, on_upgrade, protocol, deflate, move |tx, rx| {
+                    client(tx, rx, w, session, resume)
+                })
             },
         );
     let actions = crate::actions::route(bus.producer(), t.clone(), clock.clone(), auth.clone());
@@ -939,8 +981,8 @@ mod tests {
         }
     }
 
-    fn parse(m: &Message) -> serde_json::Value {
-        serde_json::from_str(m.to_str().expect("text frame")).expect("json")
+    fn parse(m: &OutFrame) -> serde_json::Value {
+        serde_json::from_str(m.as_text().expect("text frame")).expect("json")
     }
 
     /// The pacer lets `limit` records through per tick, then waits for the next tick.
@@ -1059,20 +1101,20 @@ mod tests {
         let (_stop, stop_rx) = watch::channel(false);
         shared.start_ticks(stop_rx);
         // The slow client's socket: a channel of one message that nobody reads for now.
-        let (slow_tx, mut slow_rx) = futures::channel::mpsc::channel::<Message>(0);
+        let (slow_tx, mut slow_rx) = futures::channel::mpsc::channel::<OutFrame>(0);
         let slow_tx = slow_tx.sink_map_err(|_| ());
         let slow = tokio::spawn(client(
             slow_tx,
-            futures::stream::pending::<Result<Message, ()>>(),
+            futures::stream::pending::<Result<Incoming, WireError>>(),
             shared.clone(),
             Session::anonymous(),
             None,
         ));
-        let (fast_tx, mut fast_rx) = futures::channel::mpsc::unbounded::<Message>();
+        let (fast_tx, mut fast_rx) = futures::channel::mpsc::unbounded::<OutFrame>();
         let fast_tx = fast_tx.sink_map_err(|_| ());
         let fast = tokio::spawn(client(
             fast_tx,
-            futures::stream::pending::<Result<Message, ()>>(),
+            futures::stream::pending::<Result<Incoming, WireError>>(),
             shared.clone(),
             Session::anonymous(),
             None,

@@ -2,7 +2,9 @@
 //! a snapshot built for the session (phones masked for viewers), deltas that hold each point
 //! at most once with its newest state, a reconnect that resumes with only what was missed,
 //! a resume from another run that gets a snapshot, a refused token, the history endpoint,
-//! a reading shown live ahead of its status, and a wall that allows no anonymous viewers.
+//! a reading shown live ahead of its status, a wall that allows no anonymous viewers, and the
+//! wall's own framing: compression agreed with a client that offers it, pings, closes and
+//! the close codes of protocol errors.
 
 use floodcmd_bus::EmbeddedBus;
 use floodcmd_dashboard::auth::{password_sha256, AuthConfig};
@@ -14,6 +16,10 @@ use floodcmd_model::settings::{DashboardUser, UserRole};
 use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
+use floodcmd_ws_frames::deflate::inflate;
+use floodcmd_ws_frames::frame::client_frame;
+use floodcmd_ws_frames::handshake::{connect, ClientConnection};
+use floodcmd_ws_frames::Incoming;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -452,4 +458,118 @@ async fn without_anonymous_viewing_every_read_needs_a_login() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// The next message off a connection of the wall's own client, inflated when compressed;
+/// control frames as they came.
+async fn next_incoming(c: &mut ClientConnection) -> Option<Incoming> {
+    tokio::time::timeout(Duration::from_secs(30), c.reader.next())
+        .await
+        .expect("a frame within 30 s")
+        .expect("a well-formed frame")
+}
+
+fn json_of(m: &Incoming) -> Option<(bool, Value)> {
+    let Incoming::Data {
+        text: true,
+        compressed,
+        payload,
+    } = m
+    else {
+        return None;
+    };
+    let text = if *compressed {
+        inflate(payload, 64 << 20).unwrap()
+    } else {
+        payload.to_vec()
+    };
+    Some((*compressed, serde_json::from_slice(&text).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_pings_closes_and_protocol_errors_on_the_wall_s_own_framing() {
+    use tokio::io::AsyncWriteExt;
+    let wall = start(true).await;
+    let url = format!("ws://{}/ws", wall.addr);
+    const MASK: [u8; 4] = [1, 2, 3, 4];
+
+    // A client that offers permessage-deflate, as browsers do, gets compressed frames.
+    let mut c = connect(&url, None, true, 64 << 20).await.unwrap();
+    assert!(c.deflate, "the wall agreed to compress");
+    let first = next_incoming(&mut c).await.unwrap();
+    let (compressed, snapshot) = json_of(&first).unwrap();
+    assert!(compressed, "a snapshot is worth compressing");
+    assert_eq!(snapshot["type"], "snapshot");
+    wall.status("UP-01", 42.0).await;
+    loop {
+        let (_, m) = json_of(&next_incoming(&mut c).await.unwrap()).unwrap();
+        assert_eq!(m["type"], "delta", "{m}");
+        let mut changed = m["points"].as_array().unwrap().iter();
+        if changed.any(|p| p["id"] == "UP-01" && p["depth_cm"] == 42.0)
+            || m["patches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == "UP-01" && p["depth_cm"] == 42.0)
+        {
+            break;
+        }
+    }
+    // A ping is answered with its payload; a close is answered with a close.
+    c.writer
+        .write_all(&client_frame(0x9, true, false, b"are you there", MASK))
+        .await
+        .unwrap();
+    loop {
+        match next_incoming(&mut c).await.unwrap() {
+            Incoming::Pong(p) => break assert_eq!(&p[..], b"are you there"),
+            m => assert!(json_of(&m).is_some(), "{m:?}"),
+        }
+    }
+    c.writer
+        .write_all(&client_frame(
+            0x8,
+            true,
+            false,
+            &1000u16.to_be_bytes(),
+            MASK,
+        ))
+        .await
+        .unwrap();
+    loop {
+        match next_incoming(&mut c).await {
+            Some(Incoming::Close(code)) => break assert_eq!(code, Some(1000)),
+            Some(m) => assert!(json_of(&m).is_some(), "{m:?}"),
+            None => panic!("closed without a close frame"),
+        }
+    }
+
+    // A client that does not offer it gets plain frames.
+    let mut plain = connect(&url, None, false, 64 << 20).await.unwrap();
+    assert!(!plain.deflate);
+    let (compressed, m) = json_of(&next_incoming(&mut plain).await.unwrap()).unwrap();
+    assert!(!compressed);
+    assert_eq!(m["type"], "snapshot");
+
+    // A client that breaks the protocol is told why, by close code, and let go: an unmasked
+    // frame (1002), a compressed one without having agreed to compression (1002), a message
+    // over 64 KiB (1009).
+    for (frame, code) in [
+        (vec![0x81, 0x01, b'x'], 1002),
+        (client_frame(0x1, true, true, b"x", MASK), 1002),
+        (
+            client_frame(0x1, true, false, &vec![b'a'; 70_000], MASK),
+            1009,
+        ),
+    ] {
+        let mut c = connect(&url, None, false, 64 << 20).await.unwrap();
+        c.writer.write_all(&frame).await.unwrap();
+        loop {
+            match next_incoming(&mut c).await {
+                Some(Incoming::Close(got)) => break assert_eq!(got, Some(code)),
+                Some(m) => assert!(json_of(&m).is_some(), "{m:?}"),
+                None => panic!("closed without a close frame, expected {code}"),
+            }
+        }
+    }
 }

@@ -163,6 +163,11 @@ test('the map shows every point and websocket frames arrive: a snapshot, then de
   assert.equal(ws.frames[0].points.length, 74);
   const delta = ws.frames.find((f) => f.type === 'delta');
   assert.ok(delta.seq > ws.frames[0].seq, 'deltas continue the snapshot');
+  // Chromium offers permessage-deflate, and the wall agreed: the frames above came
+  // compressed (the wall's own framing) and the browser inflated them.
+  const metrics = await (await fetch(`${wallUrl}/metrics`)).text();
+  const compressed = metrics.match(/^floodcmd_dashboard_ws_compressed_connections_total (\d+)$/m);
+  assert.ok(compressed && Number(compressed[1]) >= 1, `compressed connections: ${compressed?.[0]}`);
 });
 
 test('a red underpass incident appears with its escalation steps, on the map and in the panel', async () => {
