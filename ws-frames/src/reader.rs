@@ -176,12 +176,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             ),
             n => (n as u64, 2),
         };
+        if len >> 63 != 0 {
+            return Err(WireError::Protocol("a 64-bit length with its top bit set"));
+        }
         if control && len > 125 {
             return Err(WireError::Protocol("a control frame over 125 bytes"));
         }
         // Checked before any of the payload is waited for, fragments so far included.
         let so_far = self.partial.as_ref().map_or(0, |(_, _, p)| p.len()) as u64;
-        if !control && so_far + len > self.max_message as u64 {
+        if !control && so_far.saturating_add(len) > self.max_message as u64 {
             return Err(WireError::TooLarge {
                 limit: self.max_message,
             });
