@@ -25,7 +25,8 @@
 //! past its start by more than a second and a half. The report names the highest step passed.
 
 use crate::fanout::{
-    client, cpu_s_of, feed, histogram, load_1m, ms, unix_us, FanoutError, Role, Schedule, WARMUP_S,
+    client, cpu_s_of, feed, histogram, load_1m, ms, unix_us, ClientRuntime, FanoutError,
+    PointIndex, Role, Schedule, WARMUP_S,
 };
 use crate::report::{Machine, Report};
 use floodcmd_model::bus::{Assignment, Bus};
@@ -34,7 +35,7 @@ use floodcmd_model::event::{AlertTransition, PointStatus};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, SensorKind};
 use hdrhistogram::Histogram;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -208,7 +209,7 @@ async fn step(
         return Err(FanoutError::NoSensors);
     }
     let n = sensors.len();
-    let points: HashMap<String, usize> = sensors
+    let points: PointIndex = sensors
         .iter()
         .enumerate()
         .map(|(i, (_, p))| (p.clone(), i))
@@ -231,6 +232,7 @@ async fn step(
     });
     let stop = Arc::new(AtomicBool::new(false));
     let url = format!("ws://{}/ws", target.dashboard);
+    let clients_rt = ClientRuntime::start()?;
     let mut clients = Vec::with_capacity(opts.clients);
     // Measured from the start: the schedule's estimate leaves time for a few clients'
     // snapshots.
@@ -239,6 +241,7 @@ async fn step(
     for i in 0..opts.clients {
         clients.push(
             client(
+                clients_rt.handle(),
                 url.clone(),
                 true,
                 schedule_rx.clone(),

@@ -35,49 +35,99 @@ pub fn deflate(message: &[u8]) -> Vec<u8> {
 /// Inflate one message, refusing one that inflates to more than `limit` bytes: a few
 /// kilobytes on the wire can inflate to gigabytes.
 pub fn inflate(payload: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
-    let mut input = Vec::with_capacity(payload.len() + SYNC_TAIL.len());
-    input.extend_from_slice(payload);
-    input.extend_from_slice(&SYNC_TAIL);
-    let mut d = Decompress::new(false);
-    let mut out = Vec::with_capacity((payload.len() * 4).max(64).min(limit.saturating_add(1)));
-    loop {
-        if out.len() == out.capacity() {
-            if out.len() > limit {
-                return Err(WireError::TooLarge { limit });
-            }
-            let more = out
-                .capacity()
-                .min(limit.saturating_add(1) - out.len())
-                .max(64);
-            out.reserve_exact(more);
-        }
-        let read = d.total_in() as usize;
-        let written = out.len();
-        let status = d
-            .decompress_vec(&input[read..], &mut out, FlushDecompress::Sync)
-            .map_err(|e| WireError::Inflate(e.to_string()))?;
-        if out.len() > limit {
-            return Err(WireError::TooLarge { limit });
-        }
-        let all_in = d.total_in() as usize == input.len();
-        if status == Status::StreamEnd || (all_in && out.len() < out.capacity()) {
-            break;
-        }
-        if d.total_in() as usize == read && out.len() == written && out.len() < out.capacity() {
-            return Err(WireError::Inflate("the stream stops short".into()));
-        }
-    }
+    let mut out = Vec::new();
+    Inflater::default().inflate_into(payload, limit, &mut out)?;
     Ok(out)
 }
 
 /// The first `n` bytes of a compressed message at most, inflating no further: enough to tell
 /// a message's type from its opening without paying for the rest.
 pub fn inflate_prefix(payload: &[u8], n: usize) -> Result<Vec<u8>, WireError> {
-    let mut d = Decompress::new(false);
-    let mut out = Vec::with_capacity(n);
-    d.decompress_vec(payload, &mut out, FlushDecompress::Sync)
-        .map_err(|e| WireError::Inflate(e.to_string()))?;
-    Ok(out)
+    Ok(Inflater::default().prefix(payload, n)?.to_vec())
+}
+
+/// An inflater kept for one connection's messages. Without context takeover each message
+/// starts afresh, but the inflater's state (its 32 KiB window among it) need not be
+/// allocated and zeroed again for each: a client reading ten deltas a second reuses one.
+pub struct Inflater {
+    d: Decompress,
+    opening: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Inflater {
+        Inflater {
+            d: Decompress::new(false),
+            opening: Vec::new(),
+        }
+    }
+}
+
+impl Inflater {
+    /// Inflate one message into `out` (cleared first; its capacity is reused), refusing one
+    /// over `limit` bytes.
+    pub fn inflate_into(
+        &mut self,
+        payload: &[u8],
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        self.d.reset(false);
+        out.clear();
+        if out.capacity() == 0 {
+            out.reserve_exact((payload.len() * 4).max(64).min(limit.saturating_add(1)));
+        }
+        // The payload, then the flush's tail the sender left off: fed in turn, not copied
+        // together.
+        for chunk in [payload, &SYNC_TAIL[..]] {
+            let start = self.d.total_in();
+            loop {
+                if out.len() == out.capacity() {
+                    if out.len() > limit {
+                        return Err(WireError::TooLarge { limit });
+                    }
+                    let more = out
+                        .capacity()
+                        .min(limit.saturating_add(1) - out.len())
+                        .max(64);
+                    out.reserve_exact(more);
+                }
+                let read = (self.d.total_in() - start) as usize;
+                let written = out.len();
+                let status = self
+                    .d
+                    .decompress_vec(&chunk[read..], out, FlushDecompress::Sync)
+                    .map_err(|e| WireError::Inflate(e.to_string()))?;
+                if out.len() > limit {
+                    return Err(WireError::TooLarge { limit });
+                }
+                if status == Status::StreamEnd {
+                    return Ok(());
+                }
+                let now_read = (self.d.total_in() - start) as usize;
+                if now_read == chunk.len() && out.len() < out.capacity() {
+                    break;
+                }
+                if now_read == read && out.len() == written && out.len() < out.capacity() {
+                    return Err(WireError::Inflate("the stream stops short".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `n` bytes of a compressed message at most, inflating no further.
+    pub fn prefix(&mut self, payload: &[u8], n: usize) -> Result<&[u8], WireError> {
+        self.d.reset(false);
+        self.opening.clear();
+        // It writes only into the spare capacity: at least `n`, a little more at most.
+        self.opening.reserve_exact(n);
+        self.d
+            .decompress_vec(payload, &mut self.opening, FlushDecompress::Sync)
+            .map_err(|e| WireError::Inflate(e.to_string()))?;
+        self.opening.truncate(n);
+        Ok(&self.opening)
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +179,31 @@ mod tests {
             inflate(&deflate(&m), 999),
             Err(WireError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn one_inflater_serves_message_after_message_even_after_a_refusal() {
+        let mut inf = Inflater::default();
+        let mut out = Vec::new();
+        for (i, m) in [
+            delta_like(3),
+            delta_like(2_000),
+            b"{}".to_vec(),
+            delta_like(1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            if i == 2 {
+                // A bomb in between leaves nothing behind for the next message.
+                let bomb = deflate(&vec![b'z'; 1 << 20]);
+                assert!(inf.inflate_into(&bomb, 1000, &mut out).is_err());
+                assert!(inf.inflate_into(&[0xff; 16], 1000, &mut out).is_err());
+            }
+            inf.inflate_into(&deflate(m), 1 << 20, &mut out).unwrap();
+            assert_eq!(&out, m);
+            assert_eq!(inf.prefix(&deflate(m), 8).unwrap(), &m[..m.len().min(8)]);
+        }
     }
 
     #[test]
