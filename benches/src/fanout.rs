@@ -99,6 +99,14 @@ pub enum FanoutError {
     /// The district has no depth sensors to feed.
     #[error("the district has no depth sensors")]
     NoSensors,
+    /// A client's connection ended before the run did.
+    #[error("websocket client {client} dropped: {why}")]
+    Dropped {
+        /// Which client.
+        client: usize,
+        /// Why.
+        why: String,
+    },
     /// The clients' runtime could not be started, or a client's task failed.
     #[error("websocket clients' runtime: {0}")]
     ClientRuntime(String),
@@ -567,7 +575,21 @@ pub(crate) async fn client(
         while !stop.load(Ordering::Relaxed) {
             let msg = match tokio::time::timeout(Duration::from_millis(200), read.next()).await {
                 Ok(Ok(Some(m))) => m,
-                Ok(_) => break,
+                // Let go by the wall (evicted, closed) or broken: a client lost, not one that
+                // saw everything it was sent.
+                Ok(Ok(None)) if !stop.load(Ordering::Relaxed) => {
+                    return Err(FanoutError::Dropped {
+                        client: index,
+                        why: "the wall closed the connection".into(),
+                    })
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    return Err(FanoutError::Dropped {
+                        client: index,
+                        why: e.to_string(),
+                    })
+                }
                 Err(_) => continue,
             };
             let now_us = unix_us();

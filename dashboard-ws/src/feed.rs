@@ -21,6 +21,7 @@ use crate::auth::Session;
 use crate::state::{Change, PendingDelta, SentViews, SnapshotParts, WallState};
 use floodcmd_model::time::Millis;
 use floodcmd_ws_frames::OutFrame;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
@@ -58,8 +59,10 @@ pub enum Want {
 pub struct Joined {
     /// The cut it starts at: frames up to this number are in `first` already.
     pub seq: u64,
-    /// The snapshot's first message, or the resumed delta.
-    pub first: String,
+    /// The snapshot's first message, or the resumed delta; a snapshot's is shared by the
+    /// clients of the same session joining at the same cut (all anonymous viewers, say), so
+    /// it is compressed once for them.
+    pub first: OutFrame,
     /// The snapshot's further parts, shared by the clients joining at the same cut.
     pub rest: Arc<[OutFrame]>,
     /// The deltas from this cut's on (skip those numbered `seq` or below).
@@ -180,10 +183,10 @@ impl DeltaEncoder {
         };
         if let Some(mut msg) = pending.take_shared(&mut self.sent) {
             msg["now_ms"] = now_ms.into();
-            let _ = self.frames.send(Arc::new(Frame {
-                seq,
-                message: OutFrame::text(msg.to_string()),
-            }));
+            let message = OutFrame::text(msg.to_string());
+            // Compressed here, on the ticker's thread, not by the first client's task.
+            message.precompress();
+            let _ = self.frames.send(Arc::new(Frame { seq, message }));
         }
     }
 }
@@ -265,6 +268,8 @@ impl Wall {
         // The further parts framed once, too: the clients joining at this cut share them,
         // compressed (for those that agreed to it) by the first that needs them.
         let mut bodies: [Option<(SnapshotParts, Arc<[OutFrame]>)>; 2] = [None, None];
+        // And each session's first message, once per cut.
+        let mut firsts: HashMap<String, OutFrame> = HashMap::new();
         for j in joiners {
             let session = match j.want {
                 Want::Resume {
@@ -278,7 +283,7 @@ impl Wall {
                         resumed += 1;
                         let _ = j.reply.send(Joined {
                             seq,
-                            first: msg.to_string(),
+                            first: OutFrame::text(msg.to_string()),
                             rest: Arc::from([]),
                             frames: self.feed.frames.subscribe(),
                         });
@@ -302,12 +307,18 @@ impl Wall {
             });
             snapshots += 1;
             // The session's own fields, then the shared body without its opening brace.
-            let first = format!(
-                r#"{{"type":"snapshot","now_ms":{now_ms},"session":{},"can_act":{},{}"#,
-                serde_json::to_string(&session).expect("a session is plain data"),
-                session.can_act(),
-                &snap.body[1..],
-            );
+            let session_json = serde_json::to_string(&session).expect("a session is plain data");
+            let first = firsts
+                .entry(session_json)
+                .or_insert_with_key(|session_json| {
+                    OutFrame::text(format!(
+                        r#"{{"type":"snapshot","now_ms":{now_ms},"session":{},"can_act":{},{}"#,
+                        session_json,
+                        session.can_act(),
+                        &snap.body[1..],
+                    ))
+                })
+                .clone();
             let _ = j.reply.send(Joined {
                 seq,
                 first,
@@ -376,7 +387,7 @@ mod tests {
                 frames: j.frames,
             };
             let rest = j.rest.iter().map(|p| p.as_text().unwrap());
-            for m in std::iter::once(j.first.as_str()).chain(rest) {
+            for m in std::iter::once(j.first.as_text().unwrap()).chain(rest) {
                 c.apply(&serde_json::from_str(m).unwrap());
             }
             c
@@ -503,9 +514,15 @@ mod tests {
                         Arc::ptr_eq(&joined[0].rest, &joined[1].rest),
                         "parts shared"
                     );
-                    assert_eq!(joined[0].first, joined[1].first, "one body for viewers");
-                    let viewer: serde_json::Value = serde_json::from_str(&joined[0].first).unwrap();
-                    let cmd: serde_json::Value = serde_json::from_str(&joined[2].first).unwrap();
+                    assert_eq!(
+                        joined[0].first.as_text(),
+                        joined[1].first.as_text(),
+                        "one body for viewers"
+                    );
+                    let text = |j: &Joined| j.first.as_text().unwrap().to_string();
+                    let viewer: serde_json::Value =
+                        serde_json::from_str(&text(&joined[0])).unwrap();
+                    let cmd: serde_json::Value = serde_json::from_str(&text(&joined[2])).unwrap();
                     assert_eq!(
                         (viewer["can_act"].clone(), cmd["can_act"].clone()),
                         (false.into(), true.into())
@@ -529,7 +546,8 @@ mod tests {
                 }
                 9 => {
                     assert_eq!((resumed, snapshots), (1, 0));
-                    let r: serde_json::Value = serde_json::from_str(&joined[0].first).unwrap();
+                    let r: serde_json::Value =
+                        serde_json::from_str(joined[0].first.as_text().unwrap()).unwrap();
                     assert_eq!(r["resumed"], true);
                     assert_eq!(r["seq"], wall.feed.seq());
                 }
@@ -543,7 +561,7 @@ mod tests {
                     points: clients[0].points.clone(),
                     frames: j.frames,
                 };
-                c.apply(&serde_json::from_str(&j.first).unwrap());
+                c.apply(&serde_json::from_str(j.first.as_text().unwrap()).unwrap());
                 clients.push(c);
             } else {
                 clients.extend(joined.into_iter().map(Client::joined));
@@ -569,7 +587,11 @@ mod tests {
         let (_, resumed, snapshots) = wall.tick(now + 100);
         assert_eq!((resumed, snapshots), (0, 1));
         let j = rx.try_recv().unwrap();
-        assert!(j.first.starts_with(r#"{"type":"snapshot""#));
+        assert!(j
+            .first
+            .as_text()
+            .unwrap()
+            .starts_with(r#"{"type":"snapshot""#));
 
         // A closed wall lets a joiner go at once.
         wall.close();

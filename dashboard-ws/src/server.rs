@@ -23,7 +23,7 @@ use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
-use floodcmd_ws_frames::handshake::deflate_offered;
+use floodcmd_ws_frames::handshake::deflate_answer;
 use floodcmd_ws_frames::{Incoming, OutFrame, WireError};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use prometheus::{Encoder, IntCounter, IntGauge};
@@ -499,6 +499,7 @@ pub async fn client<S, R>(
     let limit = shared.stalled_after;
     let Some(joined) = join_unless_gone(&shared, want, &mut tx, &mut rx_ws).await else {
         metrics().clients.dec();
+        close(tx, rx_ws).await;
         return;
     };
     let mut start = joined.seq;
@@ -507,6 +508,7 @@ pub async fn client<S, R>(
     // at its cut, and one still held would outlive the cut for as long as they stay.
     if !send_start(&mut tx, joined.first, joined.rest, limit).await {
         metrics().clients.dec();
+        close(tx, rx_ws).await;
         return;
     }
     loop {
@@ -533,7 +535,28 @@ pub async fn client<S, R>(
             incoming = rx_ws.next() => if !answer(&mut tx, incoming, limit).await { break },
         }
     }
+    // No longer served from here: the count drops before the close's grace period.
     metrics().clients.dec();
+    close(tx, rx_ws).await;
+}
+
+/// How long a closing connection may take to finish writing and to be read out.
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
+
+/// End a connection cleanly: finish writing what was sent (a close frame among it), send FIN,
+/// and read off what the client still sends, for at most [`CLOSING_GRACE`]. A socket dropped
+/// with bytes unread is reset, and a reset discards what was not yet sent: the client would
+/// see its connection fail (1006) instead of the close frame and its code.
+async fn close<S, R>(mut tx: S, mut rx_ws: R)
+where
+    S: Sink<OutFrame> + Unpin,
+    R: Stream<Item = Result<Incoming, WireError>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSING_GRACE, async {
+        let _ = tx.close().await;
+        while rx_ws.next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Answer what the client's socket gave: a ping with a pong, a close with a close, a broken
@@ -587,11 +610,11 @@ where
 /// that joined at the same cut); false when the client is gone or let go.
 async fn send_start<S: Sink<OutFrame> + Unpin>(
     tx: &mut S,
-    first: String,
+    first: OutFrame,
     rest: Arc<[OutFrame]>,
     limit: Duration,
 ) -> bool {
-    if !send_or_evict(tx, OutFrame::text(first), limit).await {
+    if !send_or_evict(tx, first, limit).await {
         return false;
     }
     for part in rest.iter() {
@@ -845,8 +868,8 @@ pub async fn serve(
                 let resume = q.get("resume").and_then(|r| parse_resume(r));
                 // Compression is agreed without context takeover, so that one compressed
                 // delta serves every client that agreed (see crate::socket).
-                let deflate = deflate_offered(header("sec-websocket-extensions"));
-                if deflate {
+                let deflate = deflate_answer(header("sec-websocket-extensions"));
+                if deflate.is_some() {
                     metrics().compressed.inc();
                 }
                 // A browser that offered subprotocols drops a connection whose answer names
@@ -885,12 +908,10 @@ pub async fn serve(
         // server future `Send`.
         .boxed();
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| DashboardError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| DashboardError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let bound = listener
         .local_addr()
         .map_err(|source| DashboardError::Bind {
@@ -908,6 +929,22 @@ pub async fn serve(
             .await;
     });
     Ok((bound, handle))
+}
+
+/// The wall's listening socket, with TCP_NODELAY, which the connections it accepts inherit
+/// (Linux copies it to each): a delta is one write, and with Nagle's algorithm its last
+/// partial segment would wait for the client's (delayed) acknowledgement of the ones before,
+/// tens of milliseconds on a real network. SO_REUSEADDR as `TcpListener::bind` sets it.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// The websocket subprotocol the wall speaks, offered by its page and echoed in the answer.

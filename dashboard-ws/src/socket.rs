@@ -7,7 +7,7 @@
 //! per connection. See `docs/WEBSOCKET.md` (compression).
 
 use bytes::{Buf, Bytes};
-use floodcmd_ws_frames::handshake::{accept_key, DEFLATE_AGREED};
+use floodcmd_ws_frames::handshake::accept_key;
 use floodcmd_ws_frames::reader::End;
 use floodcmd_ws_frames::{FrameReader, Incoming, OutFrame, WireError};
 use futures::{Sink, Stream};
@@ -80,21 +80,23 @@ impl<W: AsyncWrite + Unpin> Sink<OutFrame> for FrameSink<W> {
     }
 }
 
-/// The client's messages, ending at a clean end of the connection or after the first error.
+/// The client's messages, ending at a clean end of the connection or after the first error
+/// (and `None` from then on, however often asked).
 pub fn incoming<R>(
     reader: FrameReader<R>,
 ) -> Pin<Box<dyn Stream<Item = Result<Incoming, WireError>> + Send>>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
-    Box::pin(futures::stream::unfold(Some(reader), |r| async move {
+    let messages = futures::stream::unfold(Some(reader), |r| async move {
         let mut r = r?;
         match r.next().await {
             Ok(Some(m)) => Some((Ok(m), Some(r))),
             Ok(None) => None,
             Err(e) => Some((Err(e), None)),
         }
-    }))
+    });
+    Box::pin(futures::StreamExt::fuse(messages))
 }
 
 /// What is wrong with a request to open the websocket, named for the client.
@@ -129,12 +131,13 @@ pub fn check_upgrade(headers: &HeaderMap) -> Result<String, String> {
 
 /// Answer the upgrade (101) and, once the connection is handed over, run `serve` on the
 /// client's frames in and out. `protocol`: the subprotocol to name in the answer; `deflate`:
-/// whether the client offered compression in a form the wall agrees to.
+/// the `Sec-WebSocket-Extensions` answer when the client offered compression in a form the
+/// wall agrees to ([`floodcmd_ws_frames::handshake::deflate_answer`]).
 pub fn upgrade<F, Fut>(
     key: &str,
     on_upgrade: OnUpgrade,
     protocol: Option<&'static str>,
-    deflate: bool,
+    deflate: Option<&'static str>,
     serve: F,
 ) -> Response
 where
@@ -150,8 +153,9 @@ where
         match on_upgrade.await {
             Ok(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                let reader = FrameReader::new(read, End::Server, MAX_CLIENT_MESSAGE, deflate);
-                serve(FrameSink::new(write, deflate), incoming(reader)).await;
+                let on = deflate.is_some();
+                let reader = FrameReader::new(read, End::Server, MAX_CLIENT_MESSAGE, on);
+                serve(FrameSink::new(write, on), incoming(reader)).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -168,10 +172,10 @@ where
     if let Some(p) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    if deflate {
+    if let Some(answer) = deflate {
         h.insert(
             header::SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(DEFLATE_AGREED),
+            HeaderValue::from_static(answer),
         );
     }
     r
@@ -204,7 +208,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_that_agreed_gets_the_shared_compressed_bytes() {
+    async fn a_client_that_agreed_gets_the_message_compressed_one_that_did_not_plain() {
         let delta = OutFrame::text(r#"{"type":"delta","live":[]}"#.repeat(50));
         for deflate in [false, true] {
             let (a, mut b) = tokio::io::duplex(1 << 16);
@@ -215,8 +219,28 @@ mod tests {
             tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got)
                 .await
                 .unwrap();
-            assert_eq!(got, delta.wire(deflate).as_ref());
             assert_eq!(got[0] & 0x40 != 0, deflate, "RSV1 marks it compressed");
+            // What a client reads back is the message.
+            let mut r = FrameReader::new(&got[..], End::Client, 1 << 20, true);
+            let Some(Incoming::Data {
+                text: true,
+                compressed,
+                payload,
+            }) = r.next().await.unwrap()
+            else {
+                panic!("a text message");
+            };
+            assert_eq!(compressed, deflate);
+            let text = if compressed {
+                floodcmd_ws_frames::deflate::inflate(&payload, 1 << 20).unwrap()
+            } else {
+                payload.to_vec()
+            };
+            assert_eq!(text, delta.payload());
+            assert!(
+                r.next().await.unwrap().is_none(),
+                "one frame, nothing after"
+            );
         }
     }
 }

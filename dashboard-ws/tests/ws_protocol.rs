@@ -496,10 +496,28 @@ async fn compression_pings_closes_and_protocol_errors_on_the_wall_s_own_framing(
     // A client that offers permessage-deflate, as browsers do, gets compressed frames.
     let mut c = connect(&url, None, true, 64 << 20).await.unwrap();
     assert!(c.deflate, "the wall agreed to compress");
+    assert_eq!(
+        c.extensions.as_deref(),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
     let first = next_incoming(&mut c).await.unwrap();
     let (compressed, snapshot) = json_of(&first).unwrap();
     assert!(compressed, "a snapshot is worth compressing");
     assert_eq!(snapshot["type"], "snapshot");
+    // Inflated as RFC 7692 says, with zlib alone (not this crate's inflater): raw deflate,
+    // the sync flush's four bytes put back.
+    let Incoming::Data { payload, .. } = &first else {
+        unreachable!()
+    };
+    let mut raw = flate2::Decompress::new(false);
+    let mut text = Vec::with_capacity(16 << 20);
+    raw.decompress_vec(
+        &[&payload[..], &[0, 0, 0xff, 0xff]].concat(),
+        &mut text,
+        flate2::FlushDecompress::Sync,
+    )
+    .unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&text).unwrap(), snapshot);
     wall.status("UP-01", 42.0).await;
     loop {
         let (_, m) = json_of(&next_incoming(&mut c).await.unwrap()).unwrap();

@@ -1,12 +1,12 @@
 //! What a browser (or anyone) sends down the wall's websocket: the first byte picks the part
 //! (even: the frames, read by the server's `FrameReader` with compression agreed and the
 //! wall's 64 KiB limit, each compressed message then inflated under the same limit; odd: the
-//! rest as a `Sec-WebSocket-Extensions` offer, `deflate_offered`). Every limit must hold, and
+//! rest as a `Sec-WebSocket-Extensions` offer, `deflate_answer`). Every limit must hold, and
 //! nothing may panic or allocate without bound.
 #![no_main]
 
 use floodcmd_ws_frames::deflate::inflate;
-use floodcmd_ws_frames::handshake::deflate_offered;
+use floodcmd_ws_frames::handshake::deflate_answer;
 use floodcmd_ws_frames::reader::End;
 use floodcmd_ws_frames::{FrameReader, Incoming};
 use libfuzzer_sys::fuzz_target;
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if pick % 2 == 1 {
-        let _ = deflate_offered(Some(&String::from_utf8_lossy(rest)));
+        let _ = deflate_answer(Some(&String::from_utf8_lossy(rest)));
         return;
     }
     let mut reader = FrameReader::new(rest, End::Server, LIMIT, true);

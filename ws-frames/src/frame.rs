@@ -69,6 +69,12 @@ impl OutFrame {
         self.0.opcode == opcode::CLOSE
     }
 
+    /// Make the compressed frame now, if the message is worth compressing, so that no
+    /// client's task has to (the others would wait for it, blocking their threads).
+    pub fn precompress(&self) {
+        let _ = self.wire(true);
+    }
+
     /// The bytes to write to a client's socket: compressed when the client accepted
     /// permessage-deflate and compressing makes the message smaller.
     pub fn wire(&self, deflate_ok: bool) -> Bytes {

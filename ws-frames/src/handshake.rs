@@ -21,47 +21,61 @@ pub fn accept_key(key: &str) -> String {
 pub const DEFLATE_AGREED: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
+/// The same, to an offer that named `server_max_window_bits=15`: a server accepts that
+/// parameter by naming it in its answer (RFC 7692 §7.1.2.1).
+pub const DEFLATE_AGREED_WINDOW_15: &str = "permessage-deflate; server_no_context_takeover; \
+     client_no_context_takeover; server_max_window_bits=15";
+
 /// What a client offers: a window of any size is fine both ways, and neither end keeps one.
 pub const DEFLATE_OFFER: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
-/// Whether one of the offers in a `Sec-WebSocket-Extensions` header is permessage-deflate in
-/// a form the wall can agree to. An offer that asks for a window under 15 bits is one the
-/// wall cannot honour (it compresses with the full window), and one with a parameter it does
-/// not know is declined rather than guessed at; the client then gets plain frames.
-pub fn deflate_offered(header: Option<&str>) -> bool {
-    let Some(header) = header else {
+/// The answer to a `Sec-WebSocket-Extensions` header, when one of its offers is
+/// permessage-deflate in a form the wall can agree to (the first such offer is taken). An offer
+/// that asks for a window under 15 bits is one the wall cannot honour (it compresses with the
+/// full window), and one with a parameter it does not know is declined rather than guessed at;
+/// the client then gets plain frames.
+pub fn deflate_answer(header: Option<&str>) -> Option<&'static str> {
+    let header = header?;
+    header.split(',').find_map(|offer| {
+        let answer = if offer.contains("server_max_window_bits") {
+            DEFLATE_AGREED_WINDOW_15
+        } else {
+            DEFLATE_AGREED
+        };
+        deflate_acceptable(offer).then_some(answer)
+    })
+}
+
+/// Whether one offer is permessage-deflate with parameters the wall can honour.
+fn deflate_acceptable(offer: &str) -> bool {
+    let mut parts = offer.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|n| n.eq_ignore_ascii_case("permessage-deflate"))
+    {
         return false;
-    };
-    header.split(',').any(|offer| {
-        let mut parts = offer.split(';').map(str::trim);
-        if !parts
-            .next()
-            .is_some_and(|n| n.eq_ignore_ascii_case("permessage-deflate"))
-        {
+    }
+    let mut seen = Vec::new();
+    parts.all(|p| {
+        let (name, value) = match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (p, None),
+        };
+        if seen.contains(&name) {
             return false;
         }
-        let mut seen = Vec::new();
-        parts.all(|p| {
-            let (name, value) = match p.split_once('=') {
-                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-                None => (p, None),
-            };
-            if seen.contains(&name) {
-                return false;
+        seen.push(name);
+        match (name, value) {
+            ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
+            ("server_max_window_bits", Some("15")) => true,
+            // The client's own window: any is fine, since the wall inflates with 15 bits.
+            ("client_max_window_bits", None) => true,
+            ("client_max_window_bits", Some(v)) => {
+                v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b))
             }
-            seen.push(name);
-            match (name, value) {
-                ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
-                ("server_max_window_bits", Some("15")) => true,
-                // The client's own window: any is fine, since the wall inflates with 15 bits.
-                ("client_max_window_bits", None) => true,
-                ("client_max_window_bits", Some(v)) => {
-                    v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b))
-                }
-                _ => false,
-            }
-        })
+            _ => false,
+        }
     })
 }
 
@@ -70,6 +84,8 @@ pub fn deflate_offered(header: Option<&str>) -> bool {
 pub struct ClientConnection {
     pub reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     pub deflate: bool,
+    /// The server's `Sec-WebSocket-Extensions` answer, as it came.
+    pub extensions: Option<String>,
     /// Kept so the connection stays open both ways.
     pub writer: tokio::net::tcp::OwnedWriteHalf,
 }
@@ -139,7 +155,8 @@ pub async fn connect(
     if header("sec-websocket-accept").as_deref() != Some(accept_key(&key).as_str()) {
         return Err(WireError::Handshake("a wrong Sec-WebSocket-Accept".into()));
     }
-    let deflate = match header("sec-websocket-extensions") {
+    let extensions = header("sec-websocket-extensions");
+    let deflate = match &extensions {
         None => false,
         Some(e) if offer_deflate && e.trim_start().starts_with("permessage-deflate") => true,
         Some(e) => return Err(WireError::Handshake(format!("extensions not offered: {e}"))),
@@ -149,6 +166,7 @@ pub async fn connect(
     Ok(ClientConnection {
         reader,
         deflate,
+        extensions,
         writer: write,
     })
 }
@@ -190,7 +208,7 @@ mod tests {
             "Permessage-Deflate; client_no_context_takeover",
             DEFLATE_OFFER,
         ] {
-            assert!(deflate_offered(Some(yes)), "{yes}");
+            assert!(deflate_answer(Some(yes)).is_some(), "{yes}");
         }
         for no in [
             "",
@@ -201,8 +219,20 @@ mod tests {
             "permessage-deflate; shiny_new_parameter",
             "permessage-deflate; server_no_context_takeover=1",
         ] {
-            assert!(!deflate_offered(Some(no)), "{no}");
+            assert_eq!(deflate_answer(Some(no)), None, "{no}");
         }
-        assert!(!deflate_offered(None));
+        assert_eq!(deflate_answer(None), None);
+        // The window is named in the answer only when the offer named it.
+        assert_eq!(
+            deflate_answer(Some("permessage-deflate; client_max_window_bits")),
+            Some(DEFLATE_AGREED)
+        );
+        assert_eq!(
+            deflate_answer(Some(
+                "permessage-deflate; server_max_window_bits=10, \
+                 permessage-deflate; server_max_window_bits=15"
+            )),
+            Some(DEFLATE_AGREED_WINDOW_15)
+        );
     }
 }

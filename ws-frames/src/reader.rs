@@ -41,9 +41,15 @@ pub struct FrameReader<R> {
     partial: Option<(bool, bool, BytesMut)>,
 }
 
-/// How much to ask the socket for at a time. The buffer is not zeroed first (`read_buf`
-/// reads into its spare capacity), so a large one costs nothing when little arrives.
-const READ_AT_LEAST: usize = 64 * 1024;
+/// How much room to give the socket at a time: a client takes a whole delta in a few reads;
+/// the server reads little but a close from each of a thousand clients, so it keeps a small
+/// buffer per connection. Neither is zeroed first (`read_buf` reads into spare capacity).
+const fn read_at_least(end: End) -> usize {
+    match end {
+        End::Client => 64 * 1024,
+        End::Server => 4 * 1024,
+    }
+}
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, end: End, max_message: usize, deflate: bool) -> FrameReader<R> {
@@ -69,7 +75,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(m) = self.parse()? {
                 return Ok(Some(m));
             }
-            self.buf.reserve(READ_AT_LEAST);
+            self.buf.reserve(read_at_least(self.end));
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 if self.buf.is_empty() && self.partial.is_none() {
                     return Ok(None);
@@ -273,6 +279,33 @@ mod tests {
             panic!("{got:?}");
         };
         assert_eq!(inflate(payload, 1024).unwrap(), m);
+    }
+
+    #[tokio::test]
+    async fn a_compressed_message_in_fragments_is_marked_on_its_first_frame_only() {
+        let m = br#"{"resume":"e.1"}"#.repeat(40);
+        let d = deflate(&m);
+        let (a, b) = d.split_at(d.len() / 2);
+        let mut wire = client_frame(opcode::TEXT, false, true, a, MASK);
+        wire.extend(client_frame(opcode::CONTINUATION, true, false, b, MASK));
+        let got = server_reads(wire.clone(), 1024).await;
+        let Ok(Some(Incoming::Data {
+            compressed: true,
+            payload,
+            ..
+        })) = &got[0]
+        else {
+            panic!("{got:?}");
+        };
+        assert_eq!(inflate(payload, 1024).unwrap(), m);
+        // RSV1 on the continuation as well is refused.
+        let mut wire = client_frame(opcode::TEXT, false, true, a, MASK);
+        wire.extend(client_frame(opcode::CONTINUATION, true, true, b, MASK));
+        let got = server_reads(wire, 1024).await;
+        assert!(
+            matches!(got.last(), Some(Err(e)) if e.contains("RSV1")),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]
