@@ -113,6 +113,8 @@ struct Step {
     lag_end_ms: f64,
     cpu_s: Vec<f64>,
     resyncs: u64,
+    /// Wall clients whose connection ended before the step did, or whose task failed.
+    lost_clients: usize,
     load: f64,
 }
 
@@ -305,17 +307,19 @@ async fn step(
     stop.store(true, Ordering::Relaxed);
 
     let mut delta = histogram()?;
-    let mut snapshots = 0;
+    let (mut snapshots, mut lost_clients) = (0, 0);
     for h in clients {
-        if let Ok(Ok(r)) = h.await {
-            // The delta carrying the reading's status: what this bench has always reported.
-            if let Some(a) = &r.status {
-                delta
-                    .add(&a.latency)
-                    .map_err(|e| FanoutError::Histogram(e.to_string()))?;
-            }
-            snapshots += r.snapshots;
+        let Ok(Ok(r)) = h.await else {
+            lost_clients += 1;
+            continue;
+        };
+        // The delta carrying the reading's status: what this bench has always reported.
+        if let Some(a) = &r.status {
+            delta
+                .add(&a.latency)
+                .map_err(|e| FanoutError::Histogram(e.to_string()))?;
         }
+        snapshots += r.snapshots;
     }
     let join = |e: tokio::task::JoinError| FanoutError::Histogram(format!("watcher: {e}"));
     let status = status.await.map_err(join)??;
@@ -356,6 +360,7 @@ async fn step(
         lag_end_ms: third(feed_end_ms - span / 3.0, feed_end_ms),
         cpu_s,
         resyncs: snapshots.saturating_sub(opts.clients as u64),
+        lost_clients,
         load,
     })
 }
@@ -488,6 +493,7 @@ pub async fn run(
     report.figure("lag at start of step (median)", s.lag_start_ms, "ms");
     report.figure("lag at end of step (median)", s.lag_end_ms, "ms");
     report.figure("wall resyncs", s.resyncs as f64, "snapshots");
+    report.figure("wall clients lost", s.lost_clients as f64, "clients");
     let total_cpu: f64 = s.cpu_s.iter().sum();
     report.figure(
         "CPU per reading, all stages",

@@ -10,7 +10,8 @@
 //!
 //! The followers fold each topic into the view as it arrives, `readings` too (each depth
 //! point's live depth, ahead of its status); `status` is paced once caught up, so that the
-//! stream stage's bursts (a whole epoch's statuses at once) spread over a few cuts.
+//! stream stage's bursts (a whole epoch's statuses at once) spread over the epoch's cuts,
+//! except a status that changes a level, a data state, flapping or a predicted level.
 
 use crate::auth::{error, unauthorized, Auth, AuthConfig, Session};
 use crate::feed::{DeltaEncoder, Joined, Wall, Want};
@@ -312,19 +313,19 @@ struct Follower {
 
 impl Follower {
     /// Follow `topic` into the wall state with `fold`, on its own task, from `rebuild_ms`
-    /// ago; with `per_tick`, folding at most that many records between two ticks once it
-    /// has caught up with the topic.
+    /// ago; with `pace`, folding at most its limit of records between two ticks once it has
+    /// caught up with the topic, except those its test finds urgent.
     fn spawn<T: Send + 'static>(
         &self,
         topic: String,
         rebuild_ms: i64,
-        per_tick: Option<usize>,
+        pace: Option<Pace<T>>,
         decode: fn(&[u8]) -> Result<T, DecodeError>,
         fold: fn(&mut WallState, T) -> Vec<Change>,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.follow(&topic, rebuild_ms, per_tick, decode, fold).await {
+            if let Err(e) = me.follow(&topic, rebuild_ms, pace, decode, fold).await {
                 tracing::error!(error = %e, topic, "dashboard follower stopped");
             }
         });
@@ -334,11 +335,12 @@ impl Follower {
         mut self,
         topic: &str,
         rebuild_ms: i64,
-        per_tick: Option<usize>,
+        pace: Option<Pace<T>>,
         decode: fn(&[u8]) -> Result<T, DecodeError>,
         fold: fn(&mut WallState, T) -> Vec<Change>,
     ) -> Result<(), BusError> {
-        let mut pacer = per_tick.map(|limit| Pacer::new(limit, self.shared.ticks.clone()));
+        let urgent = pace.as_ref().map(|p| p.urgent);
+        let mut pacer = pace.map(|p| Pacer::new(p.per_tick, self.shared.ticks.clone()));
         // The rebuild at start folds at full speed; pacing is for the live flow after it:
         // once a poll comes back short of a full batch, and only for records stamped within
         // the last PACED_WITHIN_MS (a catch-up after a stall is not held back either).
@@ -365,14 +367,18 @@ impl Follower {
                     let mut last = std::collections::BTreeMap::new();
                     for rec in &batch {
                         let recent = self.clock.now_ms() - rec.timestamp_ms < PACED_WITHIN_MS;
-                        if let (Some(pacer), true) = (pacer.as_mut(), caught_up && recent) {
-                            tokio::select! {
-                                _ = self.shutdown.changed() => return Ok(()),
-                                _ = pacer.admit() => {}
-                            }
-                        }
                         match decode(&rec.payload) {
-                            Ok(v) => self.shared.apply(|s| fold(s, v)),
+                            Ok(v) => {
+                                let paced = caught_up && recent
+                                    && !urgent.is_some_and(|u| self.shared.read(|s| u(s, &v)));
+                                if let (Some(pacer), true) = (pacer.as_mut(), paced) {
+                                    tokio::select! {
+                                        _ = self.shutdown.changed() => return Ok(()),
+                                        _ = pacer.admit() => {}
+                                    }
+                                }
+                                self.shared.apply(|s| fold(s, v))
+                            }
                             Err(e) if topic == self.topics.rejects() => {
                                 // Dead-lettering a dead letter would loop; log it and go on.
                                 tracing::error!(error = %e, offset = rec.offset, "undecodable record on the rejects topic");
@@ -403,6 +409,13 @@ impl Follower {
             }
         }
     }
+}
+
+/// How a follower paces its records: at most `per_tick` between two ticks, except those
+/// `urgent` finds urgent against the wall's state, which are folded at once.
+struct Pace<T> {
+    per_tick: usize,
+    urgent: fn(&WallState, &T) -> bool,
 }
 
 /// Lets at most `limit` records through between two ticks of the wall: it spreads a burst.
@@ -675,16 +688,24 @@ pub async fn serve(
     };
     // Statuses come in bursts: the stream stage publishes a whole epoch's when its watermark
     // passes, a status for most points at once in a storm. Folded as they come, one tick's
-    // delta carries them all, and every client's socket takes that one big frame before the
-    // live depths of the next ticks. Paced, the burst spreads over a few ticks (each status
-    // is already seconds old; a few hundred milliseconds more are not seen), while the
-    // capacity, four times the district's points a second, stays above any sustained rate: a
-    // point has at most one status per 1-second epoch.
-    let status_per_tick = (points * 4 / 10).max(STATUS_PER_TICK_MIN);
+    // delta carries them all, and every client takes that one big frame (and parses it)
+    // before the live depths of the next ticks. Paced, the burst spreads over the epoch's
+    // ten ticks, at a capacity of 1.2 times the district's points a second, above any
+    // sustained rate (a point has at most one status per 1-second epoch). Only depth-only
+    // updates wait, and at most about a second: a status that changes a level, a data state,
+    // flapping or the predicted next level is folded at once.
+    //
+    // Measured (fanout bench, 1,000 clients, 10,000 readings/s): with the burst over about
+    // 2.5 ticks, live depth p99 221-348 ms in six runs; over the epoch, 152-170 ms in three,
+    // status→delta p99 0.4 → 0.8 s for the depth-only statuses.
+    let status_per_tick = (points * 12 / 100).max(STATUS_PER_TICK_MIN);
     follower.spawn(
         t.status(),
         REBUILD_MS,
-        Some(status_per_tick),
+        Some(Pace {
+            per_tick: status_per_tick,
+            urgent: WallState::status_is_urgent,
+        }),
         decode,
         WallState::on_status,
     );

@@ -520,6 +520,19 @@ impl WallState {
         vec![Change::Point(view), Change::Counters(self.counters.clone())]
     }
 
+    /// Whether a status changes what the duty team acts on: the point's level, its data state
+    /// (silent, stale, suspect), flapping, or the next level it is predicted to reach; or
+    /// the point is one the wall does not show yet. Such a status is folded at once, never
+    /// paced behind a burst of depth-only updates (see `server.rs`, the status follower).
+    pub fn status_is_urgent(&self, s: &PointStatus) -> bool {
+        self.points.get(&s.point).is_none_or(|p| {
+            p.level != s.level
+                || p.data_state != s.data_state
+                || p.flapping != s.flapping
+                || p.next_level != s.next_level
+        })
+    }
+
     /// Fold a reading off the readings topic, ahead of the stream stage: the live depth.
     /// Per sensor only its newest reading counts, and only a depth within the physical range
     /// (judged on the raw value, as the stage does) after calibration; the rest is the stream
@@ -898,6 +911,56 @@ mod tests {
 
     fn district() -> Arc<District> {
         Arc::new(District::from_toml_str(include_str!("../../config/xincheng.toml")).unwrap())
+    }
+
+    /// What may wait behind a burst and what may not: only a status that changes nothing but
+    /// numbers (depth, rate, rain, its time) is paced.
+    #[test]
+    fn a_status_is_urgent_when_it_changes_what_the_team_acts_on() {
+        let d = district();
+        let mut w = WallState::new(d.clone());
+        let point = &d.points[0];
+        let base = PointStatus {
+            depth_cm: Some(5.0),
+            ..crate::wall_fixtures::fresh_status(point)
+        };
+        // Every point is silent until heard from: its first status is urgent.
+        assert!(w.status_is_urgent(&base));
+        w.on_status(base.clone());
+        let depth_only = PointStatus {
+            depth_cm: Some(6.5),
+            rise_cm_per_min: Some(1.5),
+            rain_1h_mm: Some(3.0),
+            last_reading_ms: Some(2),
+            as_of_ms: 2,
+            ..base.clone()
+        };
+        assert!(!w.status_is_urgent(&depth_only));
+        for urgent in [
+            PointStatus {
+                level: Level::Blue,
+                ..depth_only.clone()
+            },
+            PointStatus {
+                data_state: DataState::Suspect,
+                ..depth_only.clone()
+            },
+            PointStatus {
+                flapping: true,
+                ..depth_only.clone()
+            },
+            PointStatus {
+                next_level: Some(Level::Yellow),
+                minutes_to_next: Some(8.0),
+                ..depth_only.clone()
+            },
+            PointStatus {
+                point: "NOT-A-POINT".into(),
+                ..depth_only.clone()
+            },
+        ] {
+            assert!(w.status_is_urgent(&urgent), "{urgent:?}");
+        }
     }
 
     /// The tally kept status by status is what counting every point again gives.
