@@ -521,15 +521,14 @@ impl WallState {
     }
 
     /// Whether a status changes what the duty team acts on: the point's level, its data state
-    /// (silent, stale, suspect), flapping, or the next level it is predicted to reach; or
-    /// the point is one the wall does not show yet. Such a status is folded at once, never
-    /// paced behind a burst of depth-only updates (see `server.rs`, the status follower).
+    /// (silent, stale, suspect) or flapping; or the point is one the wall does not show yet.
+    /// Such a status is folded at once, ahead of a burst of updates that change only numbers
+    /// (depth, rate, rain, the predicted minutes), which are paced (see `server.rs`, the
+    /// status follower). The predicted next level is a number's consequence: on a rising
+    /// and falling series it comes and goes with every turn.
     pub fn status_is_urgent(&self, s: &PointStatus) -> bool {
         self.points.get(&s.point).is_none_or(|p| {
-            p.level != s.level
-                || p.data_state != s.data_state
-                || p.flapping != s.flapping
-                || p.next_level != s.next_level
+            p.level != s.level || p.data_state != s.data_state || p.flapping != s.flapping
         })
     }
 
@@ -914,7 +913,7 @@ mod tests {
     }
 
     /// What may wait behind a burst and what may not: only a status that changes nothing but
-    /// numbers (depth, rate, rain, its time) is paced.
+    /// numbers (depth, rate, rain, a prediction, its time) is paced.
     #[test]
     fn a_status_is_urgent_when_it_changes_what_the_team_acts_on() {
         let d = district();
@@ -936,6 +935,12 @@ mod tests {
             ..base.clone()
         };
         assert!(!w.status_is_urgent(&depth_only));
+        // A prediction that comes and goes with the rate is a number's consequence.
+        assert!(!w.status_is_urgent(&PointStatus {
+            next_level: Some(Level::Yellow),
+            minutes_to_next: Some(8.0),
+            ..depth_only.clone()
+        }));
         for urgent in [
             PointStatus {
                 level: Level::Blue,
@@ -947,11 +952,6 @@ mod tests {
             },
             PointStatus {
                 flapping: true,
-                ..depth_only.clone()
-            },
-            PointStatus {
-                next_level: Some(Level::Yellow),
-                minutes_to_next: Some(8.0),
                 ..depth_only.clone()
             },
             PointStatus {

@@ -6,10 +6,11 @@
 //! wall's own framing: compression agreed with a client that offers it, pings, closes and
 //! the close codes of protocol errors.
 
+use bytes::Bytes;
 use floodcmd_bus::EmbeddedBus;
 use floodcmd_dashboard::auth::{password_sha256, AuthConfig};
 use floodcmd_dashboard::{serve, DashboardConfig};
-use floodcmd_model::bus::Bus;
+use floodcmd_model::bus::{partition_for, Bus, Outgoing};
 use floodcmd_model::codec::encode;
 use floodcmd_model::event::PointStatus;
 use floodcmd_model::settings::{DashboardUser, UserRole};
@@ -590,4 +591,140 @@ async fn compression_pings_closes_and_protocol_errors_on_the_wall_s_own_framing(
             }
         }
     }
+}
+
+/// A status of `point` at `depth` and `level`, fresh, stamped now.
+fn status_at(wall: &Wall, point: &str, depth: f64, level: Level) -> PointStatus {
+    let p = wall.district.point(point).unwrap();
+    let now = SystemClock.now_ms();
+    PointStatus {
+        point: point.into(),
+        kind: p.kind,
+        level,
+        data_state: DataState::Fresh,
+        depth_cm: Some(depth),
+        rise_cm_per_min: None,
+        rain_10m_mm: None,
+        rain_1h_mm: None,
+        rain_3h_mm: None,
+        rain_24h_mm: None,
+        last_reading_ms: Some(now),
+        qc_flags: Vec::new(),
+        next_level: None,
+        minutes_to_next: None,
+        flapping: false,
+        as_of_ms: now,
+    }
+}
+
+fn outgoing(s: &PointStatus) -> Outgoing {
+    Outgoing {
+        key: Bytes::copy_from_slice(s.point.as_bytes()),
+        payload: encode(s),
+        timestamp_ms: s.as_of_ms,
+    }
+}
+
+/// In a burst of depth-only statuses larger than a tick's share, a level change goes ahead of
+/// them, and the depth-only status of the same point read before it is dropped, not folded
+/// after it (it would take the level back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
+    let wall = start(true).await;
+    let mut ws = wall.connect("").await;
+    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+    let topic = wall.topics.status();
+    let producer = wall.bus.producer();
+    // Every point heard from first (its first status is urgent: silent → fresh).
+    let all: Vec<PointStatus> = wall
+        .district
+        .points
+        .iter()
+        .map(|p| status_at(&wall, &p.id, 5.0, Level::Normal))
+        .collect();
+    for r in producer
+        .send_batch(&topic, all.iter().map(outgoing).collect())
+        .await
+    {
+        r.unwrap();
+    }
+    until_depth(&mut ws, &all.last().unwrap().point, 5.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One partition's points, so the burst is one append the follower reads in one batch.
+    let partitions = wall.bus.partitions(&topic).await.unwrap();
+    let home = partition_for(b"UP-01", partitions);
+    let others: Vec<&str> = wall
+        .district
+        .points
+        .iter()
+        .map(|p| p.id.as_str())
+        .filter(|id| *id != "UP-01" && partition_for(id.as_bytes(), partitions) == home)
+        .collect();
+    // 1,022 depth-only statuses (more than the 1,000 a tick lets through), one of them
+    // UP-01's, then UP-01 turning red.
+    let mut burst: Vec<PointStatus> = (0..1_022)
+        .map(|k| {
+            status_at(
+                &wall,
+                others[k % others.len()],
+                20.0 + k as f64 / 100.0,
+                Level::Normal,
+            )
+        })
+        .collect();
+    burst[500] = status_at(&wall, "UP-01", 1.0, Level::Normal);
+    burst.push(status_at(&wall, "UP-01", 99.0, Level::Red));
+    let last_paced = burst[1_021].clone();
+    for r in producer
+        .send_batch(&topic, burst.iter().map(outgoing).collect())
+        .await
+    {
+        r.unwrap();
+    }
+    let (mut red_at, mut last_at) = (None, None);
+    let mut n = 0;
+    while last_at.is_none() {
+        let m = next_json(&mut ws).await;
+        n += 1;
+        for p in m["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(m["patches"].as_array().unwrap())
+        {
+            if p["id"] == "UP-01" && p["level"] == "red" {
+                red_at.get_or_insert(n);
+            }
+            if p["id"] == "UP-01" && p["depth_cm"] == 1.0 {
+                panic!("the superseded status was folded: {p}");
+            }
+            if p["id"] == last_paced.point.as_str() && p["depth_cm"] == last_paced.depth_cm.unwrap()
+            {
+                last_at = Some(n);
+            }
+        }
+    }
+    let red_at = red_at.expect("UP-01 turned red before the burst was through");
+    assert!(
+        red_at < last_at.unwrap(),
+        "red in delta {red_at}, the burst's last in {last_at:?}"
+    );
+    // UP-01 stays red at 99 cm: nothing older was folded after it.
+    let view: Value = reqwest::get(format!("http://{}/api/points", wall.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let up = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "UP-01")
+        .unwrap();
+    assert_eq!(
+        (&up["level"], &up["depth_cm"]),
+        (&json!("red"), &json!(99.0)),
+        "{up}"
+    );
 }
