@@ -371,13 +371,18 @@ impl Follower {
                     // and dropped, so nothing older lands after it.
                     let mut jumped: HashMap<&[u8], usize> = HashMap::new();
                     if let (Some(u), true, Some(_)) = (urgent, caught_up, pacer.as_ref()) {
-                        for (i, (rec, slot)) in batch.iter().zip(decoded.iter_mut()).enumerate() {
-                            if matches!(slot, Some(Ok(v)) if self.shared.read(|s| u(s, v))) {
-                                if let Some(Ok(v)) = slot.take() {
-                                    self.shared.apply(|s| fold(s, v));
-                                }
-                                jumped.insert(&rec.key[..], i);
+                        // Judged against the view as the batch found it, under one lock.
+                        let urgent_ones: Vec<usize> = self.shared.read(|s| {
+                            decoded.iter().enumerate()
+                                .filter(|(_, slot)| matches!(slot, Some(Ok(v)) if u(s, v)))
+                                .map(|(i, _)| i)
+                                .collect()
+                        });
+                        for i in urgent_ones {
+                            if let Some(Ok(v)) = decoded[i].take() {
+                                self.shared.apply(|s| fold(s, v));
                             }
+                            jumped.insert(&batch[i].key[..], i);
                         }
                     }
                     for (i, (rec, slot)) in batch.iter().zip(decoded).enumerate() {
