@@ -519,6 +519,11 @@ mod tests {
                         joined[1].first.as_text(),
                         "one body for viewers"
                     );
+                    // One frame, shared: compressed once for both.
+                    assert_eq!(
+                        joined[0].first.wire(true).as_ptr(),
+                        joined[1].first.wire(true).as_ptr()
+                    );
                     let text = |j: &Joined| j.first.as_text().unwrap().to_string();
                     let viewer: serde_json::Value =
                         serde_json::from_str(&text(&joined[0])).unwrap();

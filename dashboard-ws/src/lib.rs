@@ -1,10 +1,11 @@
-//! The command wall's server: warp HTTP + websocket.
+//! The command wall's server: warp HTTP, and a websocket on its own framing.
 //!
 //! **Architecture Invariant:** only this crate knows about HTTP and JSON for browsers. It is a
 //! plain consumer of the bus (`status`, `incidents`, `notifications`, `deliveries`, `rejects`,
 //! `alerts`): [`state`] folds those topics into the wall's view, [`feed`] numbers its changes
 //! for the clients, [`server`] serves it as REST, as a websocket (a snapshot, then coalesced
-//! deltas, with resume after a reconnect), as Prometheus text, and [`assets`] serves the page
+//! deltas, with resume after a reconnect; [`socket`] runs each websocket connection on the
+//! shared frames of `floodcmd-ws-frames`), as Prometheus text, and [`assets`] serves the page
 //! bundle compiled into the binary and the camera streams. [`auth`] holds users, logins and
 //! roles; [`guard`] the rate limits, the websocket's Origin check and the count of what is
 //! refused; [`history`] the last hours of each point for the charts. Its one write is

@@ -297,6 +297,47 @@ impl Shared {
     fn read<T>(&self, f: impl FnOnce(&WallState) -> T) -> T {
         f(self.lock().state())
     }
+
+    /// Fold a batch's urgent records now, ahead of the rest, under one lock. An urgent record
+    /// takes the not yet folded records of its key (its point) before it along, in order, so
+    /// nothing of a point is folded out of order or dropped (each status is also a point of
+    /// the 6 h history). Urgency is judged in order against the view as it is at that record,
+    /// so a point's level changing and changing back are both urgent. What is folded here is
+    /// taken out of `decoded`; records that did not decode stay, for the caller to reject.
+    fn fold_urgent_first<T>(
+        &self,
+        batch: &[floodcmd_model::bus::Record],
+        decoded: &mut [Option<Result<T, DecodeError>>],
+        urgent: fn(&WallState, &T) -> bool,
+        fold: fn(&mut WallState, T) -> Vec<Change>,
+    ) {
+        let mut wall = self.lock();
+        // Per key, its records' places in the batch and how many of them are folded: made
+        // at the first urgent record, so a batch with none costs nothing more.
+        let mut by_key: Option<HashMap<&[u8], KeyPlaces>> = None;
+        for j in 0..decoded.len() {
+            if !matches!(&decoded[j], Some(Ok(v)) if urgent(wall.state(), v)) {
+                continue;
+            }
+            let places = by_key.get_or_insert_with(|| {
+                let mut m: HashMap<&[u8], KeyPlaces> = HashMap::new();
+                for (i, r) in batch.iter().enumerate() {
+                    m.entry(&r.key[..]).or_default().0.push(i);
+                }
+                m
+            });
+            let (of_key, folded) = places.get_mut(&batch[j].key[..]).expect("every key is in");
+            while *folded < of_key.len() && of_key[*folded] <= j {
+                let i = of_key[*folded];
+                *folded += 1;
+                if matches!(decoded[i], Some(Ok(_))) {
+                    if let Some(Ok(v)) = decoded[i].take() {
+                        wall.apply(|s| fold(s, v));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What every bus follower of one dashboard shares.
@@ -340,6 +381,7 @@ impl Follower {
         fold: fn(&mut WallState, T) -> Vec<Change>,
     ) -> Result<(), BusError> {
         let urgent = pace.as_ref().map(|p| p.urgent);
+        let batch_size = pace.as_ref().map_or(FOLLOW_BATCH, |p| p.batch);
         let mut pacer = pace.map(|p| Pacer::new(p.per_tick, self.shared.ticks.clone()));
         // The rebuild at start folds at full speed; pacing is for the live flow after it:
         // once a poll comes back short of a full batch, and only for records stamped within
@@ -362,35 +404,17 @@ impl Follower {
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => return Ok(()),
-                batch = consumer.poll(FOLLOW_BATCH, Duration::from_millis(500)) => {
+                batch = consumer.poll(batch_size, Duration::from_millis(500)) => {
                     let batch = batch?;
                     let mut last = std::collections::BTreeMap::new();
                     let mut decoded: Vec<_> = batch.iter().map(|r| Some(decode(&r.payload))).collect();
-                    // Urgent records go first, ahead of the batch's paced ones; a record of
-                    // the same key (the same point) before an urgent one is superseded by it
-                    // and dropped, so nothing older lands after it.
-                    let mut jumped: HashMap<&[u8], usize> = HashMap::new();
-                    if let (Some(u), true, Some(_)) = (urgent, caught_up, pacer.as_ref()) {
-                        // Judged against the view as the batch found it, under one lock.
-                        let urgent_ones: Vec<usize> = self.shared.read(|s| {
-                            decoded.iter().enumerate()
-                                .filter(|(_, slot)| matches!(slot, Some(Ok(v)) if u(s, v)))
-                                .map(|(i, _)| i)
-                                .collect()
-                        });
-                        for i in urgent_ones {
-                            if let Some(Ok(v)) = decoded[i].take() {
-                                self.shared.apply(|s| fold(s, v));
-                            }
-                            jumped.insert(&batch[i].key[..], i);
-                        }
+                    if let (Some(u), true) = (urgent, caught_up) {
+                        self.shared.fold_urgent_first(&batch, &mut decoded, u, fold);
                     }
-                    for (i, (rec, slot)) in batch.iter().zip(decoded).enumerate() {
+                    for (rec, slot) in batch.iter().zip(decoded) {
                         last.insert(rec.partition, rec.offset + 1);
+                        // Folded already, ahead of the paced ones.
                         let Some(slot) = slot else { continue };
-                        if jumped.get(&rec.key[..]).is_some_and(|&j| j > i) {
-                            continue;
-                        }
                         let recent = self.clock.now_ms() - rec.timestamp_ms < PACED_WITHIN_MS;
                         match slot {
                             Ok(v) => {
@@ -421,7 +445,7 @@ impl Follower {
                     for (p, next) in last {
                         consumer.commit(p, next).await?;
                     }
-                    if batch.len() < FOLLOW_BATCH {
+                    if batch.len() < batch_size {
                         caught_up = true;
                         if let Some(pacer) = pacer.as_mut() {
                             pacer.caught_up();
@@ -433,12 +457,16 @@ impl Follower {
     }
 }
 
+/// One key's records in a batch: their places, in order, and how many are folded.
+type KeyPlaces = (Vec<usize>, usize);
+
 /// How a follower paces its records: at most `per_tick` between two ticks, except those
 /// `urgent` finds urgent against the wall's state, which are folded at once, ahead of the
-/// paced records of the same batch (up to [`FOLLOW_BATCH`] records read at once).
+/// paced records read in the same poll (up to `batch` at once).
 struct Pace<T> {
     per_tick: usize,
     urgent: fn(&WallState, &T) -> bool,
+    batch: usize,
 }
 
 /// Lets at most `limit` records through between two ticks of the wall: it spreads a burst.
@@ -455,8 +483,9 @@ struct Pacer {
     behind: bool,
 }
 
-/// A stream stage's burst is one epoch's statuses, a few ticks' shares at most.
-const PACED_TICKS_AT_MOST: usize = 10;
+/// A stream stage's burst is one epoch's statuses: about eight ticks' shares at the status
+/// follower's rate (1.2 times the points a second), so twice that many in a row is a backlog.
+const PACED_TICKS_AT_MOST: usize = 20;
 
 impl Pacer {
     fn new(limit: usize, ticks: watch::Receiver<u64>) -> Pacer {
@@ -712,15 +741,17 @@ pub async fn serve(
     // Statuses come in bursts: the stream stage publishes a whole epoch's when its watermark
     // passes, a status for most points at once in a storm. Folded as they come, one tick's
     // delta carries them all, and every client takes that one big frame (and parses it)
-    // before the live depths of the next ticks. Paced, the burst spreads over the epoch's
-    // ten ticks, at a capacity of 1.2 times the district's points a second, above any
-    // sustained rate (a point has at most one status per 1-second epoch). Only depth-only
-    // updates wait, and at most about a second: a status that changes a level, a data state
-    // or flapping is folded at once, ahead of them.
+    // before the live depths of the next ticks. Paced, the burst spreads over most of the
+    // epoch's ten ticks, at a capacity of 1.2 times the district's points a second, above
+    // any sustained rate (a point has at most one status per 1-second epoch); a district
+    // under 8,334 points has the floor of 1,000 a tick, and its whole burst goes in one.
+    // Only depth-only updates wait, at most about a second: a status that changes a level,
+    // a data state or flapping is folded at once, ahead of those read in the same poll (a
+    // poll takes up to the district's points, a whole epoch's burst when it is there).
     //
-    // Measured (fanout bench, 1,000 clients, 10,000 readings/s): with the burst over about
-    // 2.5 ticks, live depth p99 221-348 ms in six runs; over the epoch, 152-170 ms in three,
-    // status→delta p99 0.4 → 0.8 s for the depth-only statuses.
+    // Measured (fanout bench, 1,000 clients, 10,000 readings/s; see the README): with the
+    // burst over about 2.5 ticks, live depth p99 221-348 ms in six runs; over the epoch,
+    // 182-281 ms in eight (median 220); status→delta p99 0.4 → 0.8 s for depth-only ones.
     let status_per_tick = (points * 12 / 100).max(STATUS_PER_TICK_MIN);
     follower.spawn(
         t.status(),
@@ -728,6 +759,9 @@ pub async fn serve(
         Some(Pace {
             per_tick: status_per_tick,
             urgent: WallState::status_is_urgent,
+            // A whole epoch's burst in one poll when it is there, so that an urgent status
+            // goes ahead of all of it.
+            batch: points.max(FOLLOW_BATCH),
         }),
         decode,
         WallState::on_status,

@@ -142,7 +142,7 @@ pub struct SnapshotParts {
     /// The first message's shared fields, with the first part of the points.
     pub body: String,
     /// The rest of the points, one whole message each, shared by every client joining at
-    /// one cut (each client copies one part at a time as it sends it).
+    /// one cut (framed once for them, see `feed.rs`).
     pub rest: Arc<[String]>,
 }
 
@@ -350,9 +350,8 @@ impl WallState {
 
     /// The snapshot body split for sending: the first `part_points` points with everything
     /// else, then `snapshot_part` messages of as many points each (see
-    /// `docs/WEBSOCKET.md`). A snapshot of 10,000 points is some 3.5 MB; as one message, each
-    /// client's socket would keep a buffer that size for good (the websocket library never
-    /// shrinks its write buffer), which for a thousand clients is gigabytes.
+    /// `docs/WEBSOCKET.md`). A snapshot of 10,000 points is some 3.5 MB; in parts, a client that
+    /// joins is written one part at a time, and a slow one holds up one part, not the whole.
     pub fn snapshot_parts(
         &self,
         seq: u64,

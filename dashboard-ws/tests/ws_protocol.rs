@@ -98,26 +98,11 @@ async fn start(anonymous: bool) -> Wall {
 
 impl Wall {
     async fn status(&self, point: &str, depth: f64) {
-        let p = self.district.point(point).unwrap();
-        let now = SystemClock.now_ms();
         let s = PointStatus {
-            point: point.into(),
-            kind: p.kind,
-            level: Level::Blue,
-            data_state: DataState::Fresh,
-            depth_cm: Some(depth),
             rise_cm_per_min: Some(0.5),
-            rain_10m_mm: None,
-            rain_1h_mm: None,
-            rain_3h_mm: None,
-            rain_24h_mm: None,
-            last_reading_ms: Some(now),
-            qc_flags: Vec::new(),
-            next_level: None,
-            minutes_to_next: None,
-            flapping: false,
-            as_of_ms: now,
+            ..status_at(self, point, depth, Level::Blue)
         };
+        let now = s.as_of_ms;
         self.bus
             .producer()
             .send(&self.topics.status(), point.as_bytes(), encode(&s), now)
@@ -626,8 +611,9 @@ fn outgoing(s: &PointStatus) -> Outgoing {
 }
 
 /// In a burst of depth-only statuses larger than a tick's share, a level change goes ahead of
-/// them, and the depth-only status of the same point read before it is dropped, not folded
-/// after it (it would take the level back).
+/// them, taking the same point's earlier statuses along in order (none is dropped, none lands
+/// after it and takes the level back); a record of that point that does not decode is still
+/// dead-lettered; a later depth-only status of the point is paced, and the level stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
     let wall = start(true).await;
@@ -661,7 +647,8 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         .filter(|id| *id != "UP-01" && partition_for(id.as_bytes(), partitions) == home)
         .collect();
     // 1,022 depth-only statuses (more than the 1,000 a tick lets through), one of them
-    // UP-01's, then UP-01 turning red.
+    // UP-01's and one an undecodable record keyed UP-01, then UP-01 turning red, then a
+    // depth-only status of UP-01 at the new level.
     let mut burst: Vec<PointStatus> = (0..1_022)
         .map(|k| {
             status_at(
@@ -674,11 +661,22 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         .collect();
     burst[500] = status_at(&wall, "UP-01", 1.0, Level::Normal);
     burst.push(status_at(&wall, "UP-01", 99.0, Level::Red));
+    burst.push(status_at(&wall, "UP-01", 100.0, Level::Red));
     let last_paced = burst[1_021].clone();
-    for r in producer
-        .send_batch(&topic, burst.iter().map(outgoing).collect())
+    let mut records: Vec<Outgoing> = burst.iter().map(outgoing).collect();
+    records[300] = Outgoing {
+        key: Bytes::from_static(b"UP-01"),
+        payload: Bytes::from_static(b"{not a status"),
+        timestamp_ms: SystemClock.now_ms(),
+    };
+    let rejects_before: u64 = wall
+        .bus
+        .end_offsets(&wall.topics.rejects())
         .await
-    {
+        .unwrap()
+        .iter()
+        .sum();
+    for r in producer.send_batch(&topic, records).await {
         r.unwrap();
     }
     let (mut red_at, mut last_at) = (None, None);
@@ -695,8 +693,11 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
             if p["id"] == "UP-01" && p["level"] == "red" {
                 red_at.get_or_insert(n);
             }
-            if p["id"] == "UP-01" && p["depth_cm"] == 1.0 {
-                panic!("the superseded status was folded: {p}");
+            if p["id"] == "UP-01" && red_at.is_some() && !p["level"].is_null() {
+                assert_eq!(
+                    p["level"], "red",
+                    "an older status landed after the red one"
+                );
             }
             if p["id"] == last_paced.point.as_str() && p["depth_cm"] == last_paced.depth_cm.unwrap()
             {
@@ -709,7 +710,8 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         red_at < last_at.unwrap(),
         "red in delta {red_at}, the burst's last in {last_at:?}"
     );
-    // UP-01 stays red at 99 cm: nothing older was folded after it.
+    // UP-01 stays red, at the later status's 100 cm.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let view: Value = reqwest::get(format!("http://{}/api/points", wall.addr))
         .await
         .unwrap()
@@ -724,7 +726,16 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         .unwrap();
     assert_eq!(
         (&up["level"], &up["depth_cm"]),
-        (&json!("red"), &json!(99.0)),
+        (&json!("red"), &json!(100.0)),
         "{up}"
     );
+    // The undecodable record went to rejects, though a record of its key jumped ahead.
+    let rejects_after: u64 = wall
+        .bus
+        .end_offsets(&wall.topics.rejects())
+        .await
+        .unwrap()
+        .iter()
+        .sum();
+    assert_eq!(rejects_after, rejects_before + 1);
 }

@@ -40,12 +40,6 @@ pub fn inflate(payload: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
-/// The first `n` bytes of a compressed message at most, inflating no further: enough to tell
-/// a message's type from its opening without paying for the rest.
-pub fn inflate_prefix(payload: &[u8], n: usize) -> Result<Vec<u8>, WireError> {
-    Ok(Inflater::default().prefix(payload, n)?.to_vec())
-}
-
 /// An inflater kept for one connection's messages. Without context takeover each message
 /// starts afresh, but the inflater's state (its 32 KiB window among it) need not be
 /// allocated and zeroed again for each: a client reading ten deltas a second reuses one.
@@ -116,7 +110,8 @@ impl Inflater {
         Ok(())
     }
 
-    /// The first `n` bytes of a compressed message at most, inflating no further.
+    /// The first `n` bytes of a compressed message at most, inflating no further: enough to
+    /// tell a message's type from its opening without paying for the rest.
     pub fn prefix(&mut self, payload: &[u8], n: usize) -> Result<&[u8], WireError> {
         self.d.reset(false);
         self.opening.clear();
@@ -217,6 +212,9 @@ mod tests {
     #[test]
     fn the_prefix_is_the_opening() {
         let m = delta_like(1_000);
-        assert_eq!(inflate_prefix(&deflate(&m), 16).unwrap(), &m[..16]);
+        assert_eq!(
+            Inflater::default().prefix(&deflate(&m), 16).unwrap(),
+            &m[..16]
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 pub const COMPRESS_FROM: usize = 256;
 
 /// One message, framed (unmasked, as a server sends) once; cloning it costs a reference count.
-/// Its compressed frame is made the first time a client that accepted permessage-deflate needs
-/// it, and then shared by all of them.
+/// Its compressed frame is made once, by [`OutFrame::precompress`] or the first time a client
+/// that accepted permessage-deflate needs it, and then shared by all of them.
 #[derive(Clone)]
 pub struct OutFrame(Arc<Framed>);
 
@@ -62,11 +62,6 @@ impl OutFrame {
         }
         // Made from a `String` only.
         std::str::from_utf8(self.payload()).ok()
-    }
-
-    /// Whether it is a close.
-    pub fn is_close(&self) -> bool {
-        self.0.opcode == opcode::CLOSE
     }
 
     /// Make the compressed frame now, if the message is worth compressing, so that no

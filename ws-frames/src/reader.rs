@@ -266,38 +266,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_compressed_message_inflates() {
-        let m = br#"{"resume":"e.1"}"#.repeat(40);
-        let wire = client_frame(opcode::TEXT, true, true, &deflate(&m), MASK);
-        let got = server_reads(wire, 1024).await;
-        let Ok(Some(Incoming::Data {
-            text: true,
-            compressed: true,
-            payload,
-        })) = &got[0]
-        else {
-            panic!("{got:?}");
-        };
-        assert_eq!(inflate(payload, 1024).unwrap(), m);
-    }
-
-    #[tokio::test]
-    async fn a_compressed_message_in_fragments_is_marked_on_its_first_frame_only() {
+    async fn a_compressed_message_inflates_whole_or_in_fragments_marked_on_the_first() {
         let m = br#"{"resume":"e.1"}"#.repeat(40);
         let d = deflate(&m);
         let (a, b) = d.split_at(d.len() / 2);
-        let mut wire = client_frame(opcode::TEXT, false, true, a, MASK);
-        wire.extend(client_frame(opcode::CONTINUATION, true, false, b, MASK));
-        let got = server_reads(wire.clone(), 1024).await;
-        let Ok(Some(Incoming::Data {
-            compressed: true,
-            payload,
-            ..
-        })) = &got[0]
-        else {
-            panic!("{got:?}");
-        };
-        assert_eq!(inflate(payload, 1024).unwrap(), m);
+        let whole = client_frame(opcode::TEXT, true, true, &d, MASK);
+        let mut fragments = client_frame(opcode::TEXT, false, true, a, MASK);
+        fragments.extend(client_frame(opcode::CONTINUATION, true, false, b, MASK));
+        for wire in [whole, fragments] {
+            let got = server_reads(wire, 1024).await;
+            let Ok(Some(Incoming::Data {
+                text: true,
+                compressed: true,
+                payload,
+            })) = &got[0]
+            else {
+                panic!("{got:?}");
+            };
+            assert_eq!(inflate(payload, 1024).unwrap(), m);
+        }
         // RSV1 on the continuation as well is refused.
         let mut wire = client_frame(opcode::TEXT, false, true, a, MASK);
         wire.extend(client_frame(opcode::CONTINUATION, true, true, b, MASK));
