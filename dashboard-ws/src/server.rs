@@ -751,7 +751,7 @@ pub async fn serve(
     //
     // Measured (fanout bench, 1,000 clients, 10,000 readings/s; see the README): with the
     // burst over about 2.5 ticks, live depth p99 221-348 ms in six runs; over the epoch,
-    // 182-281 ms in eight (median 220); status→delta p99 0.4 → 0.8 s for depth-only ones.
+    // 182-281 ms in twelve (median 225); status→delta p99 0.4 → 0.8 s for depth-only ones.
     let status_per_tick = (points * 12 / 100).max(STATUS_PER_TICK_MIN);
     follower.spawn(
         t.status(),
