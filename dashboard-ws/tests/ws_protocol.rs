@@ -110,6 +110,12 @@ impl Wall {
             .unwrap();
     }
 
+    /// Records on the rejects topic so far.
+    async fn rejects(&self) -> u64 {
+        let ends = self.bus.end_offsets(&self.topics.rejects()).await.unwrap();
+        ends.iter().sum()
+    }
+
     async fn connect(&self, query: &str) -> Ws {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{query}", self.addr))
             .await
@@ -669,13 +675,7 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         payload: Bytes::from_static(b"{not a status"),
         timestamp_ms: SystemClock.now_ms(),
     };
-    let rejects_before: u64 = wall
-        .bus
-        .end_offsets(&wall.topics.rejects())
-        .await
-        .unwrap()
-        .iter()
-        .sum();
+    let rejects_before = wall.rejects().await;
     for r in producer.send_batch(&topic, records).await {
         r.unwrap();
     }
@@ -730,12 +730,6 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         "{up}"
     );
     // The undecodable record went to rejects, though a record of its key jumped ahead.
-    let rejects_after: u64 = wall
-        .bus
-        .end_offsets(&wall.topics.rejects())
-        .await
-        .unwrap()
-        .iter()
-        .sum();
+    let rejects_after = wall.rejects().await;
     assert_eq!(rejects_after, rejects_before + 1);
 }
