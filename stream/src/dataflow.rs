@@ -16,13 +16,14 @@ use bytes::Bytes;
 use floodcmd_model::bus::{
     murmur2, partition_for, Assignment, Bus, BusError, Consumer, Outgoing, Record,
 };
-use floodcmd_model::codec::{decode_reading, encode};
+use floodcmd_model::codec::{decode_reading, encode, BatchEncoder};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, Reading};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -441,6 +442,9 @@ struct BoundedEnd {
     max_event_s: std::sync::atomic::AtomicU64,
 }
 
+/// Applied epochs' vectors the rules operator keeps for reuse, at most.
+const SPARE_EPOCHS: usize = 4;
+
 /// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
 /// time share one entry: they pass the probe together, and one entry per record was a queue
 /// as long as the backlog.
@@ -457,10 +461,47 @@ enum Intake {
     Fed(u32, Reading),
 }
 
-fn output_key(o: &StreamOutput) -> &str {
-    match o {
-        StreamOutput::Status(s) => &s.point,
-        StreamOutput::Transition(t) => &t.point,
+/// One topic's share of an epoch's outputs, keys and payloads in one buffer.
+struct EncodedBatch<E> {
+    encoder: E,
+    /// Per record: its key's and its payload's place in the buffer, and its timestamp.
+    places: Vec<(Range<usize>, Range<usize>, Millis)>,
+}
+
+impl EncodedBatch<BatchEncoder> {
+    fn new(bytes: usize) -> Self {
+        EncodedBatch {
+            encoder: BatchEncoder::with_capacity(bytes),
+            places: Vec::new(),
+        }
+    }
+
+    fn finish(self) -> EncodedBatch<Bytes> {
+        EncodedBatch {
+            encoder: self.encoder.finish(),
+            places: self.places,
+        }
+    }
+}
+
+impl EncodedBatch<Bytes> {
+    fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    /// The records at `which`, in that order; each a slice of the one buffer.
+    fn records(&self, which: &[usize]) -> Vec<Outgoing> {
+        which
+            .iter()
+            .map(|&i| {
+                let (key, payload, timestamp_ms) = &self.places[i];
+                Outgoing {
+                    key: self.encoder.slice(key.clone()),
+                    payload: self.encoder.slice(payload.clone()),
+                    timestamp_ms: *timestamp_ms,
+                }
+            })
+            .collect()
     }
 }
 
@@ -565,6 +606,10 @@ impl WorkerContext {
                         // once this operator has put every output for it on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
+                        // An applied epoch's vector, kept for a later epoch: each grew fresh
+                        // from empty, and the first touch of its memory was a cost per
+                        // reading of its own when the stage catches up.
+                        let mut spare: Vec<Vec<TimedReading>> = Vec::new();
                         let mut out = Vec::new();
                         // Topic names and counters resolved once: per output they were a string
                         // format and a labelled-metric lookup.
@@ -578,6 +623,7 @@ impl WorkerContext {
                         // output in turn (linger plus a round trip, ~5 ms on Kafka) held the
                         // stage to a few hundred outputs a second. Each topic's batch keeps the
                         // engine's order.
+                        let mut status_bytes_each = 256;
                         let mut emit = move |out: &mut Vec<StreamOutput>| {
                             if out.is_empty() {
                                 return;
@@ -595,11 +641,18 @@ impl WorkerContext {
                                 }
                                 return;
                             }
-                            let (mut status, mut alerts) = (Vec::new(), Vec::new());
+                            // Each topic's records encoded into one buffer of its own (an
+                            // alert must not keep an epoch's statuses alive on a bus that
+                            // retains it longer).
+                            let mut status = EncodedBatch::new(statuses * status_bytes_each);
+                            let mut alerts = EncodedBatch::new(0);
                             for o in out.drain(..) {
-                                let key = Bytes::copy_from_slice(output_key(&o).as_bytes());
                                 match &o {
-                                    StreamOutput::Status(s) => status.push(Outgoing { key, payload: encode(s), timestamp_ms: s.as_of_ms }),
+                                    StreamOutput::Status(s) => {
+                                        let key = status.encoder.bytes(s.point.as_bytes());
+                                        let payload = status.encoder.status(s);
+                                        status.places.push((key, payload, s.as_of_ms));
+                                    }
                                     StreamOutput::Transition(t) => {
                                         let kind = t.transition.as_str();
                                         let at = match transition_counts.iter().position(|(k, _)| *k == kind) {
@@ -610,10 +663,21 @@ impl WorkerContext {
                                             }
                                         };
                                         transition_counts[at].1.inc();
-                                        alerts.push(Outgoing { key, payload: encode(t), timestamp_ms: t.event_ms });
+                                        let key = alerts.encoder.bytes(t.point.as_bytes());
+                                        let payload = alerts.encoder.value(t);
+                                        alerts.places.push((key, payload, t.event_ms));
                                     }
                                 }
                             }
+                            // The next batch's buffer sized from this one's, so it seldom
+                            // grows and seldom holds much more than it needs.
+                            if let Some(each) = status.encoder.len().checked_div(statuses) {
+                                status_bytes_each = each + 16;
+                            }
+                            let (status, alerts) = (status.finish(), alerts.finish());
+                            // Records still to put on the bus, by their place in the batch.
+                            let (mut status_left, mut alerts_left): (Vec<usize>, Vec<usize>) =
+                                ((0..status.len()).collect(), (0..alerts.len()).collect());
                             // An output that is not on the bus must not let its offset be
                             // committed: keep trying what failed; if the stage is told to stop
                             // meanwhile, commit nothing more, so a restart produces it again.
@@ -621,20 +685,20 @@ impl WorkerContext {
                             loop {
                                 let (rs, ra) = sink_rt.block_on(async {
                                     futures::join!(
-                                        sink_producer.send_batch(&status_topic, status.clone()),
-                                        sink_producer.send_batch(&alerts_topic, alerts.clone())
+                                        sink_producer.send_batch(&status_topic, status.records(&status_left)),
+                                        sink_producer.send_batch(&alerts_topic, alerts.records(&alerts_left))
                                     )
                                 });
-                                let failed = |batch: &mut Vec<Outgoing>, results: Vec<Result<_, BusError>>, topic: &str| {
+                                let failed = |left: &mut Vec<usize>, results: Vec<Result<_, BusError>>, topic: &str| {
                                     let mut keep = results.iter().map(|r| r.is_err());
                                     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                                         tracing::error!(error = %e, topic, retry_in = ?wait, "stream could not produce an output");
                                     }
-                                    batch.retain(|_| keep.next().unwrap_or(false));
+                                    left.retain(|_| keep.next().unwrap_or(false));
                                 };
-                                failed(&mut status, rs, &status_topic);
-                                failed(&mut alerts, ra, &alerts_topic);
-                                if status.is_empty() && alerts.is_empty() {
+                                failed(&mut status_left, rs, &status_topic);
+                                failed(&mut alerts_left, ra, &alerts_topic);
+                                if status_left.is_empty() && alerts_left.is_empty() {
                                     break;
                                 }
                                 if sink_stop.load(Ordering::SeqCst) {
@@ -650,7 +714,10 @@ impl WorkerContext {
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 let t = *cap.least().expect("u64 stamps have a least time");
-                                stash.entry(t).or_default().extend(data.flat_map(|d| d.drain(..)));
+                                stash
+                                    .entry(t)
+                                    .or_insert_with(|| spare.pop().unwrap_or_default())
+                                    .extend(data.flat_map(|d| d.drain(..)));
                             });
                             let Some(cap) = held.as_mut() else { return };
                             let f = frontier.frontier();
@@ -661,6 +728,10 @@ impl WorkerContext {
                                 let mut rs = stash.remove(&t).expect("key just seen");
                                 engine.apply_epoch(t as Millis * 1000, &mut rs, &mut out);
                                 emit(&mut out);
+                                rs.clear();
+                                if spare.len() < SPARE_EPOCHS {
+                                    spare.push(rs);
+                                }
                             }
                             match f.first() {
                                 Some(&ft) => {
@@ -745,24 +816,30 @@ impl WorkerContext {
             }
             let has_input = consumer.is_some() || feed_input.is_some();
             if let (Some(c), true, false) = (cap.as_mut(), has_input, bounded_done) {
-                // From the bus, records to decode; fed, readings as they are.
-                let items: Vec<Intake> = match (consumer.as_mut(), &feed_input) {
-                    (Some(consumer), _) => self
-                        .rt
-                        .block_on(consumer.poll(4096, Duration::from_millis(5)))?
-                        .into_iter()
-                        .map(Intake::Record)
-                        .collect(),
+                // From the bus, records to decode; fed, readings as they are. Taken as they
+                // come, not gathered into a vector of their own first: that was a fresh
+                // allocation of a whole poll (half a megabyte) each time.
+                let (records, readings) = match (consumer.as_mut(), &feed_input) {
+                    (Some(consumer), _) => (
+                        self.rt
+                            .block_on(consumer.poll(4096, Duration::from_millis(5)))?,
+                        Vec::new(),
+                    ),
                     (None, Some(input)) => match input.recv_timeout(Duration::from_millis(5)) {
-                        Ok(batch) => batch.into_iter().map(|(p, r)| Intake::Fed(p, r)).collect(),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+                        Ok(batch) => (Vec::new(), batch),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Default::default(),
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                             remaining.clear();
-                            Vec::new()
+                            Default::default()
                         }
                     },
-                    (None, None) => Vec::new(),
+                    (None, None) => Default::default(),
                 };
+                let items = records.into_iter().map(Intake::Record).chain(
+                    readings
+                        .into_iter()
+                        .map(|(partition, reading)| Intake::Fed(partition, reading)),
+                );
                 let mut fed = 0;
                 for item in items {
                     // A fed reading has no offset to commit; a record's next one is noted.
