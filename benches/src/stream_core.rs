@@ -1,16 +1,25 @@
 //! The stream stage alone, in process: readings already encoded on the embedded bus, the real
 //! dataflow in bounded mode (decoding, exchange, QC, windows, levels, outputs to the bus),
 //! timed from start to finish, for 1 and 2 workers, with peak resident memory.
+//!
+//! The embedded bus keeps every output it is given, so those runs also pay for the first
+//! touch of a few hundred megabytes of fresh memory. A stage producing to Kafka does not: its
+//! output buffers go once the broker has them, and are reused. The same runs are made again
+//! with a producer that takes the outputs (encoded as ever) and lets them go, as a broker that
+//! acknowledged at once would, to show the stage's own cost apart from the bus's.
 
 use crate::kafka::BenchError;
 use crate::report::{Machine, Report};
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::Bus;
+use floodcmd_model::bus::{
+    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Outgoing, Producer,
+};
 use floodcmd_model::codec::encode;
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, Reading};
 use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,11 +30,113 @@ pub fn peak_rss_mib() -> f64 {
     crate::pipeline::peak_rss_mib_of("self")
 }
 
+/// Where a run's outputs go.
+#[derive(Clone, Copy)]
+enum Outputs {
+    /// Onto the embedded bus, which keeps them.
+    Kept,
+    /// To a producer that counts them and lets them go.
+    Dropped,
+}
+
+/// The embedded bus, but a producer that acknowledges records of the output topics at once
+/// and keeps none of them.
+struct DroppingOutputs {
+    bus: EmbeddedBus,
+    inputs: Vec<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+struct DroppingProducer {
+    inner: Arc<dyn Producer>,
+    inputs: Vec<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl Producer for DroppingProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: bytes::Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError> {
+        if self.inputs.iter().any(|t| t == topic) {
+            return self.inner.send(topic, key, payload, timestamp_ms).await;
+        }
+        let offset = self.dropped.fetch_add(1, Ordering::Relaxed);
+        Ok(Delivery {
+            partition: partition_for(key, 4),
+            offset,
+        })
+    }
+
+    async fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<Outgoing>,
+    ) -> Vec<Result<Delivery, BusError>> {
+        if self.inputs.iter().any(|t| t == topic) {
+            return self.inner.send_batch(topic, records).await;
+        }
+        let first = self
+            .dropped
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(Delivery {
+                    partition: partition_for(&r.key, 4),
+                    offset: first + i as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for DroppingOutputs {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.bus.ensure_topic(topic, partitions).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.bus.partitions(topic).await
+    }
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.bus.end_offsets(topic).await
+    }
+    async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError> {
+        self.bus.offsets_for_time(topic, timestamp_ms).await
+    }
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+        self.bus.committed(group, topic).await
+    }
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(DroppingProducer {
+            inner: self.bus.producer(),
+            inputs: self.inputs.clone(),
+            dropped: self.dropped.clone(),
+        })
+    }
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        self.bus.consumer(group, topic, assignment).await
+    }
+}
+
+/// One timed run: readings/s, and outputs per reading when they were dropped (0 when kept).
 async fn one_run(
     district: Arc<District>,
     readings: u64,
     workers: usize,
-) -> Result<f64, BenchError> {
+    outputs: Outputs,
+) -> Result<(f64, f64), BenchError> {
     let sensors: Vec<(String, String, floodcmd_model::SensorKind)> = district
         .sensors()
         .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
@@ -57,6 +168,15 @@ async fn one_run(
             .map_err(|e| BenchError::Other(e.to_string()))?;
     }
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let stage_bus: Arc<dyn Bus> = match outputs {
+        Outputs::Kept => Arc::new(bus.clone()),
+        Outputs::Dropped => Arc::new(DroppingOutputs {
+            bus: bus.clone(),
+            inputs: vec![topics.readings(), topics.rejects()],
+            dropped: dropped.clone(),
+        }),
+    };
     let config = StreamConfig {
         workers,
         lateness_ms: 10_000,
@@ -66,14 +186,18 @@ async fn one_run(
         rebuild_ms: None,
     };
     let start = Instant::now();
-    let h = run_stream(Arc::new(bus.clone()), district, clock, config)
+    let h = run_stream(stage_bus, district, clock, config)
         .await
         .map_err(|e| BenchError::Other(e.to_string()))?;
     tokio::task::spawn_blocking(move || h.join())
         .await
         .map_err(|e| BenchError::Other(e.to_string()))?
         .map_err(BenchError::Other)?;
-    Ok(readings as f64 / start.elapsed().as_secs_f64())
+    let rate = readings as f64 / start.elapsed().as_secs_f64();
+    Ok((
+        rate,
+        dropped.load(Ordering::Relaxed) as f64 / readings as f64,
+    ))
 }
 
 /// The `stream-core` scenario: `readings` over a synthetic district of `sensors` depth sensors.
@@ -89,9 +213,12 @@ pub async fn throughput(
     // The first run in a process also pays for the first touch of the memory the bus and
     // the state grow into (page faults), which later runs find mapped already: 1 worker runs
     // again after 2, and the scaling is taken against that warm run.
-    let cold = one_run(district.clone(), readings, 1).await?;
-    let two = one_run(district.clone(), readings, 2).await?;
-    let one = one_run(district.clone(), readings, 1).await?;
+    let (cold, _) = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
+    let (two, _) = one_run(district.clone(), readings, 2, Outputs::Kept).await?;
+    let (one, _) = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
+    let (one_dropped, per_reading) =
+        one_run(district.clone(), readings, 1, Outputs::Dropped).await?;
+    let (two_dropped, _) = one_run(district.clone(), readings, 2, Outputs::Dropped).await?;
     let mut r = Report {
         scenario: "stream-core".into(),
         command: command.into(),
@@ -107,6 +234,23 @@ pub async fn throughput(
         "readings/s",
         one,
         "1 worker, after the others",
+    );
+    r.figure(
+        "1 worker, outputs dropped once produced (not kept by the bus)",
+        one_dropped,
+        "readings/s",
+    );
+    r.figure_vs(
+        "2 workers, outputs dropped once produced",
+        two_dropped,
+        "readings/s",
+        one_dropped,
+        "1 worker, outputs dropped once produced (not kept by the bus)",
+    );
+    r.figure(
+        "outputs produced per reading (statuses and transitions)",
+        per_reading,
+        "outputs",
     );
     r.figure("peak resident memory of the process", peak_rss_mib(), "MiB");
     Ok(r)
@@ -135,7 +279,7 @@ fn engine_state_mib(district: &District, every_min: i64) -> (f64, u64) {
     let mut fed = 0u64;
     for minute in (0..24 * 60).step_by(every_min as usize) {
         let epoch_ms = T0 + minute * 60_000;
-        let mut batch: Vec<TimedReading> = sensors
+        let batch: Vec<TimedReading> = sensors
             .iter()
             .enumerate()
             .map(|(i, (sensor, point, kind))| TimedReading {
@@ -153,7 +297,7 @@ fn engine_state_mib(district: &District, every_min: i64) -> (f64, u64) {
             })
             .collect();
         fed += batch.len() as u64;
-        engine.apply_epoch(epoch_ms, &mut batch, &mut out);
+        engine.apply_epoch(epoch_ms, &batch, &mut out);
         // What the engine emits goes to the bus in the stage; here it is dropped at once.
         out.clear();
     }
@@ -173,7 +317,7 @@ pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError>
     let (state_mib, state_readings) = engine_state_mib(&district, 60);
     let before = peak_rss_mib();
     let n = district.sensors().count() as u64;
-    let rate = one_run(district.clone(), n * 3, 2).await?;
+    let (rate, _) = one_run(district.clone(), n * 3, 2, Outputs::Kept).await?;
     let mut r = Report {
         scenario: "stream-memory".into(),
         command: command.into(),

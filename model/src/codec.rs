@@ -3,7 +3,7 @@
 //! JSON keeps the topics readable with `kcat` and by any consumer; the codec is one place so a
 //! binary format can replace it without touching the stages.
 
-use crate::event::PointStatus;
+use crate::event::{AlertTransition, PointStatus};
 use crate::reading::{Reading, SensorKind};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -208,10 +208,20 @@ impl BatchEncoder {
     }
 
     /// Append `status` encoded as [`encode`] encodes it, byte for byte, without serde's
-    /// machinery: a status is what the stream stage writes most, one per point per epoch.
+    /// machinery: a status is what the stream stage writes most, one per point per epoch
+    /// (the derive's field order, its `skip_serializing_if`s, `null` for a float that is not
+    /// finite, floats formatted by the crate serde_json itself uses).
     pub fn status(&mut self, status: &PointStatus) -> Range<usize> {
         let start = self.buf.len();
         write_status(&mut self.buf, status);
+        start..self.buf.len()
+    }
+
+    /// Append `transition` encoded as [`encode`] encodes it, byte for byte, as
+    /// [`BatchEncoder::status`] does a status.
+    pub fn transition(&mut self, transition: &AlertTransition) -> Range<usize> {
+        let start = self.buf.len();
+        write_transition(&mut self.buf, transition);
         start..self.buf.len()
     }
 
@@ -236,6 +246,47 @@ impl BatchEncoder {
     }
 }
 
+/// True when JSON needs `text` escaped: the hand-written paths leave such text to serde_json
+/// (ids and rule texts come from the config and the rules, so this is the rare case, not
+/// worth a second escaper to keep equal to serde_json's).
+#[inline]
+fn needs_escape(text: &str) -> bool {
+    text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+// The pieces of a JSON object as serde_json writes them. Inlined so each name is a copy of a
+// known length, not a call.
+
+#[inline(always)]
+fn put_text(out: &mut Vec<u8>, name: &[u8], value: &str) {
+    out.extend_from_slice(name);
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
+}
+
+#[inline(always)]
+fn put_int(out: &mut Vec<u8>, name: &[u8], value: i64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+#[inline(always)]
+fn put_float(out: &mut Vec<u8>, name: &[u8], value: f64) {
+    out.extend_from_slice(name);
+    if value.is_finite() {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+#[inline(always)]
+fn put_bool(out: &mut Vec<u8>, name: &[u8], value: bool) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
+
 /// `status` as serde_json writes it (the derive's field order, its `skip_serializing_if`s,
 /// `null` for a float that is not finite, floats formatted by the crate serde_json uses).
 fn write_status(out: &mut Vec<u8>, status: &PointStatus) {
@@ -258,43 +309,29 @@ fn write_status(out: &mut Vec<u8>, status: &PointStatus) {
         flapping,
         as_of_ms,
     } = status;
-    // An id that JSON must escape is left to serde_json (ids come from the district config,
-    // so this is the rare case, not worth a second escaper to keep equal to serde_json's).
-    if point.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if needs_escape(point) {
         serde_json::to_writer(out, status).expect("model types always serialize");
         return;
     }
-    let text = |out: &mut Vec<u8>, name: &[u8], value: &str| {
-        out.extend_from_slice(name);
-        out.push(b'"');
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'"');
-    };
-    let int = |out: &mut Vec<u8>, name: &[u8], value: i64| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    };
-    let float = |out: &mut Vec<u8>, name: &[u8], value: &Option<f64>| {
-        let Some(v) = value else { return };
-        out.extend_from_slice(name);
-        if v.is_finite() {
-            out.extend_from_slice(zmij::Buffer::new().format_finite(*v).as_bytes());
-        } else {
-            out.extend_from_slice(b"null");
+    put_text(out, b"{\"point\":", point);
+    put_text(out, b",\"kind\":", kind.as_str());
+    put_text(out, b",\"level\":", level.as_str());
+    put_text(out, b",\"data_state\":", data_state.as_str());
+    let floats = [
+        (&b",\"depth_cm\":"[..], depth_cm),
+        (b",\"rise_cm_per_min\":", rise_cm_per_min),
+        (b",\"rain_10m_mm\":", rain_10m_mm),
+        (b",\"rain_1h_mm\":", rain_1h_mm),
+        (b",\"rain_3h_mm\":", rain_3h_mm),
+        (b",\"rain_24h_mm\":", rain_24h_mm),
+    ];
+    for (name, value) in floats {
+        if let Some(v) = value {
+            put_float(out, name, *v);
         }
-    };
-    text(out, b"{\"point\":", point);
-    text(out, b",\"kind\":", kind.as_str());
-    text(out, b",\"level\":", level.as_str());
-    text(out, b",\"data_state\":", data_state.as_str());
-    float(out, b",\"depth_cm\":", depth_cm);
-    float(out, b",\"rise_cm_per_min\":", rise_cm_per_min);
-    float(out, b",\"rain_10m_mm\":", rain_10m_mm);
-    float(out, b",\"rain_1h_mm\":", rain_1h_mm);
-    float(out, b",\"rain_3h_mm\":", rain_3h_mm);
-    float(out, b",\"rain_24h_mm\":", rain_24h_mm);
+    }
     if let Some(ms) = last_reading_ms {
-        int(out, b",\"last_reading_ms\":", *ms);
+        put_int(out, b",\"last_reading_ms\":", *ms);
     }
     if !qc_flags.is_empty() {
         out.extend_from_slice(b",\"qc_flags\":[");
@@ -302,20 +339,63 @@ fn write_status(out: &mut Vec<u8>, status: &PointStatus) {
             if i > 0 {
                 out.push(b',');
             }
-            text(out, b"", flag.as_str());
+            put_text(out, b"", flag.as_str());
         }
         out.push(b']');
     }
     if let Some(next) = next_level {
-        text(out, b",\"next_level\":", next.as_str());
+        put_text(out, b",\"next_level\":", next.as_str());
     }
-    float(out, b",\"minutes_to_next\":", minutes_to_next);
-    out.extend_from_slice(if *flapping {
-        b",\"flapping\":true"
-    } else {
-        b",\"flapping\":false"
-    });
-    int(out, b",\"as_of_ms\":", *as_of_ms);
+    if let Some(minutes) = minutes_to_next {
+        put_float(out, b",\"minutes_to_next\":", *minutes);
+    }
+    put_bool(out, b",\"flapping\":", *flapping);
+    put_int(out, b",\"as_of_ms\":", *as_of_ms);
+    out.push(b'}');
+}
+
+/// `transition` as serde_json writes it, as [`write_status`] does a status.
+fn write_transition(out: &mut Vec<u8>, transition: &AlertTransition) {
+    let AlertTransition {
+        point,
+        point_kind,
+        transition: kind,
+        from,
+        to,
+        event_ms,
+        processed_ms,
+        rule,
+        value,
+        rise_cm_per_min,
+        late,
+        next_level,
+        minutes_to_next,
+        flapping,
+    } = transition;
+    if needs_escape(point) || needs_escape(rule) {
+        serde_json::to_writer(out, transition).expect("model types always serialize");
+        return;
+    }
+    put_text(out, b"{\"point\":", point);
+    put_text(out, b",\"point_kind\":", point_kind.as_str());
+    put_text(out, b",\"transition\":", kind.as_str());
+    put_text(out, b",\"from\":", from.as_str());
+    put_text(out, b",\"to\":", to.as_str());
+    put_int(out, b",\"event_ms\":", *event_ms);
+    put_int(out, b",\"processed_ms\":", *processed_ms);
+    put_text(out, b",\"rule\":", rule);
+    put_float(out, b",\"value\":", *value);
+    if let Some(rise) = rise_cm_per_min {
+        put_float(out, b",\"rise_cm_per_min\":", *rise);
+    }
+    put_bool(out, b",\"late\":", *late);
+    if let Some(next) = next_level {
+        put_text(out, b",\"next_level\":", next.as_str());
+    }
+    if let Some(minutes) = minutes_to_next {
+        put_float(out, b",\"minutes_to_next\":", *minutes);
+    }
+    put_bool(out, b",\"flapping\":", *flapping);
     out.push(b'}');
 }
 
@@ -418,10 +498,10 @@ mod tests {
         );
     }
 
-    mod status_fast_path {
+    mod fast_paths {
         use super::super::*;
         use crate::config::PointKind;
-        use crate::event::QcFlag;
+        use crate::event::{QcFlag, TransitionKind};
         use crate::level::{DataState, Level};
         use proptest::prelude::*;
 
@@ -489,8 +569,63 @@ mod tests {
             }
         }
 
+        prop_compose! {
+            fn transition()(
+                point in prop_oneof!["[A-Z]{2}-[0-9]{1,5}", ".{0,12}"],
+                point_kind in prop::sample::select(vec![PointKind::RainGauge, PointKind::LowPoint, PointKind::Underpass]),
+                transition in prop::sample::select(vec![
+                    TransitionKind::Raised,
+                    TransitionKind::Upgraded,
+                    TransitionKind::Downgraded,
+                    TransitionKind::Cleared,
+                    TransitionKind::Silent,
+                    TransitionKind::Recovered,
+                ]),
+                levels in (level(), level()),
+                times in (any::<i64>(), any::<i64>()),
+                rule in prop_oneof![
+                    "depth [0-9]{1,3}\\.[0-9] cm >= (blue|red) [0-9]{2} cm",
+                    "rain 3h [0-9]\\.[0-9] mm >= 短时强降水 20 mm \\(blue\\)",
+                    ".{0,24}",
+                ],
+                floats in prop::collection::vec(float(), 3),
+                late in any::<bool>(),
+                next_level in prop::option::of(level()),
+                flapping in any::<bool>(),
+            ) -> AlertTransition {
+                AlertTransition {
+                    point,
+                    point_kind,
+                    transition,
+                    from: levels.0,
+                    to: levels.1,
+                    event_ms: times.0,
+                    processed_ms: times.1,
+                    rule,
+                    value: floats[0].unwrap_or(f64::NAN),
+                    rise_cm_per_min: floats[1],
+                    late,
+                    next_level,
+                    minutes_to_next: floats[2],
+                    flapping,
+                }
+            }
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn a_transition_is_written_byte_for_byte_as_serde_json_writes_it(t in transition()) {
+                let mut batch = BatchEncoder::default();
+                let at = batch.transition(&t);
+                let bytes = batch.finish();
+                let general = serde_json::to_vec(&t).unwrap();
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&bytes[at]),
+                    String::from_utf8_lossy(&general)
+                );
+            }
+
             /// What the bus carries must not depend on which path wrote it: every consumer
             /// (wall, sink, alerts, replay) reads what serde_json would have written.
             #[test]

@@ -469,10 +469,10 @@ struct EncodedBatch<E> {
 }
 
 impl EncodedBatch<BatchEncoder> {
-    fn new(bytes: usize) -> Self {
+    fn new(records: usize, bytes_each: usize) -> Self {
         EncodedBatch {
-            encoder: BatchEncoder::with_capacity(bytes),
-            places: Vec::new(),
+            encoder: BatchEncoder::with_capacity(records * bytes_each),
+            places: Vec::with_capacity(records),
         }
     }
 
@@ -623,7 +623,7 @@ impl WorkerContext {
                         // output in turn (linger plus a round trip, ~5 ms on Kafka) held the
                         // stage to a few hundred outputs a second. Each topic's batch keeps the
                         // engine's order.
-                        let mut status_bytes_each = 256;
+                        let (mut status_bytes_each, mut transition_bytes_each) = (256, 320);
                         let mut emit = move |out: &mut Vec<StreamOutput>| {
                             if out.is_empty() {
                                 return;
@@ -644,8 +644,9 @@ impl WorkerContext {
                             // Each topic's records encoded into one buffer of its own (an
                             // alert must not keep an epoch's statuses alive on a bus that
                             // retains it longer).
-                            let mut status = EncodedBatch::new(statuses * status_bytes_each);
-                            let mut alerts = EncodedBatch::new(0);
+                            let mut status = EncodedBatch::new(statuses, status_bytes_each);
+                            let transitions = out.len() - statuses;
+                            let mut alerts = EncodedBatch::new(transitions, transition_bytes_each);
                             for o in out.drain(..) {
                                 match &o {
                                     StreamOutput::Status(s) => {
@@ -664,7 +665,7 @@ impl WorkerContext {
                                         };
                                         transition_counts[at].1.inc();
                                         let key = alerts.encoder.bytes(t.point.as_bytes());
-                                        let payload = alerts.encoder.value(t);
+                                        let payload = alerts.encoder.transition(t);
                                         alerts.places.push((key, payload, t.event_ms));
                                     }
                                 }
@@ -673,6 +674,9 @@ impl WorkerContext {
                             // grows and seldom holds much more than it needs.
                             if let Some(each) = status.encoder.len().checked_div(statuses) {
                                 status_bytes_each = each + 16;
+                            }
+                            if let Some(each) = alerts.encoder.len().checked_div(transitions) {
+                                transition_bytes_each = each + 16;
                             }
                             let (status, alerts) = (status.finish(), alerts.finish());
                             // Records still to put on the bus, by their place in the batch.
@@ -726,7 +730,7 @@ impl WorkerContext {
                                     break;
                                 }
                                 let mut rs = stash.remove(&t).expect("key just seen");
-                                engine.apply_epoch(t as Millis * 1000, &mut rs, &mut out);
+                                engine.apply_epoch(t as Millis * 1000, &rs, &mut out);
                                 emit(&mut out);
                                 rs.clear();
                                 if spare.len() < SPARE_EPOCHS {

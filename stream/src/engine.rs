@@ -71,6 +71,63 @@ impl Hasher for FxHasher {
     }
 }
 
+/// Point id → its place in the engine's points.
+///
+/// Ids of up to [`InlineId::MAX`] bytes (every id a district config holds in practice) are
+/// kept inside the table, so a lookup compares bytes in the bucket it has just read. With
+/// `String` keys every lookup also read the key's own allocation, another cache line, and in
+/// a district larger than the cache a miss for every reading.
+struct PointIndex {
+    inline: HashMap<InlineId, usize, BuildHasherDefault<FxHasher>>,
+    longer: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
+}
+
+/// An id of at most [`InlineId::MAX`] bytes, zero-padded, with its length in the last byte
+/// (so ids that differ only by trailing zero bytes stay apart).
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
+struct InlineId([u8; 32]);
+
+impl InlineId {
+    const MAX: usize = 31;
+
+    #[inline]
+    fn of(id: &str) -> Option<Self> {
+        let bytes = id.as_bytes();
+        if bytes.len() > Self::MAX {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        key[..bytes.len()].copy_from_slice(bytes);
+        key[Self::MAX] = bytes.len() as u8;
+        Some(InlineId(key))
+    }
+}
+
+impl PointIndex {
+    /// `ids` in order: the n-th is at place n.
+    fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
+        let mut index = PointIndex {
+            inline: HashMap::default(),
+            longer: HashMap::default(),
+        };
+        for (i, id) in ids.enumerate() {
+            match InlineId::of(id) {
+                Some(key) => index.inline.insert(key, i),
+                None => index.longer.insert(id.to_string(), i),
+            };
+        }
+        index
+    }
+
+    #[inline]
+    fn get(&self, id: &str) -> Option<usize> {
+        match InlineId::of(id) {
+            Some(key) => self.inline.get(&key).copied(),
+            None => self.longer.get(id).copied(),
+        }
+    }
+}
+
 /// What the engine emits.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum StreamOutput {
@@ -199,10 +256,8 @@ struct PointState {
     /// Rain gauges only: the short-duration heavy rain rule beside the signal rules.
     intensity: Option<IntensityLatch>,
     rain: Option<RainWindows>,
-    depth_qc: BTreeMap<String, DepthQc>,
-    rain_qc: BTreeMap<String, RainQc>,
-    /// Latest accepted calibrated depth per depth sensor: (event time, cm).
-    depth_by_sensor: BTreeMap<String, (Millis, f64)>,
+    /// The point's sensors heard from, in the order they were first heard.
+    sensors: Vec<SensorState>,
     rise: RiseWindow,
     flap: FlapDetector,
     /// What quality control found wrong with the latest reading.
@@ -233,9 +288,7 @@ impl PointState {
             tracker: LevelTracker::default(),
             intensity: gauge.then(IntensityLatch::default),
             rain,
-            depth_qc: BTreeMap::new(),
-            rain_qc: BTreeMap::new(),
-            depth_by_sensor: BTreeMap::new(),
+            sensors: Vec::new(),
             rise: RiseWindow::new(rules.rise.window_min),
             flap: FlapDetector::new(rules.flapping.history),
             qc_flags: Vec::new(),
@@ -257,10 +310,34 @@ impl PointState {
     }
 
     fn depth(&self) -> Option<f64> {
-        self.depth_by_sensor
-            .values()
-            .map(|(_, d)| *d)
+        self.sensors
+            .iter()
+            .filter_map(|s| s.depth.map(|(_, d)| d))
             .reduce(f64::max)
+    }
+
+    /// Where `sensor`'s state is in `sensors`, created on its first reading.
+    fn sensor_slot(&mut self, sensor: &str) -> usize {
+        // A point has a sensor or two: a look down a short list, one comparison as a rule,
+        // where maps keyed by id took several per reading.
+        if let Some(i) = self.sensors.iter().position(|s| s.id == sensor) {
+            return i;
+        }
+        // A sensor the config does not list for the point is judged uncalibrated.
+        let calibration_offset_cm = self
+            .point
+            .sensors
+            .iter()
+            .find(|s| s.id == sensor)
+            .map_or(0.0, |s| s.calibration_offset_cm);
+        self.sensors.push(SensorState {
+            id: sensor.to_string(),
+            calibration_offset_cm,
+            depth_qc: DepthQc::default(),
+            rain_qc: RainQc::default(),
+            depth: None,
+        });
+        self.sensors.len() - 1
     }
 
     fn rise_cm_per_min(&self) -> Option<f64> {
@@ -440,22 +517,14 @@ impl PointState {
         })
     }
 
-    /// Take an accepted depth of `sensor` measured at `ts_ms`.
-    fn accept_depth(&mut self, sensor: &str, ts_ms: Millis, depth: f64) {
+    /// Take an accepted depth of the sensor at `slot` measured at `ts_ms`.
+    fn accept_depth(&mut self, slot: usize, ts_ms: Millis, depth: f64) {
         // The newest measurement of each sensor is its depth; an older one that arrives late
         // only adds to the history behind the rate of rise.
-        let newest = self
-            .depth_by_sensor
-            .get(sensor)
-            .is_none_or(|(t, _)| *t <= ts_ms);
+        let latest = &mut self.sensors[slot].depth;
+        let newest = latest.is_none_or(|(t, _)| t <= ts_ms);
         if newest {
-            match self.depth_by_sensor.get_mut(sensor) {
-                Some(slot) => *slot = (ts_ms, depth),
-                None => {
-                    self.depth_by_sensor
-                        .insert(sensor.to_string(), (ts_ms, depth));
-                }
-            }
+            *latest = Some((ts_ms, depth));
         }
         let point_depth = if newest {
             self.depth().unwrap_or(depth)
@@ -470,7 +539,7 @@ impl PointState {
 pub struct Engine {
     /// Owned points in id order: silence is reported in that order on ties.
     points: Vec<PointState>,
-    index: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
+    index: PointIndex,
     rules: Rules,
     clock: Arc<dyn Clock>,
     /// When the stage started, in event time; never-heard points count as silent from here.
@@ -484,12 +553,16 @@ pub struct Engine {
     quiet_until_ms: Millis,
 }
 
-/// A sensor's state in `map`, created on its first reading; the id is copied only then.
-fn sensor_state<'a, S: Default>(map: &'a mut BTreeMap<String, S>, sensor: &str) -> &'a mut S {
-    if !map.contains_key(sensor) {
-        map.insert(sensor.to_string(), S::default());
-    }
-    map.get_mut(sensor).expect("inserted above")
+/// One sensor's state at its point.
+struct SensorState {
+    id: String,
+    calibration_offset_cm: f64,
+    /// Quality control of a depth sensor (left empty for a rain gauge).
+    depth_qc: DepthQc,
+    /// Quality control of a rain gauge (left empty for a depth sensor).
+    rain_qc: RainQc,
+    /// Latest accepted calibrated depth: (event time, cm).
+    depth: Option<(Millis, f64)>,
 }
 
 /// Equal but for `as_of_ms` and `last_reading_ms`. Field by field, without building a copy of
@@ -583,11 +656,7 @@ impl Engine {
             .values()
             .map(|p| PointState::new(PointSpec::of(p), &rules))
             .collect();
-        let index = points
-            .iter()
-            .enumerate()
-            .map(|(i, st)| (st.point.id.clone(), i))
-            .collect();
+        let index = PointIndex::new(points.iter().map(|st| st.point.id.as_str()));
         Engine {
             points,
             index,
@@ -654,15 +723,22 @@ impl Engine {
         }
     }
 
-    /// Apply one complete epoch. `epoch_ms` is the epoch's start; readings are sorted here.
+    /// Apply one complete epoch. `epoch_ms` is the epoch's start; readings are applied in
+    /// event-time order (ties by sensor, sequence, value, lateness), whatever order they
+    /// come in.
     pub fn apply_epoch(
         &mut self,
         epoch_ms: Millis,
-        readings: &mut [TimedReading],
+        readings: &[TimedReading],
         out: &mut Vec<StreamOutput>,
     ) {
         self.advance_to(epoch_ms, out);
-        readings.sort_by(|a, b| {
+        // Their places sorted rather than the readings: a place is 4 bytes, a reading over a
+        // hundred, and a stable sort moves each several times. Stable either way, so the
+        // order is the same.
+        let mut order: Vec<u32> = (0..readings.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&readings[a as usize], &readings[b as usize]);
             let (x, y) = (&a.reading, &b.reading);
             x.ts_ms
                 .cmp(&y.ts_ms)
@@ -676,10 +752,11 @@ impl Engine {
         // Every point looked up first, in a pass of its own: the lookups do not depend on
         // each other, so the CPU overlaps their cache misses (the point states of a large
         // district do not fit in cache), and the pass below finds each state already there.
-        let found: Vec<Option<usize>> = readings
+        let found: Vec<Option<usize>> = order
             .iter()
-            .map(|tr| {
-                let i = *self.index.get(tr.reading.point.as_str())?;
+            .map(|&at| {
+                let tr = &readings[at as usize];
+                let i = self.index.get(&tr.reading.point)?;
                 let st = &mut self.points[i];
                 if !tr.replay && !st.touched {
                     st.touched = true;
@@ -689,7 +766,7 @@ impl Engine {
             })
             .collect();
         let mut replayed = Vec::new();
-        for (tr, i) in readings.iter().zip(found) {
+        for (tr, i) in order.iter().map(|&at| &readings[at as usize]).zip(found) {
             let Some(i) = i else {
                 self.unknown_points += 1;
                 continue;
@@ -744,12 +821,8 @@ impl Engine {
         // Rules judge event time, late or not: a late reading that shows water held above
         // red for a minute raises red (flagged late), as it would have on time.
         let at = r.ts_ms;
-        let offset = st
-            .point
-            .sensors
-            .iter()
-            .find(|s| s.id == r.sensor)
-            .map_or(0.0, |s| s.calibration_offset_cm);
+        let slot = st.sensor_slot(&r.sensor);
+        let offset = st.sensors[slot].calibration_offset_cm;
         let value = match r.kind {
             SensorKind::Depth => r.value + offset,
             SensorKind::Rain => r.value,
@@ -770,15 +843,14 @@ impl Engine {
         st.last_ms = Some(st.last_ms.map_or(at, |l| l.max(at)));
         st.silent_reported = false;
         let verdict = match r.kind {
-            SensorKind::Depth => {
-                sensor_state(&mut st.depth_qc, &r.sensor).judge(at, r.value, value, &rules.qc)
+            SensorKind::Depth => st.sensors[slot]
+                .depth_qc
+                .judge(at, r.value, value, &rules.qc),
+            SensorKind::Rain => {
+                st.sensors[slot]
+                    .rain_qc
+                    .judge(at, value, &rules.qc, rules.cadence.rain_normal_s)
             }
-            SensorKind::Rain => sensor_state(&mut st.rain_qc, &r.sensor).judge(
-                at,
-                value,
-                &rules.qc,
-                rules.cadence.rain_normal_s,
-            ),
         };
         // The held reading first, at its own event time, then this one.
         let (buf, n) = match verdict {
@@ -810,7 +882,7 @@ impl Engine {
                     let _ = rain.add(ts_ms, v);
                     rain.advance_to(ts_ms);
                 }
-                None => st.accept_depth(&r.sensor, ts_ms, v),
+                None => st.accept_depth(slot, ts_ms, v),
             }
             if let Some(m) = st.evaluate(ts_ms, rules) {
                 out.push(transition(st, rules, clock, m, tr.late));
@@ -861,7 +933,7 @@ mod tests {
         let mut out = Vec::new();
         for r in readings {
             let epoch = r.reading.ts_ms / 1000 * 1000;
-            engine.apply_epoch(epoch, &mut [r], &mut out);
+            engine.apply_epoch(epoch, &[r], &mut out);
         }
         out
     }

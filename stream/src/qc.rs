@@ -44,7 +44,28 @@ pub enum Verdict {
 
 /// The median of `values`; the mean of the middle two for an even count.
 pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.into_iter().collect();
+    // Sorted on the stack when there are few (a spike check takes the median of the last
+    // handful of readings, for every depth reading): a vector per reading was an allocation.
+    const ON_STACK: usize = 16;
+    let mut few = [0.0f64; ON_STACK];
+    let mut count = 0;
+    let mut many: Vec<f64> = Vec::new();
+    for value in values {
+        if count < ON_STACK {
+            few[count] = value;
+        } else {
+            if many.is_empty() {
+                many.extend_from_slice(&few);
+            }
+            many.push(value);
+        }
+        count += 1;
+    }
+    let v: &mut [f64] = if count <= ON_STACK {
+        &mut few[..count]
+    } else {
+        &mut many
+    };
     if v.is_empty() {
         return None;
     }
@@ -254,6 +275,21 @@ mod tests {
         assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median([4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(Vec::<f64>::new()), None);
+    }
+
+    #[test]
+    fn the_median_is_the_same_past_what_fits_on_the_stack() {
+        for n in [15usize, 16, 17, 33, 34] {
+            let values: Vec<f64> = (0..n).map(|i| ((i * 7919) % 101) as f64 - 50.0).collect();
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let expected = if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+            };
+            assert_eq!(median(values), Some(expected), "{n} values");
+        }
     }
 
     #[test]
