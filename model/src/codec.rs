@@ -137,7 +137,14 @@ impl<'a> Cursor<'a> {
             Some(rest) => (true, rest),
             None => (false, self.s),
         };
-        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        // Digits counted and summed in one pass; more than 18 are refused below, before the
+        // sum could have overflowed mattered (it wraps, and is then not used).
+        let mut n = 0;
+        let mut v = 0i64;
+        while let Some(d) = digits.get(n).filter(|b| b.is_ascii_digit()) {
+            v = v.wrapping_mul(10).wrapping_add((d - b'0') as i64);
+            n += 1;
+        }
         if n == 0 || n > 18 || (n > 1 && digits[0] == b'0') {
             return None;
         }
@@ -150,9 +157,6 @@ impl<'a> Cursor<'a> {
         if matches!(digits.get(n), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        let v = digits[..n]
-            .iter()
-            .fold(0i64, |acc, d| acc * 10 + (d - b'0') as i64);
         self.s = &digits[n..];
         Some(if neg { -v } else { v })
     }

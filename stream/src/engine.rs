@@ -17,6 +17,7 @@
 use crate::flap::FlapDetector;
 use crate::intensity::IntensityLatch;
 use crate::level::{LevelChange, LevelTracker};
+use crate::point_index::PointIndex;
 use crate::qc::{DepthQc, RainQc, Verdict};
 use crate::rain::RainWindows;
 use crate::rise::{predict, Prediction, RiseWindow};
@@ -26,107 +27,8 @@ use floodcmd_model::config::{
 use floodcmd_model::event::{AlertTransition, PointStatus, QcFlag, TransitionKind};
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// FxHash, for the point index. Its keys come from the district config and a lookup of an
-/// unknown id inserts nothing, so nobody can flood it with collisions; SipHash over every
-/// reading's point id was a visible share of the per-reading cost.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-const FX_K: u64 = 0x517c_c1b7_2722_0a95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_K);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Point id → its place in the engine's points.
-///
-/// Ids of up to [`InlineId::MAX`] bytes (every id a district config holds in practice) are
-/// kept inside the table, so a lookup compares bytes in the bucket it has just read. With
-/// `String` keys every lookup also read the key's own allocation, another cache line, and in
-/// a district larger than the cache a miss for every reading.
-struct PointIndex {
-    inline: HashMap<InlineId, usize, BuildHasherDefault<FxHasher>>,
-    longer: HashMap<String, usize, BuildHasherDefault<FxHasher>>,
-}
-
-/// An id of at most [`InlineId::MAX`] bytes, zero-padded, with its length in the last byte
-/// (so ids that differ only by trailing zero bytes stay apart).
-#[derive(PartialEq, Eq, Hash, Clone, Copy)]
-struct InlineId([u8; 32]);
-
-impl InlineId {
-    const MAX: usize = 31;
-
-    #[inline]
-    fn of(id: &str) -> Option<Self> {
-        let bytes = id.as_bytes();
-        if bytes.len() > Self::MAX {
-            return None;
-        }
-        let mut key = [0u8; 32];
-        key[..bytes.len()].copy_from_slice(bytes);
-        key[Self::MAX] = bytes.len() as u8;
-        Some(InlineId(key))
-    }
-}
-
-impl PointIndex {
-    /// `ids` in order: the n-th is at place n.
-    fn new<'a>(ids: impl Iterator<Item = &'a str>) -> Self {
-        let mut index = PointIndex {
-            inline: HashMap::default(),
-            longer: HashMap::default(),
-        };
-        for (i, id) in ids.enumerate() {
-            match InlineId::of(id) {
-                Some(key) => index.inline.insert(key, i),
-                None => index.longer.insert(id.to_string(), i),
-            };
-        }
-        index
-    }
-
-    #[inline]
-    fn get(&self, id: &str) -> Option<usize> {
-        match InlineId::of(id) {
-            Some(key) => self.inline.get(&key).copied(),
-            None => self.longer.get(id).copied(),
-        }
-    }
-}
 
 /// What the engine emits.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -447,18 +349,29 @@ impl PointState {
         };
         let unit = self.point.kind.unit();
         let rule = if change.up {
-            format!("{what} {v:.1} {unit} >= {} {} {unit}", change.by, th.raise)
+            format!(
+                "{what} {} {unit} >= {} {} {unit}",
+                OneDecimal(v),
+                change.by,
+                th.raise
+            )
         } else {
             format!(
-                "{what} {v:.1} {unit} < {} reset {} {unit}",
-                change.by, th.reset
+                "{what} {} {unit} < {} reset {} {unit}",
+                OneDecimal(v),
+                change.by,
+                th.reset
             )
         };
         (rule, v)
     }
 
     fn describe_intensity(rule: &RainIntensityRule, raised: bool, total: f64) -> (String, f64) {
-        let what = format!("rain {} {total:.1} mm", window_label(rule.window_min));
+        let what = format!(
+            "rain {} {} mm",
+            window_label(rule.window_min),
+            OneDecimal(total)
+        );
         let text = if raised {
             format!("{what} >= 短时强降水 {} mm ({})", rule.mm, rule.level)
         } else {
@@ -551,6 +464,32 @@ pub struct Engine {
     /// No point still to be reported can become silent before this. `advance_to` runs on
     /// every frontier move and otherwise scans every owned point each time.
     quiet_until_ms: Millis,
+}
+
+/// `value` as `{:.1}` writes it.
+///
+/// Rules name the value they judged to one decimal, and a fifth of the readings of a storm can
+/// move a level. For a value a tenth of which is a whole number of tenths (depths and totals
+/// usually are), the digits are those of that whole number; `{:.1}` finds them by exact
+/// decimal expansion, on a big-number path for many such values, a visible share of the
+/// stage's time.
+struct OneDecimal(f64);
+
+impl std::fmt::Display for OneDecimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        let tenths = v * 10.0;
+        // Whole, and small enough that every integer near it is exact: then `v` is within a
+        // rounding error of tenths / 10, nowhere near halfway to another tenth, so rounding
+        // it to one decimal gives these digits.
+        if tenths.fract() == 0.0 && tenths.abs() < (1u64 << 52) as f64 {
+            let whole = tenths.abs() as u64;
+            let sign = if v.is_sign_negative() { "-" } else { "" };
+            write!(f, "{sign}{}.{}", whole / 10, whole % 10)
+        } else {
+            write!(f, "{v:.1}")
+        }
+    }
 }
 
 /// One sensor's state at its point.
@@ -749,22 +688,28 @@ impl Engine {
         });
         // Points in the order of their first reading this epoch.
         let mut touched: Vec<usize> = Vec::new();
-        // Every point looked up first, in a pass of its own: the lookups do not depend on
-        // each other, so the CPU overlaps their cache misses (the point states of a large
-        // district do not fit in cache), and the pass below finds each state already there.
-        let found: Vec<Option<usize>> = order
-            .iter()
-            .map(|&at| {
-                let tr = &readings[at as usize];
-                let i = self.index.get(&tr.reading.point)?;
-                let st = &mut self.points[i];
-                if !tr.replay && !st.touched {
-                    st.touched = true;
-                    touched.push(i);
-                }
-                Some(i)
-            })
-            .collect();
+        // Every point looked up first, in passes of their own (see `PointIndex::find_all`):
+        // the lookups do not depend on each other, so their cache misses overlap (the index
+        // and the point states of a large district do not fit in cache), and the pass below
+        // finds each state already there.
+        let mut found = Vec::with_capacity(order.len());
+        self.index.find_all(
+            order
+                .iter()
+                .map(|&at| readings[at as usize].reading.point.as_str()),
+            &self.points,
+            &mut found,
+        );
+        for (&at, i) in order.iter().zip(&found) {
+            let (tr, Some(i)) = (&readings[at as usize], *i) else {
+                continue;
+            };
+            let st = &mut self.points[i];
+            if !tr.replay && !st.touched {
+                st.touched = true;
+                touched.push(i);
+            }
+        }
         let mut replayed = Vec::new();
         for (tr, i) in order.iter().map(|&at| &readings[at as usize]).zip(found) {
             let Some(i) = i else {
@@ -1057,6 +1002,32 @@ mod exchange_tests {
             let bytes = bincode::serialize(&r).unwrap();
             let back: TimedReading = bincode::deserialize(&bytes).unwrap();
             assert_eq!(back, r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod one_decimal_tests {
+    use super::OneDecimal;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+        #[test]
+        fn one_decimal_is_what_the_standard_library_writes(
+            v in prop_oneof![
+                any::<f64>(),
+                (-100_000i64..100_000).prop_map(|t| t as f64 / 10.0),
+                (-100_000i64..100_000).prop_map(|t| t as f64 / 20.0),
+                (-100_000i64..100_000).prop_map(|t| t as f64 / 100.0),
+                (-1000.0f64..1000.0),
+                prop::sample::select(vec![
+                    -0.0, 0.0, 0.05, 0.15, 0.25, -0.05, 4503599627370495.5, 4.5e15, 1e300,
+                    f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MIN_POSITIVE,
+                ]),
+            ]
+        ) {
+            prop_assert_eq!(OneDecimal(v).to_string(), format!("{v:.1}"));
         }
     }
 }

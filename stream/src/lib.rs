@@ -16,6 +16,8 @@ pub mod engine;
 pub mod flap;
 pub mod intensity;
 pub mod level;
+mod point_index;
+mod prefetch;
 pub mod qc;
 pub mod rain;
 pub mod rise;
