@@ -10,10 +10,8 @@
 
 use crate::kafka::BenchError;
 use crate::report::{Machine, Report};
-use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{
-    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Outgoing, Producer,
-};
+use floodcmd_bus::{EmbeddedBus, WithProducer};
+use floodcmd_model::bus::{partition_for, Bus, BusError, Delivery, Outgoing, Producer};
 use floodcmd_model::codec::encode;
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
@@ -39,14 +37,8 @@ enum Outputs {
     Dropped,
 }
 
-/// The embedded bus, but a producer that acknowledges records of the output topics at once
-/// and keeps none of them.
-struct DroppingOutputs {
-    bus: EmbeddedBus,
-    inputs: Vec<String>,
-    dropped: Arc<AtomicU64>,
-}
-
+/// A producer that acknowledges records of the output topics at once and keeps none of them;
+/// records of `inputs` go to the bus as ever.
 struct DroppingProducer {
     inner: Arc<dyn Producer>,
     inputs: Vec<String>,
@@ -96,40 +88,6 @@ impl Producer for DroppingProducer {
     }
 }
 
-#[async_trait::async_trait]
-impl Bus for DroppingOutputs {
-    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
-        self.bus.ensure_topic(topic, partitions).await
-    }
-    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
-        self.bus.partitions(topic).await
-    }
-    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        self.bus.end_offsets(topic).await
-    }
-    async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError> {
-        self.bus.offsets_for_time(topic, timestamp_ms).await
-    }
-    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
-        self.bus.committed(group, topic).await
-    }
-    fn producer(&self) -> Arc<dyn Producer> {
-        Arc::new(DroppingProducer {
-            inner: self.bus.producer(),
-            inputs: self.inputs.clone(),
-            dropped: self.dropped.clone(),
-        })
-    }
-    async fn consumer(
-        &self,
-        group: &str,
-        topic: &str,
-        assignment: Assignment,
-    ) -> Result<Box<dyn Consumer>, BusError> {
-        self.bus.consumer(group, topic, assignment).await
-    }
-}
-
 /// One timed run: readings/s, and outputs per reading when they were dropped (0 when kept).
 async fn one_run(
     district: Arc<District>,
@@ -171,11 +129,16 @@ async fn one_run(
     let dropped = Arc::new(AtomicU64::new(0));
     let stage_bus: Arc<dyn Bus> = match outputs {
         Outputs::Kept => Arc::new(bus.clone()),
-        Outputs::Dropped => Arc::new(DroppingOutputs {
-            bus: bus.clone(),
-            inputs: vec![topics.readings(), topics.rejects()],
-            dropped: dropped.clone(),
-        }),
+        Outputs::Dropped => {
+            let (inputs, dropped) = (vec![topics.readings(), topics.rejects()], dropped.clone());
+            Arc::new(WithProducer::new(bus.clone(), move |inner| {
+                Arc::new(DroppingProducer {
+                    inner,
+                    inputs: inputs.clone(),
+                    dropped: dropped.clone(),
+                })
+            }))
+        }
     };
     let config = StreamConfig {
         workers,

@@ -6,9 +6,13 @@
 //!   not yet committed by every group reading it, and a producer waits for space. It never
 //!   drops.
 //! - [`kafka::KafkaBus`]: Apache Kafka through librdkafka, same trait, same partitioner.
+//! - [`with_producer::WithProducer`]: another bus with its producer wrapped (fault injection in
+//!   tests, outputs let go in the stream bench).
 
 pub mod embedded;
 pub mod kafka;
+pub mod with_producer;
 
 pub use embedded::EmbeddedBus;
 pub use kafka::{KafkaBus, KafkaConfig, PartitionLayout, TopicLayout};
+pub use with_producer::WithProducer;

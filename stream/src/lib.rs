@@ -8,6 +8,8 @@
 //! - [`flap`]: flap detection (Kapacitor's weighted change ratio);
 //! - [`engine`]: the per-point rules, with no timely in sight (unit-testable, and the
 //!   reference the dataflow is checked against);
+//! - `point_index`: point id → point state, looked up in stages so cache misses overlap
+//!   (with `prefetch`, the hint that asks for memory ahead);
 //! - [`dataflow`]: the timely dataflow that feeds the engine from the bus, one complete
 //!   event-time epoch at a time, and writes its outputs back to the bus.
 

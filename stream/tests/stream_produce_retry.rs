@@ -5,10 +5,8 @@ mod common;
 
 use async_trait::async_trait;
 use common::{depth_series, district, T0};
-use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{
-    Assignment, Bus, BusError, Consumer, Delivery, Outgoing, Producer, Record,
-};
+use floodcmd_bus::{EmbeddedBus, WithProducer};
+use floodcmd_model::bus::{Assignment, Bus, BusError, Delivery, Outgoing, Producer, Record};
 use floodcmd_model::codec::encode;
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
@@ -18,14 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// An embedded bus whose producer, on every other batch to an output topic, appends the first
-/// half of the batch and fails the rest, as a broker connection lost midway would.
-struct Flaky {
-    inner: EmbeddedBus,
-    calls: Arc<AtomicUsize>,
-    refused: Arc<AtomicUsize>,
-}
-
+/// On every other batch to an output topic, appends the first half of the batch and fails the
+/// rest, as a broker connection lost midway would.
 struct FlakyProducer {
     inner: Arc<dyn Producer>,
     calls: Arc<AtomicUsize>,
@@ -61,40 +53,6 @@ impl Producer for FlakyProducer {
                 .map(|_| Err(BusError::Client("connection lost".into()))),
         );
         results
-    }
-}
-
-#[async_trait]
-impl Bus for Flaky {
-    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
-        self.inner.ensure_topic(topic, partitions).await
-    }
-    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
-        self.inner.partitions(topic).await
-    }
-    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        self.inner.end_offsets(topic).await
-    }
-    async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError> {
-        self.inner.offsets_for_time(topic, timestamp_ms).await
-    }
-    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
-        self.inner.committed(group, topic).await
-    }
-    fn producer(&self) -> Arc<dyn Producer> {
-        Arc::new(FlakyProducer {
-            inner: self.inner.producer(),
-            calls: self.calls.clone(),
-            refused: self.refused.clone(),
-        })
-    }
-    async fn consumer(
-        &self,
-        group: &str,
-        topic: &str,
-        assignment: Assignment,
-    ) -> Result<Box<dyn Consumer>, BusError> {
-        self.inner.consumer(group, topic, assignment).await
     }
 }
 
@@ -200,11 +158,14 @@ async fn outputs_refused_midway_are_produced_again_in_order_before_their_offsets
 
     let inner = EmbeddedBus::new(1 << 16);
     let refused = Arc::new(AtomicUsize::new(0));
-    let flaky = Flaky {
-        inner: inner.clone(),
-        calls: Arc::new(AtomicUsize::new(0)),
-        refused: refused.clone(),
-    };
+    let (calls, counted) = (Arc::new(AtomicUsize::new(0)), refused.clone());
+    let flaky = WithProducer::new(inner.clone(), move |inner| {
+        Arc::new(FlakyProducer {
+            inner,
+            calls: calls.clone(),
+            refused: counted.clone(),
+        })
+    });
     let (f_status, f_alerts, f_committed) = run(Arc::new(flaky), &inner, &readings).await;
     assert!(
         refused.load(Ordering::SeqCst) > 10,
