@@ -4,7 +4,8 @@
 //!
 //! The embedded bus keeps every output it is given, so those runs also pay for the first
 //! touch of a few hundred megabytes of fresh memory. A stage producing to Kafka does not: its
-//! output buffers go once the broker has them, and are reused. The same runs are made again
+//! output buffers are freed once librdkafka has copied them, and the allocator hands the same
+//! memory out again for the next epoch's. The same runs are made again
 //! with a producer that takes the outputs (encoded as ever) and lets them go, as a broker that
 //! acknowledged at once would, to show the stage's own cost apart from the bus's.
 

@@ -137,8 +137,8 @@ impl<'a> Cursor<'a> {
             Some(rest) => (true, rest),
             None => (false, self.s),
         };
-        // Digits counted and summed in one pass; more than 18 are refused below, before the
-        // sum could have overflowed mattered (it wraps, and is then not used).
+        // Digits counted and summed in one pass. The sum wraps past 18 digits, but such a
+        // number is refused below and its sum never used.
         let mut n = 0;
         let mut v = 0i64;
         while let Some(d) = digits.get(n).filter(|b| b.is_ascii_digit()) {
@@ -182,8 +182,9 @@ impl<'a> Cursor<'a> {
 /// The stream stage hands the bus an epoch's outputs at once. A buffer per record was an
 /// allocation, a copy out of the scratch buffer and the first touch of fresh memory each:
 /// with serde's own work, about a fifth of the stage's time. Slices share the allocation, so
-/// it is freed with the batch's last record: records that outlive the others (another
-/// topic's) belong in a batch of their own.
+/// it is freed with the batch's last record: records that may outlive the others (another
+/// topic's, or another partition's on a bus that trims each partition on its own) belong in a
+/// batch of their own.
 #[derive(Default)]
 pub struct BatchEncoder {
     buf: Vec<u8>,

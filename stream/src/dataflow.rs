@@ -445,6 +445,8 @@ struct BoundedEnd {
 
 /// Applied epochs' vectors the rules operator keeps for reuse, at most.
 const SPARE_EPOCHS: usize = 4;
+/// Readings a kept vector may have room for, at most.
+const SPARE_CAPACITY: usize = 65_536;
 
 /// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
 /// time share one entry: they pass the probe together, and one entry per record was a queue
@@ -485,24 +487,53 @@ enum Intake {
     Fed(u32, Reading),
 }
 
-/// One topic's share of an epoch's outputs, keys and payloads in one buffer.
-struct EncodedBatch<E> {
-    encoder: E,
-    /// Per record: its key's and its payload's place in the buffer, and its timestamp.
-    places: Vec<(Range<usize>, Range<usize>, Millis)>,
+/// One topic's share of an epoch's outputs, each record's key and payload in one buffer per
+/// partition of the topic.
+///
+/// Per partition, because a record is a slice of its buffer and keeps all of it alive: a bus
+/// that keeps records (the embedded one trims each partition on its own) would otherwise keep
+/// a whole epoch's outputs for the sake of one record in a slow partition.
+struct EncodedBatch<B> {
+    /// One per partition.
+    buffers: Vec<B>,
+    /// Per record, in the engine's order: its partition, its key's and its payload's places in
+    /// that partition's buffer, and its timestamp.
+    places: Vec<(usize, Range<usize>, Range<usize>, Millis)>,
 }
 
 impl EncodedBatch<BatchEncoder> {
-    fn new(records: usize, bytes_each: usize) -> Self {
+    fn new(partitions: u32, records: usize, bytes_each: usize) -> Self {
+        let share = records.div_ceil(partitions.max(1) as usize) * bytes_each;
         EncodedBatch {
-            encoder: BatchEncoder::with_capacity(records * bytes_each),
+            buffers: (0..partitions.max(1))
+                .map(|_| BatchEncoder::with_capacity(share))
+                .collect(),
             places: Vec::with_capacity(records),
         }
     }
 
+    /// Add a record keyed `key`, whose payload `write` puts in the buffer it is handed.
+    fn push(
+        &mut self,
+        key: &str,
+        timestamp_ms: Millis,
+        write: impl FnOnce(&mut BatchEncoder) -> Range<usize>,
+    ) {
+        let partition = partition_for(key.as_bytes(), self.buffers.len() as u32) as usize;
+        let buffer = &mut self.buffers[partition];
+        let key = buffer.bytes(key.as_bytes());
+        let payload = write(buffer);
+        self.places.push((partition, key, payload, timestamp_ms));
+    }
+
+    /// Bytes written, over every partition.
+    fn bytes(&self) -> usize {
+        self.buffers.iter().map(BatchEncoder::len).sum()
+    }
+
     fn finish(self) -> EncodedBatch<Bytes> {
         EncodedBatch {
-            encoder: self.encoder.finish(),
+            buffers: self.buffers.into_iter().map(BatchEncoder::finish).collect(),
             places: self.places,
         }
     }
@@ -513,15 +544,16 @@ impl EncodedBatch<Bytes> {
         self.places.len()
     }
 
-    /// The records at `which`, in that order; each a slice of the one buffer.
+    /// The records at `which`, in that order; each a slice of its partition's buffer.
     fn records(&self, which: &[usize]) -> Vec<Outgoing> {
         which
             .iter()
             .map(|&i| {
-                let (key, payload, timestamp_ms) = &self.places[i];
+                let (partition, key, payload, timestamp_ms) = &self.places[i];
+                let buffer = &self.buffers[*partition];
                 Outgoing {
-                    key: self.encoder.slice(key.clone()),
-                    payload: self.encoder.slice(payload.clone()),
+                    key: buffer.slice(key.clone()),
+                    payload: buffer.slice(payload.clone()),
                     timestamp_ms: *timestamp_ms,
                 }
             })
@@ -613,8 +645,12 @@ impl WorkerContext {
         let district = self.district.clone();
         let clock = self.clock.clone();
         let origin_ms = self.origin_ms;
-        let (sink_rt, sink_producer, sink_topics) =
-            (self.rt.clone(), producer.clone(), topics.clone());
+        let (sink_rt, sink_producer, sink_topics, sink_bus) = (
+            self.rt.clone(),
+            producer.clone(),
+            topics.clone(),
+            self.bus.clone(),
+        );
         let sink_stop = self.stop.clone();
         let lost_output = std::rc::Rc::new(std::cell::Cell::new(false));
         let sink_lost = lost_output.clone();
@@ -648,6 +684,11 @@ impl WorkerContext {
                         // stage to a few hundred outputs a second. Each topic's batch keeps the
                         // engine's order.
                         let (mut status_bytes_each, mut transition_bytes_each) = (256, 320);
+                        // Partitions of the output topics, to keep each one's records in a
+                        // buffer of its own (one buffer will do where there is no topic: a fed
+                        // run's outputs do not go to the bus).
+                        let partitions_of = |topic: &str| sink_rt.block_on(sink_bus.partitions(topic)).unwrap_or(1);
+                        let (status_partitions, alerts_partitions) = (partitions_of(&status_topic), partitions_of(&alerts_topic));
                         let mut emit = move |out: &mut Vec<StreamOutput>| {
                             if out.is_empty() {
                                 return;
@@ -665,18 +706,16 @@ impl WorkerContext {
                                 }
                                 return;
                             }
-                            // Each topic's records encoded into one buffer of its own (an
+                            // Each topic's records encoded into buffers of their own (an
                             // alert must not keep an epoch's statuses alive on a bus that
-                            // retains it longer).
-                            let mut status = EncodedBatch::new(statuses, status_bytes_each);
+                            // keeps it longer).
+                            let mut status = EncodedBatch::new(status_partitions, statuses, status_bytes_each);
                             let transitions = out.len() - statuses;
-                            let mut alerts = EncodedBatch::new(transitions, transition_bytes_each);
+                            let mut alerts = EncodedBatch::new(alerts_partitions, transitions, transition_bytes_each);
                             for o in out.drain(..) {
                                 match &o {
                                     StreamOutput::Status(s) => {
-                                        let key = status.encoder.bytes(s.point.as_bytes());
-                                        let payload = status.encoder.status(s);
-                                        status.places.push((key, payload, s.as_of_ms));
+                                        status.push(&s.point, s.as_of_ms, |buffer| buffer.status(s));
                                     }
                                     StreamOutput::Transition(t) => {
                                         let kind = t.transition.as_str();
@@ -688,18 +727,16 @@ impl WorkerContext {
                                             }
                                         };
                                         transition_counts[at].1.inc();
-                                        let key = alerts.encoder.bytes(t.point.as_bytes());
-                                        let payload = alerts.encoder.transition(t);
-                                        alerts.places.push((key, payload, t.event_ms));
+                                        alerts.push(&t.point, t.event_ms, |buffer| buffer.transition(t));
                                     }
                                 }
                             }
                             // The next batch's buffer sized from this one's, so it seldom
                             // grows and seldom holds much more than it needs.
-                            if let Some(each) = status.encoder.len().checked_div(statuses) {
+                            if let Some(each) = status.bytes().checked_div(statuses) {
                                 status_bytes_each = each + 16;
                             }
-                            if let Some(each) = alerts.encoder.len().checked_div(transitions) {
+                            if let Some(each) = alerts.bytes().checked_div(transitions) {
                                 transition_bytes_each = each + 16;
                             }
                             let (status, alerts) = (status.finish(), alerts.finish());
@@ -757,7 +794,9 @@ impl WorkerContext {
                                 engine.apply_epoch(t as Millis * 1000, &rs, &mut out);
                                 emit(&mut out);
                                 rs.clear();
-                                if spare.len() < SPARE_EPOCHS {
+                                // Kept unless a backlog made it huge: a catching-up stage can
+                                // stamp a whole backlog with one epoch.
+                                if spare.len() < SPARE_EPOCHS && rs.capacity() <= SPARE_CAPACITY {
                                     spare.push(rs);
                                 }
                             }

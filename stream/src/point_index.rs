@@ -223,9 +223,19 @@ mod tests {
         for (place, id) in all.iter().enumerate() {
             assert_eq!(index.get(id), Some(place), "{id:?}");
         }
-        for unknown in ["P03000", "P0000", "x", &"y".repeat(40), "P00001\0\0"] {
-            assert_eq!(index.get(unknown), None, "{unknown:?}");
+        let unknown = ["P03000", "P0000", "x", &"y".repeat(40), "P00001\0\0"];
+        for id in unknown {
+            assert_eq!(index.get(id), None, "{id:?}");
         }
+        // The same in stages, the known and the unknown mixed.
+        let asked: Vec<&str> = all.iter().map(String::as_str).chain(unknown).collect();
+        let mut found = Vec::new();
+        index.find_all(asked.iter().copied(), &all, &mut found);
+        let expected: Vec<Option<usize>> = (0..all.len())
+            .map(Some)
+            .chain(unknown.iter().map(|_| None))
+            .collect();
+        assert_eq!(found, expected);
     }
 
     #[test]

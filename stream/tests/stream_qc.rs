@@ -147,3 +147,37 @@ async fn a_rise_confirmed_by_the_next_reading_still_raises() {
         vec![(Raised, Normal, Red, at(4))]
     );
 }
+
+/// A point with two depth sensors: each reading calibrated by its own sensor's offset, the
+/// point's depth the higher of the two sensors' latest. A reading that names the point but comes
+/// from a sensor the config does not list for it is taken as it is, uncalibrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sensor_of_a_point_is_calibrated_on_its_own_and_the_point_shows_the_higher() {
+    let d = district();
+    let mut stranger = common::reading(&d, "WL-UP-02", at(3), 15.0);
+    stranger.point = "UP-01".into();
+    let readings = vec![
+        common::reading(&d, "WL-UP-01", at(0), 10.0), // offset 0: 10 cm
+        common::reading(&d, "WL-UP-01-B", at(1), 12.0), // offset 1: 13 cm
+        common::reading(&d, "WL-UP-01", at(2), 11.0), // 11 cm; the other still says 13
+        stranger,                                     // WL-UP-02 is not UP-01's: 15 cm as sent
+    ];
+    for workers in [1, 2] {
+        let (_, status) = run_with(d.clone(), &readings, workers, LATENESS_MS).await;
+        let depths: Vec<(Option<Millis>, Option<f64>)> = statuses(&status, "UP-01")
+            .iter()
+            .filter(|s| s.last_reading_ms.is_some())
+            .map(|s| (s.last_reading_ms, s.depth_cm))
+            .collect();
+        assert_eq!(
+            depths,
+            vec![
+                (Some(at(0)), Some(10.0)),
+                (Some(at(1)), Some(13.0)),
+                (Some(at(2)), Some(13.0)),
+                (Some(at(3)), Some(15.0)),
+            ],
+            "{workers} workers"
+        );
+    }
+}
