@@ -169,10 +169,52 @@ impl<'a> Cursor<'a> {
             .iter()
             .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
             .count();
-        let v = serde_json::from_slice::<f64>(&self.s[..n]).ok()?;
+        let text = &self.s[..n];
+        let v = match short_decimal(text) {
+            Some(v) => v,
+            None => serde_json::from_slice::<f64>(text).ok()?,
+        };
         self.s = &self.s[n..];
         Some(v)
     }
+}
+
+/// A JSON number of at most 15 digits and no exponent (`-12.5`, `0.25`, `7`), converted without
+/// serde_json's machinery: every value a sensor sends looks like this. The digits make an
+/// integer below 2^53 and the divisor a power of ten up to 10^15, both exact in an f64, so the
+/// one division is correctly rounded: the same value serde_json (with `float_roundtrip`) reads.
+/// `None` for anything else, which is left to serde_json.
+fn short_decimal(text: &[u8]) -> Option<f64> {
+    const POWERS: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, rest) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    let (whole, fraction) = match rest.iter().position(|&b| b == b'.') {
+        Some(dot) => (&rest[..dot], Some(&rest[dot + 1..])),
+        None => (rest, None),
+    };
+    // JSON's grammar: a whole part without leading zeros, and digits after a point.
+    let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
+    if !digits(whole) || (whole.len() > 1 && whole[0] == b'0') {
+        return None;
+    }
+    let fraction = match fraction {
+        Some(f) if !digits(f) => return None,
+        Some(f) => f,
+        None => &[],
+    };
+    if whole.len() + fraction.len() > 15 {
+        return None;
+    }
+    let mantissa = whole
+        .iter()
+        .chain(fraction)
+        .fold(0u64, |m, d| m * 10 + (d - b'0') as u64);
+    let value = mantissa as f64 / POWERS[fraction.len()];
+    Some(if negative { -value } else { value })
 }
 
 /// The records of one batch encoded into one buffer, each as [`encode`] would encode it:
@@ -614,6 +656,26 @@ mod tests {
                     minutes_to_next: floats[2],
                     flapping,
                 }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            /// A value read the short way is the value serde_json reads, bit for bit, and what
+            /// the short way does not take, serde_json still judges.
+            #[test]
+            fn a_number_is_read_as_serde_json_reads_it(
+                text in prop_oneof![
+                    any::<f64>().prop_map(|v| serde_json::to_string(&v).unwrap()),
+                    (-100_000i64..100_000).prop_map(|c| serde_json::to_string(&(c as f64 / 100.0)).unwrap()),
+                    "-?(0|[1-9][0-9]{0,17})(\\.[0-9]{1,18})?",
+                    "-?[0-9.eE+-]{1,12}",
+                ]
+            ) {
+                let mut cursor = Cursor { s: text.as_bytes() };
+                let fast = cursor.float().filter(|_| cursor.s.is_empty());
+                let general = serde_json::from_str::<f64>(&text).ok();
+                prop_assert_eq!(fast.map(f64::to_bits), general.map(f64::to_bits), "{}", text);
             }
         }
 
