@@ -1,10 +1,12 @@
 //! A record payload as a consumer reads it off the bus (Kafka or embedded), decoded as every
 //! event type the stages read: `decode_reading` (the stream stage's fast path) must agree with
-//! the generic `decode::<Reading>` on what it accepts and what comes out, and every decoded
-//! event must encode and decode back to itself.
+//! the generic `decode::<Reading>` on what it accepts and what comes out, every decoded
+//! event must encode and decode back to itself, and a decoded status or transition written by
+//! `BatchEncoder` (the stream stage's hand-written JSON) must be byte for byte what `encode`
+//! writes.
 #![no_main]
 
-use floodcmd_model::codec::{decode, decode_reading, encode};
+use floodcmd_model::codec::{decode, decode_reading, encode, BatchEncoder};
 use floodcmd_model::event::{
     Action, AlertTransition, Delivery, Incident, Notification, PointStatus, Reject,
 };
@@ -32,6 +34,16 @@ fuzz_target!(|payload: &[u8]| {
             assert_eq!(a.value.to_bits(), b.value.to_bits());
         }
         _ => assert_eq!(fast, slow),
+    }
+    if let Ok(status) = decode::<PointStatus>(payload) {
+        let mut batch = BatchEncoder::default();
+        let at = batch.status(&status);
+        assert_eq!(&batch.finish()[at], &encode(&status)[..]);
+    }
+    if let Ok(transition) = decode::<AlertTransition>(payload) {
+        let mut batch = BatchEncoder::default();
+        let at = batch.transition(&transition);
+        assert_eq!(&batch.finish()[at], &encode(&transition)[..]);
     }
     round_trip::<Reading>(payload);
     round_trip::<Reject>(payload);
