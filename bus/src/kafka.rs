@@ -14,7 +14,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use floodcmd_model::bus::{
-    partition_for, Assignment, Bus, BusError, Consumer, Delivery, Outgoing, Producer, Record,
+    partition_for, Acknowledgements, Assignment, Bus, BusError, Consumer, Delivery, Outgoing,
+    Producer, Record,
 };
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -578,44 +579,22 @@ impl KafkaProducer {
             .insert(topic.to_string(), n);
         Ok(n)
     }
-}
 
-#[async_trait]
-impl Producer for KafkaProducer {
-    async fn send(
-        &self,
-        topic: &str,
-        key: &[u8],
-        payload: Bytes,
-        timestamp_ms: i64,
-    ) -> Result<Delivery, BusError> {
-        let one = Outgoing {
-            key: Bytes::copy_from_slice(key),
-            payload,
-            timestamp_ms,
-        };
-        self.send_batch(topic, vec![one])
-            .await
-            .pop()
-            .expect("one result per record")
-    }
-
-    async fn send_batch(
-        &self,
-        topic: &str,
-        records: Vec<Outgoing>,
-    ) -> Vec<Result<Delivery, BusError>> {
+    /// Queue `records` in librdkafka, in order, waiting for room where the queue is full;
+    /// the returned batch fills in as the broker acknowledges them.
+    async fn enqueue(&self, topic: &str, records: Vec<Outgoing>) -> Arc<BatchAck> {
         if records.is_empty() {
-            return Vec::new();
+            return Arc::new(BatchAck::new(0));
         }
         let n = match self.partition_count(topic) {
             Ok(n) => n,
             Err(e) => {
                 let text = e.to_string();
-                return records
-                    .iter()
-                    .map(|_| Err(BusError::Client(text.clone())))
-                    .collect();
+                let ack = Arc::new(BatchAck::new(records.len()));
+                for index in 0..records.len() {
+                    ack.complete(index, Err(BusError::Client(text.clone())));
+                }
+                return ack;
             }
         };
         let ack = Arc::new(BatchAck::new(records.len()));
@@ -656,7 +635,41 @@ impl Producer for KafkaProducer {
                 }
             }
         }
-        ack.wait().await
+        ack
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError> {
+        let one = Outgoing {
+            key: Bytes::copy_from_slice(key),
+            payload,
+            timestamp_ms,
+        };
+        self.send_batch(topic, vec![one])
+            .await
+            .pop()
+            .expect("one result per record")
+    }
+
+    async fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<Outgoing>,
+    ) -> Vec<Result<Delivery, BusError>> {
+        self.enqueue(topic, records).await.wait().await
+    }
+
+    async fn hand_over(&self, topic: &str, records: Vec<Outgoing>) -> Acknowledgements {
+        let ack = self.enqueue(topic, records).await;
+        Box::pin(async move { ack.wait().await })
     }
 }
 

@@ -170,7 +170,24 @@ pub trait Producer: Send + Sync {
         )
         .await
     }
+
+    /// Hand `records` over to the bus, after everything handed over before them, and return
+    /// what waits for their acknowledgements: one result per record, in order, as
+    /// [`send_batch`](Producer::send_batch) gives. Returns once the records are on their way
+    /// (queued in order); the caller may go on working, and hand over more, while the bus
+    /// acknowledges. Buses whose acknowledgement takes a round trip (Kafka) override this;
+    /// the default sends the whole batch and hands back the results it already has.
+    async fn hand_over(&self, topic: &str, records: Vec<Outgoing>) -> Acknowledgements {
+        let results = self.send_batch(topic, records).await;
+        Box::pin(futures::future::ready(results))
+    }
 }
+
+/// What [`Producer::hand_over`] returns: the records' results once the bus has acknowledged
+/// (or failed) every one of them.
+pub type Acknowledgements = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Vec<Result<Delivery, BusError>>> + Send + 'static>,
+>;
 
 /// Reads records of one topic for one consumer group.
 #[async_trait]

@@ -9,22 +9,21 @@
 //! Each worker holds its input capability at its watermark: `now − lateness` on a live clock,
 //! or `newest event time seen − lateness` in bounded mode (replay, tests). A reading older than
 //! the watermark is late: it is still applied, at the watermark's epoch, and flagged. Offsets
-//! are committed only once the probe shows every output the reading could cause is on the bus.
+//! are committed only once the probe shows every output the reading could cause is on the bus:
+//! the rules operator holds its capability at the oldest epoch whose outputs the bus has not
+//! yet acknowledged.
 
+use crate::delivery::{EncodedBatch, OutputDelivery};
 use crate::engine::{Engine, StreamOutput, TimedReading};
 use crate::prefetch::prefetch;
-use bytes::Bytes;
-use floodcmd_model::bus::{
-    murmur2, partition_for, Assignment, Bus, BusError, Consumer, Outgoing, Record,
-};
-use floodcmd_model::codec::{decode_reading, encode, BatchEncoder};
+use floodcmd_model::bus::{murmur2, partition_for, Assignment, Bus, BusError, Consumer, Record};
+use floodcmd_model::codec::{decode_reading, encode};
 use floodcmd_model::event::Reject;
 use floodcmd_model::time::{Clock, Millis};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{District, Reading};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -487,80 +486,6 @@ enum Intake {
     Fed(u32, Reading),
 }
 
-/// One topic's share of an epoch's outputs, each record's key and payload in one buffer per
-/// partition of the topic.
-///
-/// Per partition, because a record is a slice of its buffer and keeps all of it alive: a bus
-/// that keeps records (the embedded one trims each partition on its own) would otherwise keep
-/// a whole epoch's outputs for the sake of one record in a slow partition.
-struct EncodedBatch<B> {
-    /// One per partition.
-    buffers: Vec<B>,
-    /// Per record, in the engine's order: its partition, its key's and its payload's places in
-    /// that partition's buffer, and its timestamp.
-    places: Vec<(usize, Range<usize>, Range<usize>, Millis)>,
-}
-
-impl EncodedBatch<BatchEncoder> {
-    fn new(partitions: u32, records: usize, bytes_each: usize) -> Self {
-        let share = records.div_ceil(partitions.max(1) as usize) * bytes_each;
-        EncodedBatch {
-            buffers: (0..partitions.max(1))
-                .map(|_| BatchEncoder::with_capacity(share))
-                .collect(),
-            places: Vec::with_capacity(records),
-        }
-    }
-
-    /// Add a record keyed `key`, whose payload `write` puts in the buffer it is handed.
-    fn push(
-        &mut self,
-        key: &str,
-        timestamp_ms: Millis,
-        write: impl FnOnce(&mut BatchEncoder) -> Range<usize>,
-    ) {
-        let partition = partition_for(key.as_bytes(), self.buffers.len() as u32) as usize;
-        let buffer = &mut self.buffers[partition];
-        let key = buffer.bytes(key.as_bytes());
-        let payload = write(buffer);
-        self.places.push((partition, key, payload, timestamp_ms));
-    }
-
-    /// Bytes written, over every partition.
-    fn bytes(&self) -> usize {
-        self.buffers.iter().map(BatchEncoder::len).sum()
-    }
-
-    fn finish(self) -> EncodedBatch<Bytes> {
-        EncodedBatch {
-            buffers: self.buffers.into_iter().map(BatchEncoder::finish).collect(),
-            places: self.places,
-        }
-    }
-}
-
-impl EncodedBatch<Bytes> {
-    fn len(&self) -> usize {
-        self.places.len()
-    }
-
-    /// The records at `which`, in that order; each a slice of its partition's buffer.
-    fn records(&self, which: &[usize]) -> Vec<Outgoing> {
-        which
-            .iter()
-            .map(|&i| {
-                let (partition, key, payload, timestamp_ms) = &self.places[i];
-                let buffer = &self.buffers[*partition];
-                Outgoing {
-                    key: buffer.slice(key.clone()),
-                    payload: buffer.slice(payload.clone()),
-                    timestamp_ms: *timestamp_ms,
-                }
-            })
-            .collect()
-    }
-}
-
 impl WorkerContext {
     fn run(self, worker: &mut timely::worker::Worker) -> Result<(), StreamError> {
         let index = worker.index();
@@ -645,25 +570,37 @@ impl WorkerContext {
         let district = self.district.clone();
         let clock = self.clock.clone();
         let origin_ms = self.origin_ms;
-        let (sink_rt, sink_producer, sink_topics, sink_bus) = (
-            self.rt.clone(),
-            producer.clone(),
-            topics.clone(),
-            self.bus.clone(),
-        );
-        let sink_stop = self.stop.clone();
+        let (sink_rt, sink_topics, sink_bus) = (self.rt.clone(), topics.clone(), self.bus.clone());
         let lost_output = std::rc::Rc::new(std::cell::Cell::new(false));
         let sink_lost = lost_output.clone();
+        // Shared by the operator, which hands outputs over, and this loop, which takes their
+        // acknowledgements and commits no offset ahead of them.
+        let delivery = std::rc::Rc::new(std::cell::RefCell::new(OutputDelivery::new(
+            self.rt.clone(),
+            producer.clone(),
+            topics.status(),
+            topics.alerts(),
+            self.stop.clone(),
+            lost_output.clone(),
+        )));
+        let sink_delivery = delivery.clone();
+        // Wakes the operator when acknowledgements come in (see below).
+        let activator: std::rc::Rc<std::cell::RefCell<Option<timely::scheduling::Activator>>> =
+            Default::default();
+        let operator_activator = activator.clone();
         let (mut input, cap) = worker.dataflow::<u64, _, _>(|scope| {
+            let activator_scope = scope;
             let ((input, cap), stream) = scope.new_unordered_input::<timely::container::CapacityContainerBuilder<Vec<TimedReading>>>();
             stream
                 .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
                     Exchange::new(|r: &TimedReading| murmur2(r.reading.point.as_bytes()) as u64),
                     "PointRules",
-                    move |default_cap, _info| {
+                    move |default_cap, info| {
+                        *operator_activator.borrow_mut() = Some(activator_scope.activator_for(info.address.clone()));
                         let mut engine = Engine::new(&district, |p| owner(p, peers) == index, clock, origin_ms);
-                        // Held at the input frontier so the probe downstream only passes a time
-                        // once this operator has put every output for it on the bus.
+                        // Held at the input frontier, or behind it at the oldest epoch whose
+                        // outputs the bus has yet to acknowledge, so the probe downstream only
+                        // passes a time once every output for it is on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
                         // An applied epoch's vector, kept for a later epoch: each grew fresh
@@ -678,18 +615,20 @@ impl WorkerContext {
                         let mut transition_counts: Vec<(&'static str, IntCounter)> = Vec::new();
                         // Outputs go to the bus from here, in the engine's order: timely may
                         // reorder containers of different times downstream, the bus must not.
-                        // One batch per topic and epoch, both in flight at once, in one entry
-                        // into the runtime: waiting for the broker's acknowledgement of each
-                        // output in turn (linger plus a round trip, ~5 ms on Kafka) held the
-                        // stage to a few hundred outputs a second. Each topic's batch keeps the
-                        // engine's order.
+                        // One batch per topic and epoch, handed over in one entry into the
+                        // runtime, acknowledged while later epochs are worked on (see
+                        // `delivery`): waiting for the broker's acknowledgement of each output
+                        // in turn (linger plus a round trip, ~5 ms on Kafka) held the stage to
+                        // a few hundred outputs a second. Each topic's batch keeps the engine's
+                        // order.
                         let (mut status_bytes_each, mut transition_bytes_each) = (256, 320);
                         // Partitions of the output topics, to keep each one's records in a
                         // buffer of its own (one buffer will do where there is no topic: a fed
                         // run's outputs do not go to the bus).
                         let partitions_of = |topic: &str| sink_rt.block_on(sink_bus.partitions(topic)).unwrap_or(1);
                         let (status_partitions, alerts_partitions) = (partitions_of(&status_topic), partitions_of(&alerts_topic));
-                        let mut emit = move |out: &mut Vec<StreamOutput>| {
+                        let emit_delivery = sink_delivery.clone();
+                        let mut emit = move |time: u64, out: &mut Vec<StreamOutput>| {
                             if out.is_empty() {
                                 return;
                             }
@@ -739,42 +678,7 @@ impl WorkerContext {
                             if let Some(each) = alerts.bytes().checked_div(transitions) {
                                 transition_bytes_each = each + 16;
                             }
-                            let (status, alerts) = (status.finish(), alerts.finish());
-                            // Records still to put on the bus, by their place in the batch.
-                            let (mut status_left, mut alerts_left): (Vec<usize>, Vec<usize>) =
-                                ((0..status.len()).collect(), (0..alerts.len()).collect());
-                            // An output that is not on the bus must not let its offset be
-                            // committed: keep trying what failed; if the stage is told to stop
-                            // meanwhile, commit nothing more, so a restart produces it again.
-                            let mut wait = Duration::from_millis(100);
-                            loop {
-                                let (rs, ra) = sink_rt.block_on(async {
-                                    futures::join!(
-                                        sink_producer.send_batch(&status_topic, status.records(&status_left)),
-                                        sink_producer.send_batch(&alerts_topic, alerts.records(&alerts_left))
-                                    )
-                                });
-                                let failed = |left: &mut Vec<usize>, results: Vec<Result<_, BusError>>, topic: &str| {
-                                    let mut keep = results.iter().map(|r| r.is_err());
-                                    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-                                        tracing::error!(error = %e, topic, retry_in = ?wait, "stream could not produce an output");
-                                    }
-                                    left.retain(|_| keep.next().unwrap_or(false));
-                                };
-                                failed(&mut status_left, rs, &status_topic);
-                                failed(&mut alerts_left, ra, &alerts_topic);
-                                if status_left.is_empty() && alerts_left.is_empty() {
-                                    break;
-                                }
-                                if sink_stop.load(Ordering::SeqCst) {
-                                    sink_lost.set(true);
-                                    break;
-                                }
-                                // Blocking on purpose, as the timely worker waits for the bus
-                                // either way; a runtime timer may not be driven from here.
-                                std::thread::sleep(wait);
-                                wait = (wait * 2).min(Duration::from_secs(5));
-                            }
+                            emit_delivery.borrow_mut().hand_over(time, status.finish(), alerts.finish());
                         };
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
@@ -792,7 +696,7 @@ impl WorkerContext {
                                 }
                                 let mut rs = stash.remove(&t).expect("key just seen");
                                 engine.apply_epoch(t as Millis * 1000, &rs, &mut out);
-                                emit(&mut out);
+                                emit(t, &mut out);
                                 rs.clear();
                                 // Kept unless a backlog made it huge: a catching-up stage can
                                 // stamp a whole backlog with one epoch.
@@ -802,16 +706,35 @@ impl WorkerContext {
                             }
                             match f.first() {
                                 Some(&ft) => {
+                                    // Silence up to the frontier: what the readings before
+                                    // the held time caused, as it were.
                                     engine.advance_to(ft as Millis * 1000, &mut out);
-                                    emit(&mut out);
-                                    if ft > *cap.time() {
-                                        cap.downgrade(&ft);
-                                    }
+                                    emit(*cap.time(), &mut out);
                                 }
-                                None => {
-                                    // End of input: nothing can become silent any more.
+                                None if sink_delivery.borrow().oldest().is_none() => {
+                                    // End of input and every output acknowledged: nothing
+                                    // can become silent any more.
                                     held = None;
+                                    return;
                                 }
+                                None => {}
+                            }
+                            // Not past an epoch whose outputs the bus has yet to acknowledge:
+                            // the probe, and so every worker's commits, wait for them. (The
+                            // worker's loop takes acknowledgements and wakes this operator.)
+                            sink_delivery.borrow_mut().settle();
+                            let unacknowledged = sink_delivery.borrow().oldest();
+                            let to = match (f.first(), unacknowledged) {
+                                (Some(&ft), Some(o)) => ft.min(o),
+                                (Some(&ft), None) => ft,
+                                (None, Some(o)) => o,
+                                (None, None) => {
+                                    held = None;
+                                    return;
+                                }
+                            };
+                            if to > *cap.time() {
+                                cap.downgrade(&to);
                             }
                         }
                     },
@@ -1038,6 +961,14 @@ impl WorkerContext {
             } else {
                 worker.step();
             }
+            // Acknowledgements taken here too, so the operator (which holds its capability at
+            // the oldest epoch still waiting for one) is woken when they come, not only when
+            // input does.
+            if delivery.borrow_mut().settle() {
+                if let Some(a) = activator.borrow().as_ref() {
+                    a.activate();
+                }
+            }
             if !lost_output.get() {
                 for (p, queue) in pending.iter_mut() {
                     let mut last = None;
@@ -1053,7 +984,8 @@ impl WorkerContext {
                 break;
             }
         }
-        // Everything is processed: commit what is left, unless an output never made it.
+        // Everything is processed and on the bus: commit what is left, unless an output never
+        // made it.
         if !lost_output.get() {
             for (p, queue) in pending {
                 if let (Some(&(_, next)), Some(c)) = (queue.back(), consumer.as_mut()) {

@@ -11,9 +11,12 @@
 //! - `point_index`: point id → point state, looked up in stages so cache misses overlap
 //!   (with `prefetch`, the hint that asks for memory ahead);
 //! - [`dataflow`]: the timely dataflow that feeds the engine from the bus, one complete
-//!   event-time epoch at a time, and writes its outputs back to the bus.
+//!   event-time epoch at a time, and writes its outputs back to the bus;
+//! - `delivery`: those outputs encoded and handed to the bus in order, a few epochs awaiting
+//!   acknowledgement at once, produced again until they land.
 
 pub mod dataflow;
+mod delivery;
 pub mod engine;
 pub mod flap;
 pub mod intensity;

@@ -9,14 +9,19 @@ mod common;
 use async_trait::async_trait;
 use common::{depth_series, district, T0};
 use floodcmd_bus::{EmbeddedBus, WithProducer};
-use floodcmd_model::bus::{Assignment, Bus, BusError, Delivery, Outgoing, Producer, Record};
-use floodcmd_model::codec::encode;
+use floodcmd_model::bus::{
+    partition_for, Acknowledgements, Assignment, Bus, BusError, Delivery, Outgoing, Producer,
+    Record,
+};
+use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::event::PointStatus;
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
-use floodcmd_model::Reading;
+use floodcmd_model::{DataState, Reading};
 use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// On every other batch to an output topic, appends the first half of the batch and fails the
@@ -192,4 +197,215 @@ async fn outputs_refused_midway_are_produced_again_in_order_and_every_reading_is
         committed.iter().flatten().sum::<u64>() == readings.len() as u64,
         "every reading committed: {committed:?}"
     );
+}
+
+/// Acknowledges each output batch only once the next batch to its topic has been handed over
+/// (or 300 ms later, for the last), as a broker does while more is on the way. Every third
+/// batch to a topic lands only its first half; the rest fails when the acknowledgement comes,
+/// after the next batch has landed. Before acknowledging anything it checks that no reading
+/// whose status is in the batch has been committed yet.
+struct LateProducer {
+    inner: Arc<dyn Producer>,
+    bus: EmbeddedBus,
+    readings_topic: String,
+    /// Per (point, event time) of a reading: its partition and offset in the readings topic.
+    offsets: Arc<HashMap<(String, i64), (u32, u64)>>,
+    handed: Arc<Mutex<HashMap<String, usize>>>,
+    failed: Arc<AtomicUsize>,
+    /// Statuses checked against the commits while unacknowledged, and those found committed.
+    checked: Arc<AtomicUsize>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Producer for LateProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: bytes::Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError> {
+        self.inner.send(topic, key, payload, timestamp_ms).await
+    }
+
+    async fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<Outgoing>,
+    ) -> Vec<Result<Delivery, BusError>> {
+        self.inner.send_batch(topic, records).await
+    }
+
+    async fn hand_over(&self, topic: &str, mut records: Vec<Outgoing>) -> Acknowledgements {
+        let output = topic.ends_with("status") || topic.ends_with("alerts");
+        if !output || records.is_empty() {
+            let results = self.inner.send_batch(topic, records).await;
+            return Box::pin(futures::future::ready(results));
+        }
+        let mine = {
+            let mut handed = self.handed.lock().unwrap();
+            let n = handed.entry(topic.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        // The readings behind this batch's statuses (silence is caused by no reading).
+        let behind: Vec<(u32, u64)> = if topic.ends_with("status") {
+            records
+                .iter()
+                .filter_map(|r| {
+                    let s: PointStatus = decode(&r.payload).unwrap();
+                    let at = s
+                        .last_reading_ms
+                        .filter(|_| s.data_state != DataState::Silent)?;
+                    self.offsets.get(&(s.point.clone(), at)).copied()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let lost = if mine % 3 == 0 && records.len() >= 2 {
+            records.split_off(records.len() / 2)
+        } else {
+            Vec::new()
+        };
+        self.failed.fetch_add(lost.len(), Ordering::SeqCst);
+        let mut results = self.inner.send_batch(topic, records).await;
+        let (handed, topic) = (self.handed.clone(), topic.to_string());
+        let (bus, readings) = (self.bus.clone(), self.readings_topic.clone());
+        let (checked, violations) = (self.checked.clone(), self.violations.clone());
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+            while handed.lock().unwrap()[&topic] == mine && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let committed = bus.committed("stream", &readings).await.unwrap();
+            for (p, offset) in behind {
+                checked.fetch_add(1, Ordering::SeqCst);
+                if committed[p as usize].is_some_and(|c| c > offset) {
+                    violations.lock().unwrap().push(format!(
+                        "partition {p} offset {offset} committed ({committed:?}) before its status was acknowledged"
+                    ));
+                }
+            }
+            results.extend(
+                lost.iter()
+                    .map(|_| Err(BusError::Client("connection lost".into()))),
+            );
+            results
+        })
+    }
+}
+
+/// `seq` with each record's later copies dropped: what a consumer that ignores a record it has
+/// already seen, identical, takes from it.
+fn firsts(seq: &[(u32, Vec<u8>, Vec<u8>)]) -> Vec<(u32, Vec<u8>, Vec<u8>)> {
+    let mut seen = std::collections::HashSet::new();
+    seq.iter().filter(|r| seen.insert(*r)).cloned().collect()
+}
+
+/// Per key, its records in order.
+fn by_key(seq: &[(u32, Vec<u8>, Vec<u8>)]) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
+    let mut out: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for (_, k, v) in seq {
+        out.entry(k.clone()).or_default().push(v.clone());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_failing_after_later_ones_landed_end_in_order_and_nothing_is_committed_ahead_of_them(
+) {
+    let d = district();
+    let depths: Vec<f64> = (0..40)
+        .map(|i| {
+            if i < 20 {
+                i as f64 * 3.0
+            } else {
+                (120.0 - i as f64 * 3.0).max(0.0)
+            }
+        })
+        .collect();
+    let mut readings = Vec::new();
+    for sensor in ["WL-UP-01", "WL-LP-01", "WL-LP-02"] {
+        readings.extend(depth_series(&d, sensor, T0, 15_000, &depths));
+    }
+    readings.sort_by_key(|r| r.ts_ms);
+    // Where `run` will put each reading: its key's partition, in the order sent.
+    let mut next = [0u64; 4];
+    let offsets: HashMap<(String, i64), (u32, u64)> = readings
+        .iter()
+        .map(|r| {
+            let p = partition_for(r.sensor.as_bytes(), 4);
+            next[p as usize] += 1;
+            ((r.point.clone(), r.ts_ms), (p, next[p as usize] - 1))
+        })
+        .collect();
+
+    let plain = EmbeddedBus::new(1 << 16);
+    let (status, alerts, committed) = run(Arc::new(plain.clone()), &plain, &readings).await;
+
+    let inner = EmbeddedBus::new(1 << 16);
+    let failed = Arc::new(AtomicUsize::new(0));
+    let checked = Arc::new(AtomicUsize::new(0));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let (bus, offsets) = (inner.clone(), Arc::new(offsets));
+    let (f, c, v) = (failed.clone(), checked.clone(), violations.clone());
+    let late = WithProducer::new(inner.clone(), move |producer| {
+        Arc::new(LateProducer {
+            inner: producer,
+            bus: bus.clone(),
+            readings_topic: Topics::new("retry").readings(),
+            offsets: offsets.clone(),
+            handed: Default::default(),
+            failed: f.clone(),
+            checked: c.clone(),
+            violations: v.clone(),
+        })
+    });
+    let (l_status, l_alerts, l_committed) = run(Arc::new(late), &inner, &readings).await;
+    assert!(
+        failed.load(Ordering::SeqCst) > 10,
+        "too few failures to show anything"
+    );
+    assert!(
+        checked.load(Ordering::SeqCst) > 60,
+        "too few statuses checked against the commits: {}",
+        checked.load(Ordering::SeqCst)
+    );
+    assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
+    // Records that had landed ahead of a failed one were produced again after it...
+    assert!(
+        l_status.len() > status.len(),
+        "nothing was produced again: {} statuses against {}",
+        l_status.len(),
+        status.len()
+    );
+    for (late, plain, what) in [
+        (&l_status, &status, "status"),
+        (&l_alerts, &alerts, "alerts"),
+    ] {
+        let (late_keys, plain_keys) = (by_key(late), by_key(plain));
+        assert_eq!(
+            late_keys.keys().collect::<Vec<_>>(),
+            plain_keys.keys().collect::<Vec<_>>()
+        );
+        for (key, records) in &plain_keys {
+            let got = &late_keys[key];
+            // ...so every key's last record is the engine's last,
+            assert_eq!(got.last(), records.last(), "{what}: last record of a key");
+            // and the engine's records are all there, in its order.
+            let mut rest = got.iter();
+            for r in records {
+                assert!(
+                    rest.any(|g| g == r),
+                    "{what}: a record missing or out of order for key {}",
+                    String::from_utf8_lossy(key)
+                );
+            }
+        }
+    }
+    // Each record's first copy: exactly what the plain bus got, when no status repeats.
+    assert_eq!(firsts(&l_alerts).len(), firsts(&alerts).len());
+    assert_eq!(l_committed, committed);
 }
