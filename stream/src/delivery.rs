@@ -10,12 +10,14 @@
 //! Invariants:
 //! - records are handed over in the engine's order, so each key's records reach the bus in
 //!   that order (the bus keeps a partition's order, Kafka's idempotent producer included);
-//! - [`OutputDelivery::oldest`] is the time of the oldest epoch whose outputs are not all
-//!   acknowledged; the rules operator holds its capability there, so the probe (which every
-//!   worker's commits follow) does not pass it;
+//! - [`OutputDelivery::oldest`] is the least time of the batches not yet all acknowledged
+//!   (an epoch's own time, or for silence the operator's held time then); the rules operator
+//!   holds its capability there, so the probe (which every worker's commits follow) does not
+//!   pass it;
 //! - a record the bus fails is produced again until it lands (or the stage is told to stop,
-//!   which then commits nothing more). Records of later epochs in the same partition may have
-//!   landed meanwhile; they are produced again after it, so each key's last record is the
+//!   which then commits nothing more). Records after it in the same partition, of its epoch
+//!   or later ones, or of the same retry, may have landed meanwhile; they are produced again
+//!   after it, so each key's last record is the
 //!   engine's last. Outputs are at least once already (a restart produces again what follows
 //!   the committed offsets); consumers take the newest status and dedupe transitions.
 
@@ -131,6 +133,27 @@ struct Held {
     acks: futures::future::BoxFuture<'static, BothResults>,
 }
 
+/// Of the records at `sent` (places in `b`, in the order sent) with their `results`, those to
+/// produce again: each that failed, and each after it in the same partition, which landed
+/// ahead of a record that must come first. `dirty` holds partitions where a record failed
+/// before these, and gains those where one fails here.
+fn send_again(
+    b: &EncodedBatch<Bytes>,
+    sent: &[usize],
+    results: &[Result<Delivery, BusError>],
+    dirty: &mut BTreeSet<usize>,
+) -> Vec<usize> {
+    let mut again = Vec::new();
+    for (&i, r) in sent.iter().zip(results) {
+        let partition = b.partition_of(i);
+        if r.is_err() || dirty.contains(&partition) {
+            dirty.insert(partition);
+            again.push(i);
+        }
+    }
+    again
+}
+
 /// The places of `results` that failed.
 fn failures(results: &[Result<Delivery, BusError>]) -> Vec<usize> {
     results
@@ -201,9 +224,11 @@ impl OutputDelivery {
         }
     }
 
-    /// Time of the oldest epoch whose outputs are not all acknowledged.
+    /// The least time of the batches whose outputs are not all acknowledged. (Not always the
+    /// first's: silence is handed over as of the operator's held time, which can be below an
+    /// epoch handed over before it.)
     pub(crate) fn oldest(&self) -> Option<u64> {
-        self.held.front().map(|h| h.time)
+        self.held.iter().map(|h| h.time).min()
     }
 
     /// Take the acknowledgements that have come, oldest epoch first; whether any epoch's
@@ -257,28 +282,14 @@ impl OutputDelivery {
             .collect();
         let mut dirty_status: BTreeSet<usize> = BTreeSet::new();
         let mut dirty_alerts: BTreeSet<usize> = BTreeSet::new();
+        let all = |b: &EncodedBatch<Bytes>| (0..b.len()).collect::<Vec<_>>();
         let first = std::iter::once((held, (status, alerts)));
         for (h, (status, alerts)) in first.chain(later) {
             if self.lost.get() {
                 return;
             }
-            // What failed here, and what landed in a partition where an earlier record failed
-            // (it is now ahead of that record and must come after it again).
-            let again = |b: &EncodedBatch<Bytes>,
-                         results: &[Result<Delivery, BusError>],
-                         dirty: &mut BTreeSet<usize>| {
-                let mut again = Vec::new();
-                for (i, r) in results.iter().enumerate() {
-                    let partition = b.partition_of(i);
-                    if r.is_err() || dirty.contains(&partition) {
-                        dirty.insert(partition);
-                        again.push(i);
-                    }
-                }
-                again
-            };
-            let s = again(&h.status, &status, &mut dirty_status);
-            let a = again(&h.alerts, &alerts, &mut dirty_alerts);
+            let s = send_again(&h.status, &all(&h.status), &status, &mut dirty_status);
+            let a = send_again(&h.alerts, &all(&h.alerts), &alerts, &mut dirty_alerts);
             self.until_landed(&h, s, a);
         }
     }
@@ -296,15 +307,17 @@ impl OutputDelivery {
                     p.send_batch(at, h.alerts.records(&alerts_left))
                 )
             });
-            let failed = |left: &mut Vec<usize>, results: Vec<Result<_, BusError>>, topic: &str| {
-                let mut keep = results.iter().map(|r| r.is_err());
+            let failed = |b: &EncodedBatch<Bytes>,
+                          left: &mut Vec<usize>,
+                          results: Vec<Result<_, BusError>>,
+                          topic: &str| {
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                     tracing::error!(error = %e, topic, retry_in = ?wait, "stream could not produce an output");
                 }
-                left.retain(|_| keep.next().unwrap_or(false));
+                *left = send_again(b, left, &results, &mut BTreeSet::new());
             };
-            failed(&mut status_left, rs, st);
-            failed(&mut alerts_left, ra, at);
+            failed(&h.status, &mut status_left, rs, st);
+            failed(&h.alerts, &mut alerts_left, ra, at);
             if status_left.is_empty() && alerts_left.is_empty() {
                 break;
             }
@@ -317,5 +330,121 @@ impl OutputDelivery {
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records keyed `keys[i]` with payload `i`, in a topic of `partitions`.
+    fn batch(partitions: u32, keys: &[&str]) -> EncodedBatch<Bytes> {
+        let mut b = EncodedBatch::new(partitions, keys.len(), 16);
+        for (i, key) in keys.iter().enumerate() {
+            b.push(key, 0, |buffer| buffer.bytes(i.to_string().as_bytes()));
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn what_follows_a_failure_in_its_partition_is_sent_again_and_nothing_before_it() {
+        let b = batch(1, &["a", "b", "c", "d"]);
+        let ok = || {
+            Ok(Delivery {
+                partition: 0,
+                offset: 0,
+            })
+        };
+        let failed = || Err(BusError::Client("lost".into()));
+        let results = vec![ok(), failed(), ok(), ok()];
+        assert_eq!(
+            send_again(&b, &[0, 1, 2, 3], &results, &mut BTreeSet::new()),
+            vec![1, 2, 3]
+        );
+        // A partition dirty from before: all of it again, failed or not.
+        let results = vec![ok(), ok()];
+        let mut dirty = BTreeSet::from([0]);
+        assert_eq!(send_again(&b, &[2, 3], &results, &mut dirty), vec![2, 3]);
+        assert!(send_again(&b, &[2, 3], &results, &mut BTreeSet::new()).is_empty());
+    }
+
+    /// Lands what its plan does not fail, in order; keeps every payload that landed.
+    struct PlannedProducer {
+        /// Per call to the status topic, the places that fail (later calls: none).
+        plan: Mutex<VecDeque<Vec<usize>>>,
+        landed: Mutex<Vec<Vec<u8>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Producer for PlannedProducer {
+        async fn send(
+            &self,
+            _topic: &str,
+            _key: &[u8],
+            _payload: Bytes,
+            _timestamp_ms: i64,
+        ) -> Result<Delivery, BusError> {
+            unreachable!("the stage sends batches")
+        }
+
+        async fn send_batch(
+            &self,
+            topic: &str,
+            records: Vec<Outgoing>,
+        ) -> Vec<Result<Delivery, BusError>> {
+            let fail = if topic == "status" {
+                self.plan.lock().unwrap().pop_front().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    if fail.contains(&i) {
+                        return Err(BusError::Client("lost".into()));
+                    }
+                    self.landed.lock().unwrap().push(r.payload.to_vec());
+                    Ok(Delivery {
+                        partition: 0,
+                        offset: 0,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_retry_that_fails_a_record_and_lands_the_next_of_its_key_sends_that_one_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Two records of one key: the first handed over fails and the second lands; so again
+        // when both are produced again; the third time both land.
+        let producer = Arc::new(PlannedProducer {
+            plan: Mutex::new(VecDeque::from([vec![0], vec![0]])),
+            landed: Mutex::new(Vec::new()),
+        });
+        let lost = Rc::new(Cell::new(false));
+        let mut delivery = OutputDelivery::new(
+            rt.handle().clone(),
+            producer.clone(),
+            "status".into(),
+            "alerts".into(),
+            Arc::new(AtomicBool::new(false)),
+            lost.clone(),
+        );
+        delivery.hand_over(7, batch(1, &["a", "a"]), batch(1, &[]));
+        assert_eq!(delivery.oldest(), None, "settled: every record landed");
+        assert!(!lost.get());
+        let landed = producer.landed.lock().unwrap().clone();
+        let text: Vec<String> = landed
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        // The key's last record is the engine's last.
+        assert_eq!(text, ["1", "1", "0", "1"]);
     }
 }
