@@ -17,9 +17,10 @@
 //! - a record the bus fails is produced again until it lands (or the stage is told to stop,
 //!   which then commits nothing more). Records after it in the same partition, of its epoch
 //!   or later ones, or of the same retry, may have landed meanwhile; they are produced again
-//!   after it, so each key's last record is the
-//!   engine's last. Outputs are at least once already (a restart produces again what follows
-//!   the committed offsets); consumers take the newest status and dedupe transitions.
+//!   after it, so each key's last record is the engine's last. What a consumer of the key
+//!   then sees is a suffix of its records produced again, as after a restart of the stage
+//!   (which produces again whatever follows the committed offsets): outputs are at least once
+//!   already.
 
 use bytes::Bytes;
 use floodcmd_model::bus::{
