@@ -141,11 +141,10 @@ async fn run(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outputs_refused_midway_are_produced_again_in_order_and_every_reading_is_committed() {
+/// Two underpasses and a low point rise through every level and fall back, a reading every
+/// 15 s: statuses every epoch, transitions up and down.
+fn rise_and_fall() -> Vec<Reading> {
     let d = district();
-    // Two underpasses and a low point rise through every level and fall back: statuses
-    // every epoch, transitions up and down.
     let depths: Vec<f64> = (0..40)
         .map(|i| {
             if i < 20 {
@@ -160,6 +159,12 @@ async fn outputs_refused_midway_are_produced_again_in_order_and_every_reading_is
         readings.extend(depth_series(&d, sensor, T0, 15_000, &depths));
     }
     readings.sort_by_key(|r| r.ts_ms);
+    readings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_refused_midway_are_produced_again_in_order_and_every_reading_is_committed() {
+    let readings = rise_and_fall();
 
     let plain = EmbeddedBus::new(1 << 16);
     let (status, alerts, committed) = run(Arc::new(plain.clone()), &plain, &readings).await;
@@ -316,21 +321,7 @@ fn by_key(seq: &[(u32, Vec<u8>, Vec<u8>)]) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_failing_after_later_ones_landed_end_in_order_and_nothing_is_committed_ahead_of_them(
 ) {
-    let d = district();
-    let depths: Vec<f64> = (0..40)
-        .map(|i| {
-            if i < 20 {
-                i as f64 * 3.0
-            } else {
-                (120.0 - i as f64 * 3.0).max(0.0)
-            }
-        })
-        .collect();
-    let mut readings = Vec::new();
-    for sensor in ["WL-UP-01", "WL-LP-01", "WL-LP-02"] {
-        readings.extend(depth_series(&d, sensor, T0, 15_000, &depths));
-    }
-    readings.sort_by_key(|r| r.ts_ms);
+    let readings = rise_and_fall();
     // Where `run` will put each reading: its key's partition, in the order sent.
     let mut next = [0u64; 4];
     let offsets: HashMap<(String, i64), (u32, u64)> = readings
