@@ -100,6 +100,28 @@ impl EmbeddedBus {
             .ok_or_else(|| BusError::UnknownTopic(name.to_string()))
     }
 
+    /// Let go of every record of `partition` below `before`, read or not, as Kafka's
+    /// `DeleteRecords` (or its retention) does: a consumer behind it goes on at the first
+    /// record left. Only tests and drills do this; the bus itself never drops an unread record.
+    pub fn delete_records(&self, topic: &str, partition: u32, before: u64) -> Result<(), BusError> {
+        let t = self.topic(topic)?;
+        let part =
+            t.partitions
+                .get(partition as usize)
+                .ok_or_else(|| BusError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                })?;
+        let mut log = part.log.lock().expect("partition lock");
+        while log.base < before && !log.log.is_empty() {
+            log.log.pop_front();
+            log.base += 1;
+        }
+        drop(log);
+        part.space.notify_waiters();
+        Ok(())
+    }
+
     /// Records held in memory across a topic's partitions.
     pub fn retained(&self, topic: &str) -> Result<usize, BusError> {
         let t = self.topic(topic)?;
@@ -138,6 +160,14 @@ impl Bus for EmbeddedBus {
         Ok(t.partitions
             .iter()
             .map(|p| p.log.lock().expect("partition lock").end())
+            .collect())
+    }
+
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        let t = self.topic(topic)?;
+        Ok(t.partitions
+            .iter()
+            .map(|p| p.log.lock().expect("partition lock").base)
             .collect())
     }
 

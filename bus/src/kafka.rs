@@ -253,6 +253,34 @@ impl KafkaBus {
             min_insync_replicas,
         })
     }
+
+    /// Delete every record of `partition` below `before`, read or not (Kafka's `DeleteRecords`,
+    /// what retention does by time): readers behind it go on at the first record left. For
+    /// tests and drills of a stage that fell behind the retention.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        before: u64,
+    ) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(before as i64))
+            .map_err(client_err)?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let result = self
+            .admin
+            .delete_records(&tpl, &opts)
+            .await
+            .map_err(client_err)?;
+        for e in result.elements() {
+            if let Err(code) = e.error() {
+                return Err(BusError::Client(format!(
+                    "deleting records of {topic} [{partition}] below {before}: {code}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One partition of a topic in the cluster (broker ids).
@@ -334,6 +362,18 @@ impl Bus for KafkaBus {
         Self::blocking(move || {
             let n = me.partition_count(&t)?;
             (0..n).map(|p| me.high_watermark(&t, p)).collect()
+        })
+        .await
+    }
+
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        let me = self.clone();
+        let t = topic.to_string();
+        Self::blocking(move || {
+            let n = me.partition_count(&t)?;
+            let all: Vec<u32> = (0..n).collect();
+            let lows = me.low_watermarks(&t, &all)?;
+            Ok(all.iter().map(|p| lows[p]).collect())
         })
         .await
     }

@@ -45,6 +45,10 @@ impl<B: Bus> Bus for WithProducer<B> {
         self.inner.end_offsets(topic).await
     }
 
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.start_offsets(topic).await
+    }
+
     async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError> {
         self.inner.offsets_for_time(topic, timestamp_ms).await
     }

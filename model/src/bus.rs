@@ -113,6 +113,10 @@ pub trait Bus: Send + Sync + 'static {
     /// The next offset to be written in each partition (Kafka's high watermark). A bounded
     /// reader (replay, tests) reads up to these and stops.
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError>;
+    /// The first offset each partition still holds (Kafka's low watermark). Records below it
+    /// are gone: deleted by retention, or never kept. A reader that expected one of them has
+    /// lost it, and must say so rather than wait for it.
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError>;
     /// Per partition, the first offset whose record timestamp is at or after `timestamp_ms`
     /// (the end offset where there is none). Replays and archives start there.
     async fn offsets_for_time(&self, topic: &str, timestamp_ms: i64) -> Result<Vec<u64>, BusError>;

@@ -16,6 +16,7 @@
 use crate::delivery::{EncodedBatch, OutputDelivery};
 use crate::engine::{Engine, StreamOutput, TimedReading};
 use crate::prefetch::prefetch;
+use crate::read_positions::{Gap, ReadPositions};
 use floodcmd_model::bus::{murmur2, partition_for, Assignment, Bus, BusError, Consumer, Record};
 use floodcmd_model::codec::{decode_reading, encode};
 use floodcmd_model::event::Reject;
@@ -98,6 +99,7 @@ struct StreamMetrics {
     readings: IntCounter,
     late: IntCounter,
     undecodable: IntCounter,
+    lost: IntCounter,
     outputs: IntCounterVec,
     watermark: IntGauge,
 }
@@ -121,6 +123,11 @@ fn metrics() -> &'static StreamMetrics {
                 "Records on the readings topic that could not be decoded (dead-lettered)",
             )
             .expect("metric"),
+            lost: IntCounter::new(
+                "floodcmd_stream_readings_lost_total",
+                "Records of the readings topic the bus deleted before the stage read them (retention)",
+            )
+            .expect("metric"),
             outputs: IntCounterVec::new(
                 Opts::new(
                     "floodcmd_stream_outputs_total",
@@ -139,6 +146,7 @@ fn metrics() -> &'static StreamMetrics {
         let _ = r.register(Box::new(m.readings.clone()));
         let _ = r.register(Box::new(m.late.clone()));
         let _ = r.register(Box::new(m.undecodable.clone()));
+        let _ = r.register(Box::new(m.lost.clone()));
         let _ = r.register(Box::new(m.outputs.clone()));
         let _ = r.register(Box::new(m.watermark.clone()));
         m
@@ -450,6 +458,20 @@ const SPARE_CAPACITY: usize = 65_536;
 /// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
 /// time share one entry: they pass the probe together, and one entry per record was a queue
 /// as long as the backlog.
+/// Say that records the bus deleted before this worker read them are lost, and count them.
+fn report_lost(worker: usize, topic: &str, gap: Gap) {
+    metrics().lost.inc_by(gap.records());
+    tracing::error!(
+        worker,
+        topic,
+        partition = gap.partition,
+        from_offset = gap.from,
+        to_offset = gap.to,
+        records = gap.records(),
+        "readings lost: the bus deleted them before this stage read them (its retention is shorter than the stage's lag, or the readings are stamped older than the retention); they are not processed"
+    );
+}
+
 fn note_pending(queue: &mut VecDeque<(u64, u64)>, t: u64, next: u64) {
     match queue.back_mut() {
         Some((last_t, last_next)) if *last_t == t => *last_next = next,
@@ -535,6 +557,27 @@ impl WorkerContext {
             Some((input, output)) => (Some(input), Some(output)),
             None => (None, None),
         };
+        // Where each partition's reading starts (the explicit position, else the group's
+        // commit, else the first record the bus holds), looked up before the consumer starts:
+        // a first record further on means the bus deleted what was between.
+        let mut read_at = if mine.is_empty() || feed_input.is_some() {
+            ReadPositions::default()
+        } else {
+            let committed = self
+                .rt
+                .block_on(self.bus.committed(&self.config.group, &topics.readings()))?;
+            let starts = self
+                .rt
+                .block_on(self.bus.start_offsets(&topics.readings()))?;
+            ReadPositions::new(positions.iter().map(|(p, from)| {
+                let at = from
+                    .or_else(|| committed.get(*p as usize).copied().flatten())
+                    .or_else(|| starts.get(*p as usize).copied());
+                (*p, at.unwrap_or(0))
+            }))
+        };
+        // When the bus's first offsets were last looked at (see below).
+        let mut starts_checked = std::time::Instant::now();
         let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() || feed_input.is_some() {
             None
         } else {
@@ -825,6 +868,7 @@ impl WorkerContext {
                     },
                     (None, None) => Default::default(),
                 };
+                let polled = records.len();
                 let items = PayloadsAhead(records.into_iter())
                     .map(Intake::Record)
                     .chain(
@@ -838,6 +882,9 @@ impl WorkerContext {
                     let (partition, next_offset, reading) = match item {
                         Intake::Fed(partition, reading) => (partition, None, reading),
                         Intake::Record(rec) => {
+                            if let Some(gap) = read_at.read(rec.partition, rec.offset) {
+                                report_lost(index, &topics.readings(), gap);
+                            }
                             if let Some(end) = remaining.get(&rec.partition) {
                                 if rec.offset + 1 >= *end {
                                     remaining.remove(&rec.partition);
@@ -918,6 +965,45 @@ impl WorkerContext {
                     });
                 }
                 m.readings.inc_by(fed);
+                // Bounded and caught up (a poll came back empty): once a second, ask where the
+                // bus now starts each partition still open. If it deleted everything up to the
+                // end before it was read, no record is coming, and the run would wait for ever.
+                // (A gap with records after it shows with the next record read.)
+                if polled == 0
+                    && consumer.is_some()
+                    && !remaining.is_empty()
+                    && starts_checked.elapsed() >= Duration::from_secs(1)
+                {
+                    starts_checked = std::time::Instant::now();
+                    match self.rt.block_on(self.bus.start_offsets(&topics.readings())) {
+                        Ok(starts) => {
+                            let open: Vec<(u32, u64)> =
+                                remaining.iter().map(|(p, e)| (*p, *e)).collect();
+                            for (p, end) in open {
+                                let Some(&start) = starts.get(p as usize) else {
+                                    continue;
+                                };
+                                if start < end {
+                                    continue;
+                                }
+                                // What lies past the end is not this run's to count.
+                                if let Some(gap) = read_at.starts_at(p, end) {
+                                    report_lost(index, &topics.readings(), gap);
+                                }
+                                // Done, and committed past what is gone, as the consumer
+                                // itself moved past it.
+                                remaining.remove(&p);
+                                note_pending(pending.entry(p).or_default(), *c.time(), end);
+                            }
+                        }
+                        // Only a check: the reading goes on, and it is tried again.
+                        Err(e) => tracing::warn!(
+                            worker = index,
+                            error = %e,
+                            "could not look up where the readings topic starts"
+                        ),
+                    }
+                }
                 if !batches.is_empty() {
                     let mut session = input.activate();
                     for (t, mut batch) in std::mem::take(&mut batches) {

@@ -13,7 +13,9 @@
 //! - [`dataflow`]: the timely dataflow that feeds the engine from the bus, one complete
 //!   event-time epoch at a time, and writes its outputs back to the bus;
 //! - `delivery`: those outputs encoded and handed to the bus in order, a few epochs awaiting
-//!   acknowledgement at once, produced again until they land.
+//!   acknowledgement at once, produced again until they land;
+//! - `read_positions`: the next offset expected per partition, so records the bus deleted
+//!   before they were read (Kafka's retention) are counted and named, not passed over.
 
 pub mod dataflow;
 mod delivery;
@@ -25,6 +27,7 @@ mod point_index;
 mod prefetch;
 pub mod qc;
 pub mod rain;
+mod read_positions;
 pub mod rise;
 
 pub use dataflow::{

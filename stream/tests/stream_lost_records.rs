@@ -1,0 +1,223 @@
+//! Records the bus deleted before the stage read them (Kafka's retention, or `DeleteRecords`):
+//! they are counted and named as lost, the stage goes on with what is left exactly as a run over
+//! only those readings would, and a bounded run whose every remaining record was deleted still
+//! finishes instead of waiting for ever for records that no longer exist. On the embedded bus
+//! and on a real broker (`FLOODCMD_KAFKA`, started by `scripts/test.sh`).
+
+mod common;
+
+use common::{by_point, depth_series, district, run_with, T0};
+use floodcmd_bus::{EmbeddedBus, KafkaBus, KafkaConfig};
+use floodcmd_model::bus::{partition_for, Assignment, Bus, Record};
+use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::event::AlertTransition;
+use floodcmd_model::time::{Clock, ManualClock};
+use floodcmd_model::topic::Topics;
+use floodcmd_model::Reading;
+use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const PARTITIONS: u32 = 4;
+
+/// The lost-records counter is the process's: one scenario at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Up to a metre and back down, one reading every 15 s.
+fn rise_and_fall(sensor: &str) -> Vec<Reading> {
+    let depths: Vec<f64> = (0..60)
+        .map(|i| {
+            if i < 30 {
+                i as f64 * 3.0
+            } else {
+                (180.0 - i as f64 * 3.0).max(0.0)
+            }
+        })
+        .collect();
+    depth_series(&district(), sensor, T0, 15_000, &depths)
+}
+
+fn lost_total() -> u64 {
+    prometheus::default_registry()
+        .gather()
+        .iter()
+        .find(|f| f.name() == "floodcmd_stream_readings_lost_total")
+        .map_or(0, |f| f.get_metric()[0].get_counter().get_value() as u64)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Every record of `topic` up to its end offsets as they are now.
+async fn read_to_end(bus: &dyn Bus, topic: &str) -> Vec<Record> {
+    let ends = bus.end_offsets(topic).await.unwrap();
+    let mut c = bus
+        .consumer(&format!("check-{}", now_ms()), topic, Assignment::All)
+        .await
+        .unwrap();
+    let mut next: Vec<u64> = bus.start_offsets(topic).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while next.iter().zip(&ends).any(|(n, e)| n < e) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} not read to its end"
+        );
+        for r in c.poll(10_000, Duration::from_millis(200)).await.unwrap() {
+            next[r.partition as usize] = r.offset + 1;
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Two sensors in partitions of their own. The group had read the first 10 readings of the one
+/// and 5 of the other, then fell behind the retention: `delete` takes 10..25 of the first away
+/// and all 60 of the second. The stage, run bounded, must end, count 70 lost, commit past them,
+/// and judge what is left as a run over only those readings does.
+async fn fell_behind_the_retention<B, D, F>(bus: B, topics: Topics, delete: D)
+where
+    B: Bus + Clone,
+    D: Fn(String, u32, u64) -> F,
+    F: Future<Output = ()>,
+{
+    let d = district();
+    let candidates = ["WL-UP-01", "WL-LP-01", "WL-LP-02", "WL-UP-02", "WL-UP-03"];
+    let gap_sensor = candidates[0];
+    let partition = |s: &str| partition_for(s.as_bytes(), PARTITIONS);
+    let gone_sensor = *candidates
+        .iter()
+        .find(|s| partition(s) != partition(gap_sensor))
+        .expect("two of the sample's sensors in different partitions");
+    let (gap_p, gone_p) = (partition(gap_sensor), partition(gone_sensor));
+    let (gap_readings, gone_readings) = (rise_and_fall(gap_sensor), rise_and_fall(gone_sensor));
+
+    for t in topics.all() {
+        bus.ensure_topic(&t, PARTITIONS).await.unwrap();
+    }
+    let producer = bus.producer();
+    for r in gap_readings.iter().chain(&gone_readings) {
+        // Stamped now on the bus (the stage reads event time from the reading itself): a
+        // broker's own retention would delete records stamped with the tests' July 2026.
+        producer
+            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), now_ms())
+            .await
+            .unwrap();
+    }
+    let mut c = bus
+        .consumer("stream", &topics.readings(), Assignment::All)
+        .await
+        .unwrap();
+    c.commit(gap_p, 10).await.unwrap();
+    c.commit(gone_p, 5).await.unwrap();
+    drop(c);
+    // A Kafka commit lands asynchronously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = bus.committed("stream", &topics.readings()).await.unwrap();
+        if (committed[gap_p as usize], committed[gone_p as usize]) == (Some(10), Some(5)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commits not seen: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    delete(topics.readings(), gap_p, 25).await;
+    delete(topics.readings(), gone_p, 60).await;
+    let starts = bus.start_offsets(&topics.readings()).await.unwrap();
+    assert_eq!((starts[gap_p as usize], starts[gone_p as usize]), (25, 60));
+
+    let lost_before = lost_total();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let handle = run_stream(
+        Arc::new(bus.clone()),
+        d.clone(),
+        clock,
+        StreamConfig {
+            workers: 2,
+            lateness_ms: 20_000,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: Watermark::Bounded { origin_ms: T0 },
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Joined on a thread of its own, so a stage that never ends fails the test rather than
+    // holding the runtime's shutdown.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.join());
+    });
+    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the bounded run ends although the records it was to read up to are gone")
+        .unwrap();
+
+    assert_eq!(
+        lost_total() - lost_before,
+        15 + 55,
+        "records 10..25 of one partition and 5..60 of the other are lost"
+    );
+    let committed = bus.committed("stream", &topics.readings()).await.unwrap();
+    assert_eq!(committed[gap_p as usize], Some(60));
+    assert_eq!(
+        committed[gone_p as usize],
+        Some(60),
+        "committed past what is gone, as the consumer moved past it"
+    );
+
+    let alerts: Vec<AlertTransition> = read_to_end(&bus, &topics.alerts())
+        .await
+        .iter()
+        .map(|r| decode(&r.payload).unwrap())
+        .collect();
+    let (expected, _) = run_with(d.clone(), &gap_readings[25..], 2, 20_000).await;
+    let point = &d.sensor(gap_sensor).unwrap().point.id;
+    assert!(
+        expected.iter().any(|a| &a.point == point),
+        "the surviving readings raise something to compare"
+    );
+    assert_eq!(by_point(&alerts), by_point(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_bus() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bus = EmbeddedBus::new(1 << 16);
+    let deleting = bus.clone();
+    fell_behind_the_retention(bus, Topics::new("lost"), |topic, p, before| {
+        deleting.delete_records(&topic, p, before).unwrap();
+        std::future::ready(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_real_broker() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bootstrap = std::env::var("FLOODCMD_KAFKA").expect(
+        "FLOODCMD_KAFKA is not set: this test needs a real broker. Run the README's test command \
+         (scripts/test.sh), or start one with scripts/kafka.sh start and export FLOODCMD_KAFKA=127.0.0.1:19092",
+    );
+    let bus = KafkaBus::new(KafkaConfig::new(bootstrap)).unwrap();
+    let deleting = bus.clone();
+    fell_behind_the_retention(
+        bus,
+        Topics::new(format!("test.lost.{}", now_ms())),
+        move |topic, p, before| {
+            let bus = deleting.clone();
+            async move { bus.delete_records(&topic, p, before).await.unwrap() }
+        },
+    )
+    .await;
+}
