@@ -20,6 +20,9 @@
 //! [`ArchiveWriter`] requires, and exact duplicates (same sensor, event time and value, which
 //! at-least-once delivery and device retries produce) are kept once. Undecodable records are
 //! counted and skipped: the stream stage already dead-letters them on the rejects topic.
+//! Records the broker deleted (retention) after the export took its offsets and before it
+//! read them are counted as `deleted` and said so; a partition deleted up to its end is
+//! finished, not waited for.
 //!
 //! **Memory.** Sorting needs the whole range in memory: about 150 bytes a reading, so ten
 //! million readings (a day of 10,000 sensors at one a minute is 14 million) take roughly
@@ -100,6 +103,9 @@ pub struct ExportStats {
     pub outside: u64,
     /// Exact duplicates dropped (same sensor, event time and value as a kept reading).
     pub duplicates: u64,
+    /// Records of the range the bus deleted (retention) before the export read them: lost to
+    /// the archive, and said so.
+    pub deleted: u64,
 }
 
 /// The readings of a range, sorted by `(ts_ms, sensor)` and without exact duplicates.
@@ -213,6 +219,22 @@ pub async fn readings_from_bus(
                 .await
                 .map_err(bus_err("reading records"))?;
             if batch.is_empty() {
+                // A partition the bus deleted up to its end (retention caught up with the
+                // export) has nothing more to give: count what is gone and finish it, rather
+                // than call it stalled.
+                if last_record.elapsed() >= Duration::from_secs(1) {
+                    let starts = bus
+                        .start_offsets(&topic)
+                        .await
+                        .map_err(bus_err("looking up the first offsets"))?;
+                    for (p, at, end) in next.iter_mut() {
+                        let start = starts.get(*p as usize).copied().unwrap_or(0);
+                        if *at < *end && start >= *end {
+                            stats.deleted += *end - *at;
+                            *at = *end;
+                        }
+                    }
+                }
                 if last_record.elapsed() >= STALL_LIMIT {
                     let &(partition, at, end) = next
                         .iter()
@@ -237,6 +259,8 @@ pub async fn readings_from_bus(
                 if rec.offset >= slot.2 || rec.offset < slot.1 {
                     continue;
                 }
+                // Offsets passed over were deleted before they were read.
+                stats.deleted += rec.offset - slot.1;
                 slot.1 = rec.offset + 1;
                 stats.records += 1;
                 match decode::<Reading>(&rec.payload) {
@@ -429,8 +453,106 @@ mod tests {
                 undecodable: 1,
                 outside: 2,
                 duplicates: 1,
+                deleted: 0,
             }
         );
+    }
+
+    /// The embedded bus, but records are deleted (as by retention) the moment a reader asks
+    /// for a consumer: after the export took its offsets, before it read anything.
+    struct DeletedUnderTheReader {
+        inner: EmbeddedBus,
+        /// (partition, delete below)
+        delete: Vec<(u32, u64)>,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for DeletedUnderTheReader {
+        async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+            self.inner.ensure_topic(topic, partitions).await
+        }
+        async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+            self.inner.partitions(topic).await
+        }
+        async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+            self.inner.end_offsets(topic).await
+        }
+        async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+            self.inner.start_offsets(topic).await
+        }
+        async fn offsets_for_time(&self, topic: &str, t: i64) -> Result<Vec<u64>, BusError> {
+            self.inner.offsets_for_time(topic, t).await
+        }
+        async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+            self.inner.committed(group, topic).await
+        }
+        fn producer(&self) -> std::sync::Arc<dyn floodcmd_model::bus::Producer> {
+            self.inner.producer()
+        }
+        async fn consumer(
+            &self,
+            group: &str,
+            topic: &str,
+            assignment: Assignment,
+        ) -> Result<Box<dyn floodcmd_model::bus::Consumer>, BusError> {
+            for &(p, before) in &self.delete {
+                self.inner.delete_records(topic, p, before)?;
+            }
+            self.inner.consumer(group, topic, assignment).await
+        }
+    }
+
+    #[tokio::test]
+    async fn records_deleted_before_the_export_read_them_are_counted_and_it_still_ends() {
+        let inner = EmbeddedBus::new(1024);
+        let topics = Topics::new("unit-export-deleted");
+        inner.ensure_topic(&topics.readings(), 2).await.unwrap();
+        let t0 = 1_800_000_000_000;
+        // One sensor per partition, ten readings each.
+        let part = |s: &str| floodcmd_model::bus::partition_for(s.as_bytes(), 2);
+        let a = "WL-UP-01";
+        let other: Vec<String> = (0..20).map(|i| format!("WL-T-{i:02}")).collect();
+        let b = other
+            .iter()
+            .find(|s| part(s) != part(a))
+            .expect("a sensor id in the other partition")
+            .as_str();
+        let records: Vec<Outgoing> = (0..10)
+            .flat_map(|i| {
+                [
+                    reading(a, t0 + i * 1000, 1.0, t0),
+                    reading(b, t0 + i * 1000, 1.0, t0),
+                ]
+            })
+            .map(|r| Outgoing {
+                key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
+                payload: encode(&r),
+                timestamp_ms: r.ts_ms,
+            })
+            .collect();
+        for r in inner
+            .producer()
+            .send_batch(&topics.readings(), records)
+            .await
+        {
+            r.unwrap();
+        }
+        // 3 of a's partition gone in the middle of the export, all 10 of b's.
+        let (pa, pb) = (part(a), part(b));
+        let bus = DeletedUnderTheReader {
+            inner,
+            delete: vec![(pa, 3), (pb, 10)],
+        };
+        let got = tokio::time::timeout(
+            Duration::from_secs(30),
+            readings_from_bus(&bus, &topics, t0, t0 + 60_000, &mut |_, _| {}),
+        )
+        .await
+        .expect("the export ends although some of its records are gone")
+        .unwrap();
+        assert_eq!(got.readings.len(), 7);
+        assert_eq!(got.stats.deleted, 3 + 10);
+        assert_eq!(got.stats.records, 7);
     }
 
     #[tokio::test]

@@ -197,6 +197,12 @@ pub async fn archive(
         st.duplicates,
         st.undecodable
     );
+    if st.deleted > 0 {
+        println!(
+            "warning: {} records of the range were deleted by the bus (retention) before they could be read; the archive lacks them",
+            st.deleted
+        );
+    }
     if h.readings == 0 {
         println!(
             "note: no readings with event time in the range on {}; check --from/--to and bus.prefix",

@@ -181,6 +181,7 @@ async fn export_gives_the_range_sorted_once_and_replays_like_the_readings() {
             undecodable: 1,
             outside: outside as u64,
             duplicates: 1,
+            deleted: 0,
         }
     );
     let h = &exported.header;

@@ -882,8 +882,15 @@ impl WorkerContext {
                     let (partition, next_offset, reading) = match item {
                         Intake::Fed(partition, reading) => (partition, None, reading),
                         Intake::Record(rec) => {
-                            if let Some(gap) = read_at.read(rec.partition, rec.offset) {
-                                report_lost(index, &topics.readings(), gap);
+                            if let Some(mut gap) = read_at.read(rec.partition, rec.offset) {
+                                // History re-read after a restart was processed before it:
+                                // only what lay past the committed offset is lost.
+                                if let Some(&c) = replay_until.get(&rec.partition) {
+                                    gap.from = gap.from.max(c);
+                                }
+                                if gap.to > gap.from {
+                                    report_lost(index, &topics.readings(), gap);
+                                }
                             }
                             if let Some(end) = remaining.get(&rec.partition) {
                                 if rec.offset + 1 >= *end {
