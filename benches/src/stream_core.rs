@@ -393,6 +393,7 @@ pub async fn kafka_throughput(
             watermark: Watermark::Bounded { origin_ms: T0 },
             rebuild_ms: None,
         };
+        let lost_before = floodcmd_stream::readings_lost_total();
         let start = Instant::now();
         let h = run_stream(
             Arc::new(bus.clone()),
@@ -406,7 +407,15 @@ pub async fn kafka_throughput(
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?
             .map_err(BenchError::Other)?;
-        rates.push(readings as f64 / start.elapsed().as_secs_f64());
+        let elapsed = start.elapsed();
+        // A rate over readings the broker deleted before the stage read them would be a lie.
+        let lost = floodcmd_stream::readings_lost_total() - lost_before;
+        if lost > 0 {
+            return Err(BenchError::Other(format!(
+                "{lost} readings were deleted by the broker before the stage ({workers} workers) read them; no rate to report"
+            )));
+        }
+        rates.push(readings as f64 / elapsed.as_secs_f64());
     }
     let mut r = Report {
         scenario: "stream-kafka".into(),

@@ -100,6 +100,8 @@ fn client_err(e: KafkaError) -> BusError {
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `start_offsets` waits for each partition's answer.
+const START_OFFSETS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The Kafka bus.
 #[derive(Clone)]
@@ -369,11 +371,19 @@ impl Bus for KafkaBus {
     async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
         let me = self.clone();
         let t = topic.to_string();
+        // One attempt, briefly: callers use it as a check and go on without it (unlike the
+        // start of a consumer, which waits out a cluster that is still starting).
         Self::blocking(move || {
             let n = me.partition_count(&t)?;
-            let all: Vec<u32> = (0..n).collect();
-            let lows = me.low_watermarks(&t, &all)?;
-            Ok(all.iter().map(|p| lows[p]).collect())
+            let client = me.producer.inner.client();
+            (0..n)
+                .map(|p| {
+                    client
+                        .fetch_watermarks(&t, p as i32, START_OFFSETS_TIMEOUT)
+                        .map(|(low, _)| low.max(0) as u64)
+                        .map_err(client_err)
+                })
+                .collect()
         })
         .await
     }

@@ -16,7 +16,7 @@
 use crate::delivery::{EncodedBatch, OutputDelivery};
 use crate::engine::{Engine, StreamOutput, TimedReading};
 use crate::prefetch::prefetch;
-use crate::read_positions::{Gap, ReadPositions};
+use crate::read_positions::{Gap, Place, ReadPositions};
 use floodcmd_model::bus::{murmur2, partition_for, Assignment, Bus, BusError, Consumer, Record};
 use floodcmd_model::codec::{decode_reading, encode};
 use floodcmd_model::event::Reject;
@@ -455,9 +455,6 @@ const SPARE_EPOCHS: usize = 4;
 /// Readings a kept vector may have room for, at most.
 const SPARE_CAPACITY: usize = 65_536;
 
-/// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
-/// time share one entry: they pass the probe together, and one entry per record was a queue
-/// as long as the backlog.
 /// Say that records the bus deleted before this worker read them are lost, and count them.
 fn report_lost(worker: usize, topic: &str, gap: Gap) {
     metrics().lost.inc_by(gap.records());
@@ -472,6 +469,15 @@ fn report_lost(worker: usize, topic: &str, gap: Gap) {
     );
 }
 
+/// The readings this process's stage has counted lost so far (`floodcmd_stream_readings_lost_total`):
+/// a bench reads it to refuse a rate over readings that were never processed.
+pub fn readings_lost_total() -> u64 {
+    metrics().lost.get()
+}
+
+/// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
+/// time share one entry: they pass the probe together, and one entry per record was a queue
+/// as long as the backlog.
 fn note_pending(queue: &mut VecDeque<(u64, u64)>, t: u64, next: u64) {
     match queue.back_mut() {
         Some((last_t, last_next)) if *last_t == t => *last_next = next,
@@ -559,22 +565,38 @@ impl WorkerContext {
         };
         // Where each partition's reading starts (the explicit position, else the group's
         // commit, else the first record the bus holds), looked up before the consumer starts:
-        // a first record further on means the bus deleted what was between.
+        // a first record further on means the bus deleted what was between. Only a check: if
+        // the lookups fail, a partition's position starts at its first record read.
         let mut read_at = if mine.is_empty() || feed_input.is_some() {
             ReadPositions::default()
         } else {
-            let committed = self
-                .rt
-                .block_on(self.bus.committed(&self.config.group, &topics.readings()))?;
-            let starts = self
-                .rt
-                .block_on(self.bus.start_offsets(&topics.readings()))?;
-            ReadPositions::new(positions.iter().map(|(p, from)| {
-                let at = from
-                    .or_else(|| committed.get(*p as usize).copied().flatten())
-                    .or_else(|| starts.get(*p as usize).copied());
-                (*p, at.unwrap_or(0))
-            }))
+            let readings = topics.readings();
+            let lookups = self.rt.block_on(async {
+                let committed = self.bus.committed(&self.config.group, &readings).await?;
+                let open = positions.iter().any(|(p, from)| {
+                    from.is_none() && committed.get(*p as usize).copied().flatten().is_none()
+                });
+                let starts = if open {
+                    self.bus.start_offsets(&readings).await?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, BusError>((committed, starts))
+            });
+            match lookups {
+                Ok((committed, starts)) => {
+                    ReadPositions::new(positions.iter().filter_map(|(p, from)| {
+                        let at = from
+                            .or_else(|| committed.get(*p as usize).copied().flatten())
+                            .or_else(|| starts.get(*p as usize).copied())?;
+                        Some((*p, at))
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(worker = index, error = %e, "could not look up where the readings partitions start; lost records are counted from the first record read");
+                    ReadPositions::default()
+                }
+            }
         };
         // When the bus's first offsets were last looked at (see below).
         let mut starts_checked = std::time::Instant::now();
@@ -882,15 +904,27 @@ impl WorkerContext {
                     let (partition, next_offset, reading) = match item {
                         Intake::Fed(partition, reading) => (partition, None, reading),
                         Intake::Record(rec) => {
-                            if let Some(mut gap) = read_at.read(rec.partition, rec.offset) {
-                                // History re-read after a restart was processed before it:
-                                // only what lay past the committed offset is lost.
-                                if let Some(&c) = replay_until.get(&rec.partition) {
-                                    gap.from = gap.from.max(c);
+                            match read_at.read(rec.partition, rec.offset) {
+                                Place::Next => {}
+                                Place::After(mut gap) => {
+                                    // History re-read after a restart was processed before
+                                    // it: only what lay past the committed offset is lost.
+                                    if let Some(&c) = replay_until.get(&rec.partition) {
+                                        gap.from = gap.from.max(c);
+                                    }
+                                    // Bounded, what lies past the end is not this run's.
+                                    if let Some(ends) = &self.end_offsets {
+                                        let end = ends.get(rec.partition as usize).copied();
+                                        gap.to = gap.to.min(end.unwrap_or(gap.to));
+                                    }
+                                    if gap.to > gap.from {
+                                        report_lost(index, &topics.readings(), gap);
+                                    }
                                 }
-                                if gap.to > gap.from {
-                                    report_lost(index, &topics.readings(), gap);
-                                }
+                                // Already counted lost (its fetch was under way when the
+                                // partition was given up), or read before: processed once at
+                                // most, and never a commit behind one made already.
+                                Place::Behind => continue,
                             }
                             if let Some(end) = remaining.get(&rec.partition) {
                                 if rec.offset + 1 >= *end {

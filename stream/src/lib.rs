@@ -31,7 +31,7 @@ mod read_positions;
 pub mod rise;
 
 pub use dataflow::{
-    run_stream, run_stream_fed, run_stream_in_cluster, Cluster, DirectFeed, StreamConfig,
-    StreamHandle, Watermark,
+    readings_lost_total, run_stream, run_stream_fed, run_stream_in_cluster, Cluster, DirectFeed,
+    StreamConfig, StreamHandle, Watermark,
 };
 pub use engine::{Engine, StreamOutput, TimedReading};

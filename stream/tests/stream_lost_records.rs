@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const PARTITIONS: u32 = 4;
 
-/// The lost-records counter is the process's: one scenario at a time.
+/// The lost-records counter is the process's: one scenario at a time (no other test in this
+/// file runs a stage, so the counter moves only for the scenario holding this).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Up to a metre and back down, one reading every 15 s.
@@ -38,12 +39,15 @@ fn rise_and_fall(sensor: &str) -> Vec<Reading> {
     depth_series(&district(), sensor, T0, 15_000, &depths)
 }
 
+/// The counter as Prometheus reads it at `/metrics`.
 fn lost_total() -> u64 {
-    prometheus::default_registry()
+    let from_registry = prometheus::default_registry()
         .gather()
         .iter()
         .find(|f| f.name() == "floodcmd_stream_readings_lost_total")
-        .map_or(0, |f| f.get_metric()[0].get_counter().get_value() as u64)
+        .map_or(0, |f| f.get_metric()[0].get_counter().get_value() as u64);
+    assert_eq!(from_registry, floodcmd_stream::readings_lost_total());
+    from_registry
 }
 
 fn now_ms() -> i64 {
@@ -220,4 +224,70 @@ async fn on_a_real_broker() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_the_gap_is_counted_at_the_first_record_after_it_and_reading_goes_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let d = district();
+    let sensor = "WL-UP-01";
+    let p = partition_for(sensor.as_bytes(), PARTITIONS);
+    let bus = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("lost-live");
+    for t in topics.all() {
+        bus.ensure_topic(&t, PARTITIONS).await.unwrap();
+    }
+    let producer = bus.producer();
+    for r in rise_and_fall(sensor) {
+        producer
+            .send(&topics.readings(), r.sensor.as_bytes(), encode(&r), r.ts_ms)
+            .await
+            .unwrap();
+    }
+    let mut c = bus
+        .consumer("stream", &topics.readings(), Assignment::All)
+        .await
+        .unwrap();
+    c.commit(p, 10).await.unwrap();
+    drop(c);
+    bus.delete_records(&topics.readings(), p, 25).unwrap();
+
+    let lost_before = lost_total();
+    // Every reading is behind the clock's watermark: read, judged, committed as it comes.
+    let clock = ManualClock::new(T0 + 3_600_000);
+    let c: Arc<dyn Clock> = Arc::new(clock);
+    let handle = run_stream(
+        Arc::new(bus.clone()),
+        d,
+        c.clone(),
+        StreamConfig {
+            workers: 2,
+            lateness_ms: 20_000,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: Watermark::Clock(c),
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = bus.committed("stream", &topics.readings()).await.unwrap();
+        if committed[p as usize] == Some(60) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live stage did not read past the gap: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lost_total() - lost_before, 15, "records 10..25 are lost");
+    assert!(!handle.is_finished(), "a live stage goes on after a gap");
+    handle.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
 }
