@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{by_point, depth_series, district, run_with, T0};
+use common::{by_point, depth_series, district, run_with, up_and_down, T0};
 use floodcmd_bus::{EmbeddedBus, KafkaBus, KafkaConfig};
 use floodcmd_model::bus::{partition_for, Assignment, Bus, Record};
 use floodcmd_model::codec::{decode, encode};
@@ -25,18 +25,9 @@ const PARTITIONS: u32 = 4;
 /// file runs a stage, so the counter moves only for the scenario holding this).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Up to a metre and back down, one reading every 15 s.
+/// Up to 90 cm and back down, one reading every 15 s.
 fn rise_and_fall(sensor: &str) -> Vec<Reading> {
-    let depths: Vec<f64> = (0..60)
-        .map(|i| {
-            if i < 30 {
-                i as f64 * 3.0
-            } else {
-                (180.0 - i as f64 * 3.0).max(0.0)
-            }
-        })
-        .collect();
-    depth_series(&district(), sensor, T0, 15_000, &depths)
+    depth_series(&district(), sensor, T0, 15_000, &up_and_down(30))
 }
 
 /// The counter as Prometheus reads it at `/metrics`.
@@ -55,6 +46,52 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Create the topics, put `readings` on the readings topic (stamped now on the bus: the stage
+/// reads event time from the reading itself, and a broker's own retention would delete records
+/// stamped with the tests' July 2026), and commit `commits` (partition, next offset) for the
+/// stage's group, as a run that read that far and stopped.
+async fn readings_read_up_to(
+    bus: &dyn Bus,
+    topics: &Topics,
+    readings: &[Reading],
+    commits: &[(u32, u64)],
+) {
+    for t in topics.all() {
+        bus.ensure_topic(&t, PARTITIONS).await.unwrap();
+    }
+    let producer = bus.producer();
+    for r in readings {
+        producer
+            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), now_ms())
+            .await
+            .unwrap();
+    }
+    let mut c = bus
+        .consumer("stream", &topics.readings(), Assignment::All)
+        .await
+        .unwrap();
+    for &(p, next) in commits {
+        c.commit(p, next).await.unwrap();
+    }
+    drop(c);
+    // A Kafka commit lands asynchronously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = bus.committed("stream", &topics.readings()).await.unwrap();
+        if commits
+            .iter()
+            .all(|&(p, next)| committed[p as usize] == Some(next))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commits not seen: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Every record of `topic` up to its end offsets as they are now.
@@ -101,38 +138,8 @@ where
     let (gap_p, gone_p) = (partition(gap_sensor), partition(gone_sensor));
     let (gap_readings, gone_readings) = (rise_and_fall(gap_sensor), rise_and_fall(gone_sensor));
 
-    for t in topics.all() {
-        bus.ensure_topic(&t, PARTITIONS).await.unwrap();
-    }
-    let producer = bus.producer();
-    for r in gap_readings.iter().chain(&gone_readings) {
-        // Stamped now on the bus (the stage reads event time from the reading itself): a
-        // broker's own retention would delete records stamped with the tests' July 2026.
-        producer
-            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), now_ms())
-            .await
-            .unwrap();
-    }
-    let mut c = bus
-        .consumer("stream", &topics.readings(), Assignment::All)
-        .await
-        .unwrap();
-    c.commit(gap_p, 10).await.unwrap();
-    c.commit(gone_p, 5).await.unwrap();
-    drop(c);
-    // A Kafka commit lands asynchronously.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let committed = bus.committed("stream", &topics.readings()).await.unwrap();
-        if (committed[gap_p as usize], committed[gone_p as usize]) == (Some(10), Some(5)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "commits not seen: {committed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all: Vec<Reading> = gap_readings.iter().chain(&gone_readings).cloned().collect();
+    readings_read_up_to(&bus, &topics, &all, &[(gap_p, 10), (gone_p, 5)]).await;
     delete(topics.readings(), gap_p, 25).await;
     delete(topics.readings(), gone_p, 60).await;
     let starts = bus.start_offsets(&topics.readings()).await.unwrap();
@@ -234,22 +241,7 @@ async fn live_the_gap_is_counted_at_the_first_record_after_it_and_reading_goes_o
     let p = partition_for(sensor.as_bytes(), PARTITIONS);
     let bus = EmbeddedBus::new(1 << 16);
     let topics = Topics::new("lost-live");
-    for t in topics.all() {
-        bus.ensure_topic(&t, PARTITIONS).await.unwrap();
-    }
-    let producer = bus.producer();
-    for r in rise_and_fall(sensor) {
-        producer
-            .send(&topics.readings(), r.sensor.as_bytes(), encode(&r), r.ts_ms)
-            .await
-            .unwrap();
-    }
-    let mut c = bus
-        .consumer("stream", &topics.readings(), Assignment::All)
-        .await
-        .unwrap();
-    c.commit(p, 10).await.unwrap();
-    drop(c);
+    readings_read_up_to(&bus, &topics, &rise_and_fall(sensor), &[(p, 10)]).await;
     bus.delete_records(&topics.readings(), p, 25).unwrap();
 
     let lost_before = lost_total();

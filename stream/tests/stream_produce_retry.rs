@@ -7,7 +7,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{depth_series, district, T0};
+use common::{depth_series, district, up_and_down, T0};
 use floodcmd_bus::{EmbeddedBus, WithProducer};
 use floodcmd_model::bus::{
     partition_for, Acknowledgements, Assignment, Bus, BusError, Delivery, Outgoing, Producer,
@@ -145,15 +145,7 @@ async fn run(
 /// 15 s: statuses every epoch, transitions up and down.
 fn rise_and_fall() -> Vec<Reading> {
     let d = district();
-    let depths: Vec<f64> = (0..40)
-        .map(|i| {
-            if i < 20 {
-                i as f64 * 3.0
-            } else {
-                (120.0 - i as f64 * 3.0).max(0.0)
-            }
-        })
-        .collect();
+    let depths = up_and_down(20);
     let mut readings = Vec::new();
     for sensor in ["WL-UP-01", "WL-LP-01", "WL-LP-02"] {
         readings.extend(depth_series(&d, sensor, T0, 15_000, &depths));

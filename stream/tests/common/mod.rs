@@ -77,6 +77,19 @@ pub fn depth_series(
         .collect()
 }
 
+/// `2 × steps` depths in cm: 0, 3, 6, … up to 3 × `steps`, then down 3 cm a step.
+pub fn up_and_down(steps: usize) -> Vec<f64> {
+    (0..2 * steps)
+        .map(|i| {
+            if i < steps {
+                i as f64 * 3.0
+            } else {
+                (6.0 * steps as f64 - i as f64 * 3.0).max(0.0)
+            }
+        })
+        .collect()
+}
+
 /// Put `readings` on a fresh bus in this order, run the stage to the end, and read back
 /// every alert transition and status it wrote.
 pub async fn run_with(
