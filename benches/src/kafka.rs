@@ -54,6 +54,20 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), Ben
 
 /// Produce `records` readings to a fresh topic, then consume them all; blocking.
 pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling, BenchError> {
+    let (topic, produce_per_s) = fill_topic(bootstrap, records, partitions)?;
+    Ok(Ceiling {
+        produce_per_s,
+        consume_per_s: consume_topic(bootstrap, &topic, records, partitions)?,
+    })
+}
+
+/// Produce `records` readings to a fresh topic as fast as librdkafka will; blocking. Returns
+/// the topic and the rate, records/s (acknowledged).
+pub fn fill_topic(
+    bootstrap: &str,
+    records: u64,
+    partitions: i32,
+) -> Result<(String, f64), BenchError> {
     let topic = format!("bench.ceiling.{}", std::process::id());
     create_topic(bootstrap, &topic, partitions)?;
     let payloads: Vec<(String, bytes::Bytes)> = (0..1000)
@@ -96,20 +110,19 @@ pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling
         }
     }
     producer.flush(Duration::from_secs(120))?;
-    let produce_s = start.elapsed().as_secs_f64();
+    Ok((topic, records as f64 / start.elapsed().as_secs_f64()))
+}
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("bench-ceiling-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("fetch.min.bytes", "1048576")
-        .set("fetch.wait.max.ms", "50")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+/// Consume the first `records` records of `topic` (filled by [`fill_topic`]) from the
+/// beginning, as fast as librdkafka will; blocking. Returns records/s. Each call reads afresh
+/// (a group of its own), so a run can take the ceiling more than once.
+pub fn consume_topic(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    partitions: i32,
+) -> Result<f64, BenchError> {
+    let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
     let start = Instant::now();
     let mut seen = 0u64;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -124,11 +137,120 @@ pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling
             seen += 1;
         }
     }
-    let consume_s = start.elapsed().as_secs_f64();
-    Ok(Ceiling {
-        produce_per_s: records as f64 / produce_s,
-        consume_per_s: records as f64 / consume_s,
-    })
+    Ok(records as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A consumer of every partition of `topic` from the beginning, in a group of its own, set
+/// for throughput.
+fn ceiling_consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<BaseConsumer, BenchError> {
+    static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let read = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("bench-ceiling-{}-{read}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.min.bytes", "1048576")
+        .set("fetch.wait.max.ms", "50")
+        // At librdkafka's default (1 s), a partition whose local queue filled was not fetched
+        // again for a second, and the whole read came out in whole-second steps (1M records in
+        // 2.3, 3.3 or 4.3 s: ceilings of 430k, 300k or 230k records/s from one run to the next).
+        .set("fetch.queue.backoff.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// The raw pipe: consume the first `records` records of `topic` (filled by [`fill_topic`]) and
+/// for each produce `per_record` records on average (cycling through `outputs`, key and
+/// payload, as a stage's real outputs) to a fresh topic, with floodcmd's producer settings
+/// (idempotent, acks=all, linger 5 ms, LZ4), until every one is acknowledged; one thread,
+/// no rules, nothing decoded. Returns records consumed per second.
+///
+/// What librdkafka and the broker allow a stage that reads a reading and writes what it
+/// causes: the stream stage's outputs are more records than its input, and bigger ones.
+pub fn pipe_topic(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    partitions: i32,
+    outputs: &[(bytes::Bytes, bytes::Bytes)],
+    per_record: f64,
+) -> Result<f64, BenchError> {
+    if outputs.is_empty() {
+        return Err(BenchError::Other("no outputs to pipe".into()));
+    }
+    static PIPES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let out_topic = format!(
+        "bench.pipe.{}.{}",
+        std::process::id(),
+        PIPES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    create_topic(bootstrap, &out_topic, partitions)?;
+    let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(300);
+    let (mut seen, mut owed, mut next) = (0u64, 0.0f64, 0usize);
+    while seen < records {
+        if Instant::now() > deadline {
+            return Err(BenchError::Other(format!("piped only {seen} of {records}")));
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        m?;
+        seen += 1;
+        owed += per_record;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let (key, payload) = &outputs[next % outputs.len()];
+            next += 1;
+            let p = partition_for(key, partitions as u32) as i32;
+            let mut record = BaseRecord::to(&out_topic)
+                .key(&key[..])
+                .payload(&payload[..])
+                .partition(p);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        // Delivery reports served as they come, as the stage's producer thread does.
+        if seen % 1024 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(records as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The `kafka-ceiling` scenario.

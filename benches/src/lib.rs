@@ -8,7 +8,8 @@
 //! - [`influx_sink::throughput`]: the time-series sink's sustained write rate into a real
 //!   server, beside that server's own ceiling;
 //! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory;
-//!   and reading its input from a real Kafka topic beside the raw consume ceiling;
+//!   and reading its input from a real Kafka topic beside the raw consume ceiling taken around
+//!   each run;
 //! - [`fanout::run`]: websocket clients on the command wall while readings stream in at a
 //!   fixed rate through the whole pipeline: ingest → delta latency per client;
 //! - [`pipeline::run`]: the whole pipeline (in process on the embedded bus, or stage processes

@@ -8,7 +8,7 @@ mod common;
 
 use common::{by_point, depth_series, district, run_with, up_and_down, T0};
 use floodcmd_bus::{EmbeddedBus, KafkaBus, KafkaConfig};
-use floodcmd_model::bus::{partition_for, Assignment, Bus, Record};
+use floodcmd_model::bus::{partition_for, Assignment, Bus, BusError, Consumer, Producer, Record};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::AlertTransition;
 use floodcmd_model::time::{Clock, ManualClock};
@@ -277,6 +277,121 @@ async fn live_the_gap_is_counted_at_the_first_record_after_it_and_reading_goes_o
     }
     assert_eq!(lost_total() - lost_before, 15, "records 10..25 are lost");
     assert!(!handle.is_finished(), "a live stage goes on after a gap");
+    handle.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The embedded bus, but the readings' oldest records are deleted at the moment the stage asks
+/// for its consumer: after it looked up where its rebuild starts, before it read a record (the
+/// race a restart near Kafka's retention runs).
+#[derive(Clone)]
+struct DeletedWhileRebuilding {
+    inner: EmbeddedBus,
+    /// (topic, partition, delete every record before this offset).
+    delete: (String, u32, u64),
+}
+
+#[async_trait::async_trait]
+impl Bus for DeletedWhileRebuilding {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.inner.ensure_topic(topic, partitions).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.inner.partitions(topic).await
+    }
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.end_offsets(topic).await
+    }
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.start_offsets(topic).await
+    }
+    async fn offsets_for_time(&self, topic: &str, t: i64) -> Result<Vec<u64>, BusError> {
+        self.inner.offsets_for_time(topic, t).await
+    }
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+        self.inner.committed(group, topic).await
+    }
+    fn producer(&self) -> Arc<dyn Producer> {
+        self.inner.producer()
+    }
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let (t, p, before) = &self.delete;
+        if t == topic && group == "stream" {
+            self.inner.delete_records(topic, *p, *before)?;
+        }
+        self.inner.consumer(group, topic, assignment).await
+    }
+}
+
+/// A restarted stage re-reads history before its committed offset (30) to rebuild its
+/// windows; the bus deletes offsets 0..35 between the rebuild's lookup and its first read.
+/// The 30 it had processed before the restart are not lost; the 5 past the commit are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_history_deleted_under_a_restart_is_not_counted_lost_only_what_follows_the_commit()
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let d = district();
+    let sensor = "WL-UP-01";
+    let p = partition_for(sensor.as_bytes(), PARTITIONS);
+    let inner = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("lost-rebuild");
+    let readings = rise_and_fall(sensor);
+    readings_read_up_to(&inner, &topics, &readings, &[(p, 30)]).await;
+    let bus = DeletedWhileRebuilding {
+        inner: inner.clone(),
+        delete: (topics.readings(), p, 35),
+    };
+
+    let lost_before = lost_total();
+    let clock = ManualClock::new(T0 + 3_600_000);
+    let c: Arc<dyn Clock> = Arc::new(clock);
+    let handle = run_stream(
+        Arc::new(bus),
+        d,
+        c.clone(),
+        StreamConfig {
+            workers: 2,
+            lateness_ms: 20_000,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: Watermark::Clock(c),
+            // Reaches back before every record on the bus (stamped now, the clock is July).
+            rebuild_ms: Some(3_600_000),
+        },
+    )
+    .await
+    .unwrap();
+    let end = readings.len() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = inner.committed("stream", &topics.readings()).await.unwrap();
+        if committed[p as usize] == Some(end) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted stage did not read to the end: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        inner.start_offsets(&topics.readings()).await.unwrap()[p as usize],
+        35,
+        "the deletion happened under the stage"
+    );
+    assert_eq!(
+        lost_total() - lost_before,
+        5,
+        "only offsets 30..35, past the commit, are lost"
+    );
     handle.stop();
     tokio::task::spawn_blocking(move || handle.join())
         .await
