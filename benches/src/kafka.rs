@@ -63,11 +63,7 @@ pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling
 
 /// Produce `records` readings to a fresh topic as fast as librdkafka will; blocking. Returns
 /// the topic and the rate, records/s (acknowledged).
-pub fn fill_topic(
-    bootstrap: &str,
-    records: u64,
-    partitions: i32,
-) -> Result<(String, f64), BenchError> {
+fn fill_topic(bootstrap: &str, records: u64, partitions: i32) -> Result<(String, f64), BenchError> {
     let topic = format!("bench.ceiling.{}", std::process::id());
     create_topic(bootstrap, &topic, partitions)?;
     let payloads: Vec<(String, bytes::Bytes)> = (0..1000)
@@ -113,9 +109,9 @@ pub fn fill_topic(
     Ok((topic, records as f64 / start.elapsed().as_secs_f64()))
 }
 
-/// Consume the first `records` records of `topic` (filled by [`fill_topic`]) from the
-/// beginning, as fast as librdkafka will; blocking. Returns records/s. Each call reads afresh
-/// (a group of its own), so a run can take the ceiling more than once.
+/// Consume the first `records` records of `topic` from the beginning, as fast as librdkafka
+/// will; blocking. Returns records/s. Each call reads afresh (a group of its own), so a run
+/// can take the ceiling more than once.
 pub fn consume_topic(
     bootstrap: &str,
     topic: &str,
@@ -171,11 +167,12 @@ fn ceiling_consumer(
     Ok(consumer)
 }
 
-/// The raw pipe: consume the first `records` records of `topic` (filled by [`fill_topic`]) and
-/// for each produce `per_record` records on average (cycling through `outputs`, key and
-/// payload, as a stage's real outputs) to a fresh topic, with floodcmd's producer settings
-/// (idempotent, acks=all, linger 5 ms, LZ4), until every one is acknowledged; one thread,
-/// no rules, nothing decoded. Returns records consumed per second.
+/// The raw pipe: consume the first `records` records of `topic` and for each produce
+/// `per_record` records on average (cycling through `outputs`, key and payload, as a stage's
+/// real outputs) to a fresh topic, with the bus's producer settings (idempotent, acks=all,
+/// linger 5 ms, LZ4; librdkafka's own queue, its delivery reports served on a thread of their
+/// own as the bus's are), until every one is acknowledged; one thread, no rules, nothing
+/// decoded. Returns records consumed per second.
 ///
 /// What librdkafka and the broker allow a stage that reads a reading and writes what it
 /// causes: the stream stage's outputs are more records than its input, and bigger ones.
@@ -187,6 +184,7 @@ pub fn pipe_topic(
     outputs: &[(bytes::Bytes, bytes::Bytes)],
     per_record: f64,
 ) -> Result<f64, BenchError> {
+    use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
     if outputs.is_empty() {
         return Err(BenchError::Other("no outputs to pipe".into()));
     }
@@ -198,13 +196,13 @@ pub fn pipe_topic(
     );
     create_topic(bootstrap, &out_topic, partitions)?;
     let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
-    let producer: BaseProducer = ClientConfig::new()
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
         .create()?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);
@@ -231,6 +229,7 @@ pub fn pipe_topic(
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
+                    // Room comes as the broker acknowledges, as the bus waits for it.
                     Err((
                         rdkafka::error::KafkaError::MessageProduction(
                             rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -238,15 +237,11 @@ pub fn pipe_topic(
                         r,
                     )) => {
                         record = r;
-                        producer.poll(Duration::from_millis(1));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     Err((e, _)) => return Err(e.into()),
                 }
             }
-        }
-        // Delivery reports served as they come, as the stage's producer thread does.
-        if seen % 1024 == 0 {
-            producer.poll(Duration::ZERO);
         }
     }
     producer.flush(Duration::from_secs(120))?;

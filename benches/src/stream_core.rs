@@ -315,8 +315,8 @@ pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError>
     Ok(r)
 }
 
-/// The raw librdkafka consume rate of `topic` (filled by [`crate::kafka::fill_topic`]), taken
-/// off the async runtime.
+/// The raw librdkafka consume rate of the first `records` records of `topic`, taken off the
+/// async runtime.
 async fn consume_ceiling(bootstrap: &str, topic: &str, records: u64) -> Result<f64, BenchError> {
     let (b, t) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || crate::kafka::consume_topic(&b, &t, records, 4))
@@ -327,15 +327,17 @@ async fn consume_ceiling(bootstrap: &str, topic: &str, records: u64) -> Result<f
 /// The `stream-kafka` scenario: `readings` of a synthetic district put on a fresh Kafka
 /// readings topic first, then the stream stage (bounded, 1 then 2 workers) reads them back
 /// from the broker and runs every rule, timed from start to finish; beside the raw librdkafka
-/// consume ceiling of the same broker, taken before, between and after the stage's runs.
+/// consume ceiling of the same readings topic, taken before, between and after the stage's
+/// runs.
 ///
 /// Each stage run is set against the mean of the ceilings taken just before and just after
 /// it. One ceiling taken first was the whole denominator before, and it came out anywhere
 /// between 229k and 413k records/s from one run to the next (most of that was librdkafka's
-/// fetch back-off, see `crate::kafka::consume_topic`).
+/// fetch back-off, see `crate::kafka::ceiling_consumer`).
 ///
 /// Then a second peer: the raw pipe ([`crate::kafka::pipe_topic`]), which consumes the same
-/// readings and produces the stage's own outputs, as many per reading, with nothing between.
+/// readings topic and produces the stage's own outputs, as many per reading, with nothing
+/// between.
 /// The stage writes more records than it reads, and bigger ones; the pipe says what the broker
 /// and librdkafka leave for the rules on this machine.
 pub async fn kafka_throughput(
@@ -346,12 +348,6 @@ pub async fn kafka_throughput(
 ) -> Result<Report, BenchError> {
     use floodcmd_bus::{KafkaBus, KafkaConfig};
     use floodcmd_model::bus::Outgoing;
-    let b = bootstrap.to_string();
-    let (ceiling_topic, _) =
-        tokio::task::spawn_blocking(move || crate::kafka::fill_topic(&b, readings, 4))
-            .await
-            .map_err(|e| BenchError::Other(e.to_string()))??;
-    let mut ceilings = vec![consume_ceiling(bootstrap, &ceiling_topic, readings).await?];
     let district = Arc::new(
         District::from_file(floodcmd_sim::synthetic_district(sensors))
             .map_err(|e| BenchError::Other(e.to_string()))?,
@@ -401,8 +397,12 @@ pub async fn kafka_throughput(
             }
         }
     }
+    let readings_topic = topics.readings();
+    let mut ceilings = vec![consume_ceiling(bootstrap, &readings_topic, readings).await?];
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
     let mut rates = Vec::new();
+    // Outputs on the bus after each run (every run writes all of its own).
+    let mut outputs_after = vec![0u64];
     for workers in [1usize, 2] {
         let config = StreamConfig {
             workers,
@@ -435,26 +435,31 @@ pub async fn kafka_throughput(
             )));
         }
         rates.push(readings as f64 / elapsed.as_secs_f64());
-        ceilings.push(consume_ceiling(bootstrap, &ceiling_topic, readings).await?);
+        let mut written = 0u64;
+        for t in [topics.status(), topics.alerts()] {
+            written += bus
+                .end_offsets(&t)
+                .await
+                .map_err(other)?
+                .iter()
+                .sum::<u64>();
+        }
+        outputs_after.push(written);
+        ceilings.push(consume_ceiling(bootstrap, &readings_topic, readings).await?);
     }
     // The pipe: the same readings consumed and the stage's own outputs (the same records, as
-    // many per reading) produced, raw. Both runs wrote every output once.
-    let mut written = 0u64;
-    for t in [topics.status(), topics.alerts()] {
-        written += bus
-            .end_offsets(&t)
-            .await
-            .map_err(other)?
-            .iter()
-            .sum::<u64>();
-    }
-    let per_reading = written as f64 / 2.0 / readings as f64;
+    // many per reading as the 2-worker run wrote) produced, raw.
+    let per_run: Vec<f64> = outputs_after
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / readings as f64)
+        .collect();
+    let per_reading = per_run[1];
     let outputs = sample_outputs(&bus, &topics, 2000).await?;
     let mut pipes = Vec::new();
     for _ in 0..2 {
         let (b, t, o) = (
             bootstrap.to_string(),
-            ceiling_topic.clone(),
+            readings_topic.clone(),
             outputs.clone(),
         );
         pipes.push(
@@ -470,7 +475,7 @@ pub async fn kafka_throughput(
         scenario: "stream-kafka".into(),
         command: command.into(),
         machine: Machine::here(),
-        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of as many readings, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: as many readings consumed and, for each, the stage's own outputs (sampled from its topics, as many per reading) produced with its producer settings; one thread" }),
+        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's" }),
         figures: Vec::new(),
     };
     for (i, when) in [
@@ -487,26 +492,16 @@ pub async fn kafka_throughput(
             "records/s",
         );
     }
-    for (i, label) in [
-        "stream stage from Kafka, 1 worker",
-        "stream stage from Kafka, 2 workers",
-    ]
-    .iter()
-    .enumerate()
-    {
-        r.figure_vs(
-            label,
-            rates[i],
-            "readings/s",
-            (ceilings[i] + ceilings[i + 1]) / 2.0,
-            "raw Kafka consume ceiling (mean of the two around the run)",
+    for (i, per) in per_run.iter().enumerate() {
+        r.figure(
+            &format!(
+                "outputs the stage wrote per reading, {} (statuses and transitions)",
+                ["1 worker", "2 workers"][i]
+            ),
+            *per,
+            "outputs",
         );
     }
-    r.figure(
-        "outputs the stage wrote per reading (statuses and transitions)",
-        per_reading,
-        "outputs",
-    );
     for (i, p) in pipes.iter().enumerate() {
         r.figure(
             &format!(
@@ -517,15 +512,16 @@ pub async fn kafka_throughput(
             "readings/s",
         );
     }
-    for (i, label) in [
-        "stream stage from Kafka, 1 worker, against the pipe",
-        "stream stage from Kafka, 2 workers, against the pipe",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
         r.figure_vs(
-            label,
+            &format!("stream stage from Kafka, {workers}"),
+            rates[i],
+            "readings/s",
+            (ceilings[i] + ceilings[i + 1]) / 2.0,
+            "raw Kafka consume ceiling (mean of the two around the run)",
+        );
+        r.figure_vs(
+            &format!("stream stage from Kafka, {workers}, against the pipe"),
             rates[i],
             "readings/s",
             pipe,
@@ -535,8 +531,8 @@ pub async fn kafka_throughput(
     Ok(r)
 }
 
-/// Up to `n` of the stage's outputs, key and payload, statuses and transitions in the
-/// proportion it wrote them, interleaved.
+/// Up to `n` of the stage's outputs, key and payload: the first of each topic (the run's
+/// first minutes), statuses and transitions in the proportion it wrote them, interleaved.
 async fn sample_outputs(
     bus: &floodcmd_bus::KafkaBus,
     topics: &Topics,

@@ -137,6 +137,18 @@ fn producer_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// A consumer's settings in `group`: the tunable defaults, the extra settings over them, then
+/// what the bus's offsets rest on (it commits alone, after the outputs; a deleted offset
+/// goes on at the first record left).
+fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = config.client_with(CONSUMER_DEFAULTS);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    c
+}
+
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `start_offsets` waits for each partition's answer.
 const START_OFFSETS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -509,13 +521,7 @@ impl Bus for KafkaBus {
         let n = self.partitions(topic).await?;
         let wanted = assignment.resolve(topic, n)?;
         let assigned: Vec<u32> = wanted.iter().map(|(p, _)| *p).collect();
-        let consumer: StreamConsumer = self
-            .config
-            .client_with(CONSUMER_DEFAULTS)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+        let consumer: StreamConsumer = consumer_config(&self.config, group)
             .create()
             .map_err(client_err)?;
         let mut tpl = TopicPartitionList::new();
@@ -893,5 +899,23 @@ mod tests {
         let set = producer_config(&config);
         assert_eq!(set.get("acks"), Some("all"));
         assert_eq!(set.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn extra_settings_cannot_take_the_commits_from_the_bus() {
+        let mut config = KafkaConfig::new("127.0.0.1:9");
+        config.extra = vec![
+            ("enable.auto.commit".into(), "true".into()),
+            ("enable.auto.offset.store".into(), "true".into()),
+            ("auto.offset.reset".into(), "latest".into()),
+            ("group.id".into(), "someone-else".into()),
+            ("fetch.wait.max.ms".into(), "100".into()),
+        ];
+        let set = consumer_config(&config, "stream");
+        assert_eq!(set.get("enable.auto.commit"), Some("false"));
+        assert_eq!(set.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(set.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(set.get("group.id"), Some("stream"));
+        assert_eq!(set.get("fetch.wait.max.ms"), Some("100"));
     }
 }

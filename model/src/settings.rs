@@ -49,9 +49,11 @@ pub struct BusSettings {
     pub bootstrap: String,
     /// Kafka: replication factor of the topics floodcmd creates.
     pub replication: u32,
-    /// Kafka: more librdkafka properties, applied last to every client (`[bus.kafka]`), e.g.
+    /// Kafka: more librdkafka properties for every client (`[bus.kafka]`), e.g.
     /// `"security.protocol" = "SASL_SSL"`, `"ssl.ca.location"`, `"sasl.mechanism"`,
-    /// `"sasl.username"`, `"sasl.password"` (docs/SECURITY.md).
+    /// `"sasl.username"`, `"sasl.password"` (docs/SECURITY.md), or tuning. They override the
+    /// bus's tunable defaults, not idempotent `acks=all` producing or the bus's own offset
+    /// commits.
     pub kafka: std::collections::BTreeMap<String, String>,
     /// Kafka: `min.insync.replicas` of the topics floodcmd creates (capped at `replication`):
     /// with replication 3 and 2, an acknowledged record survives the loss of any one broker.

@@ -323,8 +323,12 @@ impl Bus for DeletedWhileRebuilding {
         topic: &str,
         assignment: Assignment,
     ) -> Result<Box<dyn Consumer>, BusError> {
+        // Only under the worker that reads the partition, after its own rebuild lookup: under
+        // the other, the lookup could come after the deletion and find no history to rebuild.
         let (t, p, before) = &self.delete;
-        if t == topic && group == "stream" {
+        let reads_it =
+            matches!(&assignment, Assignment::Positions(v) if v.iter().any(|(q, _)| q == p));
+        if t == topic && group == "stream" && reads_it {
             self.inner.delete_records(topic, *p, *before)?;
         }
         self.inner.consumer(group, topic, assignment).await
