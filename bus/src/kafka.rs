@@ -697,8 +697,9 @@ impl KafkaProducer {
                 .timestamp(r.timestamp_ms);
             // A full local queue waits for room up to `queue_timeout`, then fails the record
             // with `Timeout` (the gateway's 429); records after it still get their chance.
-            // The deadline is taken when the queue is first found full: reading the clock for
-            // every record was a twentieth of the time of the thread that enqueues.
+            // The deadline is taken when the queue is first found full: the thread that
+            // enqueues spent a twentieth of its time reading the clock, once a record here
+            // and in librdkafka besides.
             let mut deadline = None;
             loop {
                 match self.inner.send(record) {
