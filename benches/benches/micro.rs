@@ -1,13 +1,18 @@
 //! Micro-benchmarks of the per-reading hot path: decode a record, update a rain window,
-//! evaluate thresholds.
+//! evaluate thresholds; and the rules engine alone over a district larger than the cache, the
+//! part of the stream stage that the `stream-core` scenario cannot time apart from decoding,
+//! timely and the bus (and that a shared machine's noise hides in a whole run).
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use floodcmd_benches::sample_reading;
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::config::LevelThresholds;
-use floodcmd_model::Reading;
+use floodcmd_model::time::{Clock, ManualClock};
+use floodcmd_model::{District, Reading};
 use floodcmd_stream::level::LevelTracker;
 use floodcmd_stream::rain::RainWindows;
+use floodcmd_stream::{Engine, TimedReading};
+use std::sync::Arc;
 
 fn codec(c: &mut Criterion) {
     let r = sample_reading(7);
@@ -45,5 +50,74 @@ fn thresholds(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, window, thresholds);
+/// The engine of one worker owning every point of a 10,000-sensor synthetic district: readings
+/// one per sensor a minute, as `stream-core` makes them, applied epoch by epoch, the outputs
+/// built and let go. The first 10 minutes are applied untimed: a fresh engine's first readings
+/// also grow every point's state, which a running stage has done long before. The next 20
+/// minutes (220,000 readings) are timed.
+fn engine(c: &mut Criterion) {
+    const T0: i64 = 1_783_000_000_000;
+    const WARM_MIN: u64 = 10;
+    const TIMED_MIN: u64 = 20;
+    let district = District::from_file(floodcmd_sim::synthetic_district(10_000)).unwrap();
+    let sensors: Vec<_> = district.sensors().collect();
+    let n = sensors.len() as u64;
+    let mut epochs: Vec<(i64, Vec<TimedReading>)> = Vec::new();
+    for i in 0..(WARM_MIN + TIMED_MIN) * n {
+        let s = &sensors[(i % n) as usize];
+        let minute = i / n;
+        let ts_ms = T0 + minute as i64 * 60_000 + (i % n) as i64 % 60_000;
+        let reading = Reading {
+            sensor: s.sensor.id.clone(),
+            point: s.point.id.clone(),
+            kind: s.sensor.kind,
+            ts_ms,
+            value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
+            seq: Some(minute),
+            received_ms: T0,
+        };
+        let epoch_ms = ts_ms - ts_ms.rem_euclid(1000);
+        if epochs.last().is_none_or(|(e, _)| *e != epoch_ms) {
+            epochs.push((epoch_ms, Vec::new()));
+        }
+        let (_, batch) = epochs.last_mut().expect("pushed");
+        batch.push(TimedReading {
+            reading,
+            late: false,
+            replay: false,
+        });
+    }
+    let warm_until = T0 + WARM_MIN as i64 * 60_000;
+    let split = epochs.partition_point(|(e, _)| *e < warm_until);
+    let (warm, timed) = epochs.split_at(split);
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(TIMED_MIN * n));
+    g.sample_size(10);
+    g.bench_function("apply_epochs_10k_sensors", |b| {
+        b.iter_batched(
+            || {
+                let mut engine = Engine::new(&district, |_| true, clock.clone(), T0);
+                let mut out = Vec::new();
+                for (epoch_ms, readings) in warm {
+                    engine.apply_epoch(*epoch_ms, readings, &mut out);
+                    out.clear();
+                }
+                engine
+            },
+            |mut engine| {
+                let mut out = Vec::new();
+                for (epoch_ms, readings) in timed {
+                    engine.apply_epoch(*epoch_ms, readings, &mut out);
+                    out.clear();
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, window, thresholds, engine);
 criterion_main!(benches);

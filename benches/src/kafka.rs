@@ -196,14 +196,9 @@ pub fn pipe_topic(
     );
     create_topic(bootstrap, &out_topic, partitions)?;
     let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.timeout.ms", "120000")
-        .create()?;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        floodcmd_bus::kafka::producer_config(&floodcmd_bus::KafkaConfig::new(bootstrap))
+            .create()?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);
     let (mut seen, mut owed, mut next) = (0u64, 0.0f64, 0usize);

@@ -337,9 +337,8 @@ async fn consume_ceiling(bootstrap: &str, topic: &str, records: u64) -> Result<f
 ///
 /// Then a second peer: the raw pipe ([`crate::kafka::pipe_topic`]), which consumes the same
 /// readings topic and produces the stage's own outputs, as many per reading, with nothing
-/// between.
-/// The stage writes more records than it reads, and bigger ones; the pipe says what the broker
-/// and librdkafka leave for the rules on this machine.
+/// between. The stage writes more records than it reads, and bigger ones; the pipe says what
+/// the broker and librdkafka leave for the rules on this machine.
 pub async fn kafka_throughput(
     bootstrap: &str,
     sensors: usize,
@@ -435,16 +434,8 @@ pub async fn kafka_throughput(
             )));
         }
         rates.push(readings as f64 / elapsed.as_secs_f64());
-        let mut written = 0u64;
-        for t in [topics.status(), topics.alerts()] {
-            written += bus
-                .end_offsets(&t)
-                .await
-                .map_err(other)?
-                .iter()
-                .sum::<u64>();
-        }
-        outputs_after.push(written);
+        let [statuses, transitions] = outputs_on(&bus, &topics).await?;
+        outputs_after.push(statuses + transitions);
         ceilings.push(consume_ceiling(bootstrap, &readings_topic, readings).await?);
     }
     // The pipe: the same readings consumed and the stage's own outputs (the same records, as
@@ -531,6 +522,20 @@ pub async fn kafka_throughput(
     Ok(r)
 }
 
+/// How many records the status and alerts topics hold: every output of the stage so far.
+async fn outputs_on(bus: &floodcmd_bus::KafkaBus, topics: &Topics) -> Result<[u64; 2], BenchError> {
+    let mut counts = [0u64; 2];
+    for (count, t) in counts.iter_mut().zip([topics.status(), topics.alerts()]) {
+        *count = bus
+            .end_offsets(&t)
+            .await
+            .map_err(|e| BenchError::Other(e.to_string()))?
+            .iter()
+            .sum();
+    }
+    Ok(counts)
+}
+
 /// Up to `n` of the stage's outputs, key and payload: the first of each topic (the run's
 /// first minutes), statuses and transitions in the proportion it wrote them, interleaved.
 async fn sample_outputs(
@@ -540,16 +545,7 @@ async fn sample_outputs(
 ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, BenchError> {
     use floodcmd_model::bus::Assignment;
     let other = |e: floodcmd_model::bus::BusError| BenchError::Other(e.to_string());
-    let mut counts = Vec::new();
-    for t in [topics.status(), topics.alerts()] {
-        counts.push(
-            bus.end_offsets(&t)
-                .await
-                .map_err(other)?
-                .iter()
-                .sum::<u64>(),
-        );
-    }
+    let counts = outputs_on(bus, topics).await?;
     let total = (counts[0] + counts[1]).max(1);
     let mut taken = Vec::new();
     for (t, count) in [topics.status(), topics.alerts()].iter().zip(&counts) {

@@ -130,8 +130,8 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 ];
 
 /// The producer's settings: the tunable defaults, the extra settings over them, then what the
-/// bus's guarantees rest on.
-fn producer_config(config: &KafkaConfig) -> ClientConfig {
+/// bus's guarantees rest on. Public so that a benchmark's raw producer is set up as the bus's.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = config.client_with(PRODUCER_DEFAULTS);
     c.set("enable.idempotence", "true").set("acks", "all");
     c

@@ -18,6 +18,7 @@ use crate::flap::FlapDetector;
 use crate::intensity::IntensityLatch;
 use crate::level::{LevelChange, LevelTracker};
 use crate::point_index::PointIndex;
+use crate::prefetch::{prefetch, prefetch_first, prefetch_whole};
 use crate::qc::{DepthQc, RainQc, Verdict};
 use crate::rain::RainWindows;
 use crate::rise::{predict, Prediction, RiseWindow};
@@ -430,6 +431,34 @@ impl PointState {
         })
     }
 
+    /// Ask for the separate allocations a reading or a status of this point reads, but for its
+    /// sensors' own (see [`prefetch_sensors`](Self::prefetch_sensors)). The state itself should
+    /// be in cache already: its pointers are read here.
+    fn prefetch_parts(&self) {
+        prefetch(self.point.id.as_str());
+        prefetch(&*self.point.thresholds);
+        // A sensor's state spans several cache lines, and its quality control is not in the
+        // first; a point has a sensor or two.
+        prefetch_first(&self.sensors, 2);
+        self.rise.prefetch();
+        self.flap.prefetch();
+        if let Some(rain) = &self.rain {
+            rain.prefetch();
+        }
+    }
+
+    /// Ask for the allocations of the point's sensors: their ids and the history their
+    /// quality control reads. The list of sensors should be in cache already.
+    fn prefetch_sensors(&self) {
+        for s in &self.sensors {
+            prefetch(s.id.as_str());
+            match self.point.kind.judged_by() {
+                SensorKind::Depth => s.depth_qc.prefetch(),
+                SensorKind::Rain => s.rain_qc.prefetch(),
+            }
+        }
+    }
+
     /// Take an accepted depth of the sensor at `slot` measured at `ts_ms`.
     fn accept_depth(&mut self, slot: usize, ts_ms: Millis, depth: f64) {
         // The newest measurement of each sensor is its depth; an older one that arrives late
@@ -465,6 +494,13 @@ pub struct Engine {
     /// every frontier move and otherwise scans every owned point each time.
     quiet_until_ms: Millis,
 }
+
+/// How many readings ahead of the one being applied its successors' memory is asked for, per
+/// step: a point's state `3 × AHEAD` ahead, what it points to `2 × AHEAD` ahead (by then the
+/// state is in, so its pointers can be read without waiting), its sensors' allocations
+/// `AHEAD` ahead. A reading's work is a microsecond or two and a miss a tenth of one, so a few
+/// readings of lead are enough; more would only evict what is still to be used.
+const AHEAD: usize = 4;
 
 /// `value` as `{:.1}` writes it.
 ///
@@ -504,12 +540,14 @@ struct SensorState {
     depth: Option<(Millis, f64)>,
 }
 
-/// Equal but for `as_of_ms` and `last_reading_ms`. Field by field, without building a copy of
-/// `prev` per point per epoch; the destructuring stops compiling when a field is added, so a
-/// new field cannot silently be left out of the comparison.
+/// Equal but for `as_of_ms` and `last_reading_ms`, two statuses of the same point (so their
+/// ids are not compared: that read another allocation per point per epoch). Field by field,
+/// without building a copy of `prev` per point per epoch; the destructuring stops compiling
+/// when a field is added, so a new field cannot silently be left out of the comparison.
 fn same_but_timestamps(prev: &PointStatus, next: &PointStatus) -> bool {
+    debug_assert_eq!(prev.point, next.point);
     let PointStatus {
-        point,
+        point: _,
         kind,
         level,
         data_state,
@@ -526,8 +564,7 @@ fn same_but_timestamps(prev: &PointStatus, next: &PointStatus) -> bool {
         flapping,
         as_of_ms: _,
     } = prev;
-    *point == next.point
-        && *kind == next.kind
+    *kind == next.kind
         && *level == next.level
         && *data_state == next.data_state
         && *depth_cm == next.depth_cm
@@ -700,8 +737,15 @@ impl Engine {
             &self.points,
             &mut found,
         );
-        for (&at, i) in order.iter().zip(&found) {
-            let (tr, Some(i)) = (&readings[at as usize], *i) else {
+        let mut replayed = Vec::new();
+        for (k, (&at, &i)) in order.iter().zip(&found).enumerate() {
+            // Each point's state and its allocations are scattered over a heap larger than
+            // the cache, and what this reading does with them is short: the misses were most
+            // of its time, one after another.
+            self.prefetch_ahead(&found, k);
+            let tr = &readings[at as usize];
+            let Some(i) = i else {
+                self.unknown_points += 1;
                 continue;
             };
             let st = &mut self.points[i];
@@ -709,13 +753,6 @@ impl Engine {
                 st.touched = true;
                 touched.push(i);
             }
-        }
-        let mut replayed = Vec::new();
-        for (tr, i) in order.iter().map(|&at| &readings[at as usize]).zip(found) {
-            let Some(i) = i else {
-                self.unknown_points += 1;
-                continue;
-            };
             if tr.replay {
                 // Rebuild the state, drop the outputs: they are on the bus already.
                 self.replay_horizon_ms = self.replay_horizon_ms.max(tr.reading.ts_ms);
@@ -730,7 +767,9 @@ impl Engine {
         let rules = &self.rules;
         // The status a point no longer needs, whose allocations the next one is built in.
         let mut spare = None;
-        for i in touched {
+        for k in 0..touched.len() {
+            self.prefetch_ahead(&touched, k);
+            let i = touched[k];
             let st = &mut self.points[i];
             st.touched = false;
             let status = st.status_reusing(epoch_ms, rules, spare.take());
@@ -746,6 +785,26 @@ impl Engine {
             } else {
                 spare = Some(status);
             }
+        }
+    }
+
+    /// Ask for the memory of the points `AHEAD`, `2 × AHEAD` and `3 × AHEAD` places after
+    /// the `k`-th of `places` (each a point's place, or a reading of no known point).
+    fn prefetch_ahead<P: Copy + Into<Option<usize>>>(&self, places: &[P], k: usize) {
+        let point = |d: usize| {
+            places
+                .get(k + d)
+                .and_then(|&p| p.into())
+                .map(|i| &self.points[i])
+        };
+        if let Some(st) = point(3 * AHEAD) {
+            prefetch_whole(st);
+        }
+        if let Some(st) = point(2 * AHEAD) {
+            st.prefetch_parts();
+        }
+        if let Some(st) = point(AHEAD) {
+            st.prefetch_sensors();
         }
     }
 

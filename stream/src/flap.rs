@@ -6,6 +6,7 @@
 //! A point starts flapping when the ratio rises above `high` and stops when it falls below
 //! `low`; in between it keeps its state, so the flag itself does not flap.
 
+use crate::prefetch::prefetch_deque;
 use floodcmd_model::config::Flapping;
 use floodcmd_model::Level;
 use std::collections::VecDeque;
@@ -41,6 +42,11 @@ impl FlapDetector {
             self.flapping = true;
         }
         self.flapping
+    }
+
+    /// Ask for the history [`record`](Self::record) reads and writes (a hint).
+    pub(crate) fn prefetch(&self) {
+        prefetch_deque(&self.history);
     }
 
     /// The weighted share of consecutive evaluations that changed level, 0 to about 1.

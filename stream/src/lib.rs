@@ -9,7 +9,8 @@
 //! - [`engine`]: the per-point rules, with no timely in sight (unit-testable, and the
 //!   reference the dataflow is checked against);
 //! - `point_index`: point id → point state, looked up in stages so cache misses overlap
-//!   (with `prefetch`, the hint that asks for memory ahead);
+//!   (with `prefetch`, the hint that asks for memory ahead, which the engine also uses to ask
+//!   for the states of the next few readings' points);
 //! - [`dataflow`]: the timely dataflow that feeds the engine from the bus, one complete
 //!   event-time epoch at a time, and writes its outputs back to the bus;
 //! - `delivery`: those outputs encoded and handed to the bus in order, a few epochs awaiting

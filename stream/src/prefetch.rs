@@ -20,3 +20,49 @@ pub(crate) fn prefetch<T: ?Sized>(value: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
 }
+
+/// Ask for every cache line `value` itself spans (not what it points to).
+#[inline(always)]
+pub(crate) fn prefetch_whole<T>(value: &T) {
+    prefetch_span((value as *const T).cast(), std::mem::size_of::<T>());
+}
+
+/// Ask for every cache line of the first `most` elements of `values` (not what they point to).
+#[inline(always)]
+pub(crate) fn prefetch_first<T>(values: &[T], most: usize) {
+    let n = values.len().min(most);
+    prefetch_span(values.as_ptr().cast(), std::mem::size_of_val(&values[..n]));
+}
+
+/// Every 64-byte line that `bytes` from `start` touch, the last one too when they do not
+/// begin on a line.
+#[inline(always)]
+fn prefetch_span(start: *const u8, bytes: usize) {
+    let into_line = start as usize % 64;
+    // `wrapping_*` rather than `add`: the addresses are only hints and are never read.
+    let line = start.wrapping_sub(into_line);
+    let mut offset = 0;
+    while offset < into_line + bytes {
+        prefetch_address(line.wrapping_add(offset));
+        offset += 64;
+    }
+}
+
+/// Ask for the two ends of a ring buffer's contents: where a push and a pop land.
+#[inline(always)]
+pub(crate) fn prefetch_deque<T>(deque: &std::collections::VecDeque<T>) {
+    let (front, back) = deque.as_slices();
+    prefetch(front);
+    prefetch(back);
+}
+
+#[inline(always)]
+fn prefetch_address(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `prefetch`.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}

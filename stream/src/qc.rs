@@ -13,6 +13,7 @@
 //! Rain checks: the physical range, and the intensity an increment implies over its reporting
 //! interval (a gauge that reports 100.6 mm in 5 minutes is broken, not in a storm).
 
+use crate::prefetch::prefetch_deque;
 use floodcmd_model::config::QualityControl;
 use floodcmd_model::event::QcFlag;
 use floodcmd_model::time::Millis;
@@ -180,6 +181,12 @@ impl DepthQc {
         }
     }
 
+    /// Ask for the memory [`judge`](Self::judge) reads beyond the struct itself (a hint; see
+    /// `Engine::apply_epoch`).
+    pub(crate) fn prefetch(&self) {
+        prefetch_deque(&self.accepted);
+    }
+
     fn is_spike(&self, depth: f64, qc: &QualityControl) -> bool {
         median(self.accepted.iter().copied()).is_some_and(|m| (depth - m).abs() > qc.spike_cm)
     }
@@ -212,6 +219,11 @@ pub struct RainQc {
 }
 
 impl RainQc {
+    /// Ask for the memory [`judge`](Self::judge) reads beyond the struct itself (a hint).
+    pub(crate) fn prefetch(&self) {
+        prefetch_deque(&self.recent_ms);
+    }
+
     /// Judge an increment of `mm` reported at `ts_ms`. `usual_interval_s` stands in for the
     /// reporting interval of a gauge's first report.
     pub fn judge(

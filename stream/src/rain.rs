@@ -4,6 +4,7 @@
 //! so memory per gauge does not grow with the reading rate and each reading costs
 //! O(windows), not O(window length).
 
+use crate::prefetch::prefetch;
 use floodcmd_model::time::Millis;
 
 const MINUTE_MS: Millis = 60_000;
@@ -44,6 +45,13 @@ impl RainWindows {
             sums: vec![0.0; windows.len()],
             windows,
         }
+    }
+
+    /// Ask for the window lengths and sums every total reads (a hint; the buckets a reading
+    /// lands in depend on the reading).
+    pub(crate) fn prefetch(&self) {
+        prefetch(&self.windows[..]);
+        prefetch(&self.sums[..]);
     }
 
     fn slot(minute: i64) -> usize {

@@ -5,6 +5,7 @@
 //! The prediction is deliberately simple, a straight line to the next raise threshold: it is
 //! there to tell people on duty "about 8 minutes", not to forecast a flood.
 
+use crate::prefetch::prefetch_deque;
 use floodcmd_model::config::{LevelThresholds, Rise};
 use floodcmd_model::time::Millis;
 use floodcmd_model::Level;
@@ -79,6 +80,11 @@ impl RiseWindow {
             self.samples.pop_front();
         }
         self.slope = slope_of(self.samples.iter().copied());
+    }
+
+    /// Ask for the samples [`record`](Self::record) reads and writes (a hint).
+    pub(crate) fn prefetch(&self) {
+        prefetch_deque(&self.samples);
     }
 
     /// The rate of rise, cm per minute.
