@@ -14,6 +14,11 @@ use floodcmd_stream::rain::RainWindows;
 use floodcmd_stream::{Engine, TimedReading};
 use std::sync::Arc;
 
+// The allocator the `floodcmd` binary runs on: the engine builds and drops a status or two per
+// reading, and glibc's malloc costs several times what mimalloc does for that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn codec(c: &mut Criterion) {
     let r = sample_reading(7);
     let bytes = encode(&r);
