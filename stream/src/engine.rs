@@ -431,17 +431,28 @@ impl PointState {
         })
     }
 
-    /// Ask for the separate allocations a reading or a status of this point reads, but for its
+    /// Ask for the separate allocations applying a reading to this point reads, but for its
     /// sensors' own (see [`prefetch_sensors`](Self::prefetch_sensors)). The state itself should
     /// be in cache already: its pointers are read here.
-    fn prefetch_parts(&self) {
-        prefetch(self.point.id.as_str());
+    fn prefetch_for_reading(&self) {
         prefetch(&*self.point.thresholds);
         // A sensor's state spans several cache lines, and its quality control is not in the
         // first; a point has a sensor or two.
         prefetch_first(&self.sensors, 2);
         self.rise.prefetch();
         self.flap.prefetch();
+        if let Some(rain) = &self.rain {
+            rain.prefetch();
+        }
+    }
+
+    /// Ask for the separate allocations building this point's status reads (the id it copies,
+    /// the thresholds the prediction reads, the sensors' depths, the rain totals); the rise is
+    /// a slope kept in the state. The state itself should be in cache already.
+    fn prefetch_for_status(&self) {
+        prefetch(self.point.id.as_str());
+        prefetch(&*self.point.thresholds);
+        prefetch_first(&self.sensors, 2);
         if let Some(rain) = &self.rain {
             rain.prefetch();
         }
@@ -495,11 +506,12 @@ pub struct Engine {
     quiet_until_ms: Millis,
 }
 
-/// How many readings ahead of the one being applied its successors' memory is asked for, per
-/// step: a point's state `3 × AHEAD` ahead, what it points to `2 × AHEAD` ahead (by then the
-/// state is in, so its pointers can be read without waiting), its sensors' allocations
-/// `AHEAD` ahead. A reading's work is a microsecond or two and a miss a tenth of one, so a few
-/// readings of lead are enough; more would only evict what is still to be used.
+/// How far ahead of the reading being applied (or the point whose status is being built) the
+/// memory of those to come is asked for, per step: a point's state `3 × AHEAD` ahead, what it
+/// points to `2 × AHEAD` ahead (by then the state is in, so its pointers can be read without
+/// waiting), its sensors' allocations `AHEAD` ahead. A reading's work is about a microsecond
+/// and a miss a tenth of one, so a few places of lead are enough: a lead of 8 measured no
+/// better than 4.
 const AHEAD: usize = 4;
 
 /// `value` as `{:.1}` writes it.
@@ -740,9 +752,9 @@ impl Engine {
         let mut replayed = Vec::new();
         for (k, (&at, &i)) in order.iter().zip(&found).enumerate() {
             // Each point's state and its allocations are scattered over a heap larger than
-            // the cache, and what this reading does with them is short: the misses were most
-            // of its time, one after another.
-            self.prefetch_ahead(&found, k);
+            // the cache, and what a reading does with them is short: waited for one after
+            // another, the misses would be most of its time.
+            self.prefetch_for_readings(&found, k);
             let tr = &readings[at as usize];
             let Some(i) = i else {
                 self.unknown_points += 1;
@@ -768,7 +780,7 @@ impl Engine {
         // The status a point no longer needs, whose allocations the next one is built in.
         let mut spare = None;
         for k in 0..touched.len() {
-            self.prefetch_ahead(&touched, k);
+            self.prefetch_for_statuses(&touched, k);
             let i = touched[k];
             let st = &mut self.points[i];
             st.touched = false;
@@ -788,23 +800,30 @@ impl Engine {
         }
     }
 
-    /// Ask for the memory of the points `AHEAD`, `2 × AHEAD` and `3 × AHEAD` places after
-    /// the `k`-th of `places` (each a point's place, or a reading of no known point).
-    fn prefetch_ahead<P: Copy + Into<Option<usize>>>(&self, places: &[P], k: usize) {
-        let point = |d: usize| {
-            places
-                .get(k + d)
-                .and_then(|&p| p.into())
-                .map(|i| &self.points[i])
-        };
+    /// Ask for what applying the readings `AHEAD`, `2 × AHEAD` and `3 × AHEAD` places after
+    /// the `k`-th will read; `found` holds each reading's point (`None`: a point not owned).
+    fn prefetch_for_readings(&self, found: &[Option<usize>], k: usize) {
+        let point = |d: usize| found.get(k + d).copied().flatten().map(|i| &self.points[i]);
         if let Some(st) = point(3 * AHEAD) {
             prefetch_whole(st);
         }
         if let Some(st) = point(2 * AHEAD) {
-            st.prefetch_parts();
+            st.prefetch_for_reading();
         }
         if let Some(st) = point(AHEAD) {
             st.prefetch_sensors();
+        }
+    }
+
+    /// Ask for what building the statuses of the points `AHEAD` and `2 × AHEAD` places after
+    /// the `k`-th of `touched` will read.
+    fn prefetch_for_statuses(&self, touched: &[usize], k: usize) {
+        let point = |d: usize| touched.get(k + d).map(|&i| &self.points[i]);
+        if let Some(st) = point(2 * AHEAD) {
+            prefetch_whole(st);
+        }
+        if let Some(st) = point(AHEAD) {
+            st.prefetch_for_status();
         }
     }
 
@@ -968,6 +987,45 @@ mod tests {
                 _ => None,
             })
             .expect("a status")
+    }
+
+    /// The status pass reports each point with a live reading once, in the order of its first
+    /// reading in the epoch's canonical order (not the order given); a point read only to
+    /// rebuild reports nothing; a reading of a point not owned is counted. The epoch is longer
+    /// than the prefetch lead, so the places asked for ahead include readings of no point.
+    #[test]
+    fn an_epoch_reports_its_live_points_in_order_and_counts_unknown_ones() {
+        let d = district();
+        let clock = Arc::new(ManualClock::new(T0));
+        let gauges = ["RG-01", "RG-02", "RG-03"];
+        let mut engine = Engine::new(&d, |p| gauges.contains(&p), clock, T0);
+        let at = T0 + 5_000;
+        let replayed = TimedReading {
+            replay: true,
+            ..rain("RG-01", "RN-RG-01", at + 1, 0.2)
+        };
+        let mut epoch = vec![
+            rain("RG-02", "RN-RG-02", at + 300, 0.2),
+            replayed,
+            rain("LP-01", "WL-LP-01", at + 50, 3.0),
+            rain("RG-03", "RN-RG-03", at + 200, 0.2),
+        ];
+        for i in 0..3 * AHEAD as i64 {
+            epoch.push(rain("NOPE", "NOPE-1", at + 400 + i, 0.1));
+            epoch.push(rain("RG-02", "RN-RG-02", at + 400 + i, 0.1));
+        }
+        let mut out = Vec::new();
+        engine.apply_epoch(T0 + 5_000, &epoch, &mut out);
+        let reported: Vec<&str> = out
+            .iter()
+            .filter_map(|o| match o {
+                StreamOutput::Status(s) => Some(s.point.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported, ["RG-03", "RG-02"]);
+        // LP-01 is not this engine's, and neither is NOPE.
+        assert_eq!(engine.unknown_points, 1 + 3 * AHEAD as u64);
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl FlapDetector {
         self.flapping
     }
 
-    /// Ask for the history [`record`](Self::record) reads and writes (a hint).
+    /// Ask for the history [`record`](Self::record) reads and writes (a hint; the first few
+    /// lines of a long one).
     pub(crate) fn prefetch(&self) {
         prefetch_deque(&self.history);
     }

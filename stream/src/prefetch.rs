@@ -21,6 +21,9 @@ pub(crate) fn prefetch<T: ?Sized>(value: &T) {
     let _ = value;
 }
 
+/// The size of a cache line on the processors this runs on.
+const LINE: usize = 64;
+
 /// Ask for every cache line `value` itself spans (not what it points to).
 #[inline(always)]
 pub(crate) fn prefetch_whole<T>(value: &T) {
@@ -34,26 +37,35 @@ pub(crate) fn prefetch_first<T>(values: &[T], most: usize) {
     prefetch_span(values.as_ptr().cast(), std::mem::size_of_val(&values[..n]));
 }
 
-/// Every 64-byte line that `bytes` from `start` touch, the last one too when they do not
-/// begin on a line.
+/// Ask for a ring buffer's contents, up to [`DEQUE_LINES`] lines of each of its two runs:
+/// what a search, a fit or a median over a short window reads.
+#[inline(always)]
+pub(crate) fn prefetch_deque<T>(deque: &std::collections::VecDeque<T>) {
+    let (front, back) = deque.as_slices();
+    for run in [front, back] {
+        let bytes = std::mem::size_of_val(run).min(DEQUE_LINES * LINE);
+        prefetch_span(run.as_ptr().cast(), bytes);
+    }
+}
+
+/// Windows longer than this many lines are read on from what their start brings in.
+const DEQUE_LINES: usize = 4;
+
+/// Every line that the `bytes` from `start` lie in; none when `bytes` is 0.
 #[inline(always)]
 fn prefetch_span(start: *const u8, bytes: usize) {
-    let into_line = start as usize % 64;
-    // `wrapping_*` rather than `add`: the addresses are only hints and are never read.
+    if bytes == 0 {
+        return;
+    }
+    let into_line = start as usize % LINE;
+    // `wrapping_*`: the start of the first line can lie before the allocation, where `sub`
+    // and `add` would be undefined behaviour. A prefetch never reads through the address.
     let line = start.wrapping_sub(into_line);
     let mut offset = 0;
     while offset < into_line + bytes {
         prefetch_address(line.wrapping_add(offset));
-        offset += 64;
+        offset += LINE;
     }
-}
-
-/// Ask for the two ends of a ring buffer's contents: where a push and a pop land.
-#[inline(always)]
-pub(crate) fn prefetch_deque<T>(deque: &std::collections::VecDeque<T>) {
-    let (front, back) = deque.as_slices();
-    prefetch(front);
-    prefetch(back);
 }
 
 #[inline(always)]

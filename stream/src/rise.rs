@@ -82,7 +82,8 @@ impl RiseWindow {
         self.slope = slope_of(self.samples.iter().copied());
     }
 
-    /// Ask for the samples [`record`](Self::record) reads and writes (a hint).
+    /// Ask for the samples [`record`](Self::record) searches and fits (a hint; the first few
+    /// lines of a long window).
     pub(crate) fn prefetch(&self) {
         prefetch_deque(&self.samples);
     }
