@@ -5,6 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use floodcmd_benches::sample_reading;
+use floodcmd_benches::stream_core::{synthetic_reading, synthetic_sensors, T0};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::config::LevelThresholds;
 use floodcmd_model::time::{Clock, ManualClock};
@@ -63,27 +64,15 @@ fn thresholds(c: &mut Criterion) {
 /// also grow every point's state, which a running stage has done long before. The next 20
 /// minutes (220,000 readings) are timed.
 fn engine(c: &mut Criterion) {
-    const T0: i64 = 1_783_000_000_000;
     const WARM_MIN: u64 = 10;
     const TIMED_MIN: u64 = 20;
     let district = District::from_file(floodcmd_sim::synthetic_district(10_000)).unwrap();
-    let sensors: Vec<_> = district.sensors().collect();
+    let sensors = synthetic_sensors(&district);
     let n = sensors.len() as u64;
     let mut epochs: Vec<(i64, Vec<TimedReading>)> = Vec::new();
     for i in 0..(WARM_MIN + TIMED_MIN) * n {
-        let s = &sensors[(i % n) as usize];
-        let minute = i / n;
-        let ts_ms = T0 + minute as i64 * 60_000 + (i % n) as i64 % 60_000;
-        let reading = Reading {
-            sensor: s.sensor.id.clone(),
-            point: s.point.id.clone(),
-            kind: s.sensor.kind,
-            ts_ms,
-            value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
-            seq: Some(minute),
-            received_ms: T0,
-        };
-        let epoch_ms = ts_ms - ts_ms.rem_euclid(1000);
+        let reading = synthetic_reading(i, &sensors);
+        let epoch_ms = reading.ts_ms - reading.ts_ms.rem_euclid(1000);
         if epochs.last().is_none_or(|(e, _)| *e != epoch_ms) {
             epochs.push((epoch_ms, Vec::new()));
         }

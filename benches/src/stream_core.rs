@@ -22,7 +22,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-const T0: i64 = 1_783_000_000_000;
+/// Event time of the first synthetic reading (July 2026).
+pub const T0: i64 = 1_783_000_000_000;
+
+/// A sensor of the synthetic district as the generators need it: sensor id, point id, kind.
+pub type SyntheticSensor = (String, String, floodcmd_model::SensorKind);
+
+/// The sensors of `district`, in the order the generators cycle through them.
+pub fn synthetic_sensors(district: &District) -> Vec<SyntheticSensor> {
+    district
+        .sensors()
+        .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
+        .collect()
+}
+
+/// The `i`th reading of the benchmarks' synthetic storm: one reading per sensor per minute of
+/// event time, the sensors in turn, each minute's spread over its first seconds (the `i`th
+/// sensor `i` ms in) so an epoch holds about a thousand of them; depth wanders 0..20 cm (rain
+/// the same in mm). The engine bench, `stream-core` and `stream-kafka` all read this storm.
+pub fn synthetic_reading(i: u64, sensors: &[SyntheticSensor]) -> Reading {
+    let n = sensors.len() as u64;
+    let (sensor, point, kind) = &sensors[(i % n) as usize];
+    let minute = i / n;
+    Reading {
+        sensor: sensor.clone(),
+        point: point.clone(),
+        kind: *kind,
+        ts_ms: T0 + minute as i64 * 60_000 + (i % n) as i64 % 60_000,
+        value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
+        seq: Some(minute),
+        received_ms: T0,
+    }
+}
 
 /// Peak resident memory of this process so far, MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> f64 {
@@ -96,10 +127,7 @@ async fn one_run(
     workers: usize,
     outputs: Outputs,
 ) -> Result<(f64, f64), BenchError> {
-    let sensors: Vec<(String, String, floodcmd_model::SensorKind)> = district
-        .sensors()
-        .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
-        .collect();
+    let sensors = synthetic_sensors(&district);
     let bus = EmbeddedBus::new((readings as usize / 4) * 2 + 1024);
     let topics = Topics::new("bench");
     for t in topics.all() {
@@ -108,21 +136,9 @@ async fn one_run(
             .map_err(|e| BenchError::Other(e.to_string()))?;
     }
     let p = bus.producer();
-    let n = sensors.len() as u64;
     for i in 0..readings {
-        let (sensor, point, kind) = &sensors[(i % n) as usize];
-        // One reading per sensor per minute of event time; depth wanders 0..40 cm.
-        let minute = i / n;
-        let r = Reading {
-            sensor: sensor.clone(),
-            point: point.clone(),
-            kind: *kind,
-            ts_ms: T0 + minute as i64 * 60_000 + (i % n) as i64 % 60_000,
-            value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
-            seq: Some(minute),
-            received_ms: T0,
-        };
-        p.send(&topics.readings(), sensor.as_bytes(), encode(&r), r.ts_ms)
+        let r = synthetic_reading(i, &sensors);
+        p.send(&topics.readings(), r.sensor.as_bytes(), encode(&r), r.ts_ms)
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?;
     }
@@ -357,10 +373,7 @@ pub async fn kafka_throughput(
     for t in topics.all() {
         bus.ensure_topic(&t, 4).await.map_err(other)?;
     }
-    let ids: Vec<(String, String, floodcmd_model::SensorKind)> = district
-        .sensors()
-        .map(|s| (s.sensor.id.clone(), s.point.id.clone(), s.sensor.kind))
-        .collect();
+    let ids = synthetic_sensors(&district);
     let n = ids.len() as u64;
     let producer = bus.producer();
     let mut batch = Vec::with_capacity(10_000);
@@ -371,19 +384,13 @@ pub async fn kafka_throughput(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     for i in 0..readings {
-        let (sensor, point, kind) = &ids[(i % n) as usize];
-        let minute = i / n;
+        // Each minute's readings all in its first second here.
         let r = Reading {
-            sensor: sensor.clone(),
-            point: point.clone(),
-            kind: *kind,
-            ts_ms: T0 + minute as i64 * 60_000,
-            value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
-            seq: Some(minute),
-            received_ms: T0,
+            ts_ms: T0 + (i / n) as i64 * 60_000,
+            ..synthetic_reading(i, &ids)
         };
         batch.push(Outgoing {
-            key: bytes::Bytes::copy_from_slice(sensor.as_bytes()),
+            key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
             payload: encode(&r),
             timestamp_ms: stamped_ms,
         });
