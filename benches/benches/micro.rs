@@ -6,7 +6,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use floodcmd_benches::sample_reading;
 use floodcmd_benches::stream_core::{synthetic_reading, synthetic_sensors, T0};
-use floodcmd_model::codec::{decode, encode};
+use floodcmd_model::codec::{decode, decode_reading, encode};
 use floodcmd_model::config::LevelThresholds;
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::{District, Reading};
@@ -27,8 +27,13 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode_reading", |b| b.iter(|| encode(black_box(&r))));
+    // The general path, which takes any layout (and the fast path's refusals).
     g.bench_function("decode_reading", |b| {
         b.iter(|| decode::<Reading>(black_box(&bytes)).unwrap())
+    });
+    // The stream stage's path: the layout `encode` writes, read without serde's machinery.
+    g.bench_function("decode_reading_fast", |b| {
+        b.iter(|| decode_reading(black_box(&bytes)).unwrap())
     });
     g.finish();
 }

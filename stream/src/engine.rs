@@ -721,19 +721,27 @@ impl Engine {
         out: &mut Vec<StreamOutput>,
     ) {
         self.advance_to(epoch_ms, out);
-        // Their places sorted rather than the readings: a place is 4 bytes, a reading over a
-        // hundred, and a stable sort moves each several times. Stable either way, so the
-        // order is the same.
-        let mut order: Vec<u32> = (0..readings.len() as u32).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (&readings[a as usize], &readings[b as usize]);
-            let (x, y) = (&a.reading, &b.reading);
-            x.ts_ms
-                .cmp(&y.ts_ms)
-                .then_with(|| x.sensor.cmp(&y.sensor))
-                .then_with(|| x.seq.cmp(&y.seq))
-                .then_with(|| x.value.total_cmp(&y.value))
-                .then_with(|| a.late.cmp(&b.late))
+        // Their places sorted rather than the readings: a reading is over a hundred bytes,
+        // and a sort moves each several times. Each place goes with its event time, so most
+        // comparisons are settled without reaching into the readings; the place itself is
+        // the last key, which makes the order that of a stable sort.
+        let mut keyed: Vec<(Millis, u32)> = readings
+            .iter()
+            .enumerate()
+            .map(|(at, tr)| (tr.reading.ts_ms, at as u32))
+            .collect();
+        keyed.sort_unstable_by(|&(ta, a), &(tb, b)| {
+            ta.cmp(&tb)
+                .then_with(|| {
+                    let (a, b) = (&readings[a as usize], &readings[b as usize]);
+                    let (x, y) = (&a.reading, &b.reading);
+                    x.sensor
+                        .cmp(&y.sensor)
+                        .then_with(|| x.seq.cmp(&y.seq))
+                        .then_with(|| x.value.total_cmp(&y.value))
+                        .then_with(|| a.late.cmp(&b.late))
+                })
+                .then(a.cmp(&b))
         });
         // Points in the order of their first reading this epoch.
         let mut touched: Vec<usize> = Vec::new();
@@ -741,16 +749,16 @@ impl Engine {
         // the lookups do not depend on each other, so their cache misses overlap (the index
         // and the point states of a large district do not fit in cache), and the pass below
         // finds each state already there.
-        let mut found = Vec::with_capacity(order.len());
+        let mut found = Vec::with_capacity(keyed.len());
         self.index.find_all(
-            order
+            keyed
                 .iter()
-                .map(|&at| readings[at as usize].reading.point.as_str()),
+                .map(|&(_, at)| readings[at as usize].reading.point.as_str()),
             &self.points,
             &mut found,
         );
         let mut replayed = Vec::new();
-        for (k, (&at, &i)) in order.iter().zip(&found).enumerate() {
+        for (k, (&(_, at), &i)) in keyed.iter().zip(&found).enumerate() {
             // Each point's state and its allocations are scattered over a heap larger than
             // the cache, and what a reading does with them is short: waited for one after
             // another, the misses would be most of its time.

@@ -252,7 +252,15 @@ test('a commander acknowledges and checks in; the timeline attributes both and e
   for (; attempt < 10 && !landed; attempt++) {
     const clicked = await page.waitForFunction(
       ([cards, who]) => {
-        const button = [...document.querySelectorAll(`${cards} tr.step[data-state="pending"] button[data-act="acknowledge"]`)].find((b) => !b.disabled);
+        // A button a user could click: enabled (not one already sent), shown, and on top
+        // at its centre (the checks playwright's own click makes).
+        const clickable = (b) => {
+          if (b.disabled || !b.checkVisibility()) return false;
+          b.scrollIntoView({ block: 'center' });
+          const r = b.getBoundingClientRect();
+          return b.contains(document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2));
+        };
+        const button = [...document.querySelectorAll(`${cards} tr.step[data-state="pending"] button[data-act="acknowledge"]`)].find(clickable);
         if (!button) return null;
         const tr = button.closest('tr');
         const card = tr.closest('article');
@@ -272,6 +280,7 @@ test('a commander acknowledges and checks in; the timeline attributes both and e
       { timeout: STORM_MS, polling: 'raf' },
     );
     const attrs = await clicked.jsonValue();
+    await clicked.dispose();
     ({ incident, step, person } = attrs);
     // A commander sees phone numbers in full.
     assert.match(attrs.phone, /^\d{11}$/);
@@ -319,13 +328,13 @@ test('after a forced disconnect the client resumes from where it was, without a 
 test('the English toggle switches the labels and back', async () => {
   const { page } = commander;
   assert.equal(await page.locator('#incidents-title').textContent(), '未结事件');
-  await page.click('#lang-toggle');
+  await page.click('#lang-toggle', { timeout: STEP_MS });
   assert.equal(await page.locator('#incidents-title').textContent(), 'Open incidents');
   assert.equal(await page.evaluate(() => document.documentElement.lang), 'en');
   await page.locator('article.incident .lvl').first().waitFor();
   assert.match(await page.locator('article.incident .lvl').first().textContent(), /^(Red|Orange|Yellow|Blue|Normal)$/);
   await page.screenshot({ path: join(artifacts, 'wall-english.png') });
-  await page.click('#lang-toggle');
+  await page.click('#lang-toggle', { timeout: STEP_MS });
   assert.equal(await page.locator('#incidents-title').textContent(), '未结事件');
 });
 
