@@ -722,15 +722,17 @@ impl Engine {
     ) {
         self.advance_to(epoch_ms, out);
         // Their places sorted rather than the readings: a reading is over a hundred bytes,
-        // and a sort moves each several times. Each place goes with its event time, so most
-        // comparisons are settled without reaching into the readings; the place itself is
-        // the last key, which makes the order that of a stable sort.
+        // and a sort moves each several times. Each place goes with its event time, so
+        // comparisons of different times are settled without reaching into the readings; the
+        // place itself is the last key, so the order is total. Stable all the same: an epoch
+        // arrives as runs already in order (each partition's, or devices that all report on
+        // the minute), which the stable sort merges rather than sorts afresh.
         let mut keyed: Vec<(Millis, u32)> = readings
             .iter()
             .enumerate()
             .map(|(at, tr)| (tr.reading.ts_ms, at as u32))
             .collect();
-        keyed.sort_unstable_by(|&(ta, a), &(tb, b)| {
+        keyed.sort_by(|&(ta, a), &(tb, b)| {
             ta.cmp(&tb)
                 .then_with(|| {
                     let (a, b) = (&readings[a as usize], &readings[b as usize]);
