@@ -723,27 +723,25 @@ impl Engine {
         self.advance_to(epoch_ms, out);
         // Their places sorted rather than the readings: a reading is over a hundred bytes,
         // and a sort moves each several times. Each place goes with its event time, so
-        // comparisons of different times are settled without reaching into the readings; the
-        // place itself is the last key, so the order is total. Stable all the same: an epoch
-        // arrives as runs already in order (each partition's, or devices that all report on
-        // the minute), which the stable sort merges rather than sorts afresh.
+        // comparisons of different times are settled without reaching into the readings. A
+        // stable sort: full ties keep their arrival order, and an epoch arrives as runs
+        // already in order (each partition's, or devices that all report on the minute),
+        // which it merges rather than sorts afresh.
         let mut keyed: Vec<(Millis, u32)> = readings
             .iter()
             .enumerate()
             .map(|(at, tr)| (tr.reading.ts_ms, at as u32))
             .collect();
         keyed.sort_by(|&(ta, a), &(tb, b)| {
-            ta.cmp(&tb)
-                .then_with(|| {
-                    let (a, b) = (&readings[a as usize], &readings[b as usize]);
-                    let (x, y) = (&a.reading, &b.reading);
-                    x.sensor
-                        .cmp(&y.sensor)
-                        .then_with(|| x.seq.cmp(&y.seq))
-                        .then_with(|| x.value.total_cmp(&y.value))
-                        .then_with(|| a.late.cmp(&b.late))
-                })
-                .then(a.cmp(&b))
+            ta.cmp(&tb).then_with(|| {
+                let (a, b) = (&readings[a as usize], &readings[b as usize]);
+                let (x, y) = (&a.reading, &b.reading);
+                x.sensor
+                    .cmp(&y.sensor)
+                    .then_with(|| x.seq.cmp(&y.seq))
+                    .then_with(|| x.value.total_cmp(&y.value))
+                    .then_with(|| a.late.cmp(&b.late))
+            })
         });
         // Points in the order of their first reading this epoch.
         let mut touched: Vec<usize> = Vec::new();
