@@ -78,8 +78,19 @@ fn spawn_stream(settings: &std::path::Path, process: usize) -> Stage {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("the stage says it runs").unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Owned from here, so a failed check below still ends the process.
+    let stage = Stage(child);
+    let mut lines = BufReader::new(stdout).lines();
+    // Timely's own "awaiting connections" can come before the stage's line: the processes
+    // start looking for each other as the stage starts.
+    let line = lines
+        .by_ref()
+        .take(10)
+        .map(|l| l.expect("the stage's stdout"))
+        .inspect(|l| eprintln!("stream process {process}: {l}"))
+        .find(|l| l.starts_with("stream stage running"))
+        .expect("the stage says it runs");
     assert!(
         line.contains(&format!("process {process} of a cluster of 2")),
         "{line}"
@@ -91,7 +102,7 @@ fn spawn_stream(settings: &std::path::Path, process: usize) -> Stage {
             eprintln!("stream process {process}: {line}");
         }
     });
-    Stage(child)
+    stage
 }
 
 /// A cluster of two stream processes on Kafka under a fresh topic prefix.
