@@ -1036,6 +1036,68 @@ mod tests {
         assert_eq!(engine.unknown_points, 1 + 3 * AHEAD as u64);
     }
 
+    /// A point may carry a sensor of the other kind (a rain gauge beside a depth sensor):
+    /// its readings neither judge the point nor count as the point being heard from. Heavy
+    /// rain on a depth point whose depth sensor has gone quiet raises nothing, and the point
+    /// goes silent (and stays so) on time, keeping its level and its last depth.
+    #[test]
+    fn a_rain_gauge_on_a_depth_point_neither_judges_it_nor_keeps_it_from_going_silent() {
+        let toml = include_str!("../../config/xincheng.toml").replace(
+            "id = \"WL-LP-01\"\nkind = \"depth\"\ncalibration_offset_cm = 1.5\n",
+            "id = \"WL-LP-01\"\nkind = \"depth\"\ncalibration_offset_cm = 1.5\n\
+             [[points.sensors]]\nid = \"RN-LP-01\"\nkind = \"rain\"\n",
+        );
+        let d = District::from_toml_str(&toml).expect("sample with a gauge on LP-01");
+        assert!(
+            d.sensor("RN-LP-01").is_some(),
+            "the gauge was added to the district"
+        );
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut engine = Engine::new(&d, |p| p == "LP-01", clock, T0);
+        let depth = |ts_ms| TimedReading {
+            reading: Reading {
+                kind: SensorKind::Depth,
+                value: 12.0,
+                ..rain("LP-01", "WL-LP-01", ts_ms, 0.0).reading
+            },
+            late: false,
+            replay: false,
+        };
+        // 13.5 cm calibrated, over blue (10 cm) for its hold of a minute: blue is raised.
+        let last_depth_ms = T0 + 1_000 + MIN;
+        let mut out = feed(&mut engine, vec![depth(T0 + 1_000), depth(last_depth_ms)]);
+        let heard = last_status(&out, "LP-01").clone();
+        assert_eq!(heard.depth_cm, Some(13.5), "calibrated depth");
+        assert_eq!(heard.data_state, DataState::Fresh);
+        assert_eq!(heard.level, Level::Blue);
+        // 30 mm every 30 s for 10 minutes: red many times over, were it a rain gauge's point.
+        let rain_on_it: Vec<TimedReading> = (1..=20)
+            .map(|k| rain("LP-01", "RN-LP-01", last_depth_ms + k * 30_000, 30.0))
+            .collect();
+        out.extend(feed(&mut engine, rain_on_it));
+        let changes: Vec<(TransitionKind, Millis)> = out
+            .iter()
+            .filter_map(|o| match o {
+                StreamOutput::Transition(t) => Some((t.transition, t.event_ms)),
+                _ => None,
+            })
+            .collect();
+        // Wet, so the storm cadence: silent 3 missed minutes after the last depth reading.
+        assert_eq!(
+            changes,
+            [
+                (TransitionKind::Raised, last_depth_ms),
+                (TransitionKind::Silent, last_depth_ms + 3 * MIN)
+            ],
+            "the gauge's readings raise nothing more and recover nothing"
+        );
+        let last = last_status(&out, "LP-01");
+        assert_eq!(last.data_state, DataState::Silent);
+        assert_eq!(last.level, Level::Blue, "silence keeps the level");
+        assert_eq!(last.depth_cm, Some(13.5), "and the last depth");
+        assert_eq!(last.last_reading_ms, Some(last_depth_ms));
+    }
+
     #[test]
     fn harvey_gauge_520_100_6_mm_in_5_minutes_raises_nothing_and_is_suspect() {
         let d = district();

@@ -9,25 +9,43 @@
 use crate::prefetch::prefetch;
 use std::collections::HashMap;
 
-/// An id of at most [`InlineId::MAX`] bytes, zero-padded, with its length in the last byte (so
-/// ids that differ only by trailing zero bytes stay apart). Every id a district config holds in
-/// practice fits; a longer one is kept apart, in an ordinary map.
+/// An id of at most [`InlineId::MAX`] bytes as four little-endian words, zero-padded, with its
+/// length in the last byte (so ids that differ only by trailing zero bytes stay apart). Every
+/// id a district config holds in practice fits; a longer one is kept apart, in an ordinary map.
 #[derive(PartialEq, Eq, Clone, Copy)]
-pub(crate) struct InlineId([u8; 32]);
+pub(crate) struct InlineId([u64; 4]);
 
 impl InlineId {
     const MAX: usize = 31;
 
+    /// The words are loaded from the id itself, not copied into a zeroed buffer (a call to
+    /// `memcpy`) and read back: a key is made for every reading of an epoch.
     #[inline]
     fn of(id: &str) -> Option<Self> {
         let bytes = id.as_bytes();
-        if bytes.len() > Self::MAX {
+        let len = bytes.len();
+        if len > Self::MAX {
             return None;
         }
-        let mut key = [0u8; 32];
-        key[..bytes.len()].copy_from_slice(bytes);
-        key[Self::MAX] = bytes.len() as u8;
-        Some(InlineId(key))
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        let rest = len % 8;
+        if rest > 0 {
+            words[len / 8] = if len >= 8 {
+                // The eight bytes that end the id, shifted down to the `rest` not yet taken.
+                u64::from_le_bytes(bytes[len - 8..].try_into().expect("8 bytes"))
+                    >> (8 * (8 - rest))
+            } else {
+                bytes
+                    .iter()
+                    .rev()
+                    .fold(0, |word, &b| (word << 8) | u64::from(b))
+            };
+        }
+        words[3] |= (len as u64) << 56;
+        Some(InlineId(words))
     }
 
     /// FxHash of the four words. Ids come from the district config and a lookup of an unknown
@@ -35,12 +53,14 @@ impl InlineId {
     #[inline]
     fn hash(&self) -> u64 {
         const K: u64 = 0x517c_c1b7_2722_0a95;
-        self.0.chunks_exact(8).fold(0u64, |h, word| {
-            (h.rotate_left(5) ^ u64::from_le_bytes(word.try_into().expect("8 bytes")))
-                .wrapping_mul(K)
-        })
+        self.0
+            .iter()
+            .fold(0u64, |h, &word| (h.rotate_left(5) ^ word).wrapping_mul(K))
     }
 }
+
+/// How many ids ahead of the one made a key its bytes are asked for.
+const IDS_AHEAD: usize = 8;
 
 /// One slot of the table: an id's hash, and its place + 1 (0: empty).
 #[derive(Clone, Copy, Default)]
@@ -155,9 +175,17 @@ impl PointIndex {
         then: &[S],
         found: &mut Vec<Option<usize>>,
     ) {
-        // Stage 1: each id made a key, its home slot asked for.
+        // Stage 1: each id made a key, its home slot asked for. The ids' own bytes are asked
+        // for a few ahead: each is a separate allocation, made when its reading was decoded,
+        // and no longer in cache by the time the reading's epoch is complete.
+        let ids: Vec<&str> = ids.collect();
         let keys: Vec<Result<(InlineId, u64), &str>> = ids
-            .map(|id| {
+            .iter()
+            .enumerate()
+            .map(|(k, &id)| {
+                if let Some(ahead) = ids.get(k + IDS_AHEAD) {
+                    prefetch(ahead.as_bytes());
+                }
                 let key = InlineId::of(id).ok_or(id)?;
                 let hash = self.hash(&key);
                 prefetch(&self.slots[self.home(hash)]);
@@ -211,6 +239,72 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("P{i:05}")).collect()
+    }
+
+    /// The layout the type's doc gives, built the plain way: the bytes zero-padded to 32,
+    /// the length in the last, read as four little-endian words.
+    fn laid_out(id: &str) -> InlineId {
+        let mut bytes = [0u8; 32];
+        bytes[..id.len()].copy_from_slice(id.as_bytes());
+        bytes[InlineId::MAX] = id.len() as u8;
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().unwrap());
+        }
+        InlineId(words)
+    }
+
+    #[test]
+    fn an_inline_id_is_laid_out_as_documented_at_every_length() {
+        // Ids of every length from ASCII, zero bytes and two- and three-byte characters, each
+        // length begun at every letter of that alphabet.
+        let alphabet = ["a", "Z", "0", "\0", "\u{7f}", "é", "水"];
+        for len in 0..=InlineId::MAX {
+            for start in 0..alphabet.len() {
+                let mut id = String::new();
+                let mut k = start;
+                while id.len() < len {
+                    let next = alphabet[k % alphabet.len()];
+                    let next = if id.len() + next.len() > len {
+                        "x"
+                    } else {
+                        next
+                    };
+                    id.push_str(next);
+                    k += 1;
+                }
+                assert_eq!(id.len(), len);
+                let key = InlineId::of(&id).expect("fits");
+                assert!(key == laid_out(&id), "{id:?}");
+            }
+        }
+        assert!(InlineId::of(&"x".repeat(InlineId::MAX + 1)).is_none());
+    }
+
+    proptest::proptest! {
+        /// An id's key is its layout, and ids that differ a little (one byte changed, a zero
+        /// byte added or a character removed at the end) have different keys.
+        #[test]
+        fn inline_keys_are_the_layout_and_tell_near_ids_apart(
+            a in "[a-c\\x00é-]{0,29}",
+            at in 0usize..32,
+        ) {
+            proptest::prop_assume!(a.len() < InlineId::MAX);
+            let key = InlineId::of(&a).unwrap();
+            proptest::prop_assert!(key == laid_out(&a));
+            let mut changed = a.clone().into_bytes();
+            if !changed.is_empty() {
+                let at = at % changed.len();
+                changed[at] ^= 0x01;
+            }
+            let changed = String::from_utf8_lossy(&changed).into_owned();
+            let shorter = &a[..a.len() - a.chars().last().map_or(0, char::len_utf8)];
+            let near = [changed, format!("{a}\0"), shorter.to_string()];
+            for b in near.iter().filter(|b| b.len() <= InlineId::MAX) {
+                let other = InlineId::of(b).unwrap();
+                proptest::prop_assert_eq!(other == key, *b == a, "{:?} against {:?}", b, a);
+            }
+        }
     }
 
     #[test]
