@@ -152,6 +152,61 @@ mod tests {
         assert_eq!(least_squares_slope(&[(5, 1.0), (5, 2.0)]), None);
     }
 
+    /// The fit as a design matrix: columns of ones and of centred minutes, the normal
+    /// equations `XᵀX β = Xᵀy` built with ndarray and solved (2×2) for the slope. The stage
+    /// fits in closed form; this is the textbook form it must agree with.
+    fn design_matrix_slope(samples: &[(Millis, f64)]) -> Option<f64> {
+        use ndarray::{Array1, Array2};
+        let (t0, _) = *samples.first()?;
+        let minutes: Array1<f64> = samples
+            .iter()
+            .map(|(t, _)| (t - t0) as f64 / MINUTE_MS)
+            .collect();
+        let values: Array1<f64> = samples.iter().map(|(_, v)| *v).collect();
+        let centred = &minutes - minutes.mean()?;
+        let mut design = Array2::<f64>::ones((samples.len(), 2));
+        design.column_mut(1).assign(&centred);
+        let normal = design.t().dot(&design);
+        let rhs = design.t().dot(&values);
+        let det = normal[[0, 0]] * normal[[1, 1]] - normal[[0, 1]] * normal[[1, 0]];
+        if det.abs() < 1e-12 {
+            return None;
+        }
+        Some((normal[[0, 0]] * rhs[1] - normal[[1, 0]] * rhs[0]) / det)
+    }
+
+    proptest::proptest! {
+        /// Windows as the stage keeps them (up to a few dozen depths, times in order at least a
+        /// second apart or shared) give the same slope both ways, and neither where there is
+        /// none.
+        #[test]
+        fn the_closed_form_fit_is_the_design_matrix_fit(
+            start in 1_700_000_000_000i64..1_800_000_000_000,
+            steps in proptest::collection::vec(
+                (proptest::prop_oneof![proptest::strategy::Just(0i64), 1_000i64..90_000], 0.0f64..400.0),
+                1..40,
+            ),
+        ) {
+            let mut t = start;
+            let samples: Vec<(Millis, f64)> = steps
+                .iter()
+                .map(|&(dt, depth)| {
+                    t += dt;
+                    (t, depth)
+                })
+                .collect();
+            let (fast, reference) = (least_squares_slope(&samples), design_matrix_slope(&samples));
+            proptest::prop_assert_eq!(fast.is_some(), reference.is_some(), "{:?}", samples);
+            if let (Some(fast), Some(reference)) = (fast, reference) {
+                let tolerance = 1e-9 * reference.abs().max(1.0);
+                proptest::prop_assert!(
+                    (fast - reference).abs() <= tolerance,
+                    "closed form {} against {} for {:?}", fast, reference, samples
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_window_keeps_the_last_minutes_only() {
         let mut w = RiseWindow::new(10);
