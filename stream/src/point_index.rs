@@ -1,10 +1,11 @@
 //! Point id → the place of its state in an engine: the lookup every reading starts with.
 //!
-//! A district larger than the cache makes each lookup a cache miss or two (the table's slot,
-//! then the point's state), and the work around them is short, so the misses are most of the
-//! cost. The index is its own open-addressing table so that an epoch's lookups can be made in
-//! stages ([`PointIndex::find_all`]): every slot asked for first, then every point's state,
-//! then each answer checked, so the misses of one stage overlap rather than follow one another.
+//! A district larger than the cache makes each lookup a few cache misses (the id's own bytes,
+//! the table's slot, then the point's state), and the work around them is short, so the misses
+//! are most of the cost. The index is its own open-addressing table so that an epoch's lookups
+//! can be made in stages ([`PointIndex::find_all`]): each id's bytes asked for a few ahead as
+//! keys are made, every slot asked for, then every point's state, then each answer checked, so
+//! the misses of one stage overlap rather than follow one another.
 
 use crate::prefetch::prefetch;
 use std::collections::HashMap;
