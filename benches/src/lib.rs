@@ -9,7 +9,8 @@
 //!   server, beside that server's own ceiling;
 //! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory;
 //!   and reading its input from a real Kafka topic beside the raw consume ceiling taken around
-//!   each run;
+//!   each run, with what the machine's cores spent per reading in each part
+//!   ([`machine_cpu`]) and the bound that sets on the stage's ratio to the ceiling;
 //! - [`fanout::run`]: websocket clients on the command wall while readings stream in at a
 //!   fixed rate through the whole pipeline: ingest → delta latency per client;
 //! - [`pipeline::run`]: the whole pipeline (in process on the embedded bus, or stage processes
@@ -25,6 +26,7 @@ pub mod fanout;
 pub mod gateway;
 pub mod influx_sink;
 pub mod kafka;
+pub mod machine_cpu;
 pub mod pipeline;
 pub mod report;
 pub mod sms;

@@ -10,6 +10,7 @@
 //! acknowledged at once would, to show the stage's own cost apart from the bus's.
 
 use crate::kafka::BenchError;
+use crate::machine_cpu::{CpuMark, CpuSpent};
 use crate::report::{Machine, Report};
 use floodcmd_bus::{EmbeddedBus, WithProducer};
 use floodcmd_model::bus::{partition_for, Bus, BusError, Delivery, Outgoing, Producer};
@@ -120,13 +121,24 @@ impl Producer for DroppingProducer {
     }
 }
 
-/// One timed run: readings/s, and outputs per reading when they were dropped (0 when kept).
+/// One timed run.
+struct Run {
+    /// Readings per second.
+    rate: f64,
+    /// Outputs per reading when they were dropped (0 when kept).
+    outputs_per_reading: f64,
+    /// This process's CPU per reading over the run, core-µs: the stage's workers and
+    /// whatever else of the process ran beside them.
+    cpu_us_per_reading: f64,
+}
+
+/// One timed run of `readings` through the stage with `workers`.
 async fn one_run(
     district: Arc<District>,
     readings: u64,
     workers: usize,
     outputs: Outputs,
-) -> Result<(f64, f64), BenchError> {
+) -> Result<Run, BenchError> {
     let sensors = synthetic_sensors(&district);
     let bus = EmbeddedBus::new((readings as usize / 4) * 2 + 1024);
     let topics = Topics::new("bench");
@@ -165,6 +177,7 @@ async fn one_run(
         watermark: Watermark::Bounded { origin_ms: T0 },
         rebuild_ms: None,
     };
+    let mark = CpuMark::now();
     let start = Instant::now();
     let h = run_stream(stage_bus, district, clock, config)
         .await
@@ -174,10 +187,11 @@ async fn one_run(
         .map_err(|e| BenchError::Other(e.to_string()))?
         .map_err(BenchError::Other)?;
     let rate = readings as f64 / start.elapsed().as_secs_f64();
-    Ok((
+    Ok(Run {
         rate,
-        dropped.load(Ordering::Relaxed) as f64 / readings as f64,
-    ))
+        outputs_per_reading: dropped.load(Ordering::Relaxed) as f64 / readings as f64,
+        cpu_us_per_reading: mark.spent().own_us_per(readings),
+    })
 }
 
 /// The `stream-core` scenario: `readings` over a synthetic district of `sensors` depth sensors.
@@ -193,12 +207,12 @@ pub async fn throughput(
     // The first run in a process also pays for the first touch of the memory the bus and
     // the state grow into (page faults), which later runs find mapped already: 1 worker runs
     // again after 2, and the scaling is taken against that warm run.
-    let (cold, _) = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
-    let (two, _) = one_run(district.clone(), readings, 2, Outputs::Kept).await?;
-    let (one, _) = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
-    let (one_dropped, per_reading) =
-        one_run(district.clone(), readings, 1, Outputs::Dropped).await?;
-    let (two_dropped, _) = one_run(district.clone(), readings, 2, Outputs::Dropped).await?;
+    let cold = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
+    let two = one_run(district.clone(), readings, 2, Outputs::Kept).await?;
+    let one = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
+    let one_dropped = one_run(district.clone(), readings, 1, Outputs::Dropped).await?;
+    let two_dropped = one_run(district.clone(), readings, 2, Outputs::Dropped).await?;
+    let per_reading = one_dropped.outputs_per_reading;
     let mut r = Report {
         scenario: "stream-core".into(),
         command: command.into(),
@@ -206,27 +220,46 @@ pub async fn throughput(
         params: serde_json::json!({ "sensors": district.sensors().count(), "readings": readings, "input": "encoded on the embedded bus, decoded by the stage" }),
         figures: Vec::new(),
     };
-    r.figure("1 worker, first run in the process", cold, "readings/s");
-    r.figure("1 worker, after the others", one, "readings/s");
+    r.figure(
+        "1 worker, first run in the process",
+        cold.rate,
+        "readings/s",
+    );
+    r.figure("1 worker, after the others", one.rate, "readings/s");
     r.figure_vs(
         "2 workers",
-        two,
+        two.rate,
         "readings/s",
-        one,
+        one.rate,
         "1 worker, after the others",
     );
     r.figure(
         "1 worker, outputs dropped once produced (not kept by the bus)",
-        one_dropped,
+        one_dropped.rate,
         "readings/s",
     );
     r.figure_vs(
         "2 workers, outputs dropped once produced",
-        two_dropped,
+        two_dropped.rate,
         "readings/s",
-        one_dropped,
+        one_dropped.rate,
         "1 worker, outputs dropped once produced (not kept by the bus)",
     );
+    // What the rules, decoding included, cost in CPU wherever they run: set beside the
+    // CPU `stream-kafka` reports per reading for its pipe, it bounds what any stage can
+    // reach from Kafka on the same machine.
+    for (run, name) in [
+        (&one, "1 worker, after the others"),
+        (&two, "2 workers"),
+        (&one_dropped, "1 worker, outputs dropped once produced"),
+        (&two_dropped, "2 workers, outputs dropped once produced"),
+    ] {
+        r.figure(
+            &format!("CPU of this process per reading, {name}"),
+            run.cpu_us_per_reading,
+            "core-µs",
+        );
+    }
     r.figure(
         "outputs produced per reading (statuses and transitions)",
         per_reading,
@@ -297,7 +330,9 @@ pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError>
     let (state_mib, state_readings) = engine_state_mib(&district, 60);
     let before = peak_rss_mib();
     let n = district.sensors().count() as u64;
-    let (rate, _) = one_run(district.clone(), n * 3, 2, Outputs::Kept).await?;
+    let rate = one_run(district.clone(), n * 3, 2, Outputs::Kept)
+        .await?
+        .rate;
     let mut r = Report {
         scenario: "stream-memory".into(),
         command: command.into(),
@@ -404,7 +439,12 @@ pub async fn kafka_throughput(
         }
     }
     let readings_topic = topics.readings();
+    // What the machine's cores did in each part: whether it left any idle, and what each
+    // spent per reading (see `machine_cpu`).
+    let mark = CpuMark::now();
     let mut ceilings = vec![consume_ceiling(bootstrap, &readings_topic, readings).await?];
+    let mut ceiling_cpu = vec![mark.spent()];
+    let mut stage_cpu = Vec::new();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
     let mut rates = Vec::new();
     // Outputs on the bus after each run (every run writes all of its own).
@@ -419,6 +459,7 @@ pub async fn kafka_throughput(
             rebuild_ms: None,
         };
         let lost_before = floodcmd_stream::readings_lost_total();
+        let mark = CpuMark::now();
         let start = Instant::now();
         let h = run_stream(
             Arc::new(bus.clone()),
@@ -433,6 +474,7 @@ pub async fn kafka_throughput(
             .map_err(|e| BenchError::Other(e.to_string()))?
             .map_err(BenchError::Other)?;
         let elapsed = start.elapsed();
+        stage_cpu.push(mark.spent());
         // A rate over readings the broker deleted before the stage read them would be a lie.
         let lost = floodcmd_stream::readings_lost_total() - lost_before;
         if lost > 0 {
@@ -443,7 +485,9 @@ pub async fn kafka_throughput(
         rates.push(readings as f64 / elapsed.as_secs_f64());
         let [statuses, transitions] = outputs_on(&bus, &topics).await?;
         outputs_after.push(statuses + transitions);
+        let mark = CpuMark::now();
         ceilings.push(consume_ceiling(bootstrap, &readings_topic, readings).await?);
+        ceiling_cpu.push(mark.spent());
     }
     // The pipe: the same readings consumed and the stage's own outputs (the same records, as
     // many per reading as the 2-worker run wrote) produced, raw.
@@ -454,7 +498,9 @@ pub async fn kafka_throughput(
     let per_reading = per_run[1];
     let outputs = sample_outputs(&bus, &topics, 2000).await?;
     let mut pipes = Vec::new();
+    let mut pipe_cpu = Vec::new();
     for _ in 0..2 {
+        let mark = CpuMark::now();
         let (b, t, o) = (
             bootstrap.to_string(),
             readings_topic.clone(),
@@ -467,6 +513,7 @@ pub async fn kafka_throughput(
             .await
             .map_err(|e| BenchError::Other(e.to_string()))??,
         );
+        pipe_cpu.push(mark.spent());
     }
     let pipe = (pipes[0] + pipes[1]) / 2.0;
     let mut r = Report {
@@ -510,6 +557,7 @@ pub async fn kafka_throughput(
             "readings/s",
         );
     }
+    cpu_figures(&mut r, readings, &ceiling_cpu, &stage_cpu, &pipe_cpu);
     for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
         r.figure_vs(
             &format!("stream stage from Kafka, {workers}"),
@@ -527,6 +575,76 @@ pub async fn kafka_throughput(
         );
     }
     Ok(r)
+}
+
+/// The machine's CPU in each part of `stream-kafka`: per reading, whole machine and this
+/// process (the rest is the broker), and the idle share of its cores.
+///
+/// And the bound CPU sets on the stage's ratio to the ceiling. At most the cores' whole time
+/// (less what the hypervisor steals) goes to a run, so the stage reads at most
+/// `available / stage CPU per reading`, and the ceiling read at `busy / ceiling CPU per
+/// reading`: the ratio can be no more than `ceiling CPU / stage CPU × available / busy` of the
+/// ceiling's run. When the ceiling left no core idle the last factor is 1.
+fn cpu_figures(
+    r: &mut Report,
+    readings: u64,
+    ceiling: &[CpuSpent],
+    stage: &[CpuSpent],
+    pipe: &[CpuSpent],
+) {
+    let ceiling_all = CpuSpent::total(ceiling);
+    let runs = ceiling.len().max(1) as u64;
+    // What the ceiling would read with every core it left idle put to work too.
+    let per_ceiling = ceiling_all.busy_us_per(readings * runs)
+        / ceiling_all.busy_share_of_available().max(f64::MIN_POSITIVE);
+    let mut part = |name: &str, spent: &CpuSpent, records: u64| {
+        r.figure(
+            &format!("CPU of the whole machine per reading, {name}"),
+            spent.busy_us_per(records),
+            "core-µs",
+        );
+        r.figure(
+            &format!("CPU of this process per reading, {name} (the rest: the broker)"),
+            spent.own_us_per(records),
+            "core-µs",
+        );
+        r.figure(
+            &format!("idle share of the machine's cores, {name}"),
+            spent.idle_share() * 100.0,
+            "%",
+        );
+        r.figure(
+            &format!("share taken by the hypervisor (steal), {name}"),
+            spent.steal_share() * 100.0,
+            "%",
+        );
+    };
+    part(
+        "raw consume ceiling (its runs together)",
+        &ceiling_all,
+        readings * runs,
+    );
+    for (spent, workers) in stage.iter().zip(["1 worker", "2 workers"]) {
+        part(&format!("stream stage, {workers}"), spent, readings);
+    }
+    let pipe_all = CpuSpent::total(pipe);
+    part(
+        "raw pipe (its runs together)",
+        &pipe_all,
+        readings * pipe.len().max(1) as u64,
+    );
+    for (spent, workers) in stage.iter().zip(["1 worker", "2 workers"]) {
+        r.figure(
+            &format!("bound set by CPU on the stage's ratio to the ceiling, {workers}: the ceiling's CPU per reading (as if it had used every core) over the stage's"),
+            per_ceiling / spent.busy_us_per(readings).max(f64::MIN_POSITIVE),
+            "ratio",
+        );
+    }
+    r.figure(
+        "bound set by CPU on the ratio to the ceiling of a stage that writes its outputs and runs no rules: the ceiling's CPU per reading (as if it had used every core) over the raw pipe's",
+        per_ceiling / pipe_all.busy_us_per(readings * pipe.len().max(1) as u64).max(f64::MIN_POSITIVE),
+        "ratio",
+    );
 }
 
 /// How many records the status and alerts topics hold: every output of the stage so far.
