@@ -179,20 +179,9 @@ pub(crate) fn histogram() -> Result<Histogram<u64>, FanoutError> {
         .map_err(|e| FanoutError::Histogram(e.to_string()))
 }
 
-/// CPU time of this process so far, seconds (Linux `/proc/self/stat`, 100 ticks a second).
+/// CPU time of this process so far, seconds.
 pub(crate) fn cpu_s() -> f64 {
-    cpu_s_of("self")
-}
-
-/// CPU time of process `pid` (or `self`) so far, seconds.
-pub(crate) fn cpu_s_of(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), so index from the last ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    (tick(11) + tick(12)) / 100.0
+    crate::machine_cpu::process_cpu_s("self")
 }
 
 /// One-minute load average of the machine.

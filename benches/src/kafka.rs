@@ -1,6 +1,7 @@
 //! The raw Kafka ceiling: librdkafka producing and consuming records of our size and format as
 //! fast as it can, with the same durability settings floodcmd uses (idempotent, acks=all).
 
+use crate::machine_cpu::{CpuMark, CpuSpent};
 use crate::report::{Machine, Report};
 use crate::sample_reading;
 use floodcmd_model::bus::partition_for;
@@ -31,6 +32,16 @@ pub struct Ceiling {
     pub consume_per_s: f64,
 }
 
+/// A name for this run's topics and groups, unlike any other run's: the pid alone could name
+/// an earlier process's on a broker kept between runs (the test suite's), whose records and
+/// offsets a run would then count as its own.
+pub(crate) fn run_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}x{nanos}", std::process::id())
+}
+
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), BenchError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<_> = ClientConfig::new()
@@ -57,7 +68,7 @@ pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling
     let (topic, produce_per_s) = fill_topic(bootstrap, records, partitions)?;
     Ok(Ceiling {
         produce_per_s,
-        consume_per_s: consume_topic(bootstrap, &topic, records, partitions)?,
+        consume_per_s: consume_topic(bootstrap, &topic, records, partitions)?.per_s,
     })
 }
 
@@ -109,16 +120,27 @@ fn fill_topic(bootstrap: &str, records: u64, partitions: i32) -> Result<(String,
     Ok((topic, records as f64 / start.elapsed().as_secs_f64()))
 }
 
+/// A rate, and what the machine's cores did over the same timed span (not the setting up
+/// and tearing down of clients and topics around it).
+#[derive(Clone, Copy, Debug)]
+pub struct Timed {
+    /// Records (or readings) per second.
+    pub per_s: f64,
+    /// The cores over the timed span.
+    pub cpu: CpuSpent,
+}
+
 /// Consume the first `records` records of `topic` from the beginning, as fast as librdkafka
-/// will; blocking. Returns records/s. Each call reads afresh (a group of its own), so a run
-/// can take the ceiling more than once.
+/// will; blocking. Each call reads afresh (a group of its own), so a run can take the ceiling
+/// more than once.
 pub fn consume_topic(
     bootstrap: &str,
     topic: &str,
     records: u64,
     partitions: i32,
-) -> Result<f64, BenchError> {
+) -> Result<Timed, BenchError> {
     let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
+    let mark = CpuMark::now();
     let start = Instant::now();
     let mut seen = 0u64;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -133,7 +155,11 @@ pub fn consume_topic(
             seen += 1;
         }
     }
-    Ok(records as f64 / start.elapsed().as_secs_f64())
+    let per_s = records as f64 / start.elapsed().as_secs_f64();
+    Ok(Timed {
+        per_s,
+        cpu: mark.spent(),
+    })
 }
 
 /// A consumer of every partition of `topic` from the beginning, in a group of its own, set
@@ -172,7 +198,7 @@ fn ceiling_consumer(
 /// real outputs) to a fresh topic, with the bus's producer settings (idempotent, acks=all,
 /// linger 5 ms, LZ4; librdkafka's own queue, its delivery reports served on a thread of their
 /// own as the bus's are), until every one is acknowledged; one thread, no rules, nothing
-/// decoded. Returns records consumed per second.
+/// decoded. The rate is of records consumed.
 ///
 /// What librdkafka and the broker allow a stage that reads a reading and writes what it
 /// causes: the stream stage's outputs are more records than its input, and bigger ones.
@@ -183,7 +209,7 @@ pub fn pipe_topic(
     partitions: i32,
     outputs: &[(bytes::Bytes, bytes::Bytes)],
     per_record: f64,
-) -> Result<f64, BenchError> {
+) -> Result<Timed, BenchError> {
     use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
     if outputs.is_empty() {
         return Err(BenchError::Other("no outputs to pipe".into()));
@@ -191,7 +217,7 @@ pub fn pipe_topic(
     static PIPES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let out_topic = format!(
         "bench.pipe.{}.{}",
-        std::process::id(),
+        run_name(),
         PIPES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     create_topic(bootstrap, &out_topic, partitions)?;
@@ -199,6 +225,7 @@ pub fn pipe_topic(
     let producer: ThreadedProducer<DefaultProducerContext> =
         floodcmd_bus::kafka::producer_config(&floodcmd_bus::KafkaConfig::new(bootstrap))
             .create()?;
+    let mark = CpuMark::now();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);
     let (mut seen, mut owed, mut next) = (0u64, 0.0f64, 0usize);
@@ -240,7 +267,11 @@ pub fn pipe_topic(
         }
     }
     producer.flush(Duration::from_secs(120))?;
-    Ok(records as f64 / start.elapsed().as_secs_f64())
+    let per_s = records as f64 / start.elapsed().as_secs_f64();
+    Ok(Timed {
+        per_s,
+        cpu: mark.spent(),
+    })
 }
 
 /// The `kafka-ceiling` scenario.

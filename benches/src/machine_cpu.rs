@@ -1,10 +1,11 @@
-//! What every core of the machine did between two moments (Linux `/proc/stat`), and what this
-//! process took of it (`/proc/self/stat`).
+//! What every core of the machine did between two moments (Linux `/proc/stat`), and what a
+//! process took of it (`/proc/<pid>/stat`).
 //!
 //! A rate alone cannot say why a run went no faster. On a machine whose few cores the broker
-//! shares with the client, a run that leaves no core idle is held by CPU, and then two runs'
-//! rates stand in the inverse ratio of the CPU each spends per record: that is what bounds the
-//! stream stage's ratio to the raw consume ceiling, whatever the stage's own code does.
+//! shares with the client, a run that leaves no core idle is held by CPU: it can go no faster
+//! than the cores' time divided by the CPU it spends per record. Set beside the raw consume
+//! ceiling's, that bounds the stream stage's ratio to the ceiling, given what the stage spends
+//! per reading.
 
 use std::time::Instant;
 
@@ -56,7 +57,7 @@ impl CpuMark {
                 .ok()
                 .and_then(|s| parse_machine(&s))
                 .unwrap_or_default(),
-            own_s: crate::fanout::cpu_s(),
+            own_s: process_cpu_s("self"),
         }
     }
 
@@ -75,6 +76,12 @@ impl CpuMark {
 }
 
 impl CpuSpent {
+    /// Whether the machine's counters were read at all (not on a system without
+    /// `/proc/stat`): a spell with none counted says nothing.
+    pub fn counted(&self) -> bool {
+        self.busy_s + self.idle_s + self.steal_s > 0.0
+    }
+
     /// Busy core-microseconds of the whole machine per record of `records`.
     pub fn busy_us_per(&self, records: u64) -> f64 {
         self.busy_s * 1e6 / records.max(1) as f64
@@ -136,6 +143,18 @@ impl CpuSpent {
             },
         )
     }
+}
+
+/// CPU time of process `pid` (or `self`) so far, seconds: every thread of it, those that
+/// have ended included (utime and stime of `/proc/<pid>/stat`); 0 when it cannot be read.
+pub(crate) fn process_cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), so index from the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    (tick(11) + tick(12)) / TICKS_PER_S
 }
 
 /// The aggregate line of a `/proc/stat` text; `None` when it has none or too few fields.

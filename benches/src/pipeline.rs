@@ -25,9 +25,10 @@
 //! past its start by more than a second and a half. The report names the highest step passed.
 
 use crate::fanout::{
-    client, cpu_s_of, feed, histogram, load_1m, ms, unix_us, ClientRuntime, FanoutError,
-    PointIndex, Role, Schedule, WARMUP_S,
+    client, feed, histogram, load_1m, ms, unix_us, ClientRuntime, FanoutError, PointIndex, Role,
+    Schedule, WARMUP_S,
 };
+use crate::machine_cpu::process_cpu_s;
 use crate::report::{Machine, Report};
 use floodcmd_model::bus::{Assignment, Bus};
 use floodcmd_model::codec::decode;
@@ -282,7 +283,11 @@ async fn step(
     let wait = (schedule.start_ms - unix_us() as f64 / 1000.0).max(0.0);
     tokio::time::sleep(Duration::from_millis(wait as u64)).await;
 
-    let cpu0: Vec<f64> = target.stages.iter().map(|s| cpu_s_of(&s.pid)).collect();
+    let cpu0: Vec<f64> = target
+        .stages
+        .iter()
+        .map(|s| process_cpu_s(&s.pid))
+        .collect();
     let t0 = Instant::now();
     let (sent, accepted, failed) = feed(
         format!("http://{}/v1/readings", target.ingest),
@@ -302,7 +307,7 @@ async fn step(
         .stages
         .iter()
         .zip(&cpu0)
-        .map(|(s, c0)| cpu_s_of(&s.pid) - c0)
+        .map(|(s, c0)| process_cpu_s(&s.pid) - c0)
         .collect();
     stop.store(true, Ordering::Relaxed);
 

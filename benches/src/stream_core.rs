@@ -245,9 +245,8 @@ pub async fn throughput(
         one_dropped.rate,
         "1 worker, outputs dropped once produced (not kept by the bus)",
     );
-    // What the rules, decoding included, cost in CPU wherever they run: set beside the
-    // CPU `stream-kafka` reports per reading for its pipe, it bounds what any stage can
-    // reach from Kafka on the same machine.
+    // What each run cost this process per reading: the rules with decoding, encoding, the
+    // dataflow and the embedded bus around them (CPU, where the rates above are time).
     for (run, name) in [
         (&one, "1 worker, after the others"),
         (&two, "2 workers"),
@@ -368,7 +367,11 @@ pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError>
 
 /// The raw librdkafka consume rate of the first `records` records of `topic`, taken off the
 /// async runtime.
-async fn consume_ceiling(bootstrap: &str, topic: &str, records: u64) -> Result<f64, BenchError> {
+async fn consume_ceiling(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<crate::kafka::Timed, BenchError> {
     let (b, t) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || crate::kafka::consume_topic(&b, &t, records, 4))
         .await
@@ -404,7 +407,8 @@ pub async fn kafka_throughput(
     );
     let other = |e: floodcmd_model::bus::BusError| BenchError::Other(e.to_string());
     let bus = KafkaBus::new(KafkaConfig::new(bootstrap)).map_err(other)?;
-    let topics = Topics::new(format!("benchstream{}", std::process::id()));
+    let run_id = crate::kafka::run_name();
+    let topics = Topics::new(format!("benchstream{run_id}"));
     for t in topics.all() {
         bus.ensure_topic(&t, 4).await.map_err(other)?;
     }
@@ -418,10 +422,16 @@ pub async fn kafka_throughput(
     let stamped_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
+    // And the storm itself ends about now, on whole minutes: the stage stamps its outputs with
+    // their event time, and outputs stamped in July 2026 were past that retention too, so the
+    // check could delete them before the pipe sampled them.
+    let minutes = readings.div_ceil(n.max(1)) as i64;
+    let t0 = (stamped_ms / 60_000 - minutes - 1) * 60_000;
     for i in 0..readings {
         // Each minute's readings all in its first second here.
         let r = Reading {
-            ts_ms: T0 + (i / n) as i64 * 60_000,
+            ts_ms: t0 + (i / n) as i64 * 60_000,
+            received_ms: t0 + (i / n) as i64 * 60_000,
             ..synthetic_reading(i, &ids)
         };
         batch.push(Outgoing {
@@ -441,11 +451,11 @@ pub async fn kafka_throughput(
     let readings_topic = topics.readings();
     // What the machine's cores did in each part: whether it left any idle, and what each
     // spent per reading (see `machine_cpu`).
-    let mark = CpuMark::now();
-    let mut ceilings = vec![consume_ceiling(bootstrap, &readings_topic, readings).await?];
-    let mut ceiling_cpu = vec![mark.spent()];
+    let first = consume_ceiling(bootstrap, &readings_topic, readings).await?;
+    let mut ceilings = vec![first.per_s];
+    let mut ceiling_cpu = vec![first.cpu];
     let mut stage_cpu = Vec::new();
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(t0));
     let mut rates = Vec::new();
     // Outputs on the bus after each run (every run writes all of its own).
     let mut outputs_after = vec![0u64];
@@ -454,8 +464,8 @@ pub async fn kafka_throughput(
             workers,
             lateness_ms: 10_000,
             topics: topics.clone(),
-            group: format!("bench-{workers}"),
-            watermark: Watermark::Bounded { origin_ms: T0 },
+            group: format!("bench-{run_id}-{workers}"),
+            watermark: Watermark::Bounded { origin_ms: t0 },
             rebuild_ms: None,
         };
         let lost_before = floodcmd_stream::readings_lost_total();
@@ -485,9 +495,9 @@ pub async fn kafka_throughput(
         rates.push(readings as f64 / elapsed.as_secs_f64());
         let [statuses, transitions] = outputs_on(&bus, &topics).await?;
         outputs_after.push(statuses + transitions);
-        let mark = CpuMark::now();
-        ceilings.push(consume_ceiling(bootstrap, &readings_topic, readings).await?);
-        ceiling_cpu.push(mark.spent());
+        let ceiling = consume_ceiling(bootstrap, &readings_topic, readings).await?;
+        ceilings.push(ceiling.per_s);
+        ceiling_cpu.push(ceiling.cpu);
     }
     // The pipe: the same readings consumed and the stage's own outputs (the same records, as
     // many per reading as the 2-worker run wrote) produced, raw.
@@ -500,20 +510,18 @@ pub async fn kafka_throughput(
     let mut pipes = Vec::new();
     let mut pipe_cpu = Vec::new();
     for _ in 0..2 {
-        let mark = CpuMark::now();
         let (b, t, o) = (
             bootstrap.to_string(),
             readings_topic.clone(),
             outputs.clone(),
         );
-        pipes.push(
-            tokio::task::spawn_blocking(move || {
-                crate::kafka::pipe_topic(&b, &t, readings, 4, &o, per_reading)
-            })
-            .await
-            .map_err(|e| BenchError::Other(e.to_string()))??,
-        );
-        pipe_cpu.push(mark.spent());
+        let piped = tokio::task::spawn_blocking(move || {
+            crate::kafka::pipe_topic(&b, &t, readings, 4, &o, per_reading)
+        })
+        .await
+        .map_err(|e| BenchError::Other(e.to_string()))??;
+        pipes.push(piped.per_s);
+        pipe_cpu.push(piped.cpu);
     }
     let pipe = (pipes[0] + pipes[1]) / 2.0;
     let mut r = Report {
@@ -577,14 +585,20 @@ pub async fn kafka_throughput(
     Ok(r)
 }
 
-/// The machine's CPU in each part of `stream-kafka`: per reading, whole machine and this
-/// process (the rest is the broker), and the idle share of its cores.
+/// The machine's CPU in each part of `stream-kafka`, over the span each part is timed: per
+/// reading, the whole machine and this process (the rest is the broker and anything else the
+/// machine runs), and the idle and stolen shares of the cores.
 ///
-/// And the bound CPU sets on the stage's ratio to the ceiling. At most the cores' whole time
-/// (less what the hypervisor steals) goes to a run, so the stage reads at most
-/// `available / stage CPU per reading`, and the ceiling read at `busy / ceiling CPU per
-/// reading`: the ratio can be no more than `ceiling CPU / stage CPU × available / busy` of the
-/// ceiling's run. When the ceiling left no core idle the last factor is 1.
+/// And the bound CPU sets on a ratio to the ceiling. A run can use at most the cores' time the
+/// hypervisor leaves (busy plus idle), so the stage reads at most `available / stage CPU per
+/// reading`; the ceiling read at `busy / ceiling CPU per reading`. The ratio can then be no
+/// more than `(ceiling CPU per reading ÷ busy share of the available) ÷ stage CPU per
+/// reading`. The first factor is the available core-time per reading at the ceiling's pace:
+/// the ceiling is held to the cores it left idle as well, which only loosens the bound. Each
+/// stage run is set against the two ceilings around it, as its ratio is; the pipe against the
+/// two around the 2-worker run (the later one just before the pipe). The bound takes each
+/// run's CPU per reading as fixed: CPU spent on something else meanwhile (other processes, the
+/// broker's JIT warming up) lowers it.
 fn cpu_figures(
     r: &mut Report,
     readings: u64,
@@ -592,11 +606,15 @@ fn cpu_figures(
     stage: &[CpuSpent],
     pipe: &[CpuSpent],
 ) {
-    let ceiling_all = CpuSpent::total(ceiling);
-    let runs = ceiling.len().max(1) as u64;
-    // What the ceiling would read with every core it left idle put to work too.
-    let per_ceiling = ceiling_all.busy_us_per(readings * runs)
-        / ceiling_all.busy_share_of_available().max(f64::MIN_POSITIVE);
+    if !ceiling
+        .iter()
+        .chain(stage)
+        .chain(pipe)
+        .all(CpuSpent::counted)
+    {
+        // No `/proc/stat` here: zeros would read as figures.
+        return;
+    }
     let mut part = |name: &str, spent: &CpuSpent, records: u64| {
         r.figure(
             &format!("CPU of the whole machine per reading, {name}"),
@@ -604,7 +622,7 @@ fn cpu_figures(
             "core-µs",
         );
         r.figure(
-            &format!("CPU of this process per reading, {name} (the rest: the broker)"),
+            &format!("CPU of this process per reading, {name}"),
             spent.own_us_per(records),
             "core-µs",
         );
@@ -619,30 +637,39 @@ fn cpu_figures(
             "%",
         );
     };
-    part(
-        "raw consume ceiling (its runs together)",
-        &ceiling_all,
-        readings * runs,
-    );
-    for (spent, workers) in stage.iter().zip(["1 worker", "2 workers"]) {
-        part(&format!("stream stage, {workers}"), spent, readings);
+    // Available core-µs per reading at the ceiling's pace, over two ceiling runs.
+    let available_per =
+        |runs: &[CpuSpent], name: &str, part: &mut dyn FnMut(&str, &CpuSpent, u64)| {
+            let both = CpuSpent::total(runs);
+            part(name, &both, readings * runs.len() as u64);
+            both.busy_us_per(readings * runs.len() as u64)
+                / both.busy_share_of_available().max(f64::MIN_POSITIVE)
+        };
+    let workers = ["1 worker", "2 workers"];
+    let mut around = Vec::new();
+    for (i, run) in ["1-worker", "2-worker"].iter().enumerate() {
+        around.push(available_per(
+            &ceiling[i..i + 2],
+            &format!("raw consume ceiling, the two runs around the {run} run"),
+            &mut part,
+        ));
+    }
+    for (spent, w) in stage.iter().zip(workers) {
+        part(&format!("stream stage, {w}"), spent, readings);
     }
     let pipe_all = CpuSpent::total(pipe);
-    part(
-        "raw pipe (its runs together)",
-        &pipe_all,
-        readings * pipe.len().max(1) as u64,
-    );
-    for (spent, workers) in stage.iter().zip(["1 worker", "2 workers"]) {
+    let piped = readings * pipe.len() as u64;
+    part("raw pipe (its runs together)", &pipe_all, piped);
+    for ((spent, w), per_ceiling) in stage.iter().zip(workers).zip(&around) {
         r.figure(
-            &format!("bound set by CPU on the stage's ratio to the ceiling, {workers}: the ceiling's CPU per reading (as if it had used every core) over the stage's"),
+            &format!("bound set by CPU on the stage's ratio to the ceiling, {w}: the available core-time per reading at the ceiling's pace over the stage's CPU per reading"),
             per_ceiling / spent.busy_us_per(readings).max(f64::MIN_POSITIVE),
             "ratio",
         );
     }
     r.figure(
-        "bound set by CPU on the ratio to the ceiling of a stage that writes its outputs and runs no rules: the ceiling's CPU per reading (as if it had used every core) over the raw pipe's",
-        per_ceiling / pipe_all.busy_us_per(readings * pipe.len().max(1) as u64).max(f64::MIN_POSITIVE),
+        "bound set by CPU on the ratio to the ceiling of a stage that writes its outputs and runs no rules: the available core-time per reading at the ceiling's pace (around the 2-worker run) over the raw pipe's CPU per reading",
+        around[1] / pipe_all.busy_us_per(piped).max(f64::MIN_POSITIVE),
         "ratio",
     );
 }
