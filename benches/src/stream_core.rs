@@ -7,7 +7,14 @@
 //! output buffers are freed once librdkafka has copied them, and the allocator hands the same
 //! memory out again for the next epoch's. The same runs are made again
 //! with a producer that takes the outputs (encoded as ever) and lets them go, as a broker that
-//! acknowledged at once would, to show the stage's own cost apart from the bus's.
+//! acknowledged at once would, to show the stage's own cost apart from the bus's. Each run
+//! also reports this process's CPU per reading.
+//!
+//! `stream-kafka` ([`kafka_throughput`]) runs the same stage reading from a real Kafka topic,
+//! beside the raw consume ceiling and a raw pipe, with what the machine's cores spent per
+//! reading in each part and the bound that sets on the stage's ratio to the ceiling
+//! ([`crate::machine_cpu`]); `stream-memory` ([`memory`]) measures the state of a large
+//! district.
 
 use crate::kafka::BenchError;
 use crate::machine_cpu::{CpuMark, CpuSpent};
