@@ -92,15 +92,19 @@ impl CpuSpent {
         self.own_s * 1e6 / records.max(1) as f64
     }
 
-    /// The share of the cores' time that had nothing to run, 0 to 1 (0 when nothing was
-    /// counted).
-    pub fn idle_share(&self) -> f64 {
+    /// `part` as a share of all the cores' time counted, 0 to 1 (0 when nothing was counted).
+    fn share_of_all(&self, part: f64) -> f64 {
         let all = self.busy_s + self.idle_s + self.steal_s;
         if all > 0.0 {
-            self.idle_s / all
+            part / all
         } else {
             0.0
         }
+    }
+
+    /// The share of the cores' time that had nothing to run, 0 to 1.
+    pub fn idle_share(&self) -> f64 {
+        self.share_of_all(self.idle_s)
     }
 
     /// The share of the time the machine had (all but what the hypervisor took) that went
@@ -116,12 +120,7 @@ impl CpuSpent {
 
     /// The share taken by the hypervisor, 0 to 1.
     pub fn steal_share(&self) -> f64 {
-        let all = self.busy_s + self.idle_s + self.steal_s;
-        if all > 0.0 {
-            self.steal_s / all
-        } else {
-            0.0
-        }
+        self.share_of_all(self.steal_s)
     }
 
     /// The sum of several spells, as one.
