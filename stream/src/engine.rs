@@ -22,6 +22,7 @@ use crate::prefetch::{prefetch, prefetch_first, prefetch_whole};
 use crate::qc::{DepthQc, RainQc, Verdict};
 use crate::rain::RainWindows;
 use crate::rise::{predict, Prediction, RiseWindow};
+use crate::rule_text;
 use floodcmd_model::config::{
     Cadence, Flapping, LevelThresholds, Point, PointKind, QualityControl, RainIntensityRule, Rise,
 };
@@ -98,15 +99,6 @@ struct Rules {
     intensity: RainIntensityRule,
     flapping: Flapping,
     rise: Rise,
-}
-
-/// "1h", "3h", "10min": how rules name a rain window (the SMS text reads it back).
-fn window_label(window_min: u32) -> String {
-    // Not `is_multiple_of`: the workspace still promises Rust 1.85.
-    match (window_min / 60, window_min % 60) {
-        (hours, 0) => format!("{hours}h"),
-        _ => format!("{window_min}min"),
-    }
 }
 
 /// What a transition says happened, and the rule behind it.
@@ -344,40 +336,53 @@ impl PointState {
             return (format!("{} → {}", change.from, change.to), 0.0);
         };
         let v = values[i];
-        let what = match th.window_min {
-            Some(w) => format!("rain {}", window_label(w)),
-            None => "depth".to_string(),
-        };
         let unit = self.point.kind.unit();
-        let rule = if change.up {
-            format!(
-                "{what} {} {unit} >= {} {} {unit}",
-                OneDecimal(v),
-                change.by,
-                th.raise
-            )
+        // "{what} {v:.1} {unit} >= {by} {raise} {unit}", or "< {by} reset {reset}" going down.
+        let mut rule = rule_text::text();
+        match th.window_min {
+            Some(w) => {
+                rule.push_str("rain ");
+                rule_text::push_window(&mut rule, w);
+            }
+            None => rule.push_str("depth"),
+        }
+        rule.push(' ');
+        rule_text::push_one_decimal(&mut rule, v);
+        rule.push(' ');
+        rule.push_str(unit);
+        rule.push_str(if change.up { " >= " } else { " < " });
+        rule.push_str(change.by.as_str());
+        if change.up {
+            rule.push(' ');
+            rule_text::push_number(&mut rule, th.raise);
         } else {
-            format!(
-                "{what} {} {unit} < {} reset {} {unit}",
-                OneDecimal(v),
-                change.by,
-                th.reset
-            )
-        };
+            rule.push_str(" reset ");
+            rule_text::push_number(&mut rule, th.reset);
+        }
+        rule.push(' ');
+        rule.push_str(unit);
         (rule, v)
     }
 
     fn describe_intensity(rule: &RainIntensityRule, raised: bool, total: f64) -> (String, f64) {
-        let what = format!(
-            "rain {} {} mm",
-            window_label(rule.window_min),
-            OneDecimal(total)
-        );
-        let text = if raised {
-            format!("{what} >= 短时强降水 {} mm ({})", rule.mm, rule.level)
+        // "rain {window} {total:.1} mm >= 短时强降水 {mm} mm ({level})", or
+        // "< 短时强降水 reset {reset} mm" when it resets.
+        let mut text = rule_text::text();
+        text.push_str("rain ");
+        rule_text::push_window(&mut text, rule.window_min);
+        text.push(' ');
+        rule_text::push_one_decimal(&mut text, total);
+        if raised {
+            text.push_str(" mm >= 短时强降水 ");
+            rule_text::push_number(&mut text, rule.mm);
+            text.push_str(" mm (");
+            text.push_str(rule.level.as_str());
+            text.push(')');
         } else {
-            format!("{what} < 短时强降水 reset {} mm", rule.reset)
-        };
+            text.push_str(" mm < 短时强降水 reset ");
+            rule_text::push_number(&mut text, rule.reset);
+            text.push_str(" mm");
+        }
         (text, total)
     }
 
@@ -513,32 +518,6 @@ pub struct Engine {
 /// and a miss a tenth of one, so a few places of lead are enough: a lead of 8 measured no
 /// better than 4.
 const AHEAD: usize = 4;
-
-/// `value` as `{:.1}` writes it.
-///
-/// Rules name the value they judged to one decimal, and a fifth of the readings of a storm can
-/// move a level. For a value a tenth of which is a whole number of tenths (depths and totals
-/// usually are), the digits are those of that whole number; `{:.1}` finds them by exact
-/// decimal expansion, on a big-number path for many such values, a visible share of the
-/// stage's time.
-struct OneDecimal(f64);
-
-impl std::fmt::Display for OneDecimal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = self.0;
-        let tenths = v * 10.0;
-        // Whole, and small enough that every integer near it is exact: then `v` is within a
-        // rounding error of tenths / 10, nowhere near halfway to another tenth, so rounding
-        // it to one decimal gives these digits.
-        if tenths.fract() == 0.0 && tenths.abs() < (1u64 << 52) as f64 {
-            let whole = tenths.abs() as u64;
-            let sign = if v.is_sign_negative() { "-" } else { "" };
-            write!(f, "{sign}{}.{}", whole / 10, whole % 10)
-        } else {
-            write!(f, "{v:.1}")
-        }
-    }
-}
 
 /// One sensor's state at its point.
 struct SensorState {
@@ -1161,6 +1140,64 @@ mod tests {
         );
         assert!(t[0].rule.contains("短时强降水 reset"), "{}", t[0].rule);
     }
+    /// The rule texts as they were written with `format!` before `rule_text` wrote them by
+    /// hand: every point of the sample district, every level's rule up and down, at values
+    /// whole, in tenths, and neither.
+    #[test]
+    fn rule_texts_are_what_format_wrote() {
+        let d = district();
+        let clock = Arc::new(ManualClock::new(T0));
+        let engine = Engine::new(&d, |_| true, clock, T0);
+        let window = |w: u32| match (w / 60, w % 60) {
+            (hours, 0) => format!("{hours}h"),
+            _ => format!("{w}min"),
+        };
+        let mut checked = 0;
+        for st in &engine.points {
+            for by in [Level::Blue, Level::Yellow, Level::Orange, Level::Red] {
+                let th = st.point.thresholds.get(by).expect("every level has a rule");
+                for v in [0.0, 15.0, 25.3, 49.95, 123.456, -0.04, 1e17] {
+                    let mut values = [0.0; 4];
+                    values[by.alert_index().unwrap()] = v;
+                    for up in [true, false] {
+                        let change = LevelChange {
+                            from: Level::Normal,
+                            to: by,
+                            by,
+                            up,
+                        };
+                        let what = match th.window_min {
+                            Some(w) => format!("rain {}", window(w)),
+                            None => "depth".to_string(),
+                        };
+                        let unit = st.point.kind.unit();
+                        let expected = if up {
+                            format!("{what} {v:.1} {unit} >= {by} {} {unit}", th.raise)
+                        } else {
+                            format!("{what} {v:.1} {unit} < {by} reset {} {unit}", th.reset)
+                        };
+                        assert_eq!(st.describe(&change, &values), (expected, v));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        let mut rule = RainIntensityRule::default();
+        for (mm, reset, total) in [(20.0, 16.0, 20.0), (12.5, 10.0, 7.25), (30.0, 24.5, 0.0)] {
+            (rule.mm, rule.reset) = (mm, reset);
+            rule.window_min = if mm > 25.0 { 10 } else { 60 };
+            let what = format!("rain {} {total:.1} mm", window(rule.window_min));
+            assert_eq!(
+                PointState::describe_intensity(&rule, true, total).0,
+                format!("{what} >= 短时强降水 {mm} mm ({})", rule.level)
+            );
+            assert_eq!(
+                PointState::describe_intensity(&rule, false, total).0,
+                format!("{what} < 短时强降水 reset {reset} mm")
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1189,32 +1226,6 @@ mod exchange_tests {
             let bytes = bincode::serialize(&r).unwrap();
             let back: TimedReading = bincode::deserialize(&bytes).unwrap();
             assert_eq!(back, r);
-        }
-    }
-}
-
-#[cfg(test)]
-mod one_decimal_tests {
-    use super::OneDecimal;
-    use proptest::prelude::*;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(5000))]
-        #[test]
-        fn one_decimal_is_what_the_standard_library_writes(
-            v in prop_oneof![
-                any::<f64>(),
-                (-100_000i64..100_000).prop_map(|t| t as f64 / 10.0),
-                (-100_000i64..100_000).prop_map(|t| t as f64 / 20.0),
-                (-100_000i64..100_000).prop_map(|t| t as f64 / 100.0),
-                (-1000.0f64..1000.0),
-                prop::sample::select(vec![
-                    -0.0, 0.0, 0.05, 0.15, 0.25, -0.05, 4503599627370495.5, 4.5e15, 1e300,
-                    f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MIN_POSITIVE,
-                ]),
-            ]
-        ) {
-            prop_assert_eq!(OneDecimal(v).to_string(), format!("{v:.1}"));
         }
     }
 }

@@ -16,7 +16,9 @@
 //! - `delivery`: those outputs encoded and handed to the bus in order, a few epochs awaiting
 //!   acknowledgement at once, produced again until they land;
 //! - `read_positions`: the next offset expected per partition, so records the bus deleted
-//!   before they were read (Kafka's retention) are counted and named, not passed over.
+//!   before they were read (Kafka's retention) are counted and named, not passed over;
+//! - `rule_text`: the text a transition gives for the rule that moved it, written by hand
+//!   into one buffer.
 
 pub mod dataflow;
 mod delivery;
@@ -30,6 +32,7 @@ pub mod qc;
 pub mod rain;
 mod read_positions;
 pub mod rise;
+mod rule_text;
 
 pub use dataflow::{
     readings_lost_total, run_stream, run_stream_fed, run_stream_in_cluster, Cluster, DirectFeed,
