@@ -450,10 +450,50 @@ struct BoundedEnd {
     max_event_s: std::sync::atomic::AtomicU64,
 }
 
-/// Applied epochs' vectors the rules operator keeps for reuse, at most.
-const SPARE_EPOCHS: usize = 4;
-/// Readings a kept vector may have room for, at most.
-const SPARE_CAPACITY: usize = 65_536;
+/// Readings the spare epoch vectors of one pool may have room for, all together, at most (a
+/// few MiB).
+const SPARE_READINGS: usize = 65_536;
+
+/// Vectors of one epoch's readings, kept for later epochs and handed out with room for as many
+/// readings as recent epochs held. The worker's input loop fills one per epoch of each poll,
+/// and the rules operator gathers each epoch into one: grown from empty every time, each was a
+/// reallocation and a copy per doubling (5 % of a worker's time in a storm whose epochs hold a
+/// few hundred readings, each arriving in several containers).
+#[derive(Default)]
+struct EpochVecs {
+    spare: Vec<Vec<TimedReading>>,
+    /// Readings the spare vectors have room for.
+    room: usize,
+    /// Readings recent epochs held: the most recent epoch's, or less than an eighth below the
+    /// largest before it; no more than `ROOM_AT_MOST`.
+    recent: usize,
+}
+
+/// Room a vector is handed out with, at most (half a MiB): a backlog stamped with one epoch
+/// must not have every later epoch reserve its size.
+const ROOM_AT_MOST: usize = 4_096;
+
+impl EpochVecs {
+    /// An empty vector with room for as many readings as recent epochs held.
+    fn take(&mut self) -> Vec<TimedReading> {
+        let mut v = self.spare.pop().unwrap_or_default();
+        self.room -= v.capacity();
+        // Empty: reserving moves nothing.
+        v.reserve(self.recent);
+        v
+    }
+
+    /// `v`, which held `held` readings, emptied and kept for a later epoch unless the spares
+    /// already have room enough (a catching-up stage can stamp a whole backlog with one epoch).
+    fn give(&mut self, mut v: Vec<TimedReading>, held: usize) {
+        self.recent = held.max(self.recent - self.recent / 8).min(ROOM_AT_MOST);
+        v.clear();
+        if v.capacity() > 0 && self.room + v.capacity() <= SPARE_READINGS {
+            self.room += v.capacity();
+            self.spare.push(v);
+        }
+    }
+}
 
 /// Say that records the bus deleted before this worker read them are lost, and count them.
 fn report_lost(worker: usize, topic: &str, gap: Gap) {
@@ -661,6 +701,7 @@ impl WorkerContext {
         let activator: std::rc::Rc<std::cell::RefCell<Option<timely::scheduling::Activator>>> =
             Default::default();
         let operator_activator = activator.clone();
+        let mut epoch_vecs = EpochVecs::default();
         let (mut input, cap) = worker.dataflow::<u64, _, _>(|scope| {
             let activator_scope = scope;
             let ((input, cap), stream) = scope.new_unordered_input::<timely::container::CapacityContainerBuilder<Vec<TimedReading>>>();
@@ -676,10 +717,7 @@ impl WorkerContext {
                         // passes a time once every output for it is on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
-                        // An applied epoch's vector, kept for a later epoch: each grew fresh
-                        // from empty, and the first touch of its memory was a cost per
-                        // reading of its own when the stage catches up.
-                        let mut spare: Vec<Vec<TimedReading>> = Vec::new();
+                        let mut stash_vecs = EpochVecs::default();
                         let mut out = Vec::new();
                         // Topic names and counters resolved once: per output they were a string
                         // format and a labelled-metric lookup.
@@ -756,10 +794,10 @@ impl WorkerContext {
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 let t = *cap.least().expect("u64 stamps have a least time");
-                                stash
-                                    .entry(t)
-                                    .or_insert_with(|| spare.pop().unwrap_or_default())
-                                    .extend(data.flat_map(|d| d.drain(..)));
+                                let epoch = stash.entry(t).or_insert_with(|| stash_vecs.take());
+                                for d in data {
+                                    epoch.append(d);
+                                }
                             });
                             let Some(cap) = held.as_mut() else { return };
                             let f = frontier.frontier();
@@ -767,15 +805,11 @@ impl WorkerContext {
                                 if f.less_equal(&t) {
                                     break;
                                 }
-                                let mut rs = stash.remove(&t).expect("key just seen");
+                                let rs = stash.remove(&t).expect("key just seen");
                                 engine.apply_epoch(t as Millis * 1000, &rs, &mut out);
                                 emit(t, &mut out);
-                                rs.clear();
-                                // Kept unless a backlog made it huge: a catching-up stage can
-                                // stamp a whole backlog with one epoch.
-                                if spare.len() < SPARE_EPOCHS && rs.capacity() <= SPARE_CAPACITY {
-                                    spare.push(rs);
-                                }
+                                let held = rs.len();
+                                stash_vecs.give(rs, held);
                             }
                             match f.first() {
                                 Some(&ft) => {
@@ -977,11 +1011,14 @@ impl WorkerContext {
                             if replay {
                                 // Behind the clock by design: neither late nor new, and never committed
                                 // again (that would move the group's offset backwards).
-                                batches.entry(*c.time()).or_default().push(TimedReading {
-                                    reading,
-                                    late: false,
-                                    replay: true,
-                                });
+                                batches
+                                    .entry(*c.time())
+                                    .or_insert_with(|| epoch_vecs.take())
+                                    .push(TimedReading {
+                                        reading,
+                                        late: false,
+                                        replay: true,
+                                    });
                                 continue;
                             }
                             (rec.partition, Some(rec.offset + 1), reading)
@@ -1007,11 +1044,14 @@ impl WorkerContext {
                     if let Some(next) = next_offset {
                         note_pending(pending.entry(partition).or_default(), t, next);
                     }
-                    batches.entry(t).or_default().push(TimedReading {
-                        reading,
-                        late,
-                        replay: false,
-                    });
+                    batches
+                        .entry(t)
+                        .or_insert_with(|| epoch_vecs.take())
+                        .push(TimedReading {
+                            reading,
+                            late,
+                            replay: false,
+                        });
                 }
                 m.readings.inc_by(fed);
                 // Bounded and caught up (a poll came back empty): once a second, ask where the
@@ -1056,7 +1096,10 @@ impl WorkerContext {
                 if !batches.is_empty() {
                     let mut session = input.activate();
                     for (t, mut batch) in std::mem::take(&mut batches) {
+                        let held = batch.len();
                         session.session(&c.delayed(&t)).give_container(&mut batch);
+                        // Timely gives back the vector emptied (or one it has done with).
+                        epoch_vecs.give(batch, held);
                     }
                 }
                 let now_s = match &self.config.watermark {
@@ -1129,5 +1172,74 @@ impl WorkerContext {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod epoch_vecs_tests {
+    use super::{EpochVecs, ROOM_AT_MOST, SPARE_READINGS};
+    use crate::engine::TimedReading;
+    use floodcmd_model::{Reading, SensorKind};
+
+    fn readings(n: usize) -> Vec<TimedReading> {
+        let r = TimedReading {
+            reading: Reading {
+                sensor: "S".into(),
+                point: "P".into(),
+                kind: SensorKind::Depth,
+                ts_ms: 0,
+                value: 1.0,
+                seq: None,
+                received_ms: 0,
+            },
+            late: false,
+            replay: false,
+        };
+        vec![r; n]
+    }
+
+    #[test]
+    fn a_vector_comes_back_empty_with_room_for_what_recent_epochs_held() {
+        let mut pool = EpochVecs::default();
+        assert_eq!(
+            pool.take().capacity(),
+            0,
+            "nothing held yet, nothing reserved"
+        );
+        pool.give(readings(300), 300);
+        let v = pool.take();
+        assert!(v.is_empty());
+        assert!(v.capacity() >= 300, "{}", v.capacity());
+        assert_eq!(pool.room, 0, "the one spare is out again");
+        // A smaller epoch after it: the room decays by an eighth at a time, not at once.
+        pool.give(v, 10);
+        assert_eq!(pool.recent, 300 - 300 / 8);
+        let fresh = EpochVecs {
+            recent: pool.recent,
+            ..Default::default()
+        }
+        .take();
+        assert!(fresh.capacity() >= 263, "{}", fresh.capacity());
+    }
+
+    #[test]
+    fn a_backlog_epoch_neither_is_kept_nor_makes_later_ones_reserve_its_size() {
+        let mut pool = EpochVecs::default();
+        pool.give(readings(SPARE_READINGS + 1), SPARE_READINGS + 1);
+        assert!(pool.spare.is_empty(), "too big to keep");
+        assert_eq!(pool.room, 0);
+        assert_eq!(pool.recent, ROOM_AT_MOST);
+        let v = pool.take();
+        assert!(v.capacity() >= ROOM_AT_MOST && v.capacity() < 2 * ROOM_AT_MOST);
+        // Spares are kept up to the room, no further.
+        let mut pool = EpochVecs::default();
+        for _ in 0..SPARE_READINGS / 1000 + 5 {
+            pool.give(Vec::with_capacity(1000), 0);
+        }
+        assert!(pool.room <= SPARE_READINGS);
+        assert_eq!(
+            pool.room,
+            pool.spare.iter().map(Vec::capacity).sum::<usize>()
+        );
     }
 }
