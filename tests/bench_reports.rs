@@ -89,6 +89,8 @@ fn stream_core_reports_what_each_run_cost_the_process_per_reading() {
         "2 workers",
         "1 worker, outputs dropped once produced",
         "2 workers, outputs dropped once produced",
+        "simulated storm, 1 worker, outputs dropped once produced",
+        "simulated storm, 2 workers, outputs dropped once produced",
     ] {
         let (cpu, _) = figure(&figures, &format!("CPU of this process per reading, {run}"));
         // A run of 30,000 readings takes far longer than the 10 ms the kernel counts CPU in,
@@ -106,6 +108,20 @@ fn stream_core_reports_what_each_run_cost_the_process_per_reading() {
         assert!(
             busy_cores <= cores * 1.2 + 0.1,
             "{run}: {cpu} core-µs per reading at {rate} readings/s is {busy_cores} cores of {cores}"
+        );
+    }
+    // Both storms move levels (the simulated one's cells flood some points), and
+    // transitions are some of the outputs.
+    for storm in ["", "simulated storm, "] {
+        let outputs = figure(&figures, &format!("{storm}outputs produced per reading")).0;
+        let transitions = figure(
+            &figures,
+            &format!("{storm}transitions produced per reading"),
+        )
+        .0;
+        assert!(
+            0.0 < transitions && transitions <= outputs,
+            "{storm}{transitions} transitions of {outputs} outputs per reading"
         );
     }
     std::fs::remove_dir_all(out).ok();

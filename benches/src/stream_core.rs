@@ -7,8 +7,11 @@
 //! output buffers are freed once librdkafka has copied them, and the allocator hands the same
 //! memory out again for the next epoch's. The same runs are made again
 //! with a producer that takes the outputs (encoded as ever) and lets them go, as a broker that
-//! acknowledged at once would, to show the stage's own cost apart from the bus's. Each run
-//! also reports this process's CPU per reading.
+//! acknowledged at once would, to show the stage's own cost apart from the bus's. Those runs
+//! read a synthetic storm that changes every point's status with every reading
+//! ([`synthetic_reading`]); two more, outputs dropped, read `sensors-sim`'s storm
+//! ([`simulated_storm`]), shaped like a real one. Each run also reports this process's CPU per
+//! reading, and the outputs and transitions of each storm per reading are reported.
 //!
 //! `stream-kafka` ([`kafka_throughput`]) runs the same stage reading from a real Kafka topic,
 //! beside the raw consume ceiling and a raw pipe, with what the machine's cores spent per
@@ -63,6 +66,52 @@ pub fn synthetic_reading(i: u64, sensors: &[SyntheticSensor]) -> Reading {
     }
 }
 
+/// Which storm a run reads.
+#[derive(Clone, Copy)]
+enum Storm {
+    /// [`synthetic_reading`]'s: every depth wanders 0..20 cm from one reading to the next, so
+    /// every reading changes its point's status.
+    Synthetic,
+    /// `sensors-sim`'s ([`simulated_storm`]): a storm cell crossing the district, each
+    /// point's depth filling and draining with it, as a real storm's readings go.
+    Simulated,
+}
+
+/// Seed of the simulated storm's noise.
+const SIMULATED_SEED: u64 = 7;
+
+/// The readings of `sensors-sim`'s storm over `district` (two cells crossing it from the
+/// west over 90 minutes, each point's drains filling and emptying, every sensor reporting
+/// once a minute, no faults; the storm comes again every 3 hours), from its start, in the
+/// order the devices deliver them. Simulated a minute at a time as they are taken, so a
+/// million of them are never held at once.
+pub fn simulated_storm(district: &District) -> impl Iterator<Item = Reading> + Send + '_ {
+    let mut sim = floodcmd_sim::device::Simulator::new(
+        district,
+        T0,
+        SIMULATED_SEED,
+        60_000,
+        floodcmd_sim::FaultConfig::default(),
+    );
+    let mut to_ms = T0;
+    let mut minute = Vec::new().into_iter();
+    std::iter::from_fn(move || loop {
+        if sim.sensor_count() == 0 {
+            return None;
+        }
+        if let Some(r) = minute.next() {
+            return Some(r);
+        }
+        to_ms += 60_000;
+        let readings: Vec<Reading> = sim
+            .advance(to_ms)
+            .into_iter()
+            .filter_map(|g| g.reading)
+            .collect();
+        minute = readings.into_iter();
+    })
+}
+
 /// Peak resident memory of this process so far, MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> f64 {
     crate::pipeline::peak_rss_mib_of("self")
@@ -78,11 +127,14 @@ enum Outputs {
 }
 
 /// A producer that acknowledges records of the output topics at once and keeps none of them;
-/// records of `inputs` go to the bus as ever.
+/// records of `inputs` go to the bus as ever. Counts what it drops, and apart the records of
+/// the alerts topic (transitions).
 struct DroppingProducer {
     inner: Arc<dyn Producer>,
     inputs: Vec<String>,
+    alerts: String,
     dropped: Arc<AtomicU64>,
+    transitions: Arc<AtomicU64>,
 }
 
 #[async_trait::async_trait]
@@ -98,6 +150,9 @@ impl Producer for DroppingProducer {
             return self.inner.send(topic, key, payload, timestamp_ms).await;
         }
         let offset = self.dropped.fetch_add(1, Ordering::Relaxed);
+        if topic == self.alerts {
+            self.transitions.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Delivery {
             partition: partition_for(key, 4),
             offset,
@@ -115,6 +170,10 @@ impl Producer for DroppingProducer {
         let first = self
             .dropped
             .fetch_add(records.len() as u64, Ordering::Relaxed);
+        if topic == self.alerts {
+            self.transitions
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+        }
         records
             .iter()
             .enumerate()
@@ -134,19 +193,21 @@ struct Run {
     rate: f64,
     /// Outputs per reading when they were dropped (0 when kept).
     outputs_per_reading: f64,
+    /// Of those, transitions per reading.
+    transitions_per_reading: f64,
     /// This process's CPU per reading over the run, core-µs: the stage's workers and
     /// whatever else of the process ran beside them.
     cpu_us_per_reading: f64,
 }
 
-/// One timed run of `readings` through the stage with `workers`.
+/// One timed run of `readings` of `storm` through the stage with `workers`.
 async fn one_run(
     district: Arc<District>,
+    storm: Storm,
     readings: u64,
     workers: usize,
     outputs: Outputs,
 ) -> Result<Run, BenchError> {
-    let sensors = synthetic_sensors(&district);
     let bus = EmbeddedBus::new((readings as usize / 4) * 2 + 1024);
     let topics = Topics::new("bench");
     for t in topics.all() {
@@ -155,23 +216,34 @@ async fn one_run(
             .map_err(|e| BenchError::Other(e.to_string()))?;
     }
     let p = bus.producer();
-    for i in 0..readings {
-        let r = synthetic_reading(i, &sensors);
+    let sensors = synthetic_sensors(&district);
+    // Made as they are put on the bus, as they always were: a million readings held at once
+    // would add their hundred-odd MiB to the peak resident memory reported.
+    let input: Box<dyn Iterator<Item = Reading> + Send + '_> = match storm {
+        Storm::Synthetic => Box::new((0..readings).map(|i| synthetic_reading(i, &sensors))),
+        Storm::Simulated => Box::new(simulated_storm(&district).take(readings as usize)),
+    };
+    for r in input {
         p.send(&topics.readings(), r.sensor.as_bytes(), encode(&r), r.ts_ms)
             .await
             .map_err(|e| BenchError::Other(e.to_string()))?;
     }
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
     let dropped = Arc::new(AtomicU64::new(0));
+    let transitions = Arc::new(AtomicU64::new(0));
     let stage_bus: Arc<dyn Bus> = match outputs {
         Outputs::Kept => Arc::new(bus.clone()),
         Outputs::Dropped => {
-            let (inputs, dropped) = (vec![topics.readings(), topics.rejects()], dropped.clone());
+            let inputs = vec![topics.readings(), topics.rejects()];
+            let (alerts, dropped, transitions) =
+                (topics.alerts(), dropped.clone(), transitions.clone());
             Arc::new(WithProducer::new(bus.clone(), move |inner| {
                 Arc::new(DroppingProducer {
                     inner,
                     inputs: inputs.clone(),
+                    alerts: alerts.clone(),
                     dropped: dropped.clone(),
+                    transitions: transitions.clone(),
                 })
             }))
         }
@@ -197,6 +269,7 @@ async fn one_run(
     Ok(Run {
         rate,
         outputs_per_reading: dropped.load(Ordering::Relaxed) as f64 / readings as f64,
+        transitions_per_reading: transitions.load(Ordering::Relaxed) as f64 / readings as f64,
         cpu_us_per_reading: mark.spent().own_us_per(readings),
     })
 }
@@ -214,11 +287,65 @@ pub async fn throughput(
     // The first run in a process also pays for the first touch of the memory the bus and
     // the state grow into (page faults), which later runs find mapped already: 1 worker runs
     // again after 2, and the scaling is taken against that warm run.
-    let cold = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
-    let two = one_run(district.clone(), readings, 2, Outputs::Kept).await?;
-    let one = one_run(district.clone(), readings, 1, Outputs::Kept).await?;
-    let one_dropped = one_run(district.clone(), readings, 1, Outputs::Dropped).await?;
-    let two_dropped = one_run(district.clone(), readings, 2, Outputs::Dropped).await?;
+    let cold = one_run(
+        district.clone(),
+        Storm::Synthetic,
+        readings,
+        1,
+        Outputs::Kept,
+    )
+    .await?;
+    let two = one_run(
+        district.clone(),
+        Storm::Synthetic,
+        readings,
+        2,
+        Outputs::Kept,
+    )
+    .await?;
+    let one = one_run(
+        district.clone(),
+        Storm::Synthetic,
+        readings,
+        1,
+        Outputs::Kept,
+    )
+    .await?;
+    let one_dropped = one_run(
+        district.clone(),
+        Storm::Synthetic,
+        readings,
+        1,
+        Outputs::Dropped,
+    )
+    .await?;
+    let two_dropped = one_run(
+        district.clone(),
+        Storm::Synthetic,
+        readings,
+        2,
+        Outputs::Dropped,
+    )
+    .await?;
+    // The same with the simulated storm, outputs dropped: a storm shaped like a real one,
+    // where a dry point's status stands still and flooded ones rise through the levels and
+    // drain back.
+    let sim_one = one_run(
+        district.clone(),
+        Storm::Simulated,
+        readings,
+        1,
+        Outputs::Dropped,
+    )
+    .await?;
+    let sim_two = one_run(
+        district.clone(),
+        Storm::Simulated,
+        readings,
+        2,
+        Outputs::Dropped,
+    )
+    .await?;
     let per_reading = one_dropped.outputs_per_reading;
     let mut r = Report {
         scenario: "stream-core".into(),
@@ -252,6 +379,18 @@ pub async fn throughput(
         one_dropped.rate,
         "1 worker, outputs dropped once produced (not kept by the bus)",
     );
+    r.figure(
+        "simulated storm, 1 worker, outputs dropped once produced",
+        sim_one.rate,
+        "readings/s",
+    );
+    r.figure_vs(
+        "simulated storm, 2 workers, outputs dropped once produced",
+        sim_two.rate,
+        "readings/s",
+        sim_one.rate,
+        "simulated storm, 1 worker, outputs dropped once produced",
+    );
     // What each run cost this process per reading: the rules with decoding, encoding, the
     // dataflow and the embedded bus around them (CPU, where the rates above are time).
     for (run, name) in [
@@ -259,6 +398,14 @@ pub async fn throughput(
         (&two, "2 workers"),
         (&one_dropped, "1 worker, outputs dropped once produced"),
         (&two_dropped, "2 workers, outputs dropped once produced"),
+        (
+            &sim_one,
+            "simulated storm, 1 worker, outputs dropped once produced",
+        ),
+        (
+            &sim_two,
+            "simulated storm, 2 workers, outputs dropped once produced",
+        ),
     ] {
         r.figure(
             &format!("CPU of this process per reading, {name}"),
@@ -270,6 +417,21 @@ pub async fn throughput(
         "outputs produced per reading (statuses and transitions)",
         per_reading,
         "outputs",
+    );
+    r.figure(
+        "transitions produced per reading",
+        one_dropped.transitions_per_reading,
+        "transitions",
+    );
+    r.figure(
+        "simulated storm, outputs produced per reading",
+        sim_one.outputs_per_reading,
+        "outputs",
+    );
+    r.figure(
+        "simulated storm, transitions produced per reading",
+        sim_one.transitions_per_reading,
+        "transitions",
     );
     r.figure("peak resident memory of the process", peak_rss_mib(), "MiB");
     Ok(r)
@@ -336,7 +498,7 @@ pub async fn memory(sensors: usize, command: &str) -> Result<Report, BenchError>
     let (state_mib, state_readings) = engine_state_mib(&district, 60);
     let before = peak_rss_mib();
     let n = district.sensors().count() as u64;
-    let rate = one_run(district.clone(), n * 3, 2, Outputs::Kept)
+    let rate = one_run(district.clone(), Storm::Synthetic, n * 3, 2, Outputs::Kept)
         .await?
         .rate;
     let mut r = Report {
