@@ -455,23 +455,30 @@ struct BoundedEnd {
 const SPARE_READINGS: usize = 65_536;
 
 /// Vectors of one epoch's readings, kept for later epochs and handed out with room for as many
-/// readings as recent epochs held. The worker's input loop fills one per epoch of each poll,
-/// and the rules operator gathers each epoch into one: grown from empty every time, each was a
-/// reallocation and a copy per doubling (5 % of a worker's time in a storm whose epochs hold a
+/// readings as recent epochs held. The worker's input loop fills one per epoch of each poll
+/// (timely hands it back drained with several workers, and hands back none with one), and the
+/// rules operator gathers each epoch into one and gives it back once applied. The input loop's
+/// grew from empty every time, and the operator's too once its four spares were out: a
+/// reallocation and a copy per doubling (6 % of a worker's time in a storm whose epochs hold a
 /// few hundred readings, each arriving in several containers).
+///
+/// The room is reserved, not touched: a poll that spans many sparse epochs just after a dense
+/// one reserves up to `ROOM_AT_MOST` readings for each (about 100 KiB), of which only the pages
+/// written count, until the epochs are applied and `recent` has fallen.
 #[derive(Default)]
 struct EpochVecs {
     spare: Vec<Vec<TimedReading>>,
     /// Readings the spare vectors have room for.
     room: usize,
-    /// Readings recent epochs held: the most recent epoch's, or less than an eighth below the
-    /// largest before it; no more than `ROOM_AT_MOST`.
+    /// Readings recent epochs held: the last epoch given back's count when that is larger,
+    /// otherwise the figure before it less an eighth (falling by an eighth an epoch); no more
+    /// than `ROOM_AT_MOST`.
     recent: usize,
 }
 
-/// Room a vector is handed out with, at most (half a MiB): a backlog stamped with one epoch
+/// Room a vector is handed out with, at most (about 100 KiB): a backlog stamped with one epoch
 /// must not have every later epoch reserve its size.
-const ROOM_AT_MOST: usize = 4_096;
+const ROOM_AT_MOST: usize = 1_024;
 
 impl EpochVecs {
     /// An empty vector with room for as many readings as recent epochs held.
@@ -1098,7 +1105,9 @@ impl WorkerContext {
                     for (t, mut batch) in std::mem::take(&mut batches) {
                         let held = batch.len();
                         session.session(&c.delayed(&t)).give_container(&mut batch);
-                        // Timely gives back the vector emptied (or one it has done with).
+                        // What timely leaves in `batch`: with several workers the same vector,
+                        // drained; with one, an empty one. Its contents are not defined, and
+                        // `give` clears it.
                         epoch_vecs.give(batch, held);
                     }
                 }
