@@ -292,65 +292,18 @@ pub async fn throughput(
     // The first run in a process also pays for the first touch of the memory the bus and
     // the state grow into (page faults), which later runs find mapped already: 1 worker runs
     // again after 2, and the scaling is taken against that warm run.
-    let cold = one_run(
-        district.clone(),
-        Storm::Synthetic,
-        readings,
-        1,
-        Outputs::Kept,
-    )
-    .await?;
-    let two = one_run(
-        district.clone(),
-        Storm::Synthetic,
-        readings,
-        2,
-        Outputs::Kept,
-    )
-    .await?;
-    let one = one_run(
-        district.clone(),
-        Storm::Synthetic,
-        readings,
-        1,
-        Outputs::Kept,
-    )
-    .await?;
-    let one_dropped = one_run(
-        district.clone(),
-        Storm::Synthetic,
-        readings,
-        1,
-        Outputs::Dropped,
-    )
-    .await?;
-    let two_dropped = one_run(
-        district.clone(),
-        Storm::Synthetic,
-        readings,
-        2,
-        Outputs::Dropped,
-    )
-    .await?;
+    let run =
+        |storm, workers, outputs| one_run(district.clone(), storm, readings, workers, outputs);
+    let cold = run(Storm::Synthetic, 1, Outputs::Kept).await?;
+    let two = run(Storm::Synthetic, 2, Outputs::Kept).await?;
+    let one = run(Storm::Synthetic, 1, Outputs::Kept).await?;
+    let one_dropped = run(Storm::Synthetic, 1, Outputs::Dropped).await?;
+    let two_dropped = run(Storm::Synthetic, 2, Outputs::Dropped).await?;
     // The same with the simulated storm, outputs dropped: a storm shaped like a real one,
     // where a dry point's status stands still and flooded ones rise through the levels and
     // drain back.
-    let sim_one = one_run(
-        district.clone(),
-        Storm::Simulated,
-        readings,
-        1,
-        Outputs::Dropped,
-    )
-    .await?;
-    let sim_two = one_run(
-        district.clone(),
-        Storm::Simulated,
-        readings,
-        2,
-        Outputs::Dropped,
-    )
-    .await?;
+    let sim_one = run(Storm::Simulated, 1, Outputs::Dropped).await?;
+    let sim_two = run(Storm::Simulated, 2, Outputs::Dropped).await?;
     let per_reading = one_dropped.outputs_per_reading;
     let mut r = Report {
         scenario: "stream-core".into(),
