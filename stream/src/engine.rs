@@ -1140,6 +1140,7 @@ mod tests {
         );
         assert!(t[0].rule.contains("短时强降水 reset"), "{}", t[0].rule);
     }
+
     /// The rule texts as they were written with `format!` before `rule_text` wrote them by
     /// hand: every point of the sample district, every level's rule up and down, at values
     /// whole, in tenths, and neither.

@@ -3,10 +3,10 @@
 //!
 //! A storm that churns moves a point's level on one reading in five, and each of those texts
 //! was one to three `format!`s (and a `to_string`), each its own allocation and trip through
-//! `core::fmt` (5 % of a worker's time in `stream-core`'s synthetic storm). The numbers are written here by hand when they
-//! are what rule values and thresholds nearly always are (whole tenths, whole numbers), and
-//! by the standard library otherwise, so the text is byte for byte what `format!` wrote
-//! (checked by the proptests below).
+//! `core::fmt` (5 % of a worker's time in `stream-core`'s synthetic storm). The numbers are
+//! written here by hand when they are what rule values and thresholds nearly always are (whole
+//! tenths, whole numbers), and by the standard library otherwise, so the text is byte for byte
+//! what `format!` wrote (checked by the proptests below).
 
 use std::fmt::Write;
 
