@@ -156,6 +156,7 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
         "raw consume ceiling, the two runs around the 1-worker run",
         "raw consume ceiling, the two runs around the 2-worker run",
         "raw pipe (its runs together)",
+        "raw pipe, outputs packed 256 to a record (its runs together)",
     ] {
         let (whole, own, _, _) = part(name);
         assert!(
@@ -211,5 +212,42 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
         (pipe_bound - expected).abs() <= 1e-6 * expected,
         "pipe bound {pipe_bound}, recomputed {expected}"
     );
+    // The same outputs packed: both runs read every reading, and the bounds are made of the
+    // figures beside them.
+    for run in [1, 2] {
+        let (rate, _) = figure(
+            &figures,
+            &format!("raw Kafka pipe, outputs packed 256 to a record, run {run}"),
+        );
+        assert!(
+            rate > 0.0 && rate.is_finite(),
+            "packed pipe run {run}: {rate}"
+        );
+    }
+    let (packed_whole, _, _, _) =
+        part("raw pipe, outputs packed 256 to a record (its runs together)");
+    let (packed_bound, _) = figure(
+        &figures,
+        "bound set by CPU on the ratio to the ceiling of a stage that writes its outputs packed 256 to a record and runs no rules",
+    );
+    let expected = pipe_bound * pipe_whole / packed_whole;
+    assert!(
+        (packed_bound - expected).abs() <= 1e-6 * expected,
+        "packed pipe bound {packed_bound}, recomputed {expected}"
+    );
+    for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
+        let (whole, _, _, _) = part(&format!("stream stage, {workers}"));
+        let (c_whole, _, c_idle, c_steal) = around[i];
+        let per_ceiling = c_whole / ((100.0 - c_idle - c_steal) / (100.0 - c_steal));
+        let expected = per_ceiling / (whole - pipe_whole + packed_whole).max(f64::MIN_POSITIVE);
+        let (estimate, _) = figure(
+            &figures,
+            &format!("bound set by CPU on the stage's ratio to the ceiling, {workers}, were its outputs packed 256 to a record (estimate)"),
+        );
+        assert!(
+            (estimate - expected).abs() <= 1e-6 * expected,
+            "{workers}: packed estimate {estimate}, recomputed {expected}"
+        );
+    }
     std::fs::remove_dir_all(out).ok();
 }

@@ -202,6 +202,10 @@ fn ceiling_consumer(
 ///
 /// What librdkafka and the broker allow a stage that reads a reading and writes what it
 /// causes: the stream stage's outputs are more records than its input, and bigger ones.
+///
+/// With `pack` above 1, the outputs of each partition go `pack` to a record, their payloads
+/// one to a line (the last record of a partition may hold fewer): what the same outputs
+/// would cost if a record carried many of them instead of one.
 pub fn pipe_topic(
     bootstrap: &str,
     topic: &str,
@@ -209,6 +213,7 @@ pub fn pipe_topic(
     partitions: i32,
     outputs: &[(bytes::Bytes, bytes::Bytes)],
     per_record: f64,
+    pack: usize,
 ) -> Result<Timed, BenchError> {
     use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
     if outputs.is_empty() {
@@ -229,6 +234,31 @@ pub fn pipe_topic(
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);
     let (mut seen, mut owed, mut next) = (0u64, 0.0f64, 0usize);
+    let pack = pack.max(1);
+    // Per partition: the payloads gathered for its next record, and how many.
+    let mut packing: Vec<(Vec<u8>, usize)> = (0..partitions).map(|_| (Vec::new(), 0)).collect();
+    let send = |partition: i32, key: &[u8], payload: &[u8]| -> Result<(), BenchError> {
+        let mut record = BaseRecord::to(&out_topic)
+            .key(key)
+            .payload(payload)
+            .partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                // Room comes as the broker acknowledges, as the bus waits for it.
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    };
     while seen < records {
         if Instant::now() > deadline {
             return Err(BenchError::Other(format!("piped only {seen} of {records}")));
@@ -244,26 +274,26 @@ pub fn pipe_topic(
             let (key, payload) = &outputs[next % outputs.len()];
             next += 1;
             let p = partition_for(key, partitions as u32) as i32;
-            let mut record = BaseRecord::to(&out_topic)
-                .key(&key[..])
-                .payload(&payload[..])
-                .partition(p);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    // Room comes as the broker acknowledges, as the bus waits for it.
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
+            if pack == 1 {
+                send(p, key, payload)?;
+                continue;
             }
+            let (lines, held) = &mut packing[p as usize];
+            if *held > 0 {
+                lines.push(b'\n');
+            }
+            lines.extend_from_slice(payload);
+            *held += 1;
+            if *held == pack {
+                send(p, key, lines)?;
+                lines.clear();
+                *held = 0;
+            }
+        }
+    }
+    for (p, (lines, held)) in packing.iter().enumerate() {
+        if *held > 0 {
+            send(p as i32, b"", lines)?;
         }
     }
     producer.flush(Duration::from_secs(120))?;

@@ -505,6 +505,10 @@ async fn consume_ceiling(
         .map_err(|e| BenchError::Other(e.to_string()))?
 }
 
+/// How many outputs `stream-kafka`'s packed pipe puts in one record: about 50 KB of statuses,
+/// well under a broker's default 1 MB record limit.
+const PACKED: usize = 256;
+
 /// The `stream-kafka` scenario: `readings` of a synthetic district put on a fresh Kafka
 /// readings topic first, then the stream stage (bounded, 1 then 2 workers) reads them back
 /// from the broker and runs every rule, timed from start to finish; beside the raw librdkafka
@@ -519,7 +523,11 @@ async fn consume_ceiling(
 /// Then a second peer: the raw pipe ([`crate::kafka::pipe_topic`]), which consumes the same
 /// readings topic and produces the stage's own outputs, as many per reading, with nothing
 /// between. The stage writes more records than it reads, and bigger ones; the pipe says what
-/// the broker and librdkafka leave for the rules on this machine.
+/// the broker and librdkafka leave for the rules on this machine. The pipe runs twice as the
+/// stage writes (one output to a record) and twice with the same outputs packed [`PACKED`] to
+/// a record, and the report estimates the bound CPU would set on the stage were its outputs
+/// to cost what the packed pipe's do: whether changing the topics' contract could buy the
+/// ratio.
 pub async fn kafka_throughput(
     bootstrap: &str,
     sensors: usize,
@@ -634,21 +642,28 @@ pub async fn kafka_throughput(
         .collect();
     let per_reading = per_run[1];
     let outputs = sample_outputs(&bus, &topics, 2000).await?;
-    let mut pipes = Vec::new();
-    let mut pipe_cpu = Vec::new();
-    for _ in 0..2 {
+    // Twice one output to a record, as the stage writes them, then twice packed: the rate
+    // and CPU the same outputs would cost `PACKED` to a record.
+    let (mut pipes, mut pipe_cpu) = (Vec::new(), Vec::new());
+    let (mut packed_pipes, mut packed_cpu) = (Vec::new(), Vec::new());
+    for pack in [1, 1, PACKED, PACKED] {
         let (b, t, o) = (
             bootstrap.to_string(),
             readings_topic.clone(),
             outputs.clone(),
         );
         let piped = tokio::task::spawn_blocking(move || {
-            crate::kafka::pipe_topic(&b, &t, readings, 4, &o, per_reading)
+            crate::kafka::pipe_topic(&b, &t, readings, 4, &o, per_reading, pack)
         })
         .await
         .map_err(|e| BenchError::Other(e.to_string()))??;
-        pipes.push(piped.per_s);
-        pipe_cpu.push(piped.cpu);
+        let (rates, cpu) = if pack == 1 {
+            (&mut pipes, &mut pipe_cpu)
+        } else {
+            (&mut packed_pipes, &mut packed_cpu)
+        };
+        rates.push(piped.per_s);
+        cpu.push(piped.cpu);
     }
     let pipe = (pipes[0] + pipes[1]) / 2.0;
     let mut r = Report {
@@ -692,7 +707,23 @@ pub async fn kafka_throughput(
             "readings/s",
         );
     }
-    cpu_figures(&mut r, readings, &ceiling_cpu, &stage_cpu, &pipe_cpu);
+    for (i, p) in packed_pipes.iter().enumerate() {
+        r.figure(
+            &format!(
+                "raw Kafka pipe, outputs packed {PACKED} to a record, run {}",
+                i + 1
+            ),
+            *p,
+            "readings/s",
+        );
+    }
+    cpu_figures(
+        &mut r,
+        readings,
+        &ceiling_cpu,
+        &stage_cpu,
+        [&pipe_cpu, &packed_cpu],
+    );
     for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
         r.figure_vs(
             &format!("stream stage from Kafka, {workers}"),
@@ -731,12 +762,13 @@ fn cpu_figures(
     readings: u64,
     ceiling: &[CpuSpent],
     stage: &[CpuSpent],
-    pipe: &[CpuSpent],
+    [pipe, packed]: [&[CpuSpent]; 2],
 ) {
     if !ceiling
         .iter()
         .chain(stage)
         .chain(pipe)
+        .chain(packed)
         .all(CpuSpent::counted)
     {
         // No `/proc/stat` here: zeros would read as figures.
@@ -787,6 +819,13 @@ fn cpu_figures(
     let pipe_all = CpuSpent::total(pipe);
     let piped = readings * pipe.len() as u64;
     part("raw pipe (its runs together)", &pipe_all, piped);
+    let packed_all = CpuSpent::total(packed);
+    let packed_n = readings * packed.len() as u64;
+    part(
+        &format!("raw pipe, outputs packed {PACKED} to a record (its runs together)"),
+        &packed_all,
+        packed_n,
+    );
     for ((spent, w), per_ceiling) in stage.iter().zip(workers).zip(&around) {
         r.figure(
             &format!("bound set by CPU on the stage's ratio to the ceiling, {w}: the available core-time per reading at the ceiling's pace over the stage's CPU per reading"),
@@ -799,6 +838,23 @@ fn cpu_figures(
         around[1] / pipe_all.busy_us_per(piped).max(f64::MIN_POSITIVE),
         "ratio",
     );
+    let packed_us = packed_all.busy_us_per(packed_n);
+    r.figure(
+        &format!("bound set by CPU on the ratio to the ceiling of a stage that writes its outputs packed {PACKED} to a record and runs no rules: the available core-time per reading at the ceiling's pace (around the 2-worker run) over the packed pipe's CPU per reading"),
+        around[1] / packed_us.max(f64::MIN_POSITIVE),
+        "ratio",
+    );
+    // The stage's own work (its CPU beyond the pipe's) as measured, its outputs at the packed
+    // pipe's cost: an estimate of what packing would leave, not a run.
+    let pipe_us = pipe_all.busy_us_per(piped);
+    for ((spent, w), per_ceiling) in stage.iter().zip(workers).zip(&around) {
+        let estimated = spent.busy_us_per(readings) - pipe_us + packed_us;
+        r.figure(
+            &format!("bound set by CPU on the stage's ratio to the ceiling, {w}, were its outputs packed {PACKED} to a record (estimate): the available core-time per reading at the ceiling's pace over the stage's CPU per reading less the pipe's plus the packed pipe's"),
+            per_ceiling / estimated.max(f64::MIN_POSITIVE),
+            "ratio",
+        );
+    }
 }
 
 /// How many records the status and alerts topics hold: every output of the stage so far.
