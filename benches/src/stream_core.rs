@@ -395,8 +395,12 @@ pub async fn throughput(
     Ok(r)
 }
 
-/// Resident memory of this process now, MiB (`VmRSS`; the peak is `VmHWM`).
+/// Resident memory of this process now, MiB (`VmRSS`; the peak is `VmHWM`), after the
+/// allocator has handed back what was freed: the binary has it keep freed memory ten seconds
+/// (`hold_freed_memory` in `src/main.rs`), which would count here as in use.
 fn rss_mib() -> f64 {
+    // SAFETY: asks mimalloc to return the memory it holds free; callable at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     crate::pipeline::proc_status_mib("self", "VmRSS:")
 }
 
