@@ -8,29 +8,6 @@ use anyhow::{Context, Result};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `purge_delay` option: its place in v3's `mi_option_t`, for which
-/// `libmimalloc-sys` names no constant (a test checks it against the option's default).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long memory the process frees stays with the allocator before it goes back to the
-/// kernel.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
-/// Keeps freed memory ten seconds before handing it back to the kernel, instead of mimalloc's
-/// one, unless `MIMALLOC_PURGE_DELAY` is set (then mimalloc has read it already).
-///
-/// The stream stage frees and allocates its epochs' buffers, outputs and records many times a
-/// second, and the benches free a whole engine between runs. Handed back after a second, that
-/// memory was asked for again, and each page faulted and was zeroed anew: with a Kafka stage,
-/// 12 % of the worker thread's samples were the kernel clearing pages, and the worker threads
-/// took 41,000 page faults in one `bench stream-kafka` run (under 200 with the purge held
-/// off). Memory the process stops using for ten seconds still goes back.
-fn hold_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's global options; it takes any value at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    }
-}
 use clap::{Parser, Subcommand, ValueEnum};
 use floodcmd::pipeline::{Pipeline, PipelineOptions};
 use floodcmd::stages::{self, StageContext};
@@ -39,6 +16,34 @@ use floodcmd_model::time::{Clock, SystemClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::District;
 use floodcmd_sim::{run_sim, synthetic_district, FaultConfig, SimConfig, SimReport, Target};
+
+/// mimalloc's `purge_delay` option: its place in v3's `mi_option_t`, for which
+/// `libmimalloc-sys` names no constant (a test checks it against the option's default).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long, at most, memory the process frees stays with the allocator before it goes back
+/// to the kernel.
+const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+
+/// Has mimalloc hand freed memory back to the kernel up to ten seconds after it was freed,
+/// instead of one, unless its own environment variable (`MIMALLOC_PURGE_DELAY`, in any case,
+/// or the older `MIMALLOC_RESET_DELAY`) says otherwise.
+///
+/// The stream stage frees and allocates its epochs' buffers, outputs and records many times a
+/// second, and the benches free a whole engine between runs. Handed back after a second, that
+/// memory was asked for again, and each page faulted and was zeroed anew: with a Kafka stage,
+/// 12 % of the worker thread's samples were the kernel clearing pages. The worker threads of
+/// one `bench stream-kafka` run took 41,000 page faults at one second, 9,700 at ten and under
+/// 200 with purging off; a whole `bench stream-core` run, 23,000 to 63,000 at one second and
+/// about 940 at ten. mimalloc purges in batches (all that is pending once the oldest is due)
+/// and only while the process allocates, so memory freed goes back within about ten seconds
+/// while the process keeps working, some of it sooner, and may stay longer in one gone quiet.
+fn hold_freed_memory() {
+    // SAFETY: an unsynchronised write of one of mimalloc's global options, made first thing in
+    // `main`, before any other thread exists. `set_default` leaves an option the environment
+    // set as it is.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+}
 
 mod bench_pipeline;
 mod storm_commands;
@@ -1039,7 +1044,11 @@ mod tests {
             // SAFETY: reads one of mimalloc's global options.
             unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
         };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        // An option mimalloc read from its environment (`mimalloc_*` in any case) stays.
+        if std::env::vars_os().any(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| k.to_ascii_lowercase().starts_with("mimalloc_"))
+        }) {
             return;
         }
         // v3's default purge delay, which no other option of v3 has: a wrong place would

@@ -204,8 +204,9 @@ fn ceiling_consumer(
 /// causes: the stream stage's outputs are more records than its input, and bigger ones.
 ///
 /// With `pack` above 1, the outputs of each partition go `pack` to a record, their payloads
-/// one to a line (the last record of a partition may hold fewer): what the same outputs
-/// would cost if a record carried many of them instead of one.
+/// one to a line (the last record of a partition may hold fewer), with an empty key (a record
+/// of many points has no one key; the partition is set): what the same outputs would cost if
+/// a record carried many of them instead of one.
 pub fn pipe_topic(
     bootstrap: &str,
     topic: &str,
@@ -285,7 +286,7 @@ pub fn pipe_topic(
             lines.extend_from_slice(payload);
             *held += 1;
             if *held == pack {
-                send(p, key, lines)?;
+                send(p, b"", lines)?;
                 lines.clear();
                 *held = 0;
             }

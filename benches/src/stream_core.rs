@@ -396,10 +396,14 @@ pub async fn throughput(
 }
 
 /// Resident memory of this process now, MiB (`VmRSS`; the peak is `VmHWM`), after the
-/// allocator has handed back what was freed: the binary has it keep freed memory ten seconds
-/// (`hold_freed_memory` in `src/main.rs`), which would count here as in use.
+/// allocator has handed back what it holds free: the binary has it keep freed memory up to ten
+/// seconds (`hold_freed_memory` in `src/main.rs`), which would count here as in use.
+/// `mi_collect` frees the calling thread's empty pages and purges what every arena holds
+/// pending, so the figure is exact for memory freed on this thread (the engine's, below) and
+/// an upper bound otherwise.
 fn rss_mib() -> f64 {
-    // SAFETY: asks mimalloc to return the memory it holds free; callable at any time.
+    // SAFETY: asks mimalloc to collect; callable at any time, and a no-op on a thread that
+    // never allocated through it (when it is not the global allocator).
     unsafe { libmimalloc_sys::mi_collect(true) };
     crate::pipeline::proc_status_mib("self", "VmRSS:")
 }
@@ -646,11 +650,12 @@ pub async fn kafka_throughput(
         .collect();
     let per_reading = per_run[1];
     let outputs = sample_outputs(&bus, &topics, 2000).await?;
-    // Twice one output to a record, as the stage writes them, then twice packed: the rate
+    // Twice one output to a record, as the stage writes them, and twice packed: the rate
     // and CPU the same outputs would cost `PACKED` to a record.
     let (mut pipes, mut pipe_cpu) = (Vec::new(), Vec::new());
     let (mut packed_pipes, mut packed_cpu) = (Vec::new(), Vec::new());
-    for pack in [1, 1, PACKED, PACKED] {
+    // Interleaved, so neither kind has all the later runs (a broker warming up favours them).
+    for pack in [1, PACKED, PACKED, 1] {
         let (b, t, o) = (
             bootstrap.to_string(),
             readings_topic.clone(),
@@ -674,7 +679,7 @@ pub async fn kafka_throughput(
         scenario: "stream-kafka".into(),
         command: command.into(),
         machine: Machine::here(),
-        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's" }),
+        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's", "packed_pipe_outputs_per_record": PACKED }),
         figures: Vec::new(),
     };
     for (i, when) in [
@@ -758,7 +763,7 @@ pub async fn kafka_throughput(
 /// reading`. The first factor is the available core-time per reading at the ceiling's pace:
 /// the ceiling is held to the cores it left idle as well, which only loosens the bound. Each
 /// stage run is set against the two ceilings around it, as its ratio is; the pipe against the
-/// two around the 2-worker run (the later one just before the pipe). The bound takes each
+/// two around the 2-worker run (the later one just before the pipes). The bound takes each
 /// run's CPU per reading as fixed: CPU spent on something else meanwhile (other processes, the
 /// broker's JIT warming up) lowers it.
 fn cpu_figures(
@@ -853,6 +858,10 @@ fn cpu_figures(
     let pipe_us = pipe_all.busy_us_per(piped);
     for ((spent, w), per_ceiling) in stage.iter().zip(workers).zip(&around) {
         let estimated = spent.busy_us_per(readings) - pipe_us + packed_us;
+        // Noise in a short run can leave nothing of the stage's own: no estimate then.
+        if estimated <= 0.0 {
+            continue;
+        }
         r.figure(
             &format!("bound set by CPU on the stage's ratio to the ceiling, {w}, were its outputs packed {PACKED} to a record (estimate): the available core-time per reading at the ceiling's pace over the stage's CPU per reading less the pipe's plus the packed pipe's"),
             per_ceiling / estimated.max(f64::MIN_POSITIVE),
