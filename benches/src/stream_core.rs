@@ -864,7 +864,7 @@ fn cpu_figures(
         }
         r.figure(
             &format!("bound set by CPU on the stage's ratio to the ceiling, {w}, were its outputs packed {PACKED} to a record (estimate): the available core-time per reading at the ceiling's pace over the stage's CPU per reading less the pipe's plus the packed pipe's"),
-            per_ceiling / estimated.max(f64::MIN_POSITIVE),
+            per_ceiling / estimated,
             "ratio",
         );
     }
