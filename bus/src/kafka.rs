@@ -17,20 +17,17 @@ use floodcmd_model::bus::{
     partition_for, Acknowledgements, Assignment, Bus, BusError, Consumer, Delivery, Outgoing,
     Producer, Record,
 };
-use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,8 +168,8 @@ impl KafkaBus {
             config.client().create().map_err(client_err)?;
         Ok(KafkaBus {
             producer: Arc::new(KafkaProducer {
+                topics: Mutex::new(HashMap::new()),
                 inner: producer,
-                partitions: Mutex::new(HashMap::new()),
                 queue_timeout: config.queue_timeout,
             }),
             admin: Arc::new(admin),
@@ -562,7 +559,15 @@ impl Bus for KafkaBus {
                 .map_err(client_err)?;
         }
         consumer.assign(&tpl).map_err(client_err)?;
+        // SAFETY: a live consumer; the reference is given back by `ConsumerQueue`'s drop.
+        let queue = unsafe {
+            rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr())
+        };
+        let queue = std::ptr::NonNull::new(queue)
+            .map(ConsumerQueue)
+            .ok_or_else(|| BusError::Client("librdkafka gave no consumer queue".into()))?;
         Ok(Box::new(KafkaConsumer {
+            queue,
             inner: consumer,
             topic: Arc::from(topic),
             assigned,
@@ -571,50 +576,129 @@ impl Bus for KafkaBus {
     }
 }
 
-/// Waits for the delivery reports of one batch: each report fills its slot, the last one
-/// wakes the sender once. (librdkafka's own per-message futures cost an allocation, a channel
-/// and a wakeup per record; at gateway rates that was a tenth of the CPU.)
+/// Waits for the delivery reports of one batch: each report fills its record's slot, the
+/// last one wakes the sender once. (librdkafka's own per-message futures cost an allocation, a
+/// channel and a wakeup per record; at gateway rates that was a tenth of the CPU. A boxed
+/// slot and a lock per record, freed and taken on librdkafka's delivery thread, were what the
+/// stream stage's producing cost beyond the raw pipe's, so a slot is a place in the batch and
+/// a report fills it with two stores.)
+///
+/// librdkafka carries each record's slot as its opaque pointer. The reports, together, own
+/// one reference to the batch, taken when it is enqueued and given back by whoever fills its
+/// last slot, so a slot stays valid for its report even after the sender stopped waiting.
 struct BatchAck {
-    results: Mutex<Vec<Option<Result<Delivery, BusError>>>>,
+    slots: Box<[Slot]>,
+    /// Records failed (rare): their errors, by index.
+    errors: Mutex<Vec<(usize, BusError)>>,
     remaining: AtomicUsize,
     done: tokio::sync::Notify,
 }
 
+/// One record's place in its batch.
+struct Slot {
+    /// The batch this slot lies in.
+    ack: *const BatchAck,
+    partition: AtomicU32,
+    offset: AtomicU64,
+}
+
+/// What `complete` fills a slot with.
+enum Outcome {
+    Delivered(Delivery),
+    Failed(BusError),
+}
+
 impl BatchAck {
-    fn new(n: usize) -> Self {
-        BatchAck {
-            results: Mutex::new((0..n).map(|_| None).collect()),
+    /// A batch of `n` records, with the reports' reference already taken when `n` is above 0.
+    fn new(n: usize) -> Arc<Self> {
+        let ack = Arc::new_cyclic(|me: &std::sync::Weak<BatchAck>| BatchAck {
+            slots: (0..n)
+                .map(|_| Slot {
+                    ack: me.as_ptr(),
+                    partition: AtomicU32::new(0),
+                    offset: AtomicU64::new(0),
+                })
+                .collect(),
+            errors: Mutex::new(Vec::new()),
             remaining: AtomicUsize::new(n),
             done: tokio::sync::Notify::new(),
+        });
+        if n > 0 {
+            // The reports' reference, given back in `complete` by the last one.
+            let _ = Arc::into_raw(ack.clone());
+        }
+        ack
+    }
+
+    /// What librdkafka carries for the `index`-th record: the address of its slot.
+    fn opaque(&self, index: usize) -> usize {
+        &self.slots[index] as *const Slot as usize
+    }
+
+    /// Fill the slot at `opaque` (from [`BatchAck::opaque`]). Each slot is filled once.
+    ///
+    /// # Safety
+    /// `opaque` came from `opaque` on a batch whose slot has not been filled yet.
+    unsafe fn complete_at(opaque: usize, outcome: Outcome) {
+        // SAFETY: an unfilled slot's batch is kept alive by the reports' reference, which is
+        // given back only once every slot is filled.
+        let slot = unsafe { &*(opaque as *const Slot) };
+        let ack_ptr = slot.ack;
+        // SAFETY: as above; the slot lies in this batch.
+        let ack = unsafe { &*ack_ptr };
+        match outcome {
+            Outcome::Delivered(d) => {
+                slot.partition.store(d.partition, Ordering::Relaxed);
+                slot.offset.store(d.offset, Ordering::Relaxed);
+            }
+            Outcome::Failed(e) => {
+                let index = (opaque - ack.slots.as_ptr() as usize) / std::mem::size_of::<Slot>();
+                ack.errors.lock().expect("batch errors").push((index, e));
+            }
+        }
+        // Release: the stores above are seen by whoever sees the count fall.
+        if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // notify_one keeps a permit when nobody waits yet: no lost wakeup.
+            ack.done.notify_one();
+            // SAFETY: the reports' reference, taken in `new`; this was the last slot, and
+            // nothing here touches the batch after it.
+            drop(unsafe { Arc::from_raw(ack_ptr) });
         }
     }
 
-    fn complete(&self, index: usize, result: Result<Delivery, BusError>) {
-        self.results.lock().expect("batch results")[index] = Some(result);
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // notify_one keeps a permit when nobody waits yet: no lost wakeup.
-            self.done.notify_one();
-        }
+    /// Fill the `index`-th slot from the sending side (a record that never reached librdkafka).
+    fn complete(&self, index: usize, outcome: Outcome) {
+        // SAFETY: the sender fills only slots it did not hand to librdkafka, once each.
+        unsafe { Self::complete_at(self.opaque(index), outcome) }
     }
 
     async fn wait(&self) -> Vec<Result<Delivery, BusError>> {
         while self.remaining.load(Ordering::Acquire) > 0 {
             self.done.notified().await;
         }
-        self.results
-            .lock()
-            .expect("batch results")
-            .drain(..)
-            .map(|r| r.expect("every slot is filled before the count reaches zero"))
-            .collect()
+        let mut errors = std::mem::take(&mut *self.errors.lock().expect("batch errors"));
+        errors.sort_unstable_by_key(|(index, _)| std::cmp::Reverse(*index));
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (index, slot) in self.slots.iter().enumerate() {
+            if errors.last().is_some_and(|(i, _)| *i == index) {
+                let (_, e) = errors.pop().expect("checked");
+                out.push(Err(e));
+            } else {
+                out.push(Ok(Delivery {
+                    partition: slot.partition.load(Ordering::Relaxed),
+                    offset: slot.offset.load(Ordering::Relaxed),
+                }));
+            }
+        }
+        out
     }
 }
 
-/// Where a record's delivery report goes.
-struct Slot {
-    ack: Arc<BatchAck>,
-    index: usize,
-}
+// SAFETY: a slot's pointer to its batch is only read; the batch itself is shared through
+// atomics, a lock and `Notify`.
+unsafe impl Send for BatchAck {}
+// SAFETY: as above.
+unsafe impl Sync for BatchAck {}
 
 /// The producer's context: routes delivery reports into their batch.
 struct BatchContext;
@@ -622,79 +706,196 @@ struct BatchContext;
 impl ClientContext for BatchContext {}
 
 impl ProducerContext for BatchContext {
-    type DeliveryOpaque = Box<Slot>;
+    /// The address of the record's slot in its batch ([`BatchAck::opaque`]).
+    type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: Self::DeliveryOpaque) {
-        let r = match result {
-            Ok(m) => Ok(Delivery {
+        let outcome = match result {
+            Ok(m) => Outcome::Delivered(Delivery {
                 partition: m.partition() as u32,
                 offset: m.offset().max(0) as u64,
             }),
-            Err((e, _)) => Err(client_err(e.clone())),
+            Err((e, _)) => Outcome::Failed(client_err(e.clone())),
         };
-        slot.ack.complete(slot.index, r);
+        // SAFETY: librdkafka reports each record it took once, with the opaque `enqueue`
+        // gave it, and a record it took was not filled by the sender.
+        unsafe { BatchAck::complete_at(slot, outcome) }
     }
 }
 
+/// A librdkafka topic handle, kept for as long as the producer: producing through it spares
+/// each record a lookup of its topic by name (and the C string made for it).
+struct TopicHandle(std::ptr::NonNull<rdkafka::bindings::rd_kafka_topic_t>);
+
+// SAFETY: librdkafka's topic handles are safe to use from any thread.
+unsafe impl Send for TopicHandle {}
+// SAFETY: as above.
+unsafe impl Sync for TopicHandle {}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `rd_kafka_topic_new` and is given back once; the
+        // producer it belongs to is dropped after it (field order in `KafkaProducer`).
+        unsafe { rdkafka::bindings::rd_kafka_topic_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// What the producer knows of a topic.
+struct KnownTopic {
+    partitions: u32,
+    handle: TopicHandle,
+}
+
 struct KafkaProducer {
+    /// Before `inner`: the handles go back before the client they belong to is destroyed.
+    topics: Mutex<HashMap<String, Arc<KnownTopic>>>,
     inner: ThreadedProducer<BatchContext>,
-    partitions: Mutex<HashMap<String, u32>>,
     queue_timeout: Duration,
 }
 
 impl KafkaProducer {
-    fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
-        if let Some(n) = self.partitions.lock().expect("partition cache").get(topic) {
-            return Ok(*n);
+    fn topic(&self, topic: &str) -> Result<Arc<KnownTopic>, BusError> {
+        if let Some(t) = self.topics.lock().expect("topic cache").get(topic) {
+            return Ok(t.clone());
         }
         let md = self
             .inner
             .client()
             .fetch_metadata(Some(topic), METADATA_TIMEOUT)
             .map_err(client_err)?;
-        let n = md
+        let partitions = md
             .topics()
             .iter()
             .find(|t| t.name() == topic)
             .map_or(0, |t| t.partitions().len() as u32);
-        if n == 0 {
+        if partitions == 0 {
             return Err(BusError::UnknownTopic(topic.to_string()));
         }
-        self.partitions
+        let name = std::ffi::CString::new(topic)
+            .map_err(|_| BusError::Client(format!("topic name {topic:?} holds a NUL byte")))?;
+        // SAFETY: a live client and a NUL-terminated name; no topic configuration.
+        let raw = unsafe {
+            rdkafka::bindings::rd_kafka_topic_new(
+                self.inner.client().native_ptr(),
+                name.as_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        let handle = std::ptr::NonNull::new(raw)
+            .map(TopicHandle)
+            .ok_or_else(|| BusError::Client(format!("librdkafka refused a handle on {topic}")))?;
+        let known = Arc::new(KnownTopic { partitions, handle });
+        self.topics
             .lock()
-            .expect("partition cache")
-            .insert(topic.to_string(), n);
-        Ok(n)
+            .expect("topic cache")
+            .insert(topic.to_string(), known.clone());
+        Ok(known)
+    }
+
+    /// Hand one record to librdkafka; `Err` carries librdkafka's error code and text.
+    fn produce(
+        &self,
+        topic: &KnownTopic,
+        r: &Outgoing,
+        partition: u32,
+        opaque: usize,
+    ) -> Result<(), (RDKafkaErrorCode, String)> {
+        use rdkafka::bindings::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 as Mem;
+        use rdkafka::bindings::{
+            rd_kafka_vtype_t as V, rd_kafka_vu_s__bindgen_ty_1 as U, rd_kafka_vu_t,
+        };
+        let vu = |vtype, u| rd_kafka_vu_t { vtype, u };
+        let mem = |b: &[u8]| U {
+            mem: Mem {
+                ptr: b.as_ptr() as *mut std::ffi::c_void,
+                size: b.len(),
+            },
+        };
+        let vus = [
+            vu(
+                V::RD_KAFKA_VTYPE_RKT,
+                U {
+                    rkt: topic.handle.0.as_ptr(),
+                },
+            ),
+            vu(
+                V::RD_KAFKA_VTYPE_PARTITION,
+                U {
+                    i32_: partition as i32,
+                },
+            ),
+            // Copied: the record's bytes are the caller's once this returns.
+            vu(
+                V::RD_KAFKA_VTYPE_MSGFLAGS,
+                U {
+                    i: rdkafka::bindings::RD_KAFKA_MSG_F_COPY,
+                },
+            ),
+            vu(V::RD_KAFKA_VTYPE_VALUE, mem(&r.payload)),
+            vu(V::RD_KAFKA_VTYPE_KEY, mem(&r.key)),
+            vu(
+                V::RD_KAFKA_VTYPE_OPAQUE,
+                U {
+                    ptr: opaque as *mut std::ffi::c_void,
+                },
+            ),
+            vu(
+                V::RD_KAFKA_VTYPE_TIMESTAMP,
+                U {
+                    i64_: r.timestamp_ms,
+                },
+            ),
+        ];
+        // SAFETY: a live client, a handle it made, and buffers that outlive the call (the
+        // payload and key are copied, F_COPY). On failure librdkafka keeps nothing.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_produceva(
+                self.inner.client().native_ptr(),
+                vus.as_ptr(),
+                vus.len(),
+            )
+        };
+        if error.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null error from librdkafka, read and then given back once.
+        unsafe {
+            let code = RDKafkaErrorCode::from(rdkafka::bindings::rd_kafka_error_code(error));
+            let text = std::ffi::CStr::from_ptr(rdkafka::bindings::rd_kafka_error_string(error))
+                .to_string_lossy()
+                .into_owned();
+            rdkafka::bindings::rd_kafka_error_destroy(error);
+            Err((code, text))
+        }
     }
 
     /// Queue `records` in librdkafka, in order, waiting for room where the queue is full;
     /// the returned batch fills in as the broker acknowledges them.
     async fn enqueue(&self, topic: &str, records: Vec<Outgoing>) -> Arc<BatchAck> {
+        let ack = BatchAck::new(records.len());
         if records.is_empty() {
-            return Arc::new(BatchAck::new(0));
+            return ack;
         }
-        let n = match self.partition_count(topic) {
-            Ok(n) => n,
+        // Records not handed over yet: failed if this future is dropped on the way, so that
+        // the batch is not left waiting (and kept) for reports that will never come.
+        let mut unsent = Unsent {
+            ack: ack.clone(),
+            next: 0,
+            topic,
+        };
+        let known = match self.topic(topic) {
+            Ok(t) => t,
             Err(e) => {
                 let text = e.to_string();
-                let ack = Arc::new(BatchAck::new(records.len()));
                 for index in 0..records.len() {
-                    ack.complete(index, Err(BusError::Client(text.clone())));
+                    ack.complete(index, Outcome::Failed(BusError::Client(text.clone())));
                 }
+                unsent.next = records.len();
                 return ack;
             }
         };
-        let ack = Arc::new(BatchAck::new(records.len()));
         for (index, r) in records.iter().enumerate() {
-            let slot = Box::new(Slot {
-                ack: ack.clone(),
-                index,
-            });
-            let mut record = BaseRecord::with_opaque_to(topic, slot)
-                .partition(partition_for(&r.key, n) as i32)
-                .key(&r.key[..])
-                .payload(&r.payload[..])
-                .timestamp(r.timestamp_ms);
+            let partition = partition_for(&r.key, known.partitions);
             // A full local queue waits for room up to `queue_timeout`, then fails the record
             // with `Timeout` (the gateway's 429); records after it still get their chance.
             // The deadline is taken when the queue is first found full: the thread that
@@ -702,31 +903,56 @@ impl KafkaProducer {
             // and in librdkafka besides.
             let mut deadline = None;
             loop {
-                match self.inner.send(record) {
+                match self.produce(&known, r, partition, ack.opaque(index)) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    Err((RDKafkaErrorCode::QueueFull, _)) => {
                         let now = tokio::time::Instant::now();
                         if now >= *deadline.get_or_insert(now + self.queue_timeout) {
                             ack.complete(
                                 index,
-                                Err(BusError::Timeout {
+                                Outcome::Failed(BusError::Timeout {
                                     topic: topic.to_string(),
                                     after: self.queue_timeout,
                                 }),
                             );
                             break;
                         }
-                        record = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((e, _)) => {
-                        ack.complete(index, Err(client_err(e)));
+                    Err((code, text)) => {
+                        ack.complete(
+                            index,
+                            Outcome::Failed(BusError::Client(format!("{code}: {text}"))),
+                        );
                         break;
                     }
                 }
             }
+            unsent.next = index + 1;
         }
+        drop(unsent);
         ack
+    }
+}
+
+/// The records of a batch from `next` on, which `enqueue` has not handed to librdkafka.
+struct Unsent<'a> {
+    ack: Arc<BatchAck>,
+    next: usize,
+    topic: &'a str,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        for index in self.next..self.ack.slots.len() {
+            self.ack.complete(
+                index,
+                Outcome::Failed(BusError::Client(format!(
+                    "sending to {} was abandoned before this record was queued",
+                    self.topic
+                ))),
+            );
+        }
     }
 }
 
@@ -764,7 +990,28 @@ impl Producer for KafkaProducer {
     }
 }
 
+/// The consumer's queue in librdkafka, read in batches.
+struct ConsumerQueue(std::ptr::NonNull<rdkafka::bindings::rd_kafka_queue_t>);
+
+// SAFETY: librdkafka's queues are safe to use from any thread.
+unsafe impl Send for ConsumerQueue {}
+// SAFETY: as above.
+unsafe impl Sync for ConsumerQueue {}
+
+impl Drop for ConsumerQueue {
+    fn drop(&mut self) {
+        // SAFETY: the reference came from `rd_kafka_queue_get_consumer` and is given back
+        // once, before the consumer it belongs to (field order in `KafkaConsumer`).
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// How many messages one call into librdkafka takes at most.
+const CONSUME_CHUNK: usize = 512;
+
 struct KafkaConsumer {
+    /// Before `inner`: the queue goes back before the client it belongs to is destroyed.
+    queue: ConsumerQueue,
     inner: StreamConsumer,
     topic: Arc<str>,
     assigned: Vec<u32>,
@@ -789,6 +1036,75 @@ impl KafkaConsumer {
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
         }
     }
+
+    /// Take what librdkafka holds already, up to `max` records in `out`, without waiting:
+    /// a few calls a poll instead of one (and a clock read, a waker's registration) a record,
+    /// which was a sixth of a stream worker's time.
+    ///
+    /// The batch call serves the queue in librdkafka's callback mode, where an op it does
+    /// not know how to return as a message aborts the process. What reaches this queue is
+    /// fetched records and consumer errors (both returned as messages), and errors and
+    /// rebalances (handled inside): commits here are asynchronous with no callback, so their
+    /// results are never queued, and the assignment is static.
+    fn drain(&self, out: &mut Vec<Record>, max: usize) {
+        use rdkafka::bindings as rd;
+        let mut batch = [std::ptr::null_mut::<rd::rd_kafka_message_t>(); CONSUME_CHUNK];
+        while out.len() < max {
+            let want = (max - out.len()).min(CONSUME_CHUNK);
+            // SAFETY: a live queue; `batch` has room for `want` pointers.
+            let got = unsafe {
+                rd::rd_kafka_consume_batch_queue(self.queue.0.as_ptr(), 0, batch.as_mut_ptr(), want)
+            };
+            if got < 0 {
+                tracing::warn!(topic = %self.topic, "kafka consumer: the queue could not be read (retrying)");
+                return;
+            }
+            let got = got as usize;
+            for &m in &batch[..got] {
+                // SAFETY: librdkafka filled the first `got` entries with messages that stay
+                // valid until destroyed, below, once each.
+                let msg = unsafe { &*m };
+                if msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    // Passing trouble, as in `poll`: librdkafka recovers by itself.
+                    let code = RDKafkaErrorCode::from(msg.err);
+                    tracing::warn!(topic = %self.topic, error = %code, "kafka consumer error (retrying)");
+                } else {
+                    let bytes = |p: *mut std::ffi::c_void, len: usize| {
+                        if p.is_null() || len == 0 {
+                            Bytes::new()
+                        } else {
+                            // SAFETY: librdkafka's `len` bytes at `p`, alive with the message.
+                            Bytes::copy_from_slice(unsafe {
+                                std::slice::from_raw_parts(p as *const u8, len)
+                            })
+                        }
+                    };
+                    let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+                    // SAFETY: a live message.
+                    let at = unsafe { rd::rd_kafka_message_timestamp(m, &mut kind) };
+                    let r = Record {
+                        topic: self.topic.clone(),
+                        partition: msg.partition as u32,
+                        offset: msg.offset.max(0) as u64,
+                        key: bytes(msg.key, msg.key_len),
+                        payload: bytes(msg.payload, msg.len),
+                        timestamp_ms: match kind {
+                            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => 0,
+                            _ => at,
+                        },
+                    };
+                    if self.wanted(&r) {
+                        out.push(r);
+                    }
+                }
+                // SAFETY: each message is destroyed once, after its last use.
+                unsafe { rd::rd_kafka_message_destroy(m) };
+            }
+            if got < want {
+                return;
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -799,7 +1115,9 @@ impl Consumer for KafkaConsumer {
             tokio::time::sleep(timeout).await;
             return Ok(out);
         }
+        self.drain(&mut out, max);
         let deadline = tokio::time::Instant::now() + timeout;
+        // Nothing held: wait for the first record, then take what came with it.
         while out.is_empty() {
             match tokio::time::timeout_at(deadline, self.inner.recv()).await {
                 Err(_) => return Ok(out),
@@ -817,22 +1135,7 @@ impl Consumer for KafkaConsumer {
                 }
             }
         }
-        // Take what is already buffered without waiting again.
-        while out.len() < max {
-            match self.inner.recv().now_or_never() {
-                Some(Ok(m)) => {
-                    let r = self.record(&m);
-                    if self.wanted(&r) {
-                        out.push(r);
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error (retrying)");
-                    break;
-                }
-                None => break,
-            }
-        }
+        self.drain(&mut out, max);
         Ok(out)
     }
 
