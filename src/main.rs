@@ -45,6 +45,35 @@ fn hold_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
+/// Turns the kernel's transparent huge pages off for this process, unless mimalloc's own
+/// environment variable (`MIMALLOC_ALLOW_THP`, in any case) is set, which then decides.
+///
+/// Where the kernel backs memory with huge pages whenever it can (Debian's default,
+/// `always`), the first touch of any fresh 2 MiB stretch faults in and zeroes all of it, and
+/// the stream stage keeps touching fresh stretches: its epochs' buffers, the records polled,
+/// a whole engine built anew. In a `bench stream-kafka` run with huge pages, the kernel
+/// zeroing them took about a fifth of the 1-worker run's worker thread. Without them, in 5
+/// runs against 5 alternating, the Kafka stage spent less of this process's CPU per reading in
+/// 5 of 5 (1 worker) and 4 of 5 (2 workers), and the first run of `bench stream-core` in a
+/// process (all its memory fresh) went from 0.41–0.46M readings/s to 0.78–0.89M. What it
+/// costs: a few per cent on a stage whose memory is all warm (`stream-core`'s later runs,
+/// 1 worker, 1.20–1.23M readings/s against 1.23–1.32M), from the extra TLB misses.
+fn no_transparent_huge_pages() {
+    if std::env::vars_os().any(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| k.eq_ignore_ascii_case("mimalloc_allow_thp"))
+    }) {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1)` takes integers only and changes nothing but the
+    // process's huge-page policy. It fails only on kernels older than 3.15, where the
+    // process keeps the kernel's policy, as it would without this call.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 mod bench_pipeline;
 mod storm_commands;
 use std::path::PathBuf;
@@ -921,6 +950,7 @@ fn write_report(report: &floodcmd_benches::report::Report, out: &std::path::Path
 
 fn main() -> Result<()> {
     hold_freed_memory();
+    no_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOODCMD_LOG")
@@ -1036,7 +1066,24 @@ fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{hold_freed_memory, MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS};
+    use super::{
+        hold_freed_memory, no_transparent_huge_pages, MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS,
+    };
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_pages_are_off_unless_mimalloc_s_variable_says_otherwise() {
+        let set = std::env::vars_os().any(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| k.eq_ignore_ascii_case("mimalloc_allow_thp"))
+        });
+        no_transparent_huge_pages();
+        // SAFETY: reads the process's huge-page policy.
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        if !set {
+            assert_eq!(disabled, 1, "transparent huge pages are still allowed");
+        }
+    }
 
     #[test]
     fn the_purge_delay_set_is_mimalloc_s_purge_delay() {

@@ -559,13 +559,15 @@ impl Bus for KafkaBus {
                 .map_err(client_err)?;
         }
         consumer.assign(&tpl).map_err(client_err)?;
-        // SAFETY: a live consumer; the reference is given back by `ConsumerQueue`'s drop.
+        // SAFETY: a new reference to a live consumer's queue, kept in `KafkaConsumer` ahead of
+        // the consumer (dropped first).
         let queue = unsafe {
-            rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr())
-        };
-        let queue = std::ptr::NonNull::new(queue)
-            .map(ConsumerQueue)
-            .ok_or_else(|| BusError::Client("librdkafka gave no consumer queue".into()))?;
+            Native::new(
+                rdkafka::bindings::rd_kafka_queue_get_consumer(consumer.client().native_ptr()),
+                rdkafka::bindings::rd_kafka_queue_destroy,
+            )
+        }
+        .ok_or_else(|| BusError::Client("librdkafka gave no consumer queue".into()))?;
         Ok(Box::new(KafkaConsumer {
             queue,
             inner: consumer,
@@ -723,27 +725,45 @@ impl ProducerContext for BatchContext {
     }
 }
 
-/// A librdkafka topic handle, kept for as long as the producer: producing through it spares
-/// each record a lookup of its topic by name (and the C string made for it).
-struct TopicHandle(std::ptr::NonNull<rdkafka::bindings::rd_kafka_topic_t>);
+/// A reference to a librdkafka object (a topic handle, a queue), given back when dropped.
+struct Native<T> {
+    ptr: std::ptr::NonNull<T>,
+    give_back: unsafe extern "C" fn(*mut T),
+}
 
-// SAFETY: librdkafka's topic handles are safe to use from any thread.
-unsafe impl Send for TopicHandle {}
+impl<T> Native<T> {
+    /// `None` when librdkafka gave a null pointer.
+    ///
+    /// # Safety
+    /// `ptr` is a reference the caller owns, which `give_back` releases, and the client it
+    /// belongs to outlives the returned value.
+    unsafe fn new(ptr: *mut T, give_back: unsafe extern "C" fn(*mut T)) -> Option<Self> {
+        std::ptr::NonNull::new(ptr).map(|ptr| Native { ptr, give_back })
+    }
+
+    fn as_ptr(&self) -> *mut T {
+        self.ptr.as_ptr()
+    }
+}
+
+// SAFETY: librdkafka's topic handles and queues are safe to use from any thread.
+unsafe impl<T> Send for Native<T> {}
 // SAFETY: as above.
-unsafe impl Sync for TopicHandle {}
+unsafe impl<T> Sync for Native<T> {}
 
-impl Drop for TopicHandle {
+impl<T> Drop for Native<T> {
     fn drop(&mut self) {
-        // SAFETY: the handle came from `rd_kafka_topic_new` and is given back once; the
-        // producer it belongs to is dropped after it (field order in `KafkaProducer`).
-        unsafe { rdkafka::bindings::rd_kafka_topic_destroy(self.0.as_ptr()) }
+        // SAFETY: owned, given back once (`new`'s contract).
+        unsafe { (self.give_back)(self.ptr.as_ptr()) }
     }
 }
 
 /// What the producer knows of a topic.
 struct KnownTopic {
     partitions: u32,
-    handle: TopicHandle,
+    /// Producing through it spares each record a lookup of its topic by name (and the C
+    /// string made for it).
+    handle: Native<rdkafka::bindings::rd_kafka_topic_t>,
 }
 
 struct KafkaProducer {
@@ -773,17 +793,19 @@ impl KafkaProducer {
         }
         let name = std::ffi::CString::new(topic)
             .map_err(|_| BusError::Client(format!("topic name {topic:?} holds a NUL byte")))?;
-        // SAFETY: a live client and a NUL-terminated name; no topic configuration.
-        let raw = unsafe {
-            rdkafka::bindings::rd_kafka_topic_new(
-                self.inner.client().native_ptr(),
-                name.as_ptr(),
-                std::ptr::null_mut(),
+        // SAFETY: a live client and a NUL-terminated name, no topic configuration; the handle
+        // is kept in `topics`, which `KafkaProducer` drops ahead of the client.
+        let handle = unsafe {
+            Native::new(
+                rdkafka::bindings::rd_kafka_topic_new(
+                    self.inner.client().native_ptr(),
+                    name.as_ptr(),
+                    std::ptr::null_mut(),
+                ),
+                rdkafka::bindings::rd_kafka_topic_destroy,
             )
-        };
-        let handle = std::ptr::NonNull::new(raw)
-            .map(TopicHandle)
-            .ok_or_else(|| BusError::Client(format!("librdkafka refused a handle on {topic}")))?;
+        }
+        .ok_or_else(|| BusError::Client(format!("librdkafka refused a handle on {topic}")))?;
         let known = Arc::new(KnownTopic { partitions, handle });
         self.topics
             .lock()
@@ -815,7 +837,7 @@ impl KafkaProducer {
             vu(
                 V::RD_KAFKA_VTYPE_RKT,
                 U {
-                    rkt: topic.handle.0.as_ptr(),
+                    rkt: topic.handle.as_ptr(),
                 },
             ),
             vu(
@@ -990,28 +1012,12 @@ impl Producer for KafkaProducer {
     }
 }
 
-/// The consumer's queue in librdkafka, read in batches.
-struct ConsumerQueue(std::ptr::NonNull<rdkafka::bindings::rd_kafka_queue_t>);
-
-// SAFETY: librdkafka's queues are safe to use from any thread.
-unsafe impl Send for ConsumerQueue {}
-// SAFETY: as above.
-unsafe impl Sync for ConsumerQueue {}
-
-impl Drop for ConsumerQueue {
-    fn drop(&mut self) {
-        // SAFETY: the reference came from `rd_kafka_queue_get_consumer` and is given back
-        // once, before the consumer it belongs to (field order in `KafkaConsumer`).
-        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.0.as_ptr()) }
-    }
-}
-
 /// How many messages one call into librdkafka takes at most.
 const CONSUME_CHUNK: usize = 512;
 
 struct KafkaConsumer {
     /// Before `inner`: the queue goes back before the client it belongs to is destroyed.
-    queue: ConsumerQueue,
+    queue: Native<rdkafka::bindings::rd_kafka_queue_t>,
     inner: StreamConsumer,
     topic: Arc<str>,
     assigned: Vec<u32>,
@@ -1053,7 +1059,7 @@ impl KafkaConsumer {
             let want = (max - out.len()).min(CONSUME_CHUNK);
             // SAFETY: a live queue; `batch` has room for `want` pointers.
             let got = unsafe {
-                rd::rd_kafka_consume_batch_queue(self.queue.0.as_ptr(), 0, batch.as_mut_ptr(), want)
+                rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, batch.as_mut_ptr(), want)
             };
             if got < 0 {
                 tracing::warn!(topic = %self.topic, "kafka consumer: the queue could not be read (retrying)");
@@ -1172,6 +1178,105 @@ impl Consumer for KafkaConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivered(partition: u32, offset: u64) -> Outcome {
+        Outcome::Delivered(Delivery { partition, offset })
+    }
+
+    #[test]
+    fn reports_from_other_threads_fill_their_own_slots_in_any_order() {
+        let n = 1000;
+        let ack = BatchAck::new(n);
+        let opaques: Vec<usize> = (0..n).map(|i| ack.opaque(i)).collect();
+        // As librdkafka's delivery thread would: reports in an order of their own, off the
+        // sender's thread, one of them a failure.
+        let reporter = std::thread::spawn(move || {
+            for (i, opaque) in opaques.into_iter().enumerate().rev() {
+                let outcome = if i == 17 {
+                    Outcome::Failed(BusError::Client("broker said no".into()))
+                } else {
+                    delivered((i % 4) as u32, i as u64 * 10)
+                };
+                // SAFETY: each opaque is of this batch and reported once.
+                unsafe { BatchAck::complete_at(opaque, outcome) };
+            }
+        });
+        let results = futures::executor::block_on(ack.wait());
+        reporter.join().unwrap();
+        assert_eq!(results.len(), n);
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Err(e) => {
+                    assert_eq!(i, 17);
+                    assert!(e.to_string().contains("broker said no"), "{e}");
+                }
+                Ok(d) => assert_eq!(
+                    *d,
+                    Delivery {
+                        partition: (i % 4) as u32,
+                        offset: i as u64 * 10
+                    }
+                ),
+            }
+        }
+        assert!(results[17].is_err());
+    }
+
+    #[test]
+    fn a_batch_is_freed_by_its_last_report_even_when_nobody_waits() {
+        let ack = BatchAck::new(2);
+        let first = ack.opaque(0);
+        let second = ack.opaque(1);
+        let weak = Arc::downgrade(&ack);
+        // The sender stops waiting (its future dropped) while both records are in flight.
+        drop(ack);
+        assert!(
+            weak.upgrade().is_some(),
+            "the reports keep the batch while any is owed"
+        );
+        // SAFETY: each opaque is of this batch and reported once.
+        unsafe { BatchAck::complete_at(second, delivered(0, 1)) };
+        assert!(weak.upgrade().is_some());
+        unsafe { BatchAck::complete_at(first, delivered(0, 0)) };
+        assert!(
+            weak.upgrade().is_none(),
+            "the last report gives the batch back"
+        );
+        // An empty batch owes no reports and holds no reference for them.
+        let empty = BatchAck::new(0);
+        let weak = Arc::downgrade(&empty);
+        assert!(futures::executor::block_on(empty.wait()).is_empty());
+        drop(empty);
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn records_never_queued_are_failed_when_the_sender_gives_up() {
+        let ack = BatchAck::new(3);
+        // SAFETY: the first record's report, once.
+        unsafe { BatchAck::complete_at(ack.opaque(0), delivered(2, 5)) };
+        // `enqueue` dropped after handing over the first record only.
+        drop(Unsent {
+            ack: ack.clone(),
+            next: 1,
+            topic: "floodcmd.status",
+        });
+        let results = futures::executor::block_on(ack.wait());
+        assert_eq!(
+            *results[0].as_ref().unwrap(),
+            Delivery {
+                partition: 2,
+                offset: 5
+            }
+        );
+        for r in &results[1..] {
+            let e = r.as_ref().unwrap_err().to_string();
+            assert!(
+                e.contains("abandoned") && e.contains("floodcmd.status"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn extra_settings_override_a_roles_defaults() {
