@@ -53,11 +53,11 @@ fn hold_freed_memory() {
 /// the stream stage keeps touching fresh stretches: its epochs' buffers, the records polled,
 /// a whole engine built anew. In a `bench stream-kafka` run with huge pages, the kernel
 /// zeroing them took about a fifth of the 1-worker run's worker thread. Without them, in 5
-/// runs against 5 alternating, the Kafka stage spent less of this process's CPU per reading in
-/// 5 of 5 (1 worker) and 4 of 5 (2 workers), and the first run of `bench stream-core` in a
-/// process (all its memory fresh) went from 0.41–0.46M readings/s to 0.78–0.89M. What it
-/// costs: a few per cent on a stage whose memory is all warm (`stream-core`'s later runs,
-/// 1 worker, 1.20–1.23M readings/s against 1.23–1.32M), from the extra TLB misses.
+/// runs against 5 alternating, the Kafka stage ran ahead and spent less of this process's CPU
+/// per reading in 5 of 5 with 1 worker and 4 of 5 with 2 workers. In process, the first run
+/// of `bench stream-core` (all its memory fresh) went from 0.45–0.47M readings/s to
+/// 0.80–0.88M. What it costs: 3–7 % on a stage whose memory is all warm (its later runs,
+/// 1 worker, 1.11–1.16M readings/s against 1.16–1.25M), from the extra TLB misses.
 fn no_transparent_huge_pages() {
     if std::env::vars_os().any(|(k, _)| {
         k.to_str()
@@ -1077,11 +1077,18 @@ mod tests {
             k.to_str()
                 .is_some_and(|k| k.eq_ignore_ascii_case("mimalloc_allow_thp"))
         });
-        no_transparent_huge_pages();
         // SAFETY: reads the process's huge-page policy.
-        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-        if !set {
-            assert_eq!(disabled, 1, "transparent huge pages are still allowed");
+        let disabled = || unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        let before = disabled();
+        no_transparent_huge_pages();
+        if set {
+            assert_eq!(
+                disabled(),
+                before,
+                "the variable was set: the policy is mimalloc's"
+            );
+        } else {
+            assert_eq!(disabled(), 1, "transparent huge pages are still allowed");
         }
     }
 

@@ -626,8 +626,10 @@ impl BatchAck {
             done: tokio::sync::Notify::new(),
         });
         if n > 0 {
-            // The reports' reference, given back in `complete` by the last one.
-            let _ = Arc::into_raw(ack.clone());
+            // The reports' reference, given back in `complete_at` by the last one, through
+            // the slots' pointer (the same one).
+            let reports = Arc::into_raw(ack.clone());
+            debug_assert!(std::ptr::eq(reports, ack.slots[0].ack));
         }
         ack
     }
@@ -669,8 +671,12 @@ impl BatchAck {
     }
 
     /// Fill the `index`-th slot from the sending side (a record that never reached librdkafka).
-    fn complete(&self, index: usize, outcome: Outcome) {
-        // SAFETY: the sender fills only slots it did not hand to librdkafka, once each.
+    ///
+    /// # Safety
+    /// The slot was not handed to librdkafka and is not filled yet: filling a slot twice
+    /// gives the reports' reference back twice.
+    unsafe fn complete(&self, index: usize, outcome: Outcome) {
+        // SAFETY: the caller's contract is `complete_at`'s.
         unsafe { Self::complete_at(self.opaque(index), outcome) }
     }
 
@@ -696,11 +702,11 @@ impl BatchAck {
     }
 }
 
-// SAFETY: a slot's pointer to its batch is only read; the batch itself is shared through
-// atomics, a lock and `Notify`.
-unsafe impl Send for BatchAck {}
+// SAFETY: a slot's pointer to its batch is only read, and the batch is shared through
+// atomics, a lock and `Notify`; the slot's own fields are atomics.
+unsafe impl Send for Slot {}
 // SAFETY: as above.
-unsafe impl Sync for BatchAck {}
+unsafe impl Sync for Slot {}
 
 /// The producer's context: routes delivery reports into their batch.
 struct BatchContext;
@@ -747,9 +753,13 @@ impl<T> Native<T> {
 }
 
 // SAFETY: librdkafka's topic handles and queues are safe to use from any thread.
-unsafe impl<T> Send for Native<T> {}
+unsafe impl Send for Native<rdkafka::bindings::rd_kafka_topic_t> {}
 // SAFETY: as above.
-unsafe impl<T> Sync for Native<T> {}
+unsafe impl Sync for Native<rdkafka::bindings::rd_kafka_topic_t> {}
+// SAFETY: as above.
+unsafe impl Send for Native<rdkafka::bindings::rd_kafka_queue_t> {}
+// SAFETY: as above.
+unsafe impl Sync for Native<rdkafka::bindings::rd_kafka_queue_t> {}
 
 impl<T> Drop for Native<T> {
     fn drop(&mut self) {
@@ -909,10 +919,12 @@ impl KafkaProducer {
             Ok(t) => t,
             Err(e) => {
                 let text = e.to_string();
-                for index in 0..records.len() {
-                    ack.complete(index, Outcome::Failed(BusError::Client(text.clone())));
-                }
+                // Taken from the guard first: each slot is filled once, here.
                 unsent.next = records.len();
+                for index in 0..records.len() {
+                    // SAFETY: no record of this batch was handed to librdkafka.
+                    unsafe { ack.complete(index, Outcome::Failed(BusError::Client(text.clone()))) };
+                }
                 return ack;
             }
         };
@@ -930,22 +942,31 @@ impl KafkaProducer {
                     Err((RDKafkaErrorCode::QueueFull, _)) => {
                         let now = tokio::time::Instant::now();
                         if now >= *deadline.get_or_insert(now + self.queue_timeout) {
-                            ack.complete(
-                                index,
-                                Outcome::Failed(BusError::Timeout {
-                                    topic: topic.to_string(),
-                                    after: self.queue_timeout,
-                                }),
-                            );
+                            unsent.next = index + 1;
+                            // SAFETY: librdkafka refused the record; its slot is filled once,
+                            // here (taken from the guard above).
+                            unsafe {
+                                ack.complete(
+                                    index,
+                                    Outcome::Failed(BusError::Timeout {
+                                        topic: topic.to_string(),
+                                        after: self.queue_timeout,
+                                    }),
+                                )
+                            };
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((code, text)) => {
-                        ack.complete(
-                            index,
-                            Outcome::Failed(BusError::Client(format!("{code}: {text}"))),
-                        );
+                        unsent.next = index + 1;
+                        // SAFETY: as for a full queue.
+                        unsafe {
+                            ack.complete(
+                                index,
+                                Outcome::Failed(BusError::Client(format!("{code}: {text}"))),
+                            )
+                        };
                         break;
                     }
                 }
@@ -957,7 +978,8 @@ impl KafkaProducer {
     }
 }
 
-/// The records of a batch from `next` on, which `enqueue` has not handed to librdkafka.
+/// The records of a batch from `next` on, which `enqueue` has not handed to librdkafka (nor
+/// filled): failed when this is dropped.
 struct Unsent<'a> {
     ack: Arc<BatchAck>,
     next: usize,
@@ -967,13 +989,17 @@ struct Unsent<'a> {
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
         for index in self.next..self.ack.slots.len() {
-            self.ack.complete(
-                index,
-                Outcome::Failed(BusError::Client(format!(
-                    "sending to {} was abandoned before this record was queued",
-                    self.topic
-                ))),
-            );
+            // SAFETY: slots from `next` on were neither handed over nor filled (`enqueue`
+            // moves `next` past a slot before it is handed over or filled).
+            unsafe {
+                self.ack.complete(
+                    index,
+                    Outcome::Failed(BusError::Client(format!(
+                        "sending to {} was abandoned before this record was queued",
+                        self.topic
+                    ))),
+                )
+            };
         }
     }
 }
@@ -1047,11 +1073,18 @@ impl KafkaConsumer {
     /// a few calls a poll instead of one (and a clock read, a waker's registration) a record,
     /// which was a sixth of a stream worker's time.
     ///
-    /// The batch call serves the queue in librdkafka's callback mode, where an op it does
-    /// not know how to return as a message aborts the process. What reaches this queue is
-    /// fetched records and consumer errors (both returned as messages), and errors and
-    /// rebalances (handled inside): commits here are asynchronous with no callback, so their
-    /// results are never queued, and the assignment is static.
+    /// The batch call serves the queue in librdkafka's callback mode, where an op it cannot
+    /// return as a message aborts the process. rust-rdkafka asks for commit results as events,
+    /// so every commit librdkafka makes on its own (auto-commit's timer, or partitions
+    /// leaving the assignment with auto-commit on) queues a result here that would abort it:
+    /// what keeps this safe is **auto-commit off**, set after the extra settings
+    /// (`consumer_config`; the test `extra_settings_cannot_take_the_commits_from_the_bus`).
+    /// The bus's own commits are asynchronous without a reply queue, so nothing is queued for
+    /// them; a rust-rdkafka upgrade that reports them as events must be checked against this.
+    /// No rebalance arrives either (the assignment is static). What does arrive beside records:
+    /// consumer errors, returned as messages and logged here; librdkafka's own errors and log
+    /// lines, which the call hands to librdkafka's printer (stderr, its own format) instead of
+    /// rust-rdkafka's, so they bypass `tracing`.
     fn drain(&self, out: &mut Vec<Record>, max: usize) {
         use rdkafka::bindings as rd;
         let mut batch = [std::ptr::null_mut::<rd::rd_kafka_message_t>(); CONSUME_CHUNK];
@@ -1094,8 +1127,10 @@ impl KafkaConsumer {
                         offset: msg.offset.max(0) as u64,
                         key: bytes(msg.key, msg.key_len),
                         payload: bytes(msg.payload, msg.len),
+                        // As `record` has it from rust-rdkafka: -1 is no timestamp.
                         timestamp_ms: match kind {
                             rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => 0,
+                            _ if at == -1 => 0,
                             _ => at,
                         },
                     };
