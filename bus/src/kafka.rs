@@ -989,8 +989,9 @@ struct Unsent<'a> {
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
         for index in self.next..self.ack.slots.len() {
-            // SAFETY: slots from `next` on were neither handed over nor filled (`enqueue`
-            // moves `next` past a slot before it is handed over or filled).
+            // SAFETY: slots from `next` on were neither handed over nor filled: `enqueue`
+            // moves `next` past a slot before filling it, and right after handing it over,
+            // with no await (where this could be dropped) in between.
             unsafe {
                 self.ack.complete(
                     index,
