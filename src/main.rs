@@ -59,10 +59,7 @@ fn hold_freed_memory() {
 /// 0.80–0.88M. What it costs: 3–7 % on a stage whose memory is all warm (its later runs,
 /// 1 worker, 1.11–1.16M readings/s against 1.16–1.25M), from the extra TLB misses.
 fn no_transparent_huge_pages() {
-    if std::env::vars_os().any(|(k, _)| {
-        k.to_str()
-            .is_some_and(|k| k.eq_ignore_ascii_case("mimalloc_allow_thp"))
-    }) {
+    if allow_thp_set() {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -72,6 +69,14 @@ fn no_transparent_huge_pages() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
+}
+
+/// Whether mimalloc's `MIMALLOC_ALLOW_THP` is set, in any case (as mimalloc reads it).
+fn allow_thp_set() -> bool {
+    std::env::vars_os().any(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| k.eq_ignore_ascii_case("mimalloc_allow_thp"))
+    })
 }
 
 mod bench_pipeline;
@@ -1067,16 +1072,14 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{
-        hold_freed_memory, no_transparent_huge_pages, MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS,
+        allow_thp_set, hold_freed_memory, no_transparent_huge_pages, MI_OPTION_PURGE_DELAY,
+        PURGE_DELAY_MS,
     };
 
     #[cfg(target_os = "linux")]
     #[test]
     fn huge_pages_are_off_unless_mimalloc_s_variable_says_otherwise() {
-        let set = std::env::vars_os().any(|(k, _)| {
-            k.to_str()
-                .is_some_and(|k| k.eq_ignore_ascii_case("mimalloc_allow_thp"))
-        });
+        let set = allow_thp_set();
         // SAFETY: reads the process's huge-page policy.
         let disabled = || unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
         let before = disabled();

@@ -1060,13 +1060,32 @@ impl KafkaConsumer {
     }
 
     fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        self.record_of(
+            m.partition(),
+            m.offset(),
+            m.key().unwrap_or_default(),
+            m.payload().unwrap_or_default(),
+            m.timestamp().to_millis(),
+        )
+    }
+
+    /// A record of this consumer's topic, its bytes copied out of librdkafka's message;
+    /// `None` for a message without a timestamp.
+    fn record_of(
+        &self,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Record {
         Record {
             topic: self.topic.clone(),
-            partition: m.partition() as u32,
-            offset: m.offset().max(0) as u64,
-            key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
-            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+            partition: partition as u32,
+            offset: offset.max(0) as u64,
+            key: Bytes::copy_from_slice(key),
+            payload: Bytes::copy_from_slice(payload),
+            timestamp_ms: timestamp_ms.unwrap_or(0),
         }
     }
 
@@ -1109,32 +1128,31 @@ impl KafkaConsumer {
                     let code = RDKafkaErrorCode::from(msg.err);
                     tracing::warn!(topic = %self.topic, error = %code, "kafka consumer error (retrying)");
                 } else {
-                    let bytes = |p: *mut std::ffi::c_void, len: usize| {
+                    let bytes = |p: *mut std::ffi::c_void, len: usize| -> &[u8] {
                         if p.is_null() || len == 0 {
-                            Bytes::new()
+                            &[]
                         } else {
-                            // SAFETY: librdkafka's `len` bytes at `p`, alive with the message.
-                            Bytes::copy_from_slice(unsafe {
-                                std::slice::from_raw_parts(p as *const u8, len)
-                            })
+                            // SAFETY: librdkafka's `len` bytes at `p`, alive with the message
+                            // (copied out before it is destroyed).
+                            unsafe { std::slice::from_raw_parts(p as *const u8, len) }
                         }
                     };
                     let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
                     // SAFETY: a live message.
                     let at = unsafe { rd::rd_kafka_message_timestamp(m, &mut kind) };
-                    let r = Record {
-                        topic: self.topic.clone(),
-                        partition: msg.partition as u32,
-                        offset: msg.offset.max(0) as u64,
-                        key: bytes(msg.key, msg.key_len),
-                        payload: bytes(msg.payload, msg.len),
-                        // As `record` has it from rust-rdkafka: -1 is no timestamp.
-                        timestamp_ms: match kind {
-                            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => 0,
-                            _ if at == -1 => 0,
-                            _ => at,
-                        },
+                    // As rust-rdkafka reads it for `record`: -1 is no timestamp.
+                    let timestamp_ms = match kind {
+                        rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => None,
+                        _ if at == -1 => None,
+                        _ => Some(at),
                     };
+                    let r = self.record_of(
+                        msg.partition,
+                        msg.offset,
+                        bytes(msg.key, msg.key_len),
+                        bytes(msg.payload, msg.len),
+                        timestamp_ms,
+                    );
                     if self.wanted(&r) {
                         out.push(r);
                     }
