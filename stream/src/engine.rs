@@ -463,8 +463,9 @@ impl PointState {
         }
     }
 
-    /// Ask for the allocations of the point's sensors: their ids and the history their
-    /// quality control reads. The list of sensors should be in cache already.
+    /// Ask for the allocations of the point's sensors (their ids and the history their
+    /// quality control reads) and a gauge's rain buckets the next minute reads. The list of
+    /// sensors and the rain windows should be in cache already.
     fn prefetch_sensors(&self) {
         for s in &self.sensors {
             prefetch(s.id.as_str());
@@ -472,6 +473,9 @@ impl PointState {
                 SensorKind::Depth => s.depth_qc.prefetch(),
                 SensorKind::Rain => s.rain_qc.prefetch(),
             }
+        }
+        if let Some(rain) = &self.rain {
+            rain.prefetch_next_minute();
         }
     }
 
@@ -691,8 +695,8 @@ impl Engine {
     }
 
     /// Apply one complete epoch. `epoch_ms` is the epoch's start; readings are applied in
-    /// event-time order (ties by sensor, sequence, value, lateness), whatever order they
-    /// come in.
+    /// event-time order (a point's ties by sensor, sequence, value, lateness), whatever order
+    /// they come in.
     pub fn apply_epoch(
         &mut self,
         epoch_ms: Millis,
@@ -700,19 +704,36 @@ impl Engine {
         out: &mut Vec<StreamOutput>,
     ) {
         self.advance_to(epoch_ms, out);
-        // Their places sorted rather than the readings: a reading is over a hundred bytes,
-        // and a sort moves each several times. Each place goes with its event time, so
-        // comparisons of different times are settled without reaching into the readings. A
-        // stable sort: full ties keep their arrival order, and an epoch arrives as runs
-        // already in order (each partition's, or devices that all report on the minute),
-        // which it merges rather than sorts afresh.
-        let mut keyed: Vec<(Millis, u32)> = readings
+        // Every point looked up first, in arrival order, in passes of their own (see
+        // `PointIndex::find_all`): the lookups do not depend on each other, so their cache
+        // misses overlap (the index and the point states of a large district do not fit in
+        // cache).
+        let mut places = Vec::with_capacity(readings.len());
+        self.index.find_all(
+            readings.iter().map(|tr| tr.reading.point.as_str()),
+            &self.points,
+            &mut places,
+        );
+        // Then the readings' places in the epoch sorted rather than the readings: a reading
+        // is over a hundred bytes, and a sort moves each several times. By event time, then
+        // by point: readings of different points never meet, so their order between them
+        // only has to be fixed, and the point's place fixes it with an integer where the
+        // sensor id took a string comparison in another allocation (an epoch of devices that
+        // all report on the minute is all ties on time). It also walks the point states in
+        // memory order. Within a point, the order that makes its result the same whatever
+        // the arrival order: sensor, sequence, value, late. A stable sort: full ties keep
+        // their arrival order. Points not owned here (`u32::MAX`) sort last and are counted.
+        let mut keyed: Vec<(Millis, u32, u32)> = readings
             .iter()
+            .zip(&places)
             .enumerate()
-            .map(|(at, tr)| (tr.reading.ts_ms, at as u32))
+            .map(|(at, (tr, place))| {
+                let place = place.map_or(u32::MAX, |i| i as u32);
+                (tr.reading.ts_ms, place, at as u32)
+            })
             .collect();
-        keyed.sort_by(|&(ta, a), &(tb, b)| {
-            ta.cmp(&tb).then_with(|| {
+        keyed.sort_by(|&(ta, pa, a), &(tb, pb, b)| {
+            ta.cmp(&tb).then(pa.cmp(&pb)).then_with(|| {
                 let (a, b) = (&readings[a as usize], &readings[b as usize]);
                 let (x, y) = (&a.reading, &b.reading);
                 x.sensor
@@ -724,20 +745,12 @@ impl Engine {
         });
         // Points in the order of their first reading this epoch.
         let mut touched: Vec<usize> = Vec::new();
-        // Every point looked up first, in passes of their own (see `PointIndex::find_all`):
-        // the lookups do not depend on each other, so their cache misses overlap (the index
-        // and the point states of a large district do not fit in cache), and the pass below
-        // finds each state already there.
-        let mut found = Vec::with_capacity(keyed.len());
-        self.index.find_all(
-            keyed
-                .iter()
-                .map(|&(_, at)| readings[at as usize].reading.point.as_str()),
-            &self.points,
-            &mut found,
-        );
+        let found: Vec<Option<usize>> = keyed
+            .iter()
+            .map(|&(_, place, _)| (place != u32::MAX).then_some(place as usize))
+            .collect();
         let mut replayed = Vec::new();
-        for (k, (&(_, at), &i)) in keyed.iter().zip(&found).enumerate() {
+        for (k, (&(_, _, at), &i)) in keyed.iter().zip(&found).enumerate() {
             // Each point's state and its allocations are scattered over a heap larger than
             // the cache, and what a reading does with them is short: waited for one after
             // another, the misses would be most of its time.
@@ -1013,6 +1026,57 @@ mod tests {
         assert_eq!(reported, ["RG-03", "RG-02"]);
         // LP-01 is not this engine's, and neither is NOPE.
         assert_eq!(engine.unknown_points, 1 + 3 * AHEAD as u64);
+    }
+
+    /// Readings of several points at the same event time (devices that all report on the
+    /// minute) are applied in the same order whatever order they come in, so the outputs are
+    /// the same records in the same order: ties between points go by the point's place (the
+    /// district's order), ties within a point by sensor and sequence.
+    #[test]
+    fn ties_on_time_give_the_same_outputs_in_the_same_order_whatever_the_arrival_order() {
+        let d = district();
+        let gauges = ["RG-01", "RG-02", "RG-03"];
+        let numbered = |mut r: TimedReading, seq: u64| {
+            r.reading.seq = Some(seq);
+            r
+        };
+        let minute = |m: i64| {
+            let at = T0 + m * MIN;
+            vec![
+                rain("RG-01", "RN-RG-01", at, 4.0 + m as f64),
+                rain("RG-02", "RN-RG-02", at, 9.0),
+                rain("RG-03", "RN-RG-03", at, 0.5),
+                numbered(rain("RG-02", "RN-RG-02", at, 12.0), 2),
+                numbered(rain("RG-02", "RN-RG-02", at, 3.0), 1),
+            ]
+        };
+        let run = |arrange: &dyn Fn(&mut Vec<TimedReading>)| {
+            let clock = Arc::new(ManualClock::new(T0));
+            let mut engine = Engine::new(&d, |p| gauges.contains(&p), clock, T0);
+            let mut out = Vec::new();
+            for m in 0..8 {
+                let mut epoch = minute(m);
+                arrange(&mut epoch);
+                engine.apply_epoch(T0 + m * MIN, &epoch, &mut out);
+            }
+            out
+        };
+        let given = run(&|_| {});
+        assert_eq!(given, run(&|e| e.reverse()));
+        assert_eq!(given, run(&|e| e.rotate_left(2)));
+        assert!(
+            !transitions(&given).is_empty(),
+            "the storm raises something, so transitions are compared too"
+        );
+        // Each epoch's statuses in the district's order of the points.
+        let first: Vec<&str> = given
+            .iter()
+            .filter_map(|o| match o {
+                StreamOutput::Status(s) if s.as_of_ms == T0 => Some(s.point.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(first, gauges);
     }
 
     /// A point may carry a sensor of the other kind (a rain gauge beside a depth sensor):
