@@ -695,8 +695,8 @@ impl Engine {
     }
 
     /// Apply one complete epoch. `epoch_ms` is the epoch's start; readings are applied in
-    /// event-time order (a point's ties by sensor, sequence, value, lateness), whatever order
-    /// they come in.
+    /// event-time order (a point's ties by sensor, sequence, value, lateness, replayed first),
+    /// whatever order they come in.
     pub fn apply_epoch(
         &mut self,
         epoch_ms: Millis,
@@ -717,12 +717,13 @@ impl Engine {
         // Then the readings' places in the epoch sorted rather than the readings: a reading
         // is over a hundred bytes, and a sort moves each several times. By event time, then
         // by point: readings of different points never meet, so their order between them
-        // only has to be fixed, and the point's place fixes it with an integer where the
-        // sensor id took a string comparison in another allocation (an epoch of devices that
-        // all report on the minute is all ties on time). It also walks the point states in
-        // memory order. Within a point, the order that makes its result the same whatever
-        // the arrival order: sensor, sequence, value, late. A stable sort: full ties keep
-        // their arrival order. Points not owned here (`u32::MAX`) sort last and are counted.
+        // only has to be fixed, and the point's place (its rank in id order) fixes it with
+        // an integer where the sensor id took a string comparison in another allocation (an
+        // epoch of devices that all report on the minute is all ties on time). It also walks
+        // the point states in memory order. Within a point, the order that makes its result the same whatever
+        // the arrival order: sensor, sequence, value, late, replayed first. A stable sort:
+        // full ties (the same reading twice) keep their arrival order. Points not owned here
+        // (`u32::MAX`) sort after the owned ones of their time and are counted.
         let mut keyed: Vec<(Millis, u32, u32)> = readings
             .iter()
             .zip(&places)
@@ -741,6 +742,10 @@ impl Engine {
                     .then_with(|| x.seq.cmp(&y.seq))
                     .then_with(|| x.value.total_cmp(&y.value))
                     .then_with(|| a.late.cmp(&b.late))
+                    // History replayed to rebuild state before what is new: a live copy of
+                    // a replayed reading (a record read again around the committed offset)
+                    // would otherwise go by arrival.
+                    .then_with(|| b.replay.cmp(&a.replay))
             })
         });
         // Points in the order of their first reading this epoch.
@@ -1030,29 +1035,39 @@ mod tests {
 
     /// Readings of several points at the same event time (devices that all report on the
     /// minute) are applied in the same order whatever order they come in, so the outputs are
-    /// the same records in the same order: ties between points go by the point's place (the
-    /// district's order), ties within a point by sensor and sequence.
+    /// the same records in the same order: ties between points go by the point's place (its
+    /// rank in id order), ties within a point by sensor and sequence, and a reading replayed
+    /// to rebuild state goes before a live copy of itself.
     #[test]
     fn ties_on_time_give_the_same_outputs_in_the_same_order_whatever_the_arrival_order() {
         let d = district();
-        let gauges = ["RG-01", "RG-02", "RG-03"];
+        // In id order; by sensor id (RN-RG-…, WL-LP-01) LP-01 would come last.
+        let points = ["LP-01", "RG-01", "RG-02", "RG-03"];
         let numbered = |mut r: TimedReading, seq: u64| {
             r.reading.seq = Some(seq);
             r
         };
         let minute = |m: i64| {
             let at = T0 + m * MIN;
+            let mut depth = rain("LP-01", "WL-LP-01", at, 2.0 + m as f64);
+            depth.reading.kind = SensorKind::Depth;
+            let replayed = TimedReading {
+                replay: true,
+                ..rain("RG-03", "RN-RG-03", at, 0.5)
+            };
             vec![
                 rain("RG-01", "RN-RG-01", at, 4.0 + m as f64),
                 rain("RG-02", "RN-RG-02", at, 9.0),
+                replayed,
                 rain("RG-03", "RN-RG-03", at, 0.5),
+                depth,
                 numbered(rain("RG-02", "RN-RG-02", at, 12.0), 2),
                 numbered(rain("RG-02", "RN-RG-02", at, 3.0), 1),
             ]
         };
         let run = |arrange: &dyn Fn(&mut Vec<TimedReading>)| {
             let clock = Arc::new(ManualClock::new(T0));
-            let mut engine = Engine::new(&d, |p| gauges.contains(&p), clock, T0);
+            let mut engine = Engine::new(&d, |p| points.contains(&p), clock, T0);
             let mut out = Vec::new();
             for m in 0..8 {
                 let mut epoch = minute(m);
@@ -1068,7 +1083,7 @@ mod tests {
             !transitions(&given).is_empty(),
             "the storm raises something, so transitions are compared too"
         );
-        // Each epoch's statuses in the district's order of the points.
+        // The first epoch's statuses in id order of the points.
         let first: Vec<&str> = given
             .iter()
             .filter_map(|o| match o {
@@ -1076,7 +1091,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(first, gauges);
+        assert_eq!(first, points);
     }
 
     /// A point may carry a sensor of the other kind (a rain gauge beside a depth sensor):
