@@ -235,6 +235,26 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
         (packed_bound - expected).abs() <= 1e-6 * expected,
         "packed pipe bound {packed_bound}, recomputed {expected}"
     );
+    // What any stage could reach: the pipes' CPU plus the same stage's in process.
+    let (in_process, _) = figure(
+        &figures,
+        "CPU of this process per reading, the same stage in process",
+    );
+    assert!(
+        in_process > 0.0 && in_process.is_finite(),
+        "in process: {in_process}"
+    );
+    for (whole, name) in [
+        (pipe_whole, "bound set by CPU on the ratio to the ceiling of any stage that writes its outputs one to a record and whose rules cost what they cost in process"),
+        (packed_whole, "bound set by CPU on the ratio to the ceiling of any stage that writes its outputs packed 256 to a record and whose rules cost what they cost in process"),
+    ] {
+        let (bound, _) = figure(&figures, name);
+        let expected = pipe_bound * pipe_whole / (whole + in_process);
+        assert!(
+            (bound - expected).abs() <= 1e-6 * expected,
+            "{name}: {bound}, recomputed {expected}"
+        );
+    }
     for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
         let (whole, _, _, _) = part(&format!("stream stage, {workers}"));
         let (c_whole, _, c_idle, c_steal) = around[i];

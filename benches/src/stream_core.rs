@@ -535,7 +535,10 @@ const PACKED: usize = 256;
 /// stage writes (one output to a record) and twice with the same outputs packed [`PACKED`] to
 /// a record, and the report estimates the bound CPU would set on the stage were its outputs
 /// to cost what the packed pipe's do: whether changing the topics' contract could buy the
-/// ratio.
+/// ratio. Between the stage's runs and the pipes, the same stage runs once in process (1
+/// worker, outputs let go) for what its rules cost without Kafka; the pipe's CPU plus that is
+/// the least any stage spends, which bounds what any could reach on this machine, with its
+/// outputs one to a record or packed (see `cpu_figures`).
 pub async fn kafka_throughput(
     bootstrap: &str,
     sensors: usize,
@@ -642,6 +645,18 @@ pub async fn kafka_throughput(
         ceilings.push(ceiling.per_s);
         ceiling_cpu.push(ceiling.cpu);
     }
+    // The stage's own work without Kafka, in the same run: the same district's synthetic
+    // storm through the stage in process, 1 worker, outputs encoded and let go. Its readings
+    // are spread over each minute's first seconds where the Kafka runs' are all on the minute,
+    // which costs the rules more: the bound made with it below errs high, never low.
+    let in_process = one_run(
+        district.clone(),
+        Storm::Synthetic,
+        readings,
+        1,
+        Outputs::Dropped,
+    )
+    .await?;
     // The pipe: the same readings consumed and the stage's own outputs (the same records, as
     // many per reading as the 2-worker run wrote) produced, raw.
     let per_run: Vec<f64> = outputs_after
@@ -732,6 +747,7 @@ pub async fn kafka_throughput(
         &ceiling_cpu,
         &stage_cpu,
         [&pipe_cpu, &packed_cpu],
+        in_process.cpu_us_per_reading,
     );
     for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
         r.figure_vs(
@@ -766,12 +782,21 @@ pub async fn kafka_throughput(
 /// two around the 2-worker run (the later one just before the pipes). The bound takes each
 /// run's CPU per reading as fixed: CPU spent on something else meanwhile (other processes, the
 /// broker's JIT warming up) lowers it.
+///
+/// Last, what the machine allows a stage at all: the pipe's CPU per reading (consuming and
+/// writing the outputs, nothing else) plus `in_process_us`, what the stage's rules (decoding
+/// and encoding included) cost this process per reading in process, is the least a stage
+/// reading from Kafka can spend. Over it, the available core-time at the ceiling's pace bounds
+/// any such stage's ratio, with its outputs one to a record or packed, however well its
+/// adapters were written; a stage that spends more beside the broker than alone (it does)
+/// stays under it.
 fn cpu_figures(
     r: &mut Report,
     readings: u64,
     ceiling: &[CpuSpent],
     stage: &[CpuSpent],
     [pipe, packed]: [&[CpuSpent]; 2],
+    in_process_us: f64,
 ) {
     if !ceiling
         .iter()
@@ -853,9 +878,24 @@ fn cpu_figures(
         around[1] / packed_us.max(f64::MIN_POSITIVE),
         "ratio",
     );
+    let pipe_us = pipe_all.busy_us_per(piped);
+    r.figure(
+        "CPU of this process per reading, the same stage in process (1 worker, synthetic storm spread over each minute, outputs encoded and let go): its rules, decoding and encoding, no Kafka",
+        in_process_us,
+        "core-µs",
+    );
+    r.figure(
+        "bound set by CPU on the ratio to the ceiling of any stage that writes its outputs one to a record and whose rules cost what they cost in process: the available core-time per reading at the ceiling's pace (around the 2-worker run) over the raw pipe's CPU per reading plus the in-process stage's",
+        around[1] / (pipe_us + in_process_us).max(f64::MIN_POSITIVE),
+        "ratio",
+    );
+    r.figure(
+        &format!("bound set by CPU on the ratio to the ceiling of any stage that writes its outputs packed {PACKED} to a record and whose rules cost what they cost in process: the available core-time per reading at the ceiling's pace (around the 2-worker run) over the packed pipe's CPU per reading plus the in-process stage's"),
+        around[1] / (packed_us + in_process_us).max(f64::MIN_POSITIVE),
+        "ratio",
+    );
     // The stage's own work (its CPU beyond the pipe's) as measured, its outputs at the packed
     // pipe's cost: an estimate of what packing would leave, not a run.
-    let pipe_us = pipe_all.busy_us_per(piped);
     for ((spent, w), per_ceiling) in stage.iter().zip(workers).zip(&around) {
         let estimated = spent.busy_us_per(readings) - pipe_us + packed_us;
         // Noise in a short run can leave nothing of the stage's own: no estimate then.
