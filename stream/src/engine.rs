@@ -523,6 +523,10 @@ pub struct Engine {
 /// better than 4.
 const AHEAD: usize = 4;
 
+/// A reading of an epoch as [`Engine::apply_epoch`] orders them: its event time, its point's
+/// place (`None`: a point not owned here) and its index in the epoch as given.
+type Placed = (Millis, Option<u32>, u32);
+
 /// One sensor's state at its point.
 struct SensorState {
     id: String,
@@ -720,18 +724,16 @@ impl Engine {
         // only has to be fixed, and the point's place (its rank in id order) fixes it with
         // an integer where the sensor id took a string comparison in another allocation (an
         // epoch of devices that all report on the minute is all ties on time). It also walks
-        // the point states in memory order. Within a point, the order that makes its result the same whatever
-        // the arrival order: sensor, sequence, value, late, replayed first. A stable sort:
-        // full ties (the same reading twice) keep their arrival order. Points not owned here
-        // (`u32::MAX`) sort after the owned ones of their time and are counted.
-        let mut keyed: Vec<(Millis, u32, u32)> = readings
+        // the point states in memory order. Within a point, the order that makes its result
+        // the same whatever the arrival order: sensor, sequence, value, late, replayed
+        // first. A stable sort: full ties (the same reading twice) keep their arrival order.
+        // Readings of points not owned here (`None`) go first among their time and are only
+        // counted.
+        let mut keyed: Vec<Placed> = readings
             .iter()
             .zip(&places)
             .enumerate()
-            .map(|(at, (tr, place))| {
-                let place = place.map_or(u32::MAX, |i| i as u32);
-                (tr.reading.ts_ms, place, at as u32)
-            })
+            .map(|(at, (tr, place))| (tr.reading.ts_ms, place.map(|i| i as u32), at as u32))
             .collect();
         keyed.sort_by(|&(ta, pa, a), &(tb, pb, b)| {
             ta.cmp(&tb).then(pa.cmp(&pb)).then_with(|| {
@@ -750,18 +752,14 @@ impl Engine {
         });
         // Points in the order of their first reading this epoch.
         let mut touched: Vec<usize> = Vec::new();
-        let found: Vec<Option<usize>> = keyed
-            .iter()
-            .map(|&(_, place, _)| (place != u32::MAX).then_some(place as usize))
-            .collect();
         let mut replayed = Vec::new();
-        for (k, (&(_, _, at), &i)) in keyed.iter().zip(&found).enumerate() {
+        for (k, &(_, place, at)) in keyed.iter().enumerate() {
             // Each point's state and its allocations are scattered over a heap larger than
             // the cache, and what a reading does with them is short: waited for one after
             // another, the misses would be most of its time.
-            self.prefetch_for_readings(&found, k);
+            self.prefetch_for_readings(&keyed, k);
             let tr = &readings[at as usize];
-            let Some(i) = i else {
+            let Some(i) = place.map(|i| i as usize) else {
                 self.unknown_points += 1;
                 continue;
             };
@@ -806,9 +804,12 @@ impl Engine {
     }
 
     /// Ask for what applying the readings `AHEAD`, `2 × AHEAD` and `3 × AHEAD` places after
-    /// the `k`-th will read; `found` holds each reading's point (`None`: a point not owned).
-    fn prefetch_for_readings(&self, found: &[Option<usize>], k: usize) {
-        let point = |d: usize| found.get(k + d).copied().flatten().map(|i| &self.points[i]);
+    /// the `k`-th of `keyed` (an epoch in the order it is applied) will read.
+    fn prefetch_for_readings(&self, keyed: &[Placed], k: usize) {
+        let point = |d: usize| {
+            let &(_, place, _) = keyed.get(k + d)?;
+            place.map(|i| &self.points[i as usize])
+        };
         if let Some(st) = point(3 * AHEAD) {
             prefetch_whole(st);
         }
