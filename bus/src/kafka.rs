@@ -103,6 +103,18 @@ impl KafkaConfig {
     }
 }
 
+/// Destroy a lookup's client off the caller's path. librdkafka sleeps 100 ms in every
+/// client's destruction (librdkafka#1895), and a stage starting up made two such lookups
+/// before reading its first record; nothing waits on what a lookup client does after its
+/// answer.
+fn let_go<C: Send + 'static>(client: C) {
+    // If no thread can be had, the client is dropped here as before (the closure goes with
+    // the error).
+    let _ = std::thread::Builder::new()
+        .name("kafka-let-go".into())
+        .spawn(move || drop(client));
+}
+
 fn client_err(e: KafkaError) -> BusError {
     BusError::Client(e.to_string())
 }
@@ -448,6 +460,7 @@ impl Bus for KafkaBus {
             let found = consumer
                 .offsets_for_times(tpl, METADATA_TIMEOUT)
                 .map_err(client_err)?;
+            let_go(consumer);
             (0..n)
                 .map(|p| {
                     let elem = found.find_partition(&t, p as i32);
@@ -493,6 +506,7 @@ impl Bus for KafkaBus {
                     Err(e) => return Err(client_err(e)),
                 }
             };
+            let_go(consumer);
             Ok((0..n)
                 .map(
                     |p| match got.find_partition(&t, p as i32).map(|e| e.offset()) {

@@ -583,23 +583,31 @@ impl WorkerContext {
         // the committed offsets.
         let mut replay_until: BTreeMap<u32, u64> = BTreeMap::new();
         let mut positions: Vec<(u32, Option<u64>)> = mine.iter().map(|p| (*p, None)).collect();
+        let reads_bus = !mine.is_empty() && self.fed.is_none();
+        // The group's commits, looked up once for all that needs them below (the rebuild,
+        // where reading starts, what a bounded run has left): each lookup is a client of its
+        // own and a round trip to the group's coordinator. Three of them, and the consumer's
+        // own lookups of where to start, were most of the third of a second a stage took to
+        // read its first record.
+        let committed = if reads_bus || (self.config.rebuild_ms.is_some() && !mine.is_empty()) {
+            self.rt
+                .block_on(self.bus.committed(&self.config.group, &topics.readings()))?
+        } else {
+            Vec::new()
+        };
+        let committed_at = |p: u32| committed.get(p as usize).copied().flatten();
         if let (Some(rebuild_ms), false) = (self.config.rebuild_ms, mine.is_empty()) {
-            let committed = self
-                .rt
-                .block_on(self.bus.committed(&self.config.group, &topics.readings()))?;
             let since = self.clock.now_ms() - rebuild_ms;
             let starts = self
                 .rt
                 .block_on(self.bus.offsets_for_time(&topics.readings(), since))?;
             for (p, from) in positions.iter_mut() {
-                let (Some(Some(c)), Some(&start)) =
-                    (committed.get(*p as usize), starts.get(*p as usize))
-                else {
+                let (Some(c), Some(&start)) = (committed_at(*p), starts.get(*p as usize)) else {
                     continue;
                 };
-                if start < *c {
+                if start < c {
                     *from = Some(start);
-                    replay_until.insert(*p, *c);
+                    replay_until.insert(*p, c);
                 }
             }
             if !replay_until.is_empty() {
@@ -620,39 +628,39 @@ impl WorkerContext {
         };
         // Where each partition's reading starts (the explicit position, else the group's
         // commit, else the first record the bus holds), looked up before the consumer starts:
-        // a first record further on means the bus deleted what was between. Only a check: if
-        // the lookups fail, a partition's position starts at its first record read.
-        let mut read_at = if mine.is_empty() || feed_input.is_some() {
-            ReadPositions::default()
-        } else {
-            let readings = topics.readings();
-            let lookups = self.rt.block_on(async {
-                let committed = self.bus.committed(&self.config.group, &readings).await?;
-                let open = positions.iter().any(|(p, from)| {
-                    from.is_none() && committed.get(*p as usize).copied().flatten().is_none()
-                });
-                let starts = if open {
-                    self.bus.start_offsets(&readings).await?
-                } else {
-                    Vec::new()
-                };
-                Ok::<_, BusError>((committed, starts))
-            });
-            match lookups {
-                Ok((committed, starts)) => {
-                    ReadPositions::new(positions.iter().filter_map(|(p, from)| {
-                        let at = from
-                            .or_else(|| committed.get(*p as usize).copied().flatten())
-                            .or_else(|| starts.get(*p as usize).copied())?;
-                        Some((*p, at))
-                    }))
+        // a first record further on means the bus deleted what was between. The consumer is
+        // then told these positions rather than look them up again. If the lookup of first
+        // records fails, the consumer looks for itself, and a partition's position starts at
+        // its first record read (the check is all that is lost).
+        let mut read_at = ReadPositions::default();
+        if reads_bus {
+            let open = positions
+                .iter()
+                .any(|(p, from)| from.is_none() && committed_at(*p).is_none());
+            let starts = if open {
+                match self.rt.block_on(self.bus.start_offsets(&topics.readings())) {
+                    Ok(starts) => Some(starts),
+                    Err(e) => {
+                        tracing::warn!(worker = index, error = %e, "could not look up where the readings partitions start; lost records are counted from the first record read");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(worker = index, error = %e, "could not look up where the readings partitions start; lost records are counted from the first record read");
-                    ReadPositions::default()
+            } else {
+                Some(Vec::new())
+            };
+            if let Some(starts) = starts {
+                for (p, from) in positions.iter_mut() {
+                    *from = from
+                        .or_else(|| committed_at(*p))
+                        .or_else(|| starts.get(*p as usize).copied());
                 }
+                read_at = ReadPositions::new(
+                    positions
+                        .iter()
+                        .filter_map(|(p, from)| Some((*p, (*from)?))),
+                );
             }
-        };
+        }
         // When the bus's first offsets were last looked at (see below).
         let mut starts_checked = std::time::Instant::now();
         let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() || feed_input.is_some() {
@@ -671,17 +679,11 @@ impl WorkerContext {
             Some(ends) if feed_input.is_some() => {
                 mine.iter().map(|p| (*p, ends[*p as usize])).collect()
             }
-            Some(ends) => {
-                let committed = self
-                    .rt
-                    .block_on(self.bus.committed(&self.config.group, &topics.readings()))?;
-                mine.iter()
-                    .map(|p| (*p, ends[*p as usize]))
-                    .filter(|(p, e)| {
-                        *e > committed.get(*p as usize).copied().flatten().unwrap_or(0)
-                    })
-                    .collect()
-            }
+            Some(ends) => mine
+                .iter()
+                .map(|p| (*p, ends[*p as usize]))
+                .filter(|(p, e)| *e > committed_at(*p).unwrap_or(0))
+                .collect(),
             None => BTreeMap::new(),
         };
         let producer = self.bus.producer();

@@ -5,14 +5,15 @@ mod common;
 
 use common::{depth_series, district, T0};
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{Assignment, Bus, Consumer};
+use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Producer};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{Level, Reading};
 use floodcmd_stream::{run_stream, StreamConfig, Watermark};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 async fn live(
@@ -128,4 +129,154 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
         after.iter().all(|t| t.0 != TransitionKind::Raised),
         "nothing raised twice: {after:?}"
     );
+}
+
+/// The embedded bus, counting the stage's lookups of its group's commits and keeping the
+/// assignment each of its consumers was asked for.
+#[derive(Clone)]
+struct WatchedLookups {
+    inner: EmbeddedBus,
+    committed_lookups: Arc<AtomicUsize>,
+    assignments: Arc<Mutex<Vec<Assignment>>>,
+}
+
+#[async_trait::async_trait]
+impl Bus for WatchedLookups {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.inner.ensure_topic(topic, partitions).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.inner.partitions(topic).await
+    }
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.end_offsets(topic).await
+    }
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.start_offsets(topic).await
+    }
+    async fn offsets_for_time(&self, topic: &str, t: i64) -> Result<Vec<u64>, BusError> {
+        self.inner.offsets_for_time(topic, t).await
+    }
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+        if group == "stream" {
+            self.committed_lookups.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.committed(group, topic).await
+    }
+    fn producer(&self) -> Arc<dyn Producer> {
+        self.inner.producer()
+    }
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        if group == "stream" {
+            self.assignments.lock().unwrap().push(assignment.clone());
+        }
+        self.inner.consumer(group, topic, assignment).await
+    }
+}
+
+/// On a real broker each lookup of a group's commits is a client of its own and a round trip
+/// to the coordinator, and the stage made three per worker (and its consumer two lookups
+/// more) before it read a record. Now each worker reads its group's commits once and hands
+/// its consumer every position: the commit where there is one, else the first offset held.
+/// And it still reads exactly what lies past the commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consumer_where_to_start()
+{
+    let d = district();
+    let inner = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("lookups");
+    for t in topics.all() {
+        inner.ensure_topic(&t, 4).await.unwrap();
+    }
+    let producer = inner.producer();
+    let mut readings = Vec::new();
+    for sensor in [
+        "WL-UP-01", "WL-UP-02", "WL-LP-01", "WL-LP-02", "WL-LP-03", "WL-LP-04",
+    ] {
+        let values: Vec<f64> = (0..20).map(|i| i as f64).collect();
+        readings.extend(depth_series(&d, sensor, T0, 60_000, &values));
+    }
+    for r in &readings {
+        producer
+            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
+            .await
+            .unwrap();
+    }
+    let ends = inner.end_offsets(&topics.readings()).await.unwrap();
+    // The group has read some partitions part way before this start, and one not at all.
+    let mut earlier = inner
+        .consumer("stream", &topics.readings(), Assignment::All)
+        .await
+        .unwrap();
+    let busy: Vec<u32> = (0..4).filter(|p| ends[*p as usize] > 0).collect();
+    assert!(
+        busy.len() >= 2,
+        "readings in at least two partitions: {ends:?}"
+    );
+    let (half, none) = (busy[0], busy[1]);
+    earlier.commit(half, ends[half as usize] / 2).await.unwrap();
+    drop(earlier);
+
+    let bus = WatchedLookups {
+        inner: inner.clone(),
+        committed_lookups: Arc::default(),
+        assignments: Arc::default(),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let handle = run_stream(
+        Arc::new(bus.clone()),
+        d,
+        clock,
+        StreamConfig {
+            workers: 2,
+            lateness_ms: 5_000,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: Watermark::Bounded { origin_ms: T0 },
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        bus.committed_lookups.load(Ordering::SeqCst),
+        2,
+        "one lookup of the group's commits per worker"
+    );
+    let mut told: Vec<(u32, Option<u64>)> = bus
+        .assignments
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|a| match a {
+            Assignment::Positions(ps) => ps.clone(),
+            other => panic!("a worker's consumer is told positions, not {other:?}"),
+        })
+        .collect();
+    told.sort();
+    let expected: Vec<(u32, Option<u64>)> = (0..4)
+        .map(|p| (p, Some(if p == half { ends[p as usize] / 2 } else { 0 })))
+        .collect();
+    assert_eq!(
+        told, expected,
+        "partition {none} from its first offset, {half} from its commit"
+    );
+    let after = inner.committed("stream", &topics.readings()).await.unwrap();
+    for p in busy {
+        assert_eq!(
+            after[p as usize],
+            Some(ends[p as usize]),
+            "partition {p} read to its end"
+        );
+    }
 }
