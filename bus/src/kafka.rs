@@ -1241,6 +1241,29 @@ impl Consumer for KafkaConsumer {
     fn assigned(&self) -> Vec<u32> {
         self.assigned.clone()
     }
+
+    async fn commit_last(&mut self, last: &[(u32, u64)]) -> Result<(), BusError> {
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in last {
+            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next as i64))
+                .map_err(client_err)?;
+        }
+        // Sync, all in one request: answered after every asynchronous commit made before it
+        // (one coordinator, one connection), so the group's position is known once this
+        // returns, and the consumer can be let go without waiting for it to close.
+        self.inner
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(client_err)
+    }
+
+    fn let_go(self: Box<Self>) {
+        // Closing a consumer waits for its commits in flight (none after `commit_last`) and
+        // sleeps 100 ms in librdkafka's destruction: a bounded stage's end waited for it.
+        let_go(self);
+    }
 }
 
 #[cfg(test)]

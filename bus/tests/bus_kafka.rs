@@ -96,6 +96,56 @@ async fn keyed_records_keep_their_order_and_land_where_the_embedded_bus_puts_the
     );
 }
 
+/// A reader that ends commits its last positions with `commit_last` and lets the consumer go
+/// (its client closed on another thread): the group has every partition's position, and a
+/// consumer of the group after it has nothing left to read. (That the commit is the group's
+/// when `commit_last` returns, not a moment later, no test here can tell from a commit that
+/// lands a few milliseconds after: a lookup takes longer than that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_commits_of_several_partitions_are_the_groups_and_survive_letting_the_consumer_go() {
+    let bus = bus().await;
+    let topic = unique("last");
+    bus.ensure_topic(&topic, 3).await.unwrap();
+    let p = bus.producer();
+    for i in 0..60u32 {
+        p.send(
+            &topic,
+            format!("k{i}").as_bytes(),
+            Bytes::from(i.to_string()),
+            stamp(i as i64),
+        )
+        .await
+        .unwrap();
+    }
+    let ends = bus.end_offsets(&topic).await.unwrap();
+    let mut c = bus
+        .consumer("g-last", &topic, Assignment::All)
+        .await
+        .unwrap();
+    read_n(&mut c, 60).await;
+    let last: Vec<(u32, u64)> = (0..3).map(|p| (p, ends[p as usize])).collect();
+    c.commit_last(&last).await.unwrap();
+    let committed = bus.committed("g-last", &topic).await.unwrap();
+    c.let_go();
+    assert_eq!(
+        committed,
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>(),
+        "every partition's last position is the group's as soon as commit_last returns"
+    );
+    let mut again = bus
+        .consumer("g-last", &topic, Assignment::All)
+        .await
+        .unwrap();
+    assert!(
+        again
+            .poll(100, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a consumer of the group after it has nothing left to read"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_at_its_groups_commit() {
     let bus = bus().await;

@@ -205,6 +205,20 @@ pub trait Consumer: Send {
 
     /// The partitions this consumer reads.
     fn assigned(&self) -> Vec<u32>;
+
+    /// Commit the group's last positions (`(partition, next offset)`) and return once the bus
+    /// has them: a reader that ends calls it last, then lets the consumer go. It may block its
+    /// thread until the bus answers (Kafka's does), so call it where a thread may block.
+    async fn commit_last(&mut self, last: &[(u32, u64)]) -> Result<(), BusError> {
+        for (partition, next) in last {
+            self.commit(*partition, *next).await?;
+        }
+        Ok(())
+    }
+
+    /// Done with this consumer. A bus whose clients take time to close closes it off the
+    /// caller's path (nothing is left to wait for after [`Consumer::commit_last`]).
+    fn let_go(self: Box<Self>) {}
 }
 
 /// The partition for `key` among `partitions`: Kafka's default (murmur2, positive, modulo).

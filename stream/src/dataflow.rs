@@ -1174,13 +1174,22 @@ impl WorkerContext {
             }
         }
         // Everything is processed and on the bus: commit what is left, unless an output never
-        // made it.
-        if !lost_output.get() {
-            for (p, queue) in pending {
-                if let (Some(&(_, next)), Some(c)) = (queue.back(), consumer.as_mut()) {
-                    self.rt.block_on(c.commit(p, next))?;
-                }
+        // made it, and wait for the bus to have it; then the consumer goes without the stage
+        // waiting for its client to close. A last commit that fails is what a crash here would
+        // leave: the records after the group's position are read again.
+        if let Some(mut c) = consumer {
+            let last: Vec<(u32, u64)> = if lost_output.get() {
+                Vec::new()
+            } else {
+                pending
+                    .iter()
+                    .filter_map(|(p, queue)| queue.back().map(|&(_, next)| (*p, next)))
+                    .collect()
+            };
+            if let Err(e) = self.rt.block_on(c.commit_last(&last)) {
+                tracing::warn!(worker = index, error = %e, "the stage's last commit failed; a restart reads again what followed the group's position");
             }
+            c.let_go();
         }
         Ok(())
     }
