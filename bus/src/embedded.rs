@@ -211,6 +211,7 @@ impl Bus for EmbeddedBus {
     ) -> Result<Box<dyn Consumer>, BusError> {
         let t = self.topic(topic)?;
         let n = t.partitions.len() as u32;
+        let for_group = matches!(assignment, Assignment::GroupPositions(_));
         let wanted = assignment.resolve(topic, n)?;
         let assigned: Vec<u32> = wanted.iter().map(|(p, _)| *p).collect();
         let mut positions = HashMap::new();
@@ -221,6 +222,12 @@ impl Bus for EmbeddedBus {
             // start) does not hold history back until it commits; one that resumes at its
             // group's position does, from the moment it exists.
             let at = match from {
+                // Resolved by the caller for the group: held from there if the group is new
+                // here (a group this partition knows is held at its commit already).
+                Some(at) if for_group => {
+                    log.groups.entry(group.to_string()).or_insert(at.max(base));
+                    at
+                }
                 Some(at) => at,
                 None => *log.groups.entry(group.to_string()).or_insert(base),
             };

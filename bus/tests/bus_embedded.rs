@@ -248,3 +248,62 @@ async fn static_assignment_reads_only_its_partitions() {
         "unknown topic is an error"
     );
 }
+
+/// A reader handed its group's positions (`GroupPositions`, resolved by a caller that looked
+/// its commits up) holds history back from there as a group, like one that asks for its
+/// group's commit; a reader at an explicit position (`Positions`) does not, and a full
+/// partition lets go of what only it would read.
+#[tokio::test]
+async fn group_positions_hold_history_back_for_a_new_group_and_explicit_ones_do_not() {
+    for (as_group, name) in [(true, "group"), (false, "explicit")] {
+        let bus = EmbeddedBus::new(4);
+        bus.ensure_topic("t", 1).await.unwrap();
+        let producer = bus.producer();
+        // Another group has read and committed everything.
+        let mut ahead = bus.consumer("ahead", "t", Assignment::All).await.unwrap();
+        for i in 0..4u32 {
+            producer
+                .send("t", b"k", Bytes::from(i.to_string()), 0)
+                .await
+                .unwrap();
+        }
+        assert_eq!(ahead.poll(10, T).await.unwrap().len(), 4);
+        ahead.commit(0, 4).await.unwrap();
+        let assignment = if as_group {
+            Assignment::GroupPositions(vec![(0, 0)])
+        } else {
+            Assignment::Positions(vec![(0, Some(0))])
+        };
+        let mut reader = bus.consumer("new", "t", assignment).await.unwrap();
+        let fifth = tokio::spawn({
+            let producer = bus.producer();
+            async move {
+                producer
+                    .send("t", b"k", Bytes::from_static(b"4"), 0)
+                    .await
+                    .unwrap()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let first_held = bus.start_offsets("t").await.unwrap()[0];
+        if as_group {
+            assert!(
+                !fifth.is_finished(),
+                "{name}: the partition is full of what the new group has yet to read"
+            );
+            assert_eq!(first_held, 0, "{name}: nothing let go");
+            let read = reader.poll(10, T).await.unwrap();
+            assert_eq!(read.first().map(|r| r.offset), Some(0), "{name}");
+            reader.commit(0, 4).await.unwrap();
+            fifth.await.unwrap();
+        } else {
+            fifth.await.unwrap();
+            assert_eq!(
+                first_held, 4,
+                "{name}: what the other group read let go to make room"
+            );
+            let read = reader.poll(10, T).await.unwrap();
+            assert_eq!(read.first().map(|r| r.offset), Some(4), "{name}");
+        }
+    }
+}

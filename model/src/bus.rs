@@ -48,6 +48,12 @@ pub enum Assignment {
     /// Starting there directly, rather than seeking after the fact, means nothing fetched
     /// from the old position can slip in first.
     Positions(Vec<(u32, Option<u64>)>),
+    /// These partitions, each from where the caller starts its group (the group's commit, or
+    /// before it to rebuild, else the first offset the bus holds), resolved by a caller that
+    /// has looked the commits up already, so the bus need not look again. Unlike an explicit
+    /// position, it stands for the group: a bus that keeps history for its groups holds it
+    /// from there for a group it does not know yet, as it does for `None` positions.
+    GroupPositions(Vec<(u32, u64)>),
 }
 
 impl Assignment {
@@ -62,6 +68,7 @@ impl Assignment {
             Assignment::All => (0..partitions).map(|p| (p, None)).collect(),
             Assignment::Partitions(ps) => ps.into_iter().map(|p| (p, None)).collect(),
             Assignment::Positions(ps) => ps,
+            Assignment::GroupPositions(ps) => ps.into_iter().map(|(p, at)| (p, Some(at))).collect(),
         };
         match wanted.iter().find(|(p, _)| *p >= partitions) {
             Some(&(bad, _)) => Err(BusError::UnknownPartition {

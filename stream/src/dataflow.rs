@@ -663,15 +663,23 @@ impl WorkerContext {
         }
         // When the bus's first offsets were last looked at (see below).
         let mut starts_checked = std::time::Instant::now();
-        let mut consumer: Option<Box<dyn Consumer>> = if mine.is_empty() || feed_input.is_some() {
-            None
-        } else {
-            Some(self.rt.block_on(self.bus.consumer(
-                &self.config.group,
-                &topics.readings(),
-                Assignment::Positions(positions),
-            ))?)
-        };
+        let mut consumer: Option<Box<dyn Consumer>> =
+            if mine.is_empty() || feed_input.is_some() {
+                None
+            } else {
+                // Every position resolved: the group's, with nothing left for the bus to look up.
+                let resolved: Option<Vec<(u32, u64)>> =
+                    positions.iter().map(|(p, at)| Some((*p, (*at)?))).collect();
+                let assignment = match resolved {
+                    Some(group_positions) => Assignment::GroupPositions(group_positions),
+                    None => Assignment::Positions(positions),
+                };
+                Some(self.rt.block_on(self.bus.consumer(
+                    &self.config.group,
+                    &topics.readings(),
+                    assignment,
+                ))?)
+            };
         // Bounded mode: the offsets to read up to, per partition of this worker; a partition
         // the group has already read to the end has nothing to wait for.
         let mut remaining: BTreeMap<u32, u64> = match &self.end_offsets {
@@ -869,6 +877,8 @@ impl WorkerContext {
         // whose epochs the probe has passed is committed. One queue per partition, so a reading
         // stamped far ahead holds back only its own partition.
         let mut pending: BTreeMap<u32, VecDeque<(u64, u64)>> = BTreeMap::new();
+        // The last position committed per partition, to commit again when the stage ends.
+        let mut committed_next: BTreeMap<u32, u64> = BTreeMap::new();
         let m = metrics();
         let mut published_end = false;
         // A worker re-reading its history after a restart holds its capability where it is
@@ -1166,6 +1176,7 @@ impl WorkerContext {
                     }
                     if let (Some(next), Some(c)) = (last, consumer.as_mut()) {
                         self.rt.block_on(c.commit(*p, next))?;
+                        committed_next.insert(*p, next);
                     }
                 }
             }
@@ -1178,14 +1189,19 @@ impl WorkerContext {
         // waiting for its client to close. A last commit that fails is what a crash here would
         // leave: the records after the group's position are read again.
         if let Some(mut c) = consumer {
-            let last: Vec<(u32, u64)> = if lost_output.get() {
-                Vec::new()
-            } else {
-                pending
-                    .iter()
-                    .filter_map(|(p, queue)| queue.back().map(|&(_, next)| (*p, next)))
-                    .collect()
-            };
+            // Every position committed so far, again, with what is left on top: the one
+            // request is answered after the asynchronous commits made before it, so all of
+            // them are the group's before the consumer goes (the loop's last pass commits most
+            // of what the run read, asynchronously).
+            let mut last = committed_next;
+            if !lost_output.get() {
+                for (p, queue) in &pending {
+                    if let Some(&(_, next)) = queue.back() {
+                        last.insert(*p, next);
+                    }
+                }
+            }
+            let last: Vec<(u32, u64)> = last.into_iter().collect();
             if let Err(e) = self.rt.block_on(c.commit_last(&last)) {
                 tracing::warn!(worker = index, error = %e, "the stage's last commit failed; a restart reads again what followed the group's position");
             }

@@ -326,8 +326,11 @@ impl Bus for DeletedWhileRebuilding {
         // Only under the worker that reads the partition, after its own rebuild lookup: under
         // the other, the lookup could come after the deletion and find no history to rebuild.
         let (t, p, before) = &self.delete;
-        let reads_it =
-            matches!(&assignment, Assignment::Positions(v) if v.iter().any(|(q, _)| q == p));
+        let reads_it = match &assignment {
+            Assignment::Positions(v) => v.iter().any(|(q, _)| q == p),
+            Assignment::GroupPositions(v) => v.iter().any(|(q, _)| q == p),
+            _ => false,
+        };
         if t == topic && group == "stream" && reads_it {
             self.inner.delete_records(topic, *p, *before)?;
         }

@@ -180,10 +180,12 @@ impl Bus for WatchedLookups {
 }
 
 /// On a real broker each lookup of a group's commits is a client of its own and a round trip
-/// to the coordinator, and the stage made three per worker (and its consumer two lookups
-/// more) before it read a record. Now each worker reads its group's commits once and hands
-/// its consumer every position: the commit where there is one, else the first offset held.
-/// And it still reads exactly what lies past the commits.
+/// to the coordinator, and a worker made up to three (two in this configuration, and its
+/// consumer two lookups more) before it read a record. Now each worker reads its group's
+/// commits once and hands its consumer every position as its group's: the commit where there
+/// is one, else the first offset the bus still holds (above 0 here: the partition's oldest
+/// records were deleted). The run still ends with the group's commits at every partition's
+/// end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consumer_where_to_start()
 {
@@ -221,6 +223,10 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
     let (half, none) = (busy[0], busy[1]);
     earlier.commit(half, ends[half as usize] / 2).await.unwrap();
     drop(earlier);
+    let first_left = ends[none as usize] / 2;
+    inner
+        .delete_records(&topics.readings(), none, first_left)
+        .unwrap();
 
     let bus = WatchedLookups {
         inner: inner.clone(),
@@ -259,13 +265,22 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
         .unwrap()
         .iter()
         .flat_map(|a| match a {
-            Assignment::Positions(ps) => ps.clone(),
-            other => panic!("a worker's consumer is told positions, not {other:?}"),
+            Assignment::GroupPositions(ps) => {
+                ps.iter().map(|(p, at)| (*p, Some(*at))).collect::<Vec<_>>()
+            }
+            other => panic!("a worker's consumer is told its group's positions, not {other:?}"),
         })
         .collect();
     told.sort();
     let expected: Vec<(u32, Option<u64>)> = (0..4)
-        .map(|p| (p, Some(if p == half { ends[p as usize] / 2 } else { 0 })))
+        .map(|p| {
+            let at = match p {
+                _ if p == half => ends[p as usize] / 2,
+                _ if p == none => first_left,
+                _ => 0,
+            };
+            (p, Some(at))
+        })
         .collect();
     assert_eq!(
         told, expected,
