@@ -1251,17 +1251,21 @@ impl Consumer for KafkaConsumer {
             tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next as i64))
                 .map_err(client_err)?;
         }
-        // Sync, all in one request: answered after every asynchronous commit made before it
-        // (one coordinator, one connection), so the group's position is known once this
-        // returns, and the consumer can be let go without waiting for it to close.
+        // Sync, all in one request: answered after the asynchronous commits made before it (one
+        // coordinator, one connection, requests in order), so the group's position is known
+        // once this returns, and the consumer can be let go without waiting for it to close.
+        // (An earlier commit that librdkafka retries can still land after it and set the group
+        // back: records are read again, never skipped.) It waits as long as the coordinator
+        // takes, through an outage too, as a blocking close did.
         self.inner
             .commit(&tpl, CommitMode::Sync)
             .map_err(client_err)
     }
 
     fn let_go(self: Box<Self>) {
-        // Closing a consumer waits for its commits in flight (none after `commit_last`) and
-        // sleeps 100 ms in librdkafka's destruction: a bounded stage's end waited for it.
+        // Closing a consumer waits for its commits in flight (after `commit_last`, only a
+        // retried earlier one) and sleeps 100 ms in librdkafka's destruction: a bounded
+        // stage's end waited for it.
         let_go(self);
     }
 }

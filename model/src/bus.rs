@@ -224,7 +224,8 @@ pub trait Consumer: Send {
     }
 
     /// Done with this consumer. A bus whose clients take time to close closes it off the
-    /// caller's path (nothing is left to wait for after [`Consumer::commit_last`]).
+    /// caller's path (nothing is left to wait for after [`Consumer::commit_last`] but, on Kafka,
+    /// an earlier commit librdkafka retries, which can only set the group back).
     fn let_go(self: Box<Self>) {}
 }
 

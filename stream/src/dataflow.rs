@@ -1184,24 +1184,15 @@ impl WorkerContext {
                 break;
             }
         }
-        // Everything is processed and on the bus: commit what is left, unless an output never
-        // made it, and wait for the bus to have it; then the consumer goes without the stage
-        // waiting for its client to close. A last commit that fails is what a crash here would
-        // leave: the records after the group's position are read again.
+        // Everything is processed and on the bus, and the loop's last pass (the probe done)
+        // has committed every pending position, asynchronously, unless an output never made
+        // it. Every position committed goes again in one request the stage waits for, which
+        // the coordinator answers after those before it, so the consumer can go without the
+        // stage waiting for its client to close. A last commit that fails, or an earlier one
+        // that librdkafka retries and lands after it, is what a crash here would leave: the
+        // records after the group's position are read again, never skipped.
         if let Some(mut c) = consumer {
-            // Every position committed so far, again, with what is left on top: the one
-            // request is answered after the asynchronous commits made before it, so all of
-            // them are the group's before the consumer goes (the loop's last pass commits most
-            // of what the run read, asynchronously).
-            let mut last = committed_next;
-            if !lost_output.get() {
-                for (p, queue) in &pending {
-                    if let Some(&(_, next)) = queue.back() {
-                        last.insert(*p, next);
-                    }
-                }
-            }
-            let last: Vec<(u32, u64)> = last.into_iter().collect();
+            let last: Vec<(u32, u64)> = committed_next.into_iter().collect();
             if let Err(e) = self.rt.block_on(c.commit_last(&last)) {
                 tracing::warn!(worker = index, error = %e, "the stage's last commit failed; a restart reads again what followed the group's position");
             }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{depth_series, district, T0};
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Producer};
+use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Producer, Record};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
 use floodcmd_model::time::{Clock, ManualClock};
@@ -131,13 +131,44 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
     );
 }
 
-/// The embedded bus, counting the stage's lookups of its group's commits and keeping the
-/// assignment each of its consumers was asked for.
+/// The embedded bus, counting the stage's lookups of its group's commits, keeping the
+/// assignment each of its consumers was asked for and what each committed last.
 #[derive(Clone)]
 struct WatchedLookups {
     inner: EmbeddedBus,
     committed_lookups: Arc<AtomicUsize>,
     assignments: Arc<Mutex<Vec<Assignment>>>,
+    last_commits: Arc<Mutex<Vec<(u32, u64)>>>,
+}
+
+/// A consumer of the embedded bus whose `commit_last` is kept (the embedded bus commits at
+/// once, so only what the stage asks for tells a last request that carries nothing).
+struct WatchedConsumer {
+    inner: Box<dyn Consumer>,
+    last_commits: Arc<Mutex<Vec<(u32, u64)>>>,
+}
+
+#[async_trait::async_trait]
+impl Consumer for WatchedConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        self.inner.poll(max, timeout).await
+    }
+    async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
+        self.inner.commit(partition, next).await
+    }
+    async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
+        self.inner.seek(partition, offset).await
+    }
+    fn assigned(&self) -> Vec<u32> {
+        self.inner.assigned()
+    }
+    async fn commit_last(&mut self, last: &[(u32, u64)]) -> Result<(), BusError> {
+        self.last_commits.lock().unwrap().extend_from_slice(last);
+        self.inner.commit_last(last).await
+    }
+    fn let_go(self: Box<Self>) {
+        self.inner.let_go()
+    }
 }
 
 #[async_trait::async_trait]
@@ -172,10 +203,14 @@ impl Bus for WatchedLookups {
         topic: &str,
         assignment: Assignment,
     ) -> Result<Box<dyn Consumer>, BusError> {
-        if group == "stream" {
-            self.assignments.lock().unwrap().push(assignment.clone());
+        if group != "stream" {
+            return self.inner.consumer(group, topic, assignment).await;
         }
-        self.inner.consumer(group, topic, assignment).await
+        self.assignments.lock().unwrap().push(assignment.clone());
+        Ok(Box::new(WatchedConsumer {
+            inner: self.inner.consumer(group, topic, assignment).await?,
+            last_commits: self.last_commits.clone(),
+        }))
     }
 }
 
@@ -184,8 +219,8 @@ impl Bus for WatchedLookups {
 /// consumer two lookups more) before it read a record. Now each worker reads its group's
 /// commits once and hands its consumer every position as its group's: the commit where there
 /// is one, else the first offset the bus still holds (above 0 here: the partition's oldest
-/// records were deleted). The run still ends with the group's commits at every partition's
-/// end.
+/// records were deleted). The run ends with the group's commits at every partition's end,
+/// and the last request each worker waits for carries every partition it read, at its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consumer_where_to_start()
 {
@@ -211,16 +246,20 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
     }
     let ends = inner.end_offsets(&topics.readings()).await.unwrap();
     // The group has read some partitions part way before this start, and one not at all.
-    let mut earlier = inner
-        .consumer("stream", &topics.readings(), Assignment::All)
-        .await
-        .unwrap();
     let busy: Vec<u32> = (0..4).filter(|p| ends[*p as usize] > 0).collect();
     assert!(
         busy.len() >= 2,
         "readings in at least two partitions: {ends:?}"
     );
     let (half, none) = (busy[0], busy[1]);
+    let mut earlier = inner
+        .consumer(
+            "stream",
+            &topics.readings(),
+            Assignment::Partitions(vec![half]),
+        )
+        .await
+        .unwrap();
     earlier.commit(half, ends[half as usize] / 2).await.unwrap();
     drop(earlier);
     let first_left = ends[none as usize] / 2;
@@ -232,6 +271,7 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
         inner: inner.clone(),
         committed_lookups: Arc::default(),
         assignments: Arc::default(),
+        last_commits: Arc::default(),
     };
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
     let handle = run_stream(
@@ -287,6 +327,15 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
         "partition {none} from its first offset, {half} from its commit"
     );
     let after = inner.committed("stream", &topics.readings()).await.unwrap();
+    let mut last = bus.last_commits.lock().unwrap().clone();
+    last.sort();
+    assert_eq!(
+        last,
+        busy.iter()
+            .map(|p| (*p, ends[*p as usize]))
+            .collect::<Vec<_>>(),
+        "the last requests carry every partition read, at its end"
+    );
     for p in busy {
         assert_eq!(
             after[p as usize],
