@@ -179,6 +179,39 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
         // machine has (a unit or tick-rate slip would show here as 100 × or 1e6 ×).
         let (rate, ratio) = figure(&figures, &format!("stream stage from Kafka, {workers}"));
         assert!(rate > 0.0);
+        // The run's start and end, and its rate between them: the three spans fit in the
+        // run, and the rate between its first and last readings is no lower than the whole
+        // run's (less the one poll's worth it may count early).
+        let whole_ms = records / rate * 1000.0;
+        let to_first = figure(
+            &figures,
+            &format!("stream stage from Kafka, {workers}, time from its start to its first readings taken"),
+        )
+        .0;
+        let after_last = figure(
+            &figures,
+            &format!(
+                "stream stage from Kafka, {workers}, time from its last readings taken to its end"
+            ),
+        )
+        .0;
+        assert!(
+            to_first >= 0.0 && after_last >= 0.0 && to_first + after_last <= whole_ms + 1.0,
+            "{workers}: {to_first} ms to the first readings and {after_last} ms after the last, of a run of {whole_ms} ms"
+        );
+        // Absent only if a run took all its readings within one sample of the counter.
+        let between_name = format!(
+            "stream stage from Kafka, {workers}, between its first and last readings taken"
+        );
+        if let Some((_, between, between_ratio)) = figures
+            .iter()
+            .find(|(n, _, _)| n.starts_with(&between_name))
+        {
+            assert!(
+                *between >= rate * 0.99 && between_ratio.is_some(),
+                "{workers}: {between} readings/s between the first and last readings, {rate} over the run"
+            );
+        }
         assert!(
             ratio.is_some_and(|r| r > 0.0),
             "{workers}: no ratio to the ceiling"

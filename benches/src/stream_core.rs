@@ -31,7 +31,7 @@ use floodcmd_model::{District, Reading};
 use floodcmd_stream::{run_stream, StreamConfig, Watermark};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Event time of the first synthetic reading (July 2026).
 pub const T0: i64 = 1_783_000_000_000;
@@ -603,6 +603,8 @@ pub async fn kafka_throughput(
     let mut stage_cpu = Vec::new();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(t0));
     let mut rates = Vec::new();
+    // Per run: from its start to its first readings taken, and from its last to its end.
+    let mut spans: Vec<ReadingSpan> = Vec::new();
     // Outputs on the bus after each run (every run writes all of its own).
     let mut outputs_after = vec![0u64];
     for workers in [1usize, 2] {
@@ -617,6 +619,7 @@ pub async fn kafka_throughput(
         let lost_before = floodcmd_stream::readings_lost_total();
         let mark = CpuMark::now();
         let start = Instant::now();
+        let watch = ReadingWatch::start(start);
         let h = run_stream(
             Arc::new(bus.clone()),
             district.clone(),
@@ -630,6 +633,7 @@ pub async fn kafka_throughput(
             .map_err(|e| BenchError::Other(e.to_string()))?
             .map_err(BenchError::Other)?;
         let elapsed = start.elapsed();
+        spans.push(watch.stop(elapsed));
         stage_cpu.push(mark.spent());
         // A rate over readings the broker deleted before the stage read them would be a lie.
         let lost = floodcmd_stream::readings_lost_total() - lost_before;
@@ -750,6 +754,26 @@ pub async fn kafka_throughput(
         in_process.cpu_us_per_reading,
     );
     for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
+        let span = &spans[i];
+        r.figure(
+            &format!("stream stage from Kafka, {workers}, time from its start to its first readings taken (a poll's worth, counted once decoded)"),
+            span.to_first.as_secs_f64() * 1000.0,
+            "ms",
+        );
+        r.figure(
+            &format!("stream stage from Kafka, {workers}, time from its last readings taken to its end (its last epochs applied, their outputs acknowledged, its offsets committed, its workers joined)"),
+            span.after_last.as_secs_f64() * 1000.0,
+            "ms",
+        );
+        if let Some(rate) = span.rate(readings) {
+            r.figure_vs(
+                &format!("stream stage from Kafka, {workers}, between its first and last readings taken (not the target's measure, which is the whole run)"),
+                rate,
+                "readings/s",
+                (ceilings[i] + ceilings[i + 1]) / 2.0,
+                "raw Kafka consume ceiling (mean of the two around the run)",
+            );
+        }
         r.figure_vs(
             &format!("stream stage from Kafka, {workers}"),
             rates[i],
@@ -766,6 +790,68 @@ pub async fn kafka_throughput(
         );
     }
     Ok(r)
+}
+
+/// When a stage run took its first and its last readings, from the stage's own counter
+/// (`floodcmd_stream_readings_total`) sampled every millisecond on a thread of its own: the
+/// run's rate counts its start (finding where to read, the consumer's first fetch) and its end
+/// (the last outputs acknowledged, the last commit, the workers joined), which a 2-second run
+/// feels.
+struct ReadingWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    sampler: std::thread::JoinHandle<(Option<Duration>, Option<Duration>)>,
+}
+
+/// What a [`ReadingWatch`] saw of one run.
+struct ReadingSpan {
+    to_first: Duration,
+    after_last: Duration,
+    /// From the first readings counted to the last, if two samples apart.
+    between: Option<Duration>,
+}
+
+impl ReadingWatch {
+    fn start(start: Instant) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let before = floodcmd_stream::readings_total();
+        let sampler = std::thread::spawn(move || {
+            let (mut first, mut last, mut seen) = (None, None, before);
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let now = floodcmd_stream::readings_total();
+                if now != seen {
+                    let at = start.elapsed();
+                    first.get_or_insert(at);
+                    last = Some(at);
+                    seen = now;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (first, last)
+        });
+        ReadingWatch { stop, sampler }
+    }
+
+    /// Stop watching a run that ended `elapsed` after its start.
+    fn stop(self, elapsed: Duration) -> ReadingSpan {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (first, last) = self.sampler.join().unwrap_or((None, None));
+        let (first, last) = (first.unwrap_or(elapsed), last.unwrap_or(elapsed));
+        ReadingSpan {
+            to_first: first,
+            after_last: elapsed.saturating_sub(last),
+            between: (last > first).then(|| last - first),
+        }
+    }
+}
+
+impl ReadingSpan {
+    /// `readings` over the span between the first and the last readings counted. The first
+    /// poll's worth is counted at the span's start, so this errs high by at most one poll
+    /// (4,096 readings) in the run's count.
+    fn rate(&self, readings: u64) -> Option<f64> {
+        self.between.map(|d| readings as f64 / d.as_secs_f64())
+    }
 }
 
 /// The machine's CPU in each part of `stream-kafka`, over the span each part is timed: per

@@ -522,6 +522,13 @@ pub fn readings_lost_total() -> u64 {
     metrics().lost.get()
 }
 
+/// The readings this process's stage has taken in so far (`floodcmd_stream_readings_total`,
+/// counted a poll's worth at a time): a bench samples it to tell a run's reading from its
+/// start and its end.
+pub fn readings_total() -> u64 {
+    metrics().readings.get()
+}
+
 /// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
 /// time share one entry: they pass the probe together, and one entry per record was a queue
 /// as long as the backlog.
