@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{by_point, depth_series, district, run_with, up_and_down, T0};
+use common::{by_point, depth_series, district, run_with, up_and_down, HookedBus, T0};
 use floodcmd_bus::{EmbeddedBus, KafkaBus, KafkaConfig};
-use floodcmd_model::bus::{partition_for, Assignment, Bus, BusError, Consumer, Producer, Record};
+use floodcmd_model::bus::{partition_for, Assignment, Bus, Record};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::AlertTransition;
 use floodcmd_model::time::{Clock, ManualClock};
@@ -284,58 +284,30 @@ async fn live_the_gap_is_counted_at_the_first_record_after_it_and_reading_goes_o
         .unwrap();
 }
 
-/// The embedded bus, but the readings' oldest records are deleted at the moment the stage asks
-/// for its consumer: after it looked up where its rebuild starts, before it read a record (the
-/// race a restart near Kafka's retention runs).
-#[derive(Clone)]
-struct DeletedWhileRebuilding {
-    inner: EmbeddedBus,
-    /// (topic, partition, delete every record before this offset).
-    delete: (String, u32, u64),
-}
-
-#[async_trait::async_trait]
-impl Bus for DeletedWhileRebuilding {
-    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
-        self.inner.ensure_topic(topic, partitions).await
-    }
-    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
-        self.inner.partitions(topic).await
-    }
-    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        self.inner.end_offsets(topic).await
-    }
-    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        self.inner.start_offsets(topic).await
-    }
-    async fn offsets_for_time(&self, topic: &str, t: i64) -> Result<Vec<u64>, BusError> {
-        self.inner.offsets_for_time(topic, t).await
-    }
-    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
-        self.inner.committed(group, topic).await
-    }
-    fn producer(&self) -> Arc<dyn Producer> {
-        self.inner.producer()
-    }
-    async fn consumer(
-        &self,
-        group: &str,
-        topic: &str,
-        assignment: Assignment,
-    ) -> Result<Box<dyn Consumer>, BusError> {
+/// The embedded bus, but the readings' oldest records of `partition` before `before` are
+/// deleted at the moment the stage asks for the consumer that reads it: after it looked up
+/// where its rebuild starts, before it read a record (the race a restart near Kafka's
+/// retention runs).
+fn deleted_while_rebuilding(
+    inner: &EmbeddedBus,
+    topic: String,
+    partition: u32,
+    before: u64,
+) -> HookedBus {
+    let deleting = inner.clone();
+    HookedBus::new(inner.clone()).before_consumer(move |group, t, assignment| {
         // Only under the worker that reads the partition, after its own rebuild lookup: under
         // the other, the lookup could come after the deletion and find no history to rebuild.
-        let (t, p, before) = &self.delete;
-        let reads_it = match &assignment {
-            Assignment::Positions(v) => v.iter().any(|(q, _)| q == p),
-            Assignment::GroupPositions(v) => v.iter().any(|(q, _)| q == p),
+        let reads_it = match assignment {
+            Assignment::Positions(v) => v.iter().any(|(q, _)| *q == partition),
+            Assignment::GroupPositions(v) => v.iter().any(|(q, _)| *q == partition),
             _ => false,
         };
         if t == topic && group == "stream" && reads_it {
-            self.inner.delete_records(topic, *p, *before)?;
+            deleting.delete_records(t, partition, before)?;
         }
-        self.inner.consumer(group, topic, assignment).await
-    }
+        Ok(())
+    })
 }
 
 /// A restarted stage re-reads history before its committed offset (30) to rebuild its
@@ -352,10 +324,7 @@ async fn rebuild_history_deleted_under_a_restart_is_not_counted_lost_only_what_f
     let topics = Topics::new("lost-rebuild");
     let readings = rise_and_fall(sensor);
     readings_read_up_to(&inner, &topics, &readings, &[(p, 30)]).await;
-    let bus = DeletedWhileRebuilding {
-        inner: inner.clone(),
-        delete: (topics.readings(), p, 35),
-    };
+    let bus = deleted_while_rebuilding(&inner, topics.readings(), p, 35);
 
     let lost_before = lost_total();
     let clock = ManualClock::new(T0 + 3_600_000);

@@ -7,7 +7,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::{depth_series, district, up_and_down, T0};
+use common::{depth_series, district, run_bounded, up_and_down, T0};
 use floodcmd_bus::{EmbeddedBus, WithProducer};
 use floodcmd_model::bus::{
     partition_for, Acknowledgements, Assignment, Bus, BusError, Delivery, Outgoing, Producer,
@@ -15,10 +15,8 @@ use floodcmd_model::bus::{
 };
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::PointStatus;
-use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{DataState, Reading};
-use floodcmd_stream::{run_stream, StreamConfig, Watermark};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,26 +112,7 @@ async fn run(
             .await
             .unwrap();
     }
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let handle = run_stream(
-        bus.clone(),
-        district(),
-        clock,
-        StreamConfig {
-            workers: 2,
-            lateness_ms: 5_000,
-            topics: topics.clone(),
-            group: "stream".into(),
-            watermark: Watermark::Bounded { origin_ms: T0 },
-            rebuild_ms: None,
-        },
-    )
-    .await
-    .unwrap();
-    tokio::task::spawn_blocking(move || handle.join())
-        .await
-        .unwrap()
-        .unwrap();
+    run_bounded(bus.clone(), district(), &topics, 2, 5_000).await;
     (
         records(inner, &topics.status()).await,
         records(inner, &topics.alerts()).await,

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{depth_series, district, T0};
+use common::{depth_series, district, run_bounded, HookedBus, T0};
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Producer, Record};
+use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Record};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
 use floodcmd_model::time::{Clock, ManualClock};
@@ -131,16 +131,6 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
     );
 }
 
-/// The embedded bus, counting the stage's lookups of its group's commits, keeping the
-/// assignment each of its consumers was asked for and what each committed last.
-#[derive(Clone)]
-struct WatchedLookups {
-    inner: EmbeddedBus,
-    committed_lookups: Arc<AtomicUsize>,
-    assignments: Arc<Mutex<Vec<Assignment>>>,
-    last_commits: Arc<Mutex<Vec<(u32, u64)>>>,
-}
-
 /// A consumer of the embedded bus whose `commit_last` is kept (the embedded bus commits at
 /// once, so only what the stage asks for tells a last request that carries nothing).
 struct WatchedConsumer {
@@ -168,49 +158,6 @@ impl Consumer for WatchedConsumer {
     }
     fn let_go(self: Box<Self>) {
         self.inner.let_go()
-    }
-}
-
-#[async_trait::async_trait]
-impl Bus for WatchedLookups {
-    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
-        self.inner.ensure_topic(topic, partitions).await
-    }
-    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
-        self.inner.partitions(topic).await
-    }
-    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        self.inner.end_offsets(topic).await
-    }
-    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
-        self.inner.start_offsets(topic).await
-    }
-    async fn offsets_for_time(&self, topic: &str, t: i64) -> Result<Vec<u64>, BusError> {
-        self.inner.offsets_for_time(topic, t).await
-    }
-    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
-        if group == "stream" {
-            self.committed_lookups.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.committed(group, topic).await
-    }
-    fn producer(&self) -> Arc<dyn Producer> {
-        self.inner.producer()
-    }
-    async fn consumer(
-        &self,
-        group: &str,
-        topic: &str,
-        assignment: Assignment,
-    ) -> Result<Box<dyn Consumer>, BusError> {
-        if group != "stream" {
-            return self.inner.consumer(group, topic, assignment).await;
-        }
-        self.assignments.lock().unwrap().push(assignment.clone());
-        Ok(Box::new(WatchedConsumer {
-            inner: self.inner.consumer(group, topic, assignment).await?,
-            last_commits: self.last_commits.clone(),
-        }))
     }
 }
 
@@ -267,40 +214,44 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
         .delete_records(&topics.readings(), none, first_left)
         .unwrap();
 
-    let bus = WatchedLookups {
-        inner: inner.clone(),
-        committed_lookups: Arc::default(),
-        assignments: Arc::default(),
-        last_commits: Arc::default(),
+    // The stage's lookups of its group's commits counted, the assignment of each of its
+    // consumers and what each committed last kept.
+    let committed_lookups = Arc::new(AtomicUsize::new(0));
+    let assignments: Arc<Mutex<Vec<Assignment>>> = Arc::default();
+    let last_commits: Arc<Mutex<Vec<(u32, u64)>>> = Arc::default();
+    let bus = {
+        let (lookups, seen, last) = (
+            committed_lookups.clone(),
+            assignments.clone(),
+            last_commits.clone(),
+        );
+        HookedBus::new(inner.clone())
+            .on_committed(move |group| {
+                if group == "stream" {
+                    lookups.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .before_consumer(move |group, _, assignment| {
+                if group == "stream" {
+                    seen.lock().unwrap().push(assignment.clone());
+                }
+                Ok(())
+            })
+            .wrap_consumer(move |group, consumer| match group {
+                "stream" => Box::new(WatchedConsumer {
+                    inner: consumer,
+                    last_commits: last.clone(),
+                }),
+                _ => consumer,
+            })
     };
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let handle = run_stream(
-        Arc::new(bus.clone()),
-        d,
-        clock,
-        StreamConfig {
-            workers: 2,
-            lateness_ms: 5_000,
-            topics: topics.clone(),
-            group: "stream".into(),
-            watermark: Watermark::Bounded { origin_ms: T0 },
-            rebuild_ms: None,
-        },
-    )
-    .await
-    .unwrap();
-    tokio::task::spawn_blocking(move || handle.join())
-        .await
-        .unwrap()
-        .unwrap();
-
+    run_bounded(Arc::new(bus), d, &topics, 2, 5_000).await;
     assert_eq!(
-        bus.committed_lookups.load(Ordering::SeqCst),
+        committed_lookups.load(Ordering::SeqCst),
         2,
         "one lookup of the group's commits per worker"
     );
-    let mut told: Vec<(u32, Option<u64>)> = bus
-        .assignments
+    let mut told: Vec<(u32, Option<u64>)> = assignments
         .lock()
         .unwrap()
         .iter()
@@ -327,7 +278,7 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
         "partition {none} from its first offset, {half} from its commit"
     );
     let after = inner.committed("stream", &topics.readings()).await.unwrap();
-    let mut last = bus.last_commits.lock().unwrap().clone();
+    let mut last = last_commits.lock().unwrap().clone();
     last.sort();
     assert_eq!(
         last,

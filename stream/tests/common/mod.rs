@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{Assignment, Bus};
+use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Producer};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, PointStatus, TransitionKind};
 use floodcmd_model::time::{Clock, ManualClock, Millis};
@@ -15,6 +15,126 @@ use floodcmd_stream::{run_stream, StreamConfig, Watermark};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Run the stage, group `stream`, in bounded mode over what `topics`' readings topic holds
+/// on `bus`, until it has read it all and finished cleanly.
+pub async fn run_bounded(
+    bus: Arc<dyn Bus>,
+    district: Arc<District>,
+    topics: &Topics,
+    workers: usize,
+    lateness_ms: Millis,
+) {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let handle = run_stream(
+        bus,
+        district,
+        clock,
+        StreamConfig {
+            workers,
+            lateness_ms,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: Watermark::Bounded { origin_ms: T0 },
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .expect("the stage starts");
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .expect("join")
+        .expect("the stage finishes cleanly");
+}
+
+/// What [`HookedBus`] is told of each consumer asked for, before it is made: group, topic,
+/// assignment.
+pub type BeforeConsumer = dyn Fn(&str, &str, &Assignment) -> Result<(), BusError> + Send + Sync;
+/// What [`HookedBus`] makes of each consumer it hands out, given its group.
+pub type WrapConsumer = dyn Fn(&str, Box<dyn Consumer>) -> Box<dyn Consumer> + Send + Sync;
+
+/// The embedded bus as the stage sees it, with a say in its start: told of each lookup of a
+/// group's commits and of each consumer asked for (before it is made, to disturb the bus
+/// then), and free to wrap the consumer. Everything else goes to the embedded bus as it is.
+#[derive(Clone)]
+pub struct HookedBus {
+    pub inner: EmbeddedBus,
+    on_committed: Arc<dyn Fn(&str) + Send + Sync>,
+    before_consumer: Arc<BeforeConsumer>,
+    wrap_consumer: Arc<WrapConsumer>,
+}
+
+impl HookedBus {
+    /// `inner`, with no hooks yet.
+    pub fn new(inner: EmbeddedBus) -> Self {
+        HookedBus {
+            inner,
+            on_committed: Arc::new(|_| {}),
+            before_consumer: Arc::new(|_, _, _| Ok(())),
+            wrap_consumer: Arc::new(|_, c| c),
+        }
+    }
+
+    /// Told the group of each lookup of its commits.
+    pub fn on_committed(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_committed = Arc::new(hook);
+        self
+    }
+
+    /// Told of each consumer asked for, before it is made.
+    pub fn before_consumer(
+        mut self,
+        hook: impl Fn(&str, &str, &Assignment) -> Result<(), BusError> + Send + Sync + 'static,
+    ) -> Self {
+        self.before_consumer = Arc::new(hook);
+        self
+    }
+
+    /// Makes each consumer handed out from the embedded bus's own.
+    pub fn wrap_consumer(
+        mut self,
+        wrap: impl Fn(&str, Box<dyn Consumer>) -> Box<dyn Consumer> + Send + Sync + 'static,
+    ) -> Self {
+        self.wrap_consumer = Arc::new(wrap);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for HookedBus {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.inner.ensure_topic(topic, partitions).await
+    }
+    async fn partitions(&self, topic: &str) -> Result<u32, BusError> {
+        self.inner.partitions(topic).await
+    }
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.end_offsets(topic).await
+    }
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>, BusError> {
+        self.inner.start_offsets(topic).await
+    }
+    async fn offsets_for_time(&self, topic: &str, t: i64) -> Result<Vec<u64>, BusError> {
+        self.inner.offsets_for_time(topic, t).await
+    }
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<u64>>, BusError> {
+        (self.on_committed)(group);
+        self.inner.committed(group, topic).await
+    }
+    fn producer(&self) -> Arc<dyn Producer> {
+        self.inner.producer()
+    }
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        assignment: Assignment,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        (self.before_consumer)(group, topic, &assignment)?;
+        let consumer = self.inner.consumer(group, topic, assignment).await?;
+        Ok((self.wrap_consumer)(group, consumer))
+    }
+}
 
 /// Where event time starts in every test.
 pub const T0: Millis = 1_783_000_000_000;
@@ -110,26 +230,14 @@ pub async fn run_with(
             .await
             .expect("send");
     }
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
-    let handle = run_stream(
+    run_bounded(
         Arc::new(bus.clone()),
         district,
-        clock,
-        StreamConfig {
-            workers,
-            lateness_ms,
-            topics: topics.clone(),
-            group: "stream".into(),
-            watermark: Watermark::Bounded { origin_ms: T0 },
-            rebuild_ms: None,
-        },
+        &topics,
+        workers,
+        lateness_ms,
     )
-    .await
-    .expect("the stage starts");
-    tokio::task::spawn_blocking(move || handle.join())
-        .await
-        .expect("join")
-        .expect("the stage finishes cleanly");
+    .await;
     let read_all = |topic: String| {
         let bus = bus.clone();
         async move {
