@@ -372,10 +372,47 @@ fn put_int(out: &mut Vec<u8>, name: &[u8], value: i64) {
 fn put_float(out: &mut Vec<u8>, name: &[u8], value: f64) {
     out.extend_from_slice(name);
     if value.is_finite() {
+        if put_thousandths(out, value) {
+            return;
+        }
         out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
     } else {
         out.extend_from_slice(b"null");
     }
+}
+
+/// `value` written as the general formatting would write it, when it is the double nearest
+/// a decimal with three places at most (`12.34`, `0.005`, `-3.0`): true if written. Statuses
+/// carry such figures (the stage rounds them), and the general formatting's search for the
+/// shortest digits is wasted on them.
+///
+/// The same text, because the decimal `n / 1000` is the shortest that reads back as `value`:
+/// another with fewer digits is a multiple of a larger power of ten, so at least 0.001 away,
+/// and below 10¹² two doubles that near a decimal are less than 0.001 apart. Zero is left to
+/// the general formatting (its sign), as is everything else.
+fn put_thousandths(out: &mut Vec<u8>, value: f64) -> bool {
+    let scaled = (value * 1000.0).round();
+    if value == 0.0 || scaled.abs() >= 1e15 || scaled / 1000.0 != value {
+        return false;
+    }
+    let n = scaled as i64;
+    if n < 0 {
+        out.push(b'-');
+    }
+    let n = n.unsigned_abs();
+    out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
+    out.push(b'.');
+    // The three places with the zeros behind the last digit dropped, one kept if all are.
+    let places = n % 1000;
+    let (tenths, hundredths, thousandths) = (places / 100, places / 10 % 10, places % 10);
+    out.push(b'0' + tenths as u8);
+    if hundredths != 0 || thousandths != 0 {
+        out.push(b'0' + hundredths as u8);
+    }
+    if thousandths != 0 {
+        out.push(b'0' + thousandths as u8);
+    }
+    true
 }
 
 #[inline(always)]
@@ -607,6 +644,9 @@ mod tests {
                 Just(None),
                 any::<f64>().prop_map(Some),
                 (-1000i32..1000).prop_map(|c| Some(c as f64 / 100.0)),
+                // As the stage rounds a status's figures, up to where the short path stops.
+                (-1_000_000_000_000_000i64..1_000_000_000_000_000)
+                    .prop_map(|c| Some(c as f64 / 1000.0)),
                 prop::sample::select(vec![
                     f64::NAN,
                     f64::INFINITY,
@@ -801,6 +841,36 @@ mod tests {
                 let fast = decode_reading(&text).map_err(|e| e.to_string());
                 let general = decode::<Reading>(&text).map_err(|e| e.to_string());
                 prop_assert_eq!(fast, general, "{}", String::from_utf8_lossy(&text));
+            }
+        }
+
+        /// The short path for decimals of three places writes what the general formatting
+        /// writes, or leaves the value to it: every thousandth from -2000 to 2000 (all but zero
+        /// written short), the same near 10¹² where the path stops, and values near a
+        /// thousandth but not one.
+        #[test]
+        fn thousandths_are_written_as_the_general_formatting_writes_them() {
+            let general = |v: f64| zmij::Buffer::new().format_finite(v).to_string();
+            let edge = 1_000_000_000_000_000i64;
+            let thousandths = (-2_000_000i64..=2_000_000)
+                .chain(edge - 2_000..edge + 2_000)
+                .chain(-edge - 2_000..-edge + 2_000)
+                .map(|n| n as f64 / 1000.0);
+            let near = [0.30000000000000004, 0.1 + 0.7, 12.345_000_000_1, 1e-4, 5e-4];
+            let mut short = 0;
+            for v in thousandths.chain(near) {
+                let mut out = Vec::new();
+                if put_thousandths(&mut out, v) {
+                    short += (v.abs() < 2001.0) as usize;
+                    assert_eq!(String::from_utf8(out).unwrap(), general(v), "{v:?}");
+                } else {
+                    assert!(out.is_empty(), "{v:?}");
+                }
+            }
+            // Every figure a status shows takes the short path, all but zero.
+            assert_eq!(short, 4_000_000);
+            for v in near {
+                assert!(!put_thousandths(&mut Vec::new(), v), "{v:?}");
             }
         }
 

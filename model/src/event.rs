@@ -14,7 +14,9 @@ use crate::level::{DataState, Level};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
-/// The stream stage's view of one point at one event time.
+/// The stream stage's view of one point at one event time. Its figures are rounded to what a
+/// user reads (the stage's rules judge them unrounded), so a status changes only when one of
+/// them does.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct PointStatus {
     /// Point id.
@@ -25,13 +27,13 @@ pub struct PointStatus {
     pub level: Level,
     /// Trust in the data behind the level.
     pub data_state: DataState,
-    /// Latest calibrated depth, cm (depth points).
+    /// Latest calibrated depth, cm (depth points), to a hundredth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth_cm: Option<f64>,
-    /// Rate of rise, cm per minute (depth points).
+    /// Rate of rise, cm per minute (depth points), to a thousandth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rise_cm_per_min: Option<f64>,
-    /// Rolling 10-minute rain, mm (rain gauges).
+    /// Rolling 10-minute rain, mm (rain gauges), to a hundredth, as are the other windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rain_10m_mm: Option<f64>,
     /// Rolling 1-hour rain, mm (rain gauges).
@@ -52,7 +54,7 @@ pub struct PointStatus {
     /// The next level up, when the water is rising fast enough to predict reaching it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_level: Option<Level>,
-    /// Minutes until `next_level`'s raise threshold at the current rate of rise.
+    /// Minutes until `next_level`'s raise threshold at the current rate of rise, to a tenth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minutes_to_next: Option<f64>,
     /// The level keeps going up and down around a threshold (flap detection).

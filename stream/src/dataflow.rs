@@ -456,11 +456,12 @@ const SPARE_READINGS: usize = 65_536;
 
 /// Vectors of one epoch's readings, kept for later epochs and handed out with room for as many
 /// readings as recent epochs held. The worker's input loop fills one per epoch of each poll
-/// (timely hands it back drained with several workers, and hands back none with one), and the
-/// rules operator gathers each epoch into one and gives it back once applied. The input loop's
-/// grew from empty every time, and the operator's too once its four spares were out: a
-/// reallocation and a copy per doubling (6 % of a worker's time in a storm whose epochs hold a
-/// few hundred readings, each arriving in several containers).
+/// (timely hands it back drained with several workers, and hands back none with one: the
+/// vector itself goes on to the operator); the rules operator keeps the first container of an
+/// epoch as its stash, appends any later ones to it, and gives it back to the same pool once
+/// applied. The input loop's grew from empty every time, and the operator's too once its four
+/// spares were out: a reallocation and a copy per doubling (6 % of a worker's time in a storm
+/// whose epochs hold a few hundred readings, each arriving in several containers).
 ///
 /// The room is reserved, not touched: a poll that spans many sparse epochs just after a dense
 /// one reserves up to `ROOM_AT_MOST` readings for each (about 100 KiB), of which only the pages
@@ -725,7 +726,10 @@ impl WorkerContext {
         let activator: std::rc::Rc<std::cell::RefCell<Option<timely::scheduling::Activator>>> =
             Default::default();
         let operator_activator = activator.clone();
-        let mut epoch_vecs = EpochVecs::default();
+        // One pool for the input loop, which fills a vector per epoch, and the rules operator,
+        // which gives each back once its epoch is applied (both run on this thread).
+        let epoch_vecs = std::rc::Rc::new(std::cell::RefCell::new(EpochVecs::default()));
+        let applied_vecs = epoch_vecs.clone();
         let (mut input, cap) = worker.dataflow::<u64, _, _>(|scope| {
             let activator_scope = scope;
             let ((input, cap), stream) = scope.new_unordered_input::<timely::container::CapacityContainerBuilder<Vec<TimedReading>>>();
@@ -741,7 +745,6 @@ impl WorkerContext {
                         // passes a time once every output for it is on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
-                        let mut stash_vecs = EpochVecs::default();
                         let mut out = Vec::new();
                         // Topic names and counters resolved once: per output they were a string
                         // format and a labelled-metric lookup.
@@ -818,9 +821,18 @@ impl WorkerContext {
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 let t = *cap.least().expect("u64 stamps have a least time");
-                                let epoch = stash.entry(t).or_insert_with(|| stash_vecs.take());
+                                // An epoch's first container kept as it comes, not copied into
+                                // another (a reading is about a hundred bytes): most epochs
+                                // come whole in one.
                                 for d in data {
-                                    epoch.append(d);
+                                    match stash.entry(t) {
+                                        std::collections::btree_map::Entry::Vacant(epoch) => {
+                                            epoch.insert(std::mem::take(d));
+                                        }
+                                        std::collections::btree_map::Entry::Occupied(mut epoch) => {
+                                            epoch.get_mut().append(d);
+                                        }
+                                    }
                                 }
                             });
                             let Some(cap) = held.as_mut() else { return };
@@ -833,7 +845,7 @@ impl WorkerContext {
                                 engine.apply_epoch(t as Millis * 1000, &rs, &mut out);
                                 emit(t, &mut out);
                                 let held = rs.len();
-                                stash_vecs.give(rs, held);
+                                applied_vecs.borrow_mut().give(rs, held);
                             }
                             match f.first() {
                                 Some(&ft) => {
@@ -1039,7 +1051,7 @@ impl WorkerContext {
                                 // again (that would move the group's offset backwards).
                                 batches
                                     .entry(*c.time())
-                                    .or_insert_with(|| epoch_vecs.take())
+                                    .or_insert_with(|| epoch_vecs.borrow_mut().take())
                                     .push(TimedReading {
                                         reading,
                                         late: false,
@@ -1072,7 +1084,7 @@ impl WorkerContext {
                     }
                     batches
                         .entry(t)
-                        .or_insert_with(|| epoch_vecs.take())
+                        .or_insert_with(|| epoch_vecs.borrow_mut().take())
                         .push(TimedReading {
                             reading,
                             late,
@@ -1127,7 +1139,7 @@ impl WorkerContext {
                         // What timely leaves in `batch`: with several workers the same vector,
                         // drained; with one, an empty one. Its contents are not defined, and
                         // `give` clears it.
-                        epoch_vecs.give(batch, held);
+                        epoch_vecs.borrow_mut().give(batch, held);
                     }
                 }
                 let now_s = match &self.config.watermark {
