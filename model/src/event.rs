@@ -127,7 +127,9 @@ impl TransitionKind {
     }
 }
 
-/// A change of a point's level or data state, with what caused it.
+/// A change of a point's level or data state, with what caused it. Its figures are the rules'
+/// own, unrounded (a status's are rounded): the SMS floors the minutes to the next level, so
+/// the water is never later than the text says.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct AlertTransition {
     /// Point id.

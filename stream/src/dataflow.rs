@@ -457,9 +457,9 @@ const SPARE_READINGS: usize = 65_536;
 /// Vectors of one epoch's readings, kept for later epochs and handed out with room for as many
 /// readings as recent epochs held. The worker's input loop fills one per epoch of each poll
 /// (timely hands it back drained with several workers, and hands back none with one: the
-/// vector itself goes on to the operator); the rules operator keeps the first container of an
-/// epoch as its stash, appends any later ones to it, and gives it back to the same pool once
-/// applied. The input loop's grew from empty every time, and the operator's too once its four
+/// vector itself goes on to the operator); the rules operator keeps an epoch that comes whole
+/// in one container as it is, gathers one that comes in several into a vector from the same
+/// pool, and gives each back to the pool once applied. The input loop's grew from empty every time, and the operator's too once its four
 /// spares were out: a reallocation and a copy per doubling (6 % of a worker's time in a storm
 /// whose epochs hold a few hundred readings, each arriving in several containers).
 ///
@@ -492,11 +492,16 @@ impl EpochVecs {
     }
 
     /// `v`, which held `held` readings, emptied and kept for a later epoch unless the spares
-    /// already have room enough (a catching-up stage can stamp a whole backlog with one epoch).
+    /// already have room enough (a catching-up stage can stamp a whole backlog with one epoch)
+    /// or it has less room than recent epochs held (timely's exchange makes containers of about
+    /// 8 KiB: handed out again, each would be reallocated, copying its old block, to make room).
     fn give(&mut self, mut v: Vec<TimedReading>, held: usize) {
         self.recent = held.max(self.recent - self.recent / 8).min(ROOM_AT_MOST);
         v.clear();
-        if v.capacity() > 0 && self.room + v.capacity() <= SPARE_READINGS {
+        if v.capacity() > 0
+            && v.capacity() >= self.recent
+            && self.room + v.capacity() <= SPARE_READINGS
+        {
             self.room += v.capacity();
             self.spare.push(v);
         }
@@ -821,18 +826,25 @@ impl WorkerContext {
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 let t = *cap.least().expect("u64 stamps have a least time");
-                                // An epoch's first container kept as it comes, not copied into
-                                // another (a reading is about a hundred bytes): most epochs
-                                // come whole in one.
-                                for d in data {
-                                    match stash.entry(t) {
-                                        std::collections::btree_map::Entry::Vacant(epoch) => {
-                                            epoch.insert(std::mem::take(d));
-                                        }
-                                        std::collections::btree_map::Entry::Occupied(mut epoch) => {
-                                            epoch.get_mut().append(d);
-                                        }
+                                let data = data.into_slice();
+                                let epoch = match stash.entry(t) {
+                                    // An epoch that comes whole in one container (a poll's
+                                    // share with one worker: timely passes the input loop's
+                                    // vector on) is kept as it comes, not copied into another
+                                    // (a reading is about a hundred bytes).
+                                    std::collections::btree_map::Entry::Vacant(slot) if data.len() == 1 => {
+                                        slot.insert(std::mem::take(&mut data[0]));
+                                        return;
                                     }
+                                    // Several (with several workers timely's exchange packs
+                                    // about 8 KiB a container): gathered into one from the pool.
+                                    std::collections::btree_map::Entry::Vacant(slot) => slot.insert(applied_vecs.borrow_mut().take()),
+                                    std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
+                                };
+                                // Room for all of them at once, not a doubling per container.
+                                epoch.reserve(data.iter().map(Vec::len).sum());
+                                for d in data {
+                                    epoch.append(d);
                                 }
                             });
                             let Some(cap) = held.as_mut() else { return };
@@ -1266,6 +1278,20 @@ mod epoch_vecs_tests {
         }
         .take();
         assert!(fresh.capacity() >= 263, "{}", fresh.capacity());
+    }
+
+    /// A vector with less room than recent epochs held (one of timely's exchange containers)
+    /// is not kept: handed out, it would be reallocated to make room.
+    #[test]
+    fn a_vector_smaller_than_recent_epochs_is_not_kept() {
+        let mut pool = EpochVecs::default();
+        pool.give(readings(300), 300);
+        let big = pool.take();
+        pool.give(Vec::with_capacity(78), 78);
+        assert_eq!(pool.room, 0, "not kept: {:?}", pool.spare.len());
+        pool.give(big, 300);
+        assert_eq!(pool.spare.len(), 1);
+        assert!(pool.take().capacity() >= 300);
     }
 
     #[test]

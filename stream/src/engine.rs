@@ -599,7 +599,8 @@ const TENTHS: f64 = 10.0;
 /// general float formatting (7 % of a worker's time in `sensors-sim`'s storm, by a profile of
 /// `bench stream-core`; 0.2 % after).
 fn shown(value: f64, per_unit: f64) -> f64 {
-    (value * per_unit).round() / per_unit
+    // Adding zero turns a negative zero (a fall of less than half a step) into zero.
+    (value * per_unit).round() / per_unit + 0.0
 }
 
 /// Build a transition from a point's state as it is now.
@@ -1179,6 +1180,15 @@ mod tests {
         assert_eq!(last.level, Level::Blue, "silence keeps the level");
         assert_eq!(last.depth_cm, Some(13.5), "and the last depth");
         assert_eq!(last.last_reading_ms, Some(last_depth_ms));
+    }
+
+    /// Rounded for a status, a change too small to show is no change at all, not a negative
+    /// zero.
+    #[test]
+    fn a_figure_too_small_to_show_is_zero_without_a_sign() {
+        assert_eq!(shown(-0.0004, THOUSANDTHS).to_bits(), 0.0f64.to_bits());
+        assert_eq!(shown(-0.0006, THOUSANDTHS), -0.001);
+        assert_eq!(shown(0.1 + 0.2, HUNDREDTHS), 0.3);
     }
 
     /// A status shows its figures rounded (depth and rain to hundredths, rise to thousandths,
