@@ -596,8 +596,8 @@ const TENTHS: f64 = 10.0;
 /// (`0.30000000000000004` mm of rain, a rise of `0.12345678901234568` cm/min). A status is
 /// news only when what it shows changes ([`same_but_timestamps`]), so noise no one can see no
 /// longer sends one; and a rounded figure is written as the short decimal it is, without the
-/// general float formatting (7 % of a worker's time in `sensors-sim`'s storm, by a profile of
-/// `bench stream-core`; 0.2 % after).
+/// general float formatting (4–7 % of a worker's samples in `sensors-sim`'s storm, in profiles
+/// of `bench stream-core`; 0.3 % after).
 fn shown(value: f64, per_unit: f64) -> f64 {
     // Adding zero turns a negative zero (a fall of less than half a step) into zero.
     (value * per_unit).round() / per_unit + 0.0
