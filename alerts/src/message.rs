@@ -45,7 +45,7 @@ pub fn water_alert(signature: &str, point: &Point, level: Level, t: &AlertTransi
 }
 
 /// " 预计8分钟后达到红色" when the stream predicts the next level; whole minutes, rounded down,
-/// so the water is never later than the text says.
+/// so the water never comes sooner than the text says.
 fn forecast(t: &AlertTransition) -> String {
     match (t.next_level, t.minutes_to_next) {
         (Some(next), Some(m)) if m.is_finite() && m >= 1.0 => {

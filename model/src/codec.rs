@@ -387,11 +387,11 @@ fn put_float(out: &mut Vec<u8>, name: &[u8], value: f64) {
 /// shortest digits is wasted on them.
 ///
 /// The same text. The general formatting writes the shortest decimal that reads back as the
-/// double, in plain notation from 10⁻⁵ to 10¹⁵; that is `n / 1000`, its trailing zeros
-/// dropped. Every decimal that reads back as `value` lies within half a step between doubles
-/// of it (under 0.0002 below 10¹²), so a shorter one would be either another decimal of three
-/// places or fewer (at least 0.001 away) or one of more places, which, being shorter, leads
-/// two places or more below `value` (about nine tenths of it away). Zero is left to the
+/// double (the nearest of those), in plain notation from 10⁻⁵ to 10¹⁵; that is `n / 1000`, its
+/// trailing zeros dropped. Every decimal that reads back as `value` lies within half a step
+/// between doubles of it (under 0.0001 below 10¹²), so one as short or shorter would be either
+/// another decimal of three places or fewer (at least 0.001 away) or one of more places, which
+/// then leads at least a place below `value` (at least 0.0001 away). Zero is left to the
 /// general formatting (its sign), as is everything else; the tests compare the two.
 fn put_thousandths(out: &mut Vec<u8>, value: f64) -> bool {
     let scaled = (value * 1000.0).round();

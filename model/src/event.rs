@@ -129,7 +129,8 @@ impl TransitionKind {
 
 /// A change of a point's level or data state, with what caused it. Its figures are the rules'
 /// own, unrounded (a status's are rounded): the SMS floors the minutes to the next level, so
-/// the water is never later than the text says.
+/// the water never comes sooner than the text says, and 7.96 rounded to 8.0 first would
+/// promise a minute more than there is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct AlertTransition {
     /// Point id.

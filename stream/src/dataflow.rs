@@ -457,11 +457,12 @@ const SPARE_READINGS: usize = 65_536;
 /// Vectors of one epoch's readings, kept for later epochs and handed out with room for as many
 /// readings as recent epochs held. The worker's input loop fills one per epoch of each poll
 /// (timely hands it back drained with several workers, and hands back none with one: the
-/// vector itself goes on to the operator); the rules operator keeps an epoch that comes whole
-/// in one container as it is, gathers one that comes in several into a vector from the same
-/// pool, and gives each back to the pool once applied. The input loop's grew from empty every time, and the operator's too once its four
-/// spares were out: a reallocation and a copy per doubling (6 % of a worker's time in a storm
-/// whose epochs hold a few hundred readings, each arriving in several containers).
+/// vector itself goes on to the operator); the rules operator keeps an epoch's first container
+/// as it comes when it has room for as many readings as recent epochs held, gathers the epoch
+/// into a vector from the same pool otherwise, and gives each back to the pool once applied.
+/// The input loop's grew from empty every time, and the operator's too once its four spares
+/// were out: a reallocation and a copy per doubling (6 % of a worker's time in a storm whose
+/// epochs hold a few hundred readings, each arriving in several containers).
 ///
 /// The room is reserved, not touched: a poll that spans many sparse epochs just after a dense
 /// one reserves up to `ROOM_AT_MOST` readings for each (about 100 KiB), of which only the pages
@@ -828,16 +829,21 @@ impl WorkerContext {
                                 let t = *cap.least().expect("u64 stamps have a least time");
                                 let data = data.into_slice();
                                 let epoch = match stash.entry(t) {
-                                    // An epoch that comes whole in one container (a poll's
-                                    // share with one worker: timely passes the input loop's
-                                    // vector on) is kept as it comes, not copied into another
-                                    // (a reading is about a hundred bytes).
-                                    std::collections::btree_map::Entry::Vacant(slot) if data.len() == 1 => {
+                                    // An epoch's first container, alone in this activation and
+                                    // with room for as many readings as recent epochs held (a
+                                    // poll's share with one worker: timely passes the input
+                                    // loop's pooled vector on), is kept as it comes, not copied
+                                    // into another (a reading is about a hundred bytes). Timely's
+                                    // exchange makes containers of about 8 KiB with several
+                                    // workers: those are gathered into a pooled vector, as later
+                                    // shares of the epoch would make them grow a doubling at a time.
+                                    std::collections::btree_map::Entry::Vacant(slot)
+                                        if data.len() == 1 && data[0].capacity() >= applied_vecs.borrow().recent =>
+                                    {
                                         slot.insert(std::mem::take(&mut data[0]));
                                         return;
                                     }
-                                    // Several (with several workers timely's exchange packs
-                                    // about 8 KiB a container): gathered into one from the pool.
+                                    // Several, or one with less room: gathered into one from the pool.
                                     std::collections::btree_map::Entry::Vacant(slot) => slot.insert(applied_vecs.borrow_mut().take()),
                                     std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
                                 };
