@@ -458,8 +458,8 @@ const SPARE_READINGS: usize = 65_536;
 /// readings as recent epochs held. The worker's input loop fills one per epoch of each poll
 /// (timely hands it back drained with several workers, and hands back none with one: the
 /// vector itself goes on to the operator); the rules operator keeps an epoch's first container
-/// as it comes when it has room for as many readings as recent epochs held, gathers the epoch
-/// into a vector from the same pool otherwise, and gives each back to the pool once applied.
+/// as it comes when it is that vector or has as much room, gathers the epoch into a vector
+/// from the same pool otherwise, and gives each back to the pool once applied.
 /// The input loop's grew from empty every time, and the operator's too once its four spares
 /// were out: a reallocation and a copy per doubling (6 % of a worker's time in a storm whose
 /// epochs hold a few hundred readings, each arriving in several containers).
@@ -829,16 +829,16 @@ impl WorkerContext {
                                 let t = *cap.least().expect("u64 stamps have a least time");
                                 let data = data.into_slice();
                                 let epoch = match stash.entry(t) {
-                                    // An epoch's first container, alone in this activation and
-                                    // with room for as many readings as recent epochs held (a
-                                    // poll's share with one worker: timely passes the input
-                                    // loop's pooled vector on), is kept as it comes, not copied
-                                    // into another (a reading is about a hundred bytes). Timely's
-                                    // exchange makes containers of about 8 KiB with several
-                                    // workers: those are gathered into a pooled vector, as later
-                                    // shares of the epoch would make them grow a doubling at a time.
+                                    // An epoch's first container, alone in this activation, is
+                                    // kept as it comes, not copied into another (a reading is
+                                    // about a hundred bytes), when it is the input loop's pooled
+                                    // vector (one worker: timely passes it on) or has as much
+                                    // room. Timely's exchange makes containers of about 8 KiB
+                                    // with several workers: those are gathered into a pooled
+                                    // vector, as later shares of the epoch would make them grow
+                                    // a doubling at a time.
                                     std::collections::btree_map::Entry::Vacant(slot)
-                                        if data.len() == 1 && data[0].capacity() >= applied_vecs.borrow().recent =>
+                                        if data.len() == 1 && (peers == 1 || data[0].capacity() >= applied_vecs.borrow().recent) =>
                                     {
                                         slot.insert(std::mem::take(&mut data[0]));
                                         return;
