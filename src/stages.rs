@@ -99,6 +99,9 @@ pub async fn connect_bus(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             cfg.min_insync_replicas = settings.min_insync_replicas as i32;
+            // About one status per reading: one Kafka record each, librdkafka and the broker
+            // spent more on them than on the readings (`floodcmd_bus::pack`).
+            cfg.packed_topics = vec![topics.status()];
             (Arc::new(KafkaBus::new(cfg)?), None)
         }
     };

@@ -530,12 +530,13 @@ const PACKED: usize = 256;
 ///
 /// Then a second peer: the raw pipe ([`crate::kafka::pipe_topic`]), which consumes the same
 /// readings topic and produces the stage's own outputs, as many per reading, with nothing
-/// between. The stage writes more records than it reads, and bigger ones; the pipe says what
-/// the broker and librdkafka leave for the rules on this machine. The pipe runs twice as the
-/// stage writes (one output to a record) and twice with the same outputs packed [`PACKED`] to
-/// a record, and the report estimates the bound CPU would set on the stage were its outputs
-/// to cost what the packed pipe's do: whether changing the topics' contract could buy the
-/// ratio. Between the stage's runs and the pipes, the same stage runs once in process (1
+/// between. The stage writes more outputs than it reads readings, and bigger ones; the pipe
+/// says what the broker and librdkafka leave for the rules on this machine. The pipe runs
+/// twice with the outputs one to a record and twice packed [`PACKED`] to a record, which is
+/// near what the stage does now: its bus packs statuses up to `floodcmd_bus::pack::MAX_ITEMS`
+/// a record and writes transitions one each. (The stage's outputs are counted from its own
+/// counter, `floodcmd_stream::outputs_total`, since the topics' records count packs; they are
+/// sampled through the bus, which unpacks them.) Between the stage's runs and the pipes, the same stage runs once in process (1
 /// worker, outputs let go) for what its rules cost without Kafka; the pipe's CPU plus that is
 /// the least any stage spends, which bounds what any could reach on this machine, with its
 /// outputs one to a record or packed (see `cpu_figures`).
@@ -552,9 +553,14 @@ pub async fn kafka_throughput(
             .map_err(|e| BenchError::Other(e.to_string()))?,
     );
     let other = |e: floodcmd_model::bus::BusError| BenchError::Other(e.to_string());
-    let bus = KafkaBus::new(KafkaConfig::new(bootstrap)).map_err(other)?;
     let run_id = crate::kafka::run_name();
     let topics = Topics::new(format!("benchstream{run_id}"));
+    // Statuses packed, as the stage's bus packs them (`floodcmd_bus::pack`).
+    let bus = KafkaBus::new(KafkaConfig {
+        packed_topics: vec![topics.status()],
+        ..KafkaConfig::new(bootstrap)
+    })
+    .map_err(other)?;
     for t in topics.all() {
         bus.ensure_topic(&t, 4).await.map_err(other)?;
     }
@@ -606,7 +612,10 @@ pub async fn kafka_throughput(
     // Per run: from its start to its first readings taken, and from its last to its end.
     let mut spans: Vec<ReadingSpan> = Vec::new();
     // Outputs on the bus after each run (every run writes all of its own).
-    let mut outputs_after = vec![0u64];
+    let mut outputs_after = vec![floodcmd_stream::outputs_total().iter().sum()];
+    // Statuses and transitions the runs wrote, together (the topics' records would count
+    // packs, not statuses).
+    let mut outputs_by_topic = [0u64; 2];
     for workers in [1usize, 2] {
         let config = StreamConfig {
             workers,
@@ -643,8 +652,9 @@ pub async fn kafka_throughput(
             )));
         }
         rates.push(readings as f64 / elapsed.as_secs_f64());
-        let [statuses, transitions] = outputs_on(&bus, &topics).await?;
+        let [statuses, transitions] = floodcmd_stream::outputs_total();
         outputs_after.push(statuses + transitions);
+        outputs_by_topic = [statuses, transitions];
         let ceiling = consume_ceiling(bootstrap, &readings_topic, readings).await?;
         ceilings.push(ceiling.per_s);
         ceiling_cpu.push(ceiling.cpu);
@@ -668,9 +678,9 @@ pub async fn kafka_throughput(
         .map(|w| (w[1] - w[0]) as f64 / readings as f64)
         .collect();
     let per_reading = per_run[1];
-    let outputs = sample_outputs(&bus, &topics, 2000).await?;
-    // Twice one output to a record, as the stage writes them, and twice packed: the rate
-    // and CPU the same outputs would cost `PACKED` to a record.
+    let outputs = sample_outputs(&bus, &topics, outputs_by_topic, 2000).await?;
+    // Twice one output to a record, as the stage wrote them before its statuses were packed,
+    // and twice packed: the rate and CPU the same outputs cost `PACKED` to a record.
     let (mut pipes, mut pipe_cpu) = (Vec::new(), Vec::new());
     let (mut packed_pipes, mut packed_cpu) = (Vec::new(), Vec::new());
     // Interleaved, so neither kind has all the later runs (a broker warming up favours them).
@@ -980,46 +990,19 @@ fn cpu_figures(
         around[1] / (packed_us + in_process_us).max(f64::MIN_POSITIVE),
         "ratio",
     );
-    // The stage's own work (its CPU beyond the pipe's) as measured, its outputs at the packed
-    // pipe's cost: an estimate of what packing would leave, not a run.
-    for ((spent, w), per_ceiling) in stage.iter().zip(workers).zip(&around) {
-        let estimated = spent.busy_us_per(readings) - pipe_us + packed_us;
-        // Noise in a short run can leave nothing of the stage's own: no estimate then.
-        if estimated <= 0.0 {
-            continue;
-        }
-        r.figure(
-            &format!("bound set by CPU on the stage's ratio to the ceiling, {w}, were its outputs packed {PACKED} to a record (estimate): the available core-time per reading at the ceiling's pace over the stage's CPU per reading less the pipe's plus the packed pipe's"),
-            per_ceiling / estimated,
-            "ratio",
-        );
-    }
-}
-
-/// How many records the status and alerts topics hold: every output of the stage so far.
-async fn outputs_on(bus: &floodcmd_bus::KafkaBus, topics: &Topics) -> Result<[u64; 2], BenchError> {
-    let mut counts = [0u64; 2];
-    for (count, t) in counts.iter_mut().zip([topics.status(), topics.alerts()]) {
-        *count = bus
-            .end_offsets(&t)
-            .await
-            .map_err(|e| BenchError::Other(e.to_string()))?
-            .iter()
-            .sum();
-    }
-    Ok(counts)
 }
 
 /// Up to `n` of the stage's outputs, key and payload: the first of each topic (the run's
-/// first minutes), statuses and transitions in the proportion it wrote them, interleaved.
+/// first minutes), statuses and transitions in the proportion it wrote them (`counts`),
+/// interleaved.
 async fn sample_outputs(
     bus: &floodcmd_bus::KafkaBus,
     topics: &Topics,
+    counts: [u64; 2],
     n: usize,
 ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, BenchError> {
     use floodcmd_model::bus::Assignment;
     let other = |e: floodcmd_model::bus::BusError| BenchError::Other(e.to_string());
-    let counts = outputs_on(bus, topics).await?;
     let total = (counts[0] + counts[1]).max(1);
     let mut taken = Vec::new();
     for (t, count) in [topics.status(), topics.alerts()].iter().zip(&counts) {

@@ -1,21 +1,23 @@
 //! The Kafka bus: the same trait over Apache Kafka with librdkafka.
 //!
 //! - Producing: idempotent, `acks=all`; the partition is chosen here with
-//!   [`partition_for`] (Kafka's murmur2), so the embedded bus, this bus and a Java producer all
-//!   agree. A full local queue makes `send` wait up to `queue_timeout`, then fail with
-//!   [`BusError::Timeout`]: callers (the gateway) turn that into 429, never into a drop.
+//!   [`floodcmd_model::bus::partition_for`] (Kafka's murmur2), so the embedded bus, this bus
+//!   and a Java producer all agree. A full local queue makes `send` wait up to
+//!   `queue_timeout`, then fail with [`BusError::Timeout`]: callers (the gateway) turn that
+//!   into 429, never into a drop. Batches for a topic in `packed_topics` go out packed, many
+//!   records of a partition to a Kafka record ([`crate::pack`]).
 //! - Topics: created at `replication` with `min.insync.replicas` set on the topic (2 at
 //!   replication 3), so an `acks=all` write is on at least two brokers before it counts and
 //!   one broker may be lost without refusing writes or losing an acknowledged record.
 //! - Consuming: static assignment (no group rebalancing), starting at the group's committed
 //!   offset or the earliest retained record; auto-commit is off, the caller commits after the
-//!   effects of a record are produced.
+//!   effects of a record are produced. A pack read is handed on as the records it carries,
+//!   all at its offset, in one poll.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use floodcmd_model::bus::{
-    partition_for, Acknowledgements, Assignment, Bus, BusError, Consumer, Delivery, Outgoing,
-    Producer, Record,
+    Acknowledgements, Assignment, Bus, BusError, Consumer, Delivery, Outgoing, Producer, Record,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -30,6 +32,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::pack;
 
 /// How to reach Kafka and how to create topics. Debug hides extra settings that hold secrets
 /// (SASL passwords, key material).
@@ -48,6 +52,9 @@ pub struct KafkaConfig {
     /// defaults; not over what its guarantees rest on (idempotent `acks=all` producing,
     /// offsets committed by the bus alone), which is set after them.
     pub extra: Vec<(String, String)>,
+    /// Topics whose batches go out packed, many records of a partition to a Kafka record
+    /// ([`crate::pack`]); every consumer of this bus unpacks what it reads, whatever this says.
+    pub packed_topics: Vec<String>,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -66,6 +73,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("min_insync_replicas", &self.min_insync_replicas)
             .field("queue_timeout", &self.queue_timeout)
             .field("extra", &extra)
+            .field("packed_topics", &self.packed_topics)
             .finish()
     }
 }
@@ -79,6 +87,7 @@ impl KafkaConfig {
             min_insync_replicas: 2,
             queue_timeout: Duration::from_secs(10),
             extra: Vec::new(),
+            packed_topics: Vec::new(),
         }
     }
 
@@ -183,6 +192,7 @@ impl KafkaBus {
                 topics: Mutex::new(HashMap::new()),
                 inner: producer,
                 queue_timeout: config.queue_timeout,
+                packed_topics: config.packed_topics.clone(),
             }),
             admin: Arc::new(admin),
             config,
@@ -604,6 +614,8 @@ impl Bus for KafkaBus {
 /// last slot, so a slot stays valid for its report even after the sender stopped waiting.
 struct BatchAck {
     slots: Box<[Slot]>,
+    /// The records each pack carries, by their places in the batch.
+    packs: Box<[Box<[usize]>]>,
     /// Records failed (rare): their errors, by index.
     errors: Mutex<Vec<(usize, BusError)>>,
     remaining: AtomicUsize,
@@ -614,6 +626,9 @@ struct BatchAck {
 struct Slot {
     /// The batch this slot lies in.
     ack: *const BatchAck,
+    /// For the first record of a pack, 1 + the pack's place in `BatchAck::packs`: its report
+    /// fills every slot of the pack. 0 for a record sent as it is.
+    pack: u32,
     partition: AtomicU32,
     offset: AtomicU64,
 }
@@ -625,16 +640,29 @@ enum Outcome {
 }
 
 impl BatchAck {
-    /// A batch of `n` records, with the reports' reference already taken when `n` is above 0.
-    fn new(n: usize) -> Arc<Self> {
+    /// A batch of `n` records, going out as `units` (each record once), with the reports'
+    /// reference already taken when `n` is above 0.
+    fn new(n: usize, units: &[pack::Unit]) -> Arc<Self> {
+        let packs: Box<[Box<[usize]>]> = units
+            .iter()
+            .filter(|u| u.members.len() > 1)
+            .map(|u| u.members.clone().into_boxed_slice())
+            .collect();
+        let mut pack_of = vec![0u32; n];
+        for (k, members) in packs.iter().enumerate() {
+            pack_of[members[0]] = k as u32 + 1;
+        }
         let ack = Arc::new_cyclic(|me: &std::sync::Weak<BatchAck>| BatchAck {
-            slots: (0..n)
-                .map(|_| Slot {
+            slots: pack_of
+                .iter()
+                .map(|&pack| Slot {
                     ack: me.as_ptr(),
+                    pack,
                     partition: AtomicU32::new(0),
                     offset: AtomicU64::new(0),
                 })
                 .collect(),
+            packs,
             errors: Mutex::new(Vec::new()),
             remaining: AtomicUsize::new(n),
             done: tokio::sync::Notify::new(),
@@ -653,10 +681,12 @@ impl BatchAck {
         &self.slots[index] as *const Slot as usize
     }
 
-    /// Fill the slot at `opaque` (from [`BatchAck::opaque`]). Each slot is filled once.
+    /// Fill the slot at `opaque` (from [`BatchAck::opaque`]), and if it leads a pack every
+    /// slot of the pack. Each slot is filled once.
     ///
     /// # Safety
-    /// `opaque` came from `opaque` on a batch whose slot has not been filled yet.
+    /// `opaque` came from `opaque` on a batch whose slot has not been filled yet, and is not
+    /// a pack's slot other than its first.
     unsafe fn complete_at(opaque: usize, outcome: Outcome) {
         // SAFETY: an unfilled slot's batch is kept alive by the reports' reference, which is
         // given back only once every slot is filled.
@@ -664,18 +694,28 @@ impl BatchAck {
         let ack_ptr = slot.ack;
         // SAFETY: as above; the slot lies in this batch.
         let ack = unsafe { &*ack_ptr };
+        let index = (opaque - ack.slots.as_ptr() as usize) / std::mem::size_of::<Slot>();
+        let members = match slot.pack {
+            0 => std::slice::from_ref(&index),
+            k => &ack.packs[k as usize - 1][..],
+        };
         match outcome {
             Outcome::Delivered(d) => {
-                slot.partition.store(d.partition, Ordering::Relaxed);
-                slot.offset.store(d.offset, Ordering::Relaxed);
+                for &m in members {
+                    ack.slots[m].partition.store(d.partition, Ordering::Relaxed);
+                    ack.slots[m].offset.store(d.offset, Ordering::Relaxed);
+                }
             }
             Outcome::Failed(e) => {
-                let index = (opaque - ack.slots.as_ptr() as usize) / std::mem::size_of::<Slot>();
-                ack.errors.lock().expect("batch errors").push((index, e));
+                let mut errors = ack.errors.lock().expect("batch errors");
+                for &m in &members[1..] {
+                    errors.push((m, BusError::Client(format!("in a pack that failed: {e}"))));
+                }
+                errors.push((members[0], e));
             }
         }
         // Release: the stores above are seen by whoever sees the count fall.
-        if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if ack.remaining.fetch_sub(members.len(), Ordering::AcqRel) == members.len() {
             // notify_one keeps a permit when nobody waits yet: no lost wakeup.
             ack.done.notify_one();
             // SAFETY: the reports' reference, taken in `new`; this was the last slot, and
@@ -684,11 +724,12 @@ impl BatchAck {
         }
     }
 
-    /// Fill the `index`-th slot from the sending side (a record that never reached librdkafka).
+    /// Fill the `index`-th slot (and if it leads a pack, the pack's) from the sending side
+    /// (a record that never reached librdkafka).
     ///
     /// # Safety
-    /// The slot was not handed to librdkafka and is not filled yet: filling a slot twice
-    /// gives the reports' reference back twice.
+    /// The slot was not handed to librdkafka and is not filled yet, nor is it a pack's slot
+    /// other than its first: filling a slot twice gives the reports' reference back twice.
     unsafe fn complete(&self, index: usize, outcome: Outcome) {
         // SAFETY: the caller's contract is `complete_at`'s.
         unsafe { Self::complete_at(self.opaque(index), outcome) }
@@ -795,6 +836,7 @@ struct KafkaProducer {
     topics: Mutex<HashMap<String, Arc<KnownTopic>>>,
     inner: ThreadedProducer<BatchContext>,
     queue_timeout: Duration,
+    packed_topics: Vec<String>,
 }
 
 impl KafkaProducer {
@@ -842,10 +884,11 @@ impl KafkaProducer {
     fn produce(
         &self,
         topic: &KnownTopic,
-        r: &Outgoing,
+        r: (&[u8], &[u8], i64),
         partition: u32,
         opaque: usize,
     ) -> Result<(), (RDKafkaErrorCode, String)> {
+        let (key, payload, timestamp_ms) = r;
         use rdkafka::bindings::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 as Mem;
         use rdkafka::bindings::{
             rd_kafka_vtype_t as V, rd_kafka_vu_s__bindgen_ty_1 as U, rd_kafka_vu_t,
@@ -877,20 +920,15 @@ impl KafkaProducer {
                     i: rdkafka::bindings::RD_KAFKA_MSG_F_COPY,
                 },
             ),
-            vu(V::RD_KAFKA_VTYPE_VALUE, mem(&r.payload)),
-            vu(V::RD_KAFKA_VTYPE_KEY, mem(&r.key)),
+            vu(V::RD_KAFKA_VTYPE_VALUE, mem(payload)),
+            vu(V::RD_KAFKA_VTYPE_KEY, mem(key)),
             vu(
                 V::RD_KAFKA_VTYPE_OPAQUE,
                 U {
                     ptr: opaque as *mut std::ffi::c_void,
                 },
             ),
-            vu(
-                V::RD_KAFKA_VTYPE_TIMESTAMP,
-                U {
-                    i64_: r.timestamp_ms,
-                },
-            ),
+            vu(V::RD_KAFKA_VTYPE_TIMESTAMP, U { i64_: timestamp_ms }),
         ];
         // SAFETY: a live client, a handle it made, and buffers that outlive the call (the
         // payload and key are copied, F_COPY). On failure librdkafka keeps nothing.
@@ -916,34 +954,59 @@ impl KafkaProducer {
     }
 
     /// Queue `records` in librdkafka, in order, waiting for room where the queue is full;
-    /// the returned batch fills in as the broker acknowledges them.
+    /// the returned batch fills in as the broker acknowledges them. A topic named in
+    /// `packed_topics` goes out packed ([`pack`]).
     async fn enqueue(&self, topic: &str, records: Vec<Outgoing>) -> Arc<BatchAck> {
-        let ack = BatchAck::new(records.len());
         if records.is_empty() {
-            return ack;
+            return BatchAck::new(0, &[]);
         }
-        // Records not handed over yet: failed if this future is dropped on the way, so that
-        // the batch is not left waiting (and kept) for reports that will never come.
-        let mut unsent = Unsent {
-            ack: ack.clone(),
-            next: 0,
-            topic,
-        };
         let known = match self.topic(topic) {
             Ok(t) => t,
             Err(e) => {
+                let units = pack::plan(&records, 1, false);
+                let ack = BatchAck::new(records.len(), &units);
                 let text = e.to_string();
-                // Taken from the guard first: each slot is filled once, here.
-                unsent.next = records.len();
                 for index in 0..records.len() {
-                    // SAFETY: no record of this batch was handed to librdkafka.
+                    // SAFETY: no record of this batch was handed to librdkafka, and none is
+                    // in a pack.
                     unsafe { ack.complete(index, Outcome::Failed(BusError::Client(text.clone()))) };
                 }
                 return ack;
             }
         };
-        for (index, r) in records.iter().enumerate() {
-            let partition = partition_for(&r.key, known.partitions);
+        let packed = self.packed_topics.iter().any(|t| t == topic);
+        let units = pack::plan(&records, known.partitions, packed);
+        let ack = BatchAck::new(records.len(), &units);
+        // Units not handed over yet: failed if this future is dropped on the way, so that
+        // the batch is not left waiting (and kept) for reports that will never come.
+        let mut unsent = Unsent {
+            ack: ack.clone(),
+            leads: units.iter().map(|u| u.members[0]).collect(),
+            next: 0,
+            topic,
+        };
+        for (u, unit) in units.iter().enumerate() {
+            let lead = unit.members[0];
+            let packed;
+            let record = match &unit.members[..] {
+                [only] => {
+                    let r = &records[*only];
+                    (&r.key[..], &r.payload[..], r.timestamp_ms)
+                }
+                members => {
+                    packed = pack::write(members.iter().map(|&m| &records[m]));
+                    // Keyed as its first record (its partition is set, the key only says
+                    // whose it is to a reader that does not unpack). Stamped as its latest
+                    // record: a reader starting at a time (`offsets_for_time`) then starts at
+                    // or before every record of that time, never after one.
+                    let latest = members.iter().map(|&m| records[m].timestamp_ms).max();
+                    (
+                        &records[lead].key[..],
+                        &packed[..],
+                        latest.unwrap_or_default(),
+                    )
+                }
+            };
             // A full local queue waits for room up to `queue_timeout`, then fails the record
             // with `Timeout` (the gateway's 429); records after it still get their chance.
             // The deadline is taken when the queue is first found full: the thread that
@@ -951,17 +1014,17 @@ impl KafkaProducer {
             // and in librdkafka besides.
             let mut deadline = None;
             loop {
-                match self.produce(&known, r, partition, ack.opaque(index)) {
+                match self.produce(&known, record, unit.partition, ack.opaque(lead)) {
                     Ok(()) => break,
                     Err((RDKafkaErrorCode::QueueFull, _)) => {
                         let now = tokio::time::Instant::now();
                         if now >= *deadline.get_or_insert(now + self.queue_timeout) {
-                            unsent.next = index + 1;
-                            // SAFETY: librdkafka refused the record; its slot is filled once,
-                            // here (taken from the guard above).
+                            unsent.next = u + 1;
+                            // SAFETY: librdkafka refused the record; its slots are filled
+                            // once, here (taken from the guard above).
                             unsafe {
                                 ack.complete(
-                                    index,
+                                    lead,
                                     Outcome::Failed(BusError::Timeout {
                                         topic: topic.to_string(),
                                         after: self.queue_timeout,
@@ -973,11 +1036,11 @@ impl KafkaProducer {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((code, text)) => {
-                        unsent.next = index + 1;
+                        unsent.next = u + 1;
                         // SAFETY: as for a full queue.
                         unsafe {
                             ack.complete(
-                                index,
+                                lead,
                                 Outcome::Failed(BusError::Client(format!("{code}: {text}"))),
                             )
                         };
@@ -985,30 +1048,33 @@ impl KafkaProducer {
                     }
                 }
             }
-            unsent.next = index + 1;
+            unsent.next = u + 1;
         }
         drop(unsent);
         ack
     }
 }
 
-/// The records of a batch from `next` on, which `enqueue` has not handed to librdkafka (nor
-/// filled): failed when this is dropped.
+/// The units of a batch from `next` on (each a record or a pack, by its first record's
+/// place), which `enqueue` has not handed to librdkafka (nor filled): failed when this is
+/// dropped.
 struct Unsent<'a> {
     ack: Arc<BatchAck>,
+    leads: Vec<usize>,
     next: usize,
     topic: &'a str,
 }
 
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
-        for index in self.next..self.ack.slots.len() {
-            // SAFETY: slots from `next` on were neither handed over nor filled: `enqueue`
-            // moves `next` past a slot before filling it, and right after handing it over,
-            // with no await (where this could be dropped) in between.
+        for &lead in &self.leads[self.next.min(self.leads.len())..] {
+            // SAFETY: units from `next` on were neither handed over nor filled: `enqueue`
+            // moves `next` past a unit before filling it, and right after handing it over,
+            // with no await (where this could be dropped) in between. Filling a pack's first
+            // slot fills the pack.
             unsafe {
                 self.ack.complete(
-                    index,
+                    lead,
                     Outcome::Failed(BusError::Client(format!(
                         "sending to {} was abandoned before this record was queued",
                         self.topic
@@ -1067,45 +1133,72 @@ struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    fn wanted(&self, r: &Record) -> bool {
+    fn wanted(&self, partition: u32, offset: u64) -> bool {
         self.skip_below
-            .get(&r.partition)
-            .is_none_or(|below| r.offset >= *below)
+            .get(&partition)
+            .is_none_or(|below| offset >= *below)
     }
 
-    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
-        self.record_of(
+    fn take(&self, m: &rdkafka::message::BorrowedMessage<'_>, out: &mut Vec<Record>) {
+        self.take_message(
             m.partition(),
             m.offset(),
             m.key().unwrap_or_default(),
             m.payload().unwrap_or_default(),
             m.timestamp().to_millis(),
+            out,
         )
     }
 
-    /// A record of this consumer's topic, its bytes copied out of librdkafka's message;
-    /// `None` for a message without a timestamp.
-    fn record_of(
+    /// The records of one message of this consumer's topic, into `out` unless a seek passed
+    /// them: the message itself, or what its pack carries ([`pack`]), all at its offset. The
+    /// bytes are copied out of librdkafka's message; a message without a timestamp is stamped 0.
+    fn take_message(
         &self,
         partition: i32,
         offset: i64,
         key: &[u8],
         payload: &[u8],
         timestamp_ms: Option<i64>,
-    ) -> Record {
-        Record {
-            topic: self.topic.clone(),
-            partition: partition as u32,
-            offset: offset.max(0) as u64,
-            key: Bytes::copy_from_slice(key),
-            payload: Bytes::copy_from_slice(payload),
-            timestamp_ms: timestamp_ms.unwrap_or(0),
+        out: &mut Vec<Record>,
+    ) {
+        let (partition, offset) = (partition as u32, offset.max(0) as u64);
+        if !self.wanted(partition, offset) {
+            return;
         }
+        let record = |key: Bytes, payload: Bytes, timestamp_ms: i64| Record {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            key,
+            payload,
+            timestamp_ms,
+        };
+        if pack::is_pack(payload) {
+            let whole = Bytes::copy_from_slice(payload);
+            if let Some(items) = pack::unpack(&whole) {
+                out.extend(items.into_iter().map(|(k, p, t)| record(k, p, t)));
+                return;
+            }
+            // Not a pack after all: handed on whole, for its reader to refuse.
+            out.push(record(
+                Bytes::copy_from_slice(key),
+                whole,
+                timestamp_ms.unwrap_or(0),
+            ));
+            return;
+        }
+        out.push(record(
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(payload),
+            timestamp_ms.unwrap_or(0),
+        ));
     }
 
     /// Take what librdkafka holds already, up to `max` records in `out`, without waiting:
     /// a few calls a poll instead of one (and a clock read, a waker's registration) a record,
-    /// which was a sixth of a stream worker's time.
+    /// which was a sixth of a stream worker's time. A pack's records all come in the poll that
+    /// reads it, so a poll may hold more than `max`.
     ///
     /// The batch call serves the queue in librdkafka's callback mode, where an op it cannot
     /// return as a message aborts the process. rust-rdkafka asks for commit results as events,
@@ -1160,16 +1253,14 @@ impl KafkaConsumer {
                         _ if at == -1 => None,
                         _ => Some(at),
                     };
-                    let r = self.record_of(
+                    self.take_message(
                         msg.partition,
                         msg.offset,
                         bytes(msg.key, msg.key_len),
                         bytes(msg.payload, msg.len),
                         timestamp_ms,
+                        out,
                     );
-                    if self.wanted(&r) {
-                        out.push(r);
-                    }
                 }
                 // SAFETY: each message is destroyed once, after its last use.
                 unsafe { rd::rd_kafka_message_destroy(m) };
@@ -1195,12 +1286,7 @@ impl Consumer for KafkaConsumer {
         while out.is_empty() {
             match tokio::time::timeout_at(deadline, self.inner.recv()).await {
                 Err(_) => return Ok(out),
-                Ok(Ok(m)) => {
-                    let r = self.record(&m);
-                    if self.wanted(&r) {
-                        out.push(r);
-                    }
-                }
+                Ok(Ok(m)) => self.take(&m, &mut out),
                 // librdkafka reports passing trouble (coordinator moving, a broker restarting)
                 // through the message stream and recovers by itself: say so and keep going.
                 Ok(Err(e)) => {
@@ -1278,10 +1364,75 @@ mod tests {
         Outcome::Delivered(Delivery { partition, offset })
     }
 
+    /// `n` records, each going out alone.
+    fn alone(n: usize) -> Vec<pack::Unit> {
+        (0..n)
+            .map(|i| pack::Unit {
+                partition: 0,
+                members: vec![i],
+            })
+            .collect()
+    }
+
+    /// One report fills every slot of its pack, a failed one fails each of them, and a pack
+    /// never handed over is failed whole when the sender gives up.
+    #[test]
+    fn a_packs_report_fills_all_its_records_and_only_theirs() {
+        let units = vec![
+            pack::Unit {
+                partition: 1,
+                members: vec![0, 2, 4],
+            },
+            pack::Unit {
+                partition: 0,
+                members: vec![1],
+            },
+            pack::Unit {
+                partition: 2,
+                members: vec![3, 5],
+            },
+            pack::Unit {
+                partition: 3,
+                members: vec![6, 7],
+            },
+        ];
+        let ack = BatchAck::new(8, &units);
+        // SAFETY: each unit's first slot, reported once.
+        unsafe {
+            BatchAck::complete_at(ack.opaque(0), delivered(1, 40));
+            BatchAck::complete_at(ack.opaque(1), delivered(0, 7));
+            BatchAck::complete_at(
+                ack.opaque(3),
+                Outcome::Failed(BusError::Client("too large".into())),
+            );
+        }
+        // The last pack was never handed over.
+        drop(Unsent {
+            ack: ack.clone(),
+            leads: vec![0, 1, 3, 6],
+            next: 3,
+            topic: "floodcmd.status",
+        });
+        let results = futures::executor::block_on(ack.wait());
+        let at = |partition, offset| Delivery { partition, offset };
+        for i in [0, 2, 4] {
+            assert_eq!(*results[i].as_ref().unwrap(), at(1, 40));
+        }
+        assert_eq!(*results[1].as_ref().unwrap(), at(0, 7));
+        for i in [3, 5] {
+            let e = results[i].as_ref().unwrap_err().to_string();
+            assert!(e.contains("too large"), "{i}: {e}");
+        }
+        for i in [6, 7] {
+            let e = results[i].as_ref().unwrap_err().to_string();
+            assert!(e.contains("abandoned"), "{i}: {e}");
+        }
+    }
+
     #[test]
     fn reports_from_other_threads_fill_their_own_slots_in_any_order() {
         let n = 1000;
-        let ack = BatchAck::new(n);
+        let ack = BatchAck::new(n, &alone(n));
         let opaques: Vec<usize> = (0..n).map(|i| ack.opaque(i)).collect();
         // As librdkafka's delivery thread would: reports in an order of their own, off the
         // sender's thread, one of them a failure.
@@ -1319,7 +1470,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_freed_by_its_last_report_even_when_nobody_waits() {
-        let ack = BatchAck::new(2);
+        let ack = BatchAck::new(2, &alone(2));
         let first = ack.opaque(0);
         let second = ack.opaque(1);
         let weak = Arc::downgrade(&ack);
@@ -1338,7 +1489,7 @@ mod tests {
             "the last report gives the batch back"
         );
         // An empty batch owes no reports and holds no reference for them.
-        let empty = BatchAck::new(0);
+        let empty = BatchAck::new(0, &[]);
         let weak = Arc::downgrade(&empty);
         assert!(futures::executor::block_on(empty.wait()).is_empty());
         drop(empty);
@@ -1347,12 +1498,13 @@ mod tests {
 
     #[test]
     fn records_never_queued_are_failed_when_the_sender_gives_up() {
-        let ack = BatchAck::new(3);
+        let ack = BatchAck::new(3, &alone(3));
         // SAFETY: the first record's report, once.
         unsafe { BatchAck::complete_at(ack.opaque(0), delivered(2, 5)) };
         // `enqueue` dropped after handing over the first record only.
         drop(Unsent {
             ack: ack.clone(),
+            leads: vec![0, 1, 2],
             next: 1,
             topic: "floodcmd.status",
         });

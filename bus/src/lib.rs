@@ -6,11 +6,14 @@
 //!   not yet committed by every group reading it, and a producer waits for space. It never
 //!   drops.
 //! - [`kafka::KafkaBus`]: Apache Kafka through librdkafka, same trait, same partitioner.
+//! - [`pack`]: how the Kafka bus carries many records of a partition in one Kafka record, and
+//!   gives them back one by one.
 //! - [`with_producer::WithProducer`]: another bus with its producer wrapped (fault injection in
 //!   tests, outputs let go in the stream bench).
 
 pub mod embedded;
 pub mod kafka;
+pub mod pack;
 pub mod with_producer;
 
 pub use embedded::EmbeddedBus;

@@ -307,3 +307,137 @@ async fn a_consumer_can_start_at_explicit_offsets_and_see_the_groups_commits() {
     );
     assert_eq!(got.len(), 40);
 }
+
+/// A topic named in `packed_topics` goes out many records to a Kafka record, and a consumer
+/// of the bus gets every record back as it was sent: key, payload, timestamp and order per
+/// key, each with its acknowledgement; a pack's records share its offset and come in one poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_topic_carries_many_records_a_kafka_record_and_reads_back_as_sent() {
+    let topic = unique("packed");
+    let bus = KafkaBus::new(KafkaConfig {
+        packed_topics: vec![topic.clone()],
+        ..KafkaConfig::new(bootstrap())
+    })
+    .unwrap();
+    bus.ensure_topic(&topic, 4).await.unwrap();
+    let n = 1_000usize;
+    let sent: Vec<floodcmd_model::bus::Outgoing> = (0..n)
+        .map(|i| floodcmd_model::bus::Outgoing {
+            key: Bytes::from(format!("P{}", i % 37)),
+            payload: Bytes::from(format!("{{\"i\":{i}}}")),
+            timestamp_ms: stamp(i as i64),
+        })
+        .collect();
+    let acks = bus.producer().hand_over(&topic, sent.clone()).await.await;
+    assert_eq!(acks.len(), n);
+    for (r, ack) in sent.iter().zip(&acks) {
+        let d = ack.as_ref().expect("every record acknowledged");
+        assert_eq!(d.partition, partition_for(&r.key, 4));
+    }
+    let kafka_records: u64 = bus.end_offsets(&topic).await.unwrap().iter().sum();
+    assert!(
+        kafka_records <= 4 * (n as u64).div_ceil(256),
+        "{kafka_records} Kafka records for {n} records"
+    );
+    // A record shares its acknowledged offset with the rest of its pack.
+    let mut shared = std::collections::HashMap::new();
+    for d in acks.iter().flatten() {
+        *shared.entry((d.partition, d.offset)).or_insert(0) += 1;
+    }
+    assert_eq!(shared.len() as u64, kafka_records);
+
+    let mut c = bus
+        .consumer("g-packed", &topic, Assignment::All)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n}",
+            got.len()
+        );
+        let batch = c.poll(10, Duration::from_millis(500)).await.unwrap();
+        // A poll never ends inside a pack: what it holds of an offset is the whole pack.
+        for r in &batch {
+            let of_pack = batch
+                .iter()
+                .filter(|o| o.partition == r.partition && o.offset == r.offset)
+                .count();
+            assert_eq!(of_pack, shared[&(r.partition, r.offset)]);
+        }
+        got.extend(batch);
+    }
+    assert_eq!(got.len(), n, "nothing more than was sent");
+    for r in &got {
+        let i: usize = std::str::from_utf8(&r.payload).unwrap()[5..]
+            .trim_end_matches('}')
+            .parse()
+            .unwrap();
+        assert_eq!(r.key, sent[i].key);
+        assert_eq!(r.timestamp_ms, sent[i].timestamp_ms);
+        assert_eq!(acks[i].as_ref().unwrap().offset, r.offset);
+    }
+    // Per key, in the order sent.
+    let mut by_key: std::collections::HashMap<Bytes, Vec<Bytes>> = Default::default();
+    for r in &got {
+        by_key
+            .entry(r.key.clone())
+            .or_default()
+            .push(r.payload.clone());
+    }
+    for (key, payloads) in by_key {
+        let expected: Vec<Bytes> = sent
+            .iter()
+            .filter(|s| s.key == key)
+            .map(|s| s.payload.clone())
+            .collect();
+        assert_eq!(payloads, expected);
+    }
+    // A record that starts as a pack does but is not one is handed on whole, for its reader
+    // to refuse: nothing is lost.
+    let plain = bus.producer();
+    let broken = Bytes::from_static(b"\0fp\x01\xff\xff");
+    let unpacked_topic = unique("notapack");
+    bus.ensure_topic(&unpacked_topic, 1).await.unwrap();
+    plain
+        .send(&unpacked_topic, b"K", broken.clone(), stamp(0))
+        .await
+        .unwrap();
+    let mut c = bus
+        .consumer("g-notapack", &unpacked_topic, Assignment::All)
+        .await
+        .unwrap();
+    let back = read_n(&mut c, 1).await;
+    assert_eq!(back[0].payload, broken);
+    assert_eq!(&back[0].key[..], b"K");
+}
+
+/// A pack the broker refuses fails every record in it, each with its own error; records sent
+/// alone beside it are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pack_fails_every_record_it_carries() {
+    let topic = unique("packfail");
+    let mut config = KafkaConfig::new(bootstrap());
+    config.packed_topics = vec![topic.clone()];
+    // librdkafka refuses a record over this before it reaches the broker.
+    config.extra = vec![("message.max.bytes".into(), "2000".into())];
+    let bus = KafkaBus::new(config).unwrap();
+    bus.ensure_topic(&topic, 1).await.unwrap();
+    let record = |i: usize| floodcmd_model::bus::Outgoing {
+        key: Bytes::from_static(b"K"),
+        payload: Bytes::from(vec![b'x'; 100 + i]),
+        timestamp_ms: stamp(0),
+    };
+    let acks = bus
+        .producer()
+        .send_batch(&topic, (0..40).map(record).collect())
+        .await;
+    assert_eq!(acks.len(), 40);
+    for (i, a) in acks.iter().enumerate() {
+        assert!(a.is_err(), "record {i} of a refused pack: {a:?}");
+    }
+    let alone = bus.producer().send_batch(&topic, vec![record(0)]).await;
+    assert!(alone[0].is_ok(), "{alone:?}");
+}

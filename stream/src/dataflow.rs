@@ -536,6 +536,23 @@ pub fn readings_total() -> u64 {
     metrics().readings.get()
 }
 
+/// The outputs this process's stage has produced so far (`floodcmd_stream_outputs_total`):
+/// statuses, and transitions of every kind. A bench counts them per run, where the records on
+/// the topics would not say (the Kafka bus packs statuses many to a record).
+pub fn outputs_total() -> [u64; 2] {
+    let mut totals = [0u64; 2];
+    for family in prometheus::core::Collector::collect(&metrics().outputs) {
+        for m in family.get_metric() {
+            let status = m
+                .get_label()
+                .iter()
+                .any(|l| l.name() == "kind" && l.value() == "status");
+            totals[usize::from(!status)] += m.get_counter().get_value() as u64;
+        }
+    }
+    totals
+}
+
 /// Record that offsets up to `next` wait for time `t`. Consecutive records fed at the same
 /// time share one entry: they pass the probe together, and one entry per record was a queue
 /// as long as the backlog.

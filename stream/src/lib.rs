@@ -35,7 +35,7 @@ pub mod rise;
 mod rule_text;
 
 pub use dataflow::{
-    readings_lost_total, readings_total, run_stream, run_stream_fed, run_stream_in_cluster,
-    Cluster, DirectFeed, StreamConfig, StreamHandle, Watermark,
+    outputs_total, readings_lost_total, readings_total, run_stream, run_stream_fed,
+    run_stream_in_cluster, Cluster, DirectFeed, StreamConfig, StreamHandle, Watermark,
 };
 pub use engine::{Engine, StreamOutput, TimedReading};

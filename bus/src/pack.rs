@@ -1,0 +1,263 @@
+//! Packs: many records of one partition carried in one Kafka record.
+//!
+//! The stream stage writes about one status per reading. One Kafka record each, librdkafka and
+//! the broker spent more on the statuses than on reading the readings (the `stream-kafka`
+//! bench's raw pipe: 2.8 core-µs per reading written one to a record, 1.5 packed). So the Kafka
+//! bus packs the records of a topic named in [`crate::KafkaConfig::packed_topics`]: one batch
+//! handed over, per partition, in order, up to [`MAX_ITEMS`] records or [`MAX_BYTES`] a pack.
+//!
+//! Readers see none of it: the Kafka consumer unpacks every pack it reads into the records it
+//! was made of (each its own key, payload and timestamp), all at the pack's offset, all in the
+//! same poll. Committing a position after handling a whole poll, as every reader here does,
+//! therefore never lands inside a pack. A reader of the topic that is not this bus (another
+//! client, a console consumer) sees the packs as they are.
+//!
+//! Layout: [`MAGIC`], then per record its key's length and its payload's (u32, little
+//! endian), its timestamp (i64, little endian, ms), its key, its payload. No JSON record starts
+//! with the magic's NUL byte, so a record of the topic is a pack or one record, never both; a
+//! record that starts with the magic but does not parse as a pack is handed on whole, for its
+//! reader to refuse (and dead-letter) as it would any undecodable record.
+
+use bytes::{BufMut, Bytes};
+use floodcmd_model::bus::{partition_for, Outgoing};
+use std::collections::HashMap;
+
+/// What a pack starts with: a NUL, `fp` (floodcmd pack) and the layout's version.
+pub const MAGIC: &[u8; 4] = b"\0fp\x01";
+
+/// Records a pack holds at most.
+pub const MAX_ITEMS: usize = 256;
+
+/// Bytes of keys and payloads a pack holds at most (beyond its first record): well under the
+/// broker's and librdkafka's one-megabyte limit on a record.
+pub const MAX_BYTES: usize = 256 * 1024;
+
+/// Bytes a pack spends on each record besides its key and payload.
+const HEAD: usize = 4 + 4 + 8;
+
+/// One record to produce: its partition, and the places in the batch of the records it
+/// carries (one, or a pack's, in order).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Unit {
+    pub(crate) partition: u32,
+    pub(crate) members: Vec<usize>,
+}
+
+/// How a batch goes out: packed per partition, in the batch's order within each partition;
+/// units come in the order of their first record. A batch of one is one record as it is.
+pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: bool) -> Vec<Unit> {
+    if !pack || records.len() < 2 {
+        return records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Unit {
+                partition: partition_for(&r.key, partitions),
+                members: vec![i],
+            })
+            .collect();
+    }
+    let mut units: Vec<Unit> = Vec::new();
+    // Per partition: the unit still filling, and its bytes so far.
+    let mut open: HashMap<u32, (usize, usize)> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let partition = partition_for(&r.key, partitions);
+        let size = r.key.len() + r.payload.len();
+        match open.get_mut(&partition) {
+            Some((u, bytes))
+                if units[*u].members.len() < MAX_ITEMS && *bytes + size <= MAX_BYTES =>
+            {
+                units[*u].members.push(i);
+                *bytes += size;
+            }
+            _ => {
+                open.insert(partition, (units.len(), size));
+                units.push(Unit {
+                    partition,
+                    members: vec![i],
+                });
+            }
+        }
+    }
+    units
+}
+
+/// The pack of `members` (more than one record).
+pub(crate) fn write<'a>(members: impl Iterator<Item = &'a Outgoing> + Clone) -> Vec<u8> {
+    let size: usize = members
+        .clone()
+        .map(|r| HEAD + r.key.len() + r.payload.len())
+        .sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + size);
+    out.put_slice(MAGIC);
+    for r in members {
+        out.put_u32_le(r.key.len() as u32);
+        out.put_u32_le(r.payload.len() as u32);
+        out.put_i64_le(r.timestamp_ms);
+        out.put_slice(&r.key);
+        out.put_slice(&r.payload);
+    }
+    out
+}
+
+/// Whether `payload` is laid out as a pack (its magic; [`unpack`] says whether it parses).
+pub(crate) fn is_pack(payload: &[u8]) -> bool {
+    payload.starts_with(MAGIC)
+}
+
+/// The records of a pack, in order: each key and payload a slice of `pack`, and its timestamp.
+/// `None` if `pack` is not a whole, well-formed pack of at least one record.
+pub fn unpack(pack: &Bytes) -> Option<Vec<(Bytes, Bytes, i64)>> {
+    let mut rest = pack.strip_prefix(MAGIC.as_slice())?;
+    let mut at = MAGIC.len();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let head = rest.get(..HEAD)?;
+        let key_len = u32::from_le_bytes(head[0..4].try_into().ok()?) as usize;
+        let payload_len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
+        let timestamp_ms = i64::from_le_bytes(head[8..16].try_into().ok()?);
+        let body = key_len.checked_add(payload_len)?;
+        if rest.len() - HEAD < body {
+            return None;
+        }
+        let key_at = at + HEAD;
+        let payload_at = key_at + key_len;
+        out.push((
+            pack.slice(key_at..payload_at),
+            pack.slice(payload_at..payload_at + payload_len),
+            timestamp_ms,
+        ));
+        rest = &rest[HEAD + body..];
+        at = payload_at + payload_len;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn out(key: &str, payload: &[u8], ts: i64) -> Outgoing {
+        Outgoing {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            payload: Bytes::copy_from_slice(payload),
+            timestamp_ms: ts,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_packed_per_partition_in_its_order_and_a_lone_record_is_not() {
+        let records: Vec<Outgoing> = (0..40).map(|i| out(&format!("P{i}"), b"{}", i)).collect();
+        let units = plan(&records, 4, true);
+        assert!(units.len() <= 4, "{units:?}");
+        let mut seen: Vec<usize> = units.iter().flat_map(|u| u.members.clone()).collect();
+        for u in &units {
+            assert!(u.members.windows(2).all(|w| w[0] < w[1]), "in order");
+            for &m in &u.members {
+                assert_eq!(partition_for(&records[m].key, 4), u.partition);
+            }
+        }
+        assert!(units.windows(2).all(|w| w[0].members[0] < w[1].members[0]));
+        seen.sort_unstable();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>(), "every record once");
+        assert_eq!(plan(&records[..1], 4, true).len(), 1);
+        assert_eq!(plan(&records, 4, false).len(), 40, "a topic not packed");
+    }
+
+    #[test]
+    fn a_pack_is_closed_at_its_count_or_its_size() {
+        let many: Vec<Outgoing> = (0..MAX_ITEMS * 2 + 1)
+            .map(|i| out("K", b"x", i as i64))
+            .collect();
+        let sizes: Vec<usize> = plan(&many, 4, true)
+            .iter()
+            .map(|u| u.members.len())
+            .collect();
+        assert_eq!(sizes, vec![MAX_ITEMS, MAX_ITEMS, 1]);
+        let big = vec![b'x'; MAX_BYTES / 2];
+        let large: Vec<Outgoing> = (0..5).map(|i| out("K", &big, i)).collect();
+        let sizes: Vec<usize> = plan(&large, 4, true)
+            .iter()
+            .map(|u| u.members.len())
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![1, 1, 1, 1, 1],
+            "key and payload over half the limit each"
+        );
+        let one_over = vec![b'x'; MAX_BYTES + 10];
+        let units = plan(&[out("K", &one_over, 0), out("K", b"y", 1)], 4, true);
+        assert_eq!(units.len(), 2, "a record over the limit goes alone");
+    }
+
+    #[test]
+    fn what_is_not_a_whole_pack_is_not_unpacked() {
+        let records = [out("a", b"{\"x\":1}", 5), out("bb", b"", -1)];
+        let pack = Bytes::from(write(records.iter()));
+        assert!(is_pack(&pack));
+        // Cut anywhere but between its records, it is no pack; cut there, a pack of the first.
+        let first_ends = MAGIC.len() + HEAD + 1 + 7;
+        for cut in MAGIC.len()..pack.len() {
+            let got = unpack(&pack.slice(..cut)).map(|items| items.len());
+            let expected = (cut == first_ends).then_some(1);
+            assert_eq!(got, expected, "cut at {cut}");
+        }
+        assert_eq!(
+            unpack(&Bytes::from_static(MAGIC)),
+            None,
+            "a pack of nothing"
+        );
+        assert_eq!(unpack(&Bytes::from_static(b"{\"point\":\"P1\"}")), None);
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&0i64.to_le_bytes());
+        assert_eq!(unpack(&Bytes::from(huge)), None, "lengths past its end");
+        assert!(!is_pack(b"{\"sensor\":\"S\"}"));
+    }
+
+    proptest! {
+        /// Whatever goes into a pack comes out of it: every key, payload and timestamp, in
+        /// order, however many and however large.
+        #[test]
+        fn a_pack_gives_back_its_records(
+            items in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..20),
+                 proptest::collection::vec(any::<u8>(), 0..300),
+                 any::<i64>()),
+                1..40,
+            )
+        ) {
+            let records: Vec<Outgoing> = items
+                .iter()
+                .map(|(k, p, t)| Outgoing {
+                    key: Bytes::copy_from_slice(k),
+                    payload: Bytes::copy_from_slice(p),
+                    timestamp_ms: *t,
+                })
+                .collect();
+            let pack = Bytes::from(write(records.iter()));
+            let back = unpack(&pack).expect("a pack");
+            prop_assert_eq!(back.len(), records.len());
+            for (r, (k, p, t)) in records.iter().zip(back) {
+                prop_assert_eq!(&r.key, &k);
+                prop_assert_eq!(&r.payload, &p);
+                prop_assert_eq!(r.timestamp_ms, t);
+            }
+        }
+
+        /// Any bytes after the magic either unpack or are refused; nothing panics.
+        #[test]
+        fn any_bytes_after_the_magic_are_unpacked_or_refused(
+            tail in proptest::collection::vec(any::<u8>(), 0..200)
+        ) {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&tail);
+            let bytes = Bytes::from(bytes);
+            if let Some(items) = unpack(&bytes) {
+                let total: usize = items.iter().map(|(k, p, _)| HEAD + k.len() + p.len()).sum();
+                prop_assert_eq!(total + MAGIC.len(), bytes.len());
+            }
+        }
+    }
+}
