@@ -9,7 +9,7 @@ use faults::{assert_same_transitions, seen, undisturbed, Seen};
 use floodcmd::stages;
 use floodcmd_model::bus::{Assignment, Bus};
 use floodcmd_model::codec::{decode, encode};
-use floodcmd_model::event::{AlertTransition, TransitionKind};
+use floodcmd_model::event::{AlertTransition, PointStatus, TransitionKind};
 use floodcmd_model::settings::{BusKind, BusSettings};
 use floodcmd_model::time::{Clock, Millis, SystemClock};
 use floodcmd_model::topic::Topics;
@@ -221,4 +221,37 @@ async fn a_killed_stream_stage_resumes_without_losing_or_repeating_an_alert() {
         expected.iter().any(|s| s.1 == TransitionKind::Cleared),
         "the storm passes in the reference too"
     );
+
+    // The stage's bus packs statuses (`floodcmd_bus::pack`): the topic holds fewer Kafka
+    // records than the statuses a reader through the bus gets back, each one whole and under
+    // its own point's key (their order per key is `bus_kafka`'s to test).
+    let ends = bus.end_offsets(&topics.status()).await.unwrap();
+    let records: u64 = ends.iter().sum();
+    let mut c = bus
+        .consumer("watch-status", &topics.status(), Assignment::All)
+        .await
+        .unwrap();
+    let mut read_to = vec![0u64; ends.len()];
+    let mut statuses: Vec<PointStatus> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_to.iter().zip(&ends).any(|(at, end)| at < end) {
+        assert!(
+            Instant::now() < deadline,
+            "status read to {read_to:?} of {ends:?}"
+        );
+        for r in c.poll(1000, Duration::from_millis(300)).await.unwrap() {
+            read_to[r.partition as usize] = r.offset + 1;
+            let s = decode::<PointStatus>(&r.payload).expect("a status, unpacked");
+            assert_eq!(r.key, s.point.as_bytes(), "each status under its own point");
+            statuses.push(s);
+        }
+    }
+    assert!(
+        (statuses.len() as u64) > records,
+        "{} statuses in {records} Kafka records: not packed",
+        statuses.len()
+    );
+    for p in POINTS {
+        assert!(statuses.iter().any(|s| s.point == p), "{p} has statuses");
+    }
 }

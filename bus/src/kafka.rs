@@ -124,6 +124,22 @@ fn let_go<C: Send + 'static>(client: C) {
         .spawn(move || drop(client));
 }
 
+/// What a pack may hold under the producer's `message.max.bytes` (librdkafka refuses a record
+/// over it before it is sent; 1,000,000 unless set): room is left for the record's own key
+/// and librdkafka's overhead. A topic's `max.message.bytes` (1 MB on the topics the bus
+/// creates) must not be lower, or its packs are refused and retried for ever, as any record
+/// over it would be.
+fn pack_bytes(config: &KafkaConfig) -> usize {
+    let limit = config
+        .extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "message.max.bytes")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(1_000_000);
+    pack::MAX_BYTES.min(limit.saturating_sub(4096))
+}
+
 fn client_err(e: KafkaError) -> BusError {
     BusError::Client(e.to_string())
 }
@@ -193,6 +209,7 @@ impl KafkaBus {
                 inner: producer,
                 queue_timeout: config.queue_timeout,
                 packed_topics: config.packed_topics.clone(),
+                pack_bytes: pack_bytes(&config),
             }),
             admin: Arc::new(admin),
             config,
@@ -598,6 +615,7 @@ impl Bus for KafkaBus {
             topic: Arc::from(topic),
             assigned,
             skip_below: HashMap::new(),
+            held: Default::default(),
         }))
     }
 }
@@ -709,13 +727,23 @@ impl BatchAck {
             Outcome::Failed(e) => {
                 let mut errors = ack.errors.lock().expect("batch errors");
                 for &m in &members[1..] {
-                    errors.push((m, BusError::Client(format!("in a pack that failed: {e}"))));
+                    // The same kind for each (a full queue is a `Timeout` to every caller).
+                    let each = match &e {
+                        BusError::Timeout { topic, after } => BusError::Timeout {
+                            topic: topic.clone(),
+                            after: *after,
+                        },
+                        other => BusError::Client(format!("in a pack that failed: {other}")),
+                    };
+                    errors.push((m, each));
                 }
                 errors.push((members[0], e));
             }
         }
+        // Taken before the count falls: once it reaches 0 the batch may be gone.
+        let filled = members.len();
         // Release: the stores above are seen by whoever sees the count fall.
-        if ack.remaining.fetch_sub(members.len(), Ordering::AcqRel) == members.len() {
+        if ack.remaining.fetch_sub(filled, Ordering::AcqRel) == filled {
             // notify_one keeps a permit when nobody waits yet: no lost wakeup.
             ack.done.notify_one();
             // SAFETY: the reports' reference, taken in `new`; this was the last slot, and
@@ -837,6 +865,9 @@ struct KafkaProducer {
     inner: ThreadedProducer<BatchContext>,
     queue_timeout: Duration,
     packed_topics: Vec<String>,
+    /// The bytes a pack may hold ([`pack::MAX_BYTES`], less where librdkafka's
+    /// `message.max.bytes` is set lower).
+    pack_bytes: usize,
 }
 
 impl KafkaProducer {
@@ -963,7 +994,7 @@ impl KafkaProducer {
         let known = match self.topic(topic) {
             Ok(t) => t,
             Err(e) => {
-                let units = pack::plan(&records, 1, false);
+                let units = pack::plan(&records, 1, None);
                 let ack = BatchAck::new(records.len(), &units);
                 let text = e.to_string();
                 for index in 0..records.len() {
@@ -975,7 +1006,11 @@ impl KafkaProducer {
             }
         };
         let packed = self.packed_topics.iter().any(|t| t == topic);
-        let units = pack::plan(&records, known.partitions, packed);
+        let units = pack::plan(
+            &records,
+            known.partitions,
+            packed.then_some(self.pack_bytes),
+        );
         let ack = BatchAck::new(records.len(), &units);
         // Units not handed over yet: failed if this future is dropped on the way, so that
         // the batch is not left waiting (and kept) for reports that will never come.
@@ -1130,6 +1165,9 @@ struct KafkaConsumer {
     assigned: Vec<u32>,
     /// After a seek, records fetched before it (below the new position) may still be queued.
     skip_below: HashMap<u32, u64>,
+    /// Whole messages taken from librdkafka that did not fit in the poll that took them
+    /// (packs unpacked, [`pack`]): the next poll starts with them.
+    held: std::collections::VecDeque<Vec<Record>>,
 }
 
 impl KafkaConsumer {
@@ -1212,8 +1250,19 @@ impl KafkaConsumer {
     /// consumer errors, returned as messages and logged here; librdkafka's own errors and log
     /// lines, which the call hands to librdkafka's printer (stderr, its own format) instead of
     /// rust-rdkafka's, so they bypass `tracing`.
-    fn drain(&self, out: &mut Vec<Record>, max: usize) {
+    ///
+    /// A message is never split between polls (a pack's records all come in one, so a commit
+    /// after a whole poll never falls inside a pack): a pack that does not fit in what is left
+    /// of `max` waits, with the messages taken after it, for the next poll, which starts with
+    /// them. A poll then holds more than `max` only when its first message alone does.
+    fn drain(&mut self, out: &mut Vec<Record>, max: usize) {
         use rdkafka::bindings as rd;
+        while let Some(first) = self.held.front() {
+            if !out.is_empty() && out.len() + first.len() > max {
+                return;
+            }
+            out.extend(self.held.pop_front().expect("checked"));
+        }
         let mut batch = [std::ptr::null_mut::<rd::rd_kafka_message_t>(); CONSUME_CHUNK];
         while out.len() < max {
             let want = (max - out.len()).min(CONSUME_CHUNK);
@@ -1253,6 +1302,7 @@ impl KafkaConsumer {
                         _ if at == -1 => None,
                         _ => Some(at),
                     };
+                    let before = out.len();
                     self.take_message(
                         msg.partition,
                         msg.offset,
@@ -1261,11 +1311,18 @@ impl KafkaConsumer {
                         timestamp_ms,
                         out,
                     );
+                    // A message that overflows (only a pack can: `want` leaves room for one
+                    // record a message), and every one after it, waits whole.
+                    if out.len() > before
+                        && (out.len() > max && before > 0 || !self.held.is_empty())
+                    {
+                        self.held.push_back(out.split_off(before));
+                    }
                 }
                 // SAFETY: each message is destroyed once, after its last use.
                 unsafe { rd::rd_kafka_message_destroy(m) };
             }
-            if got < want {
+            if got < want || !self.held.is_empty() {
                 return;
             }
         }
@@ -1311,6 +1368,9 @@ impl Consumer for KafkaConsumer {
 
     async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
         self.skip_below.insert(partition, offset);
+        // Read again from the new position, or passed over.
+        self.held
+            .retain(|m| m.first().is_none_or(|r| r.partition != partition));
         let mut tpl = TopicPartitionList::new();
         for p in &self.assigned {
             let o = if *p == partition {

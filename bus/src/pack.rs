@@ -28,7 +28,7 @@ pub const MAGIC: &[u8; 4] = b"\0fp\x01";
 /// Records a pack holds at most.
 pub const MAX_ITEMS: usize = 256;
 
-/// Bytes of keys and payloads a pack holds at most (beyond its first record): well under the
+/// Bytes a pack holds at most (unless its first record alone is larger): well under the
 /// broker's and librdkafka's one-megabyte limit on a record.
 pub const MAX_BYTES: usize = 256 * 1024;
 
@@ -43,10 +43,11 @@ pub(crate) struct Unit {
     pub(crate) members: Vec<usize>,
 }
 
-/// How a batch goes out: packed per partition, in the batch's order within each partition;
-/// units come in the order of their first record. A batch of one is one record as it is.
-pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: bool) -> Vec<Unit> {
-    if !pack || records.len() < 2 {
+/// How a batch goes out: packed per partition (with `pack`, the bytes a pack may hold), in
+/// the batch's order within each partition; units come in the order of their first record. A
+/// batch of one is one record as it is.
+pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -> Vec<Unit> {
+    let Some(max_bytes) = pack.filter(|_| records.len() > 1) else {
         return records
             .iter()
             .enumerate()
@@ -55,16 +56,17 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: bool) -> Vec<Uni
                 members: vec![i],
             })
             .collect();
-    }
+    };
     let mut units: Vec<Unit> = Vec::new();
     // Per partition: the unit still filling, and its bytes so far.
     let mut open: HashMap<u32, (usize, usize)> = HashMap::new();
+    let max_bytes = max_bytes.saturating_sub(MAGIC.len());
     for (i, r) in records.iter().enumerate() {
         let partition = partition_for(&r.key, partitions);
-        let size = r.key.len() + r.payload.len();
+        let size = HEAD + r.key.len() + r.payload.len();
         match open.get_mut(&partition) {
             Some((u, bytes))
-                if units[*u].members.len() < MAX_ITEMS && *bytes + size <= MAX_BYTES =>
+                if units[*u].members.len() < MAX_ITEMS && *bytes + size <= max_bytes =>
             {
                 units[*u].members.push(i);
                 *bytes += size;
@@ -148,7 +150,7 @@ mod tests {
     #[test]
     fn a_batch_is_packed_per_partition_in_its_order_and_a_lone_record_is_not() {
         let records: Vec<Outgoing> = (0..40).map(|i| out(&format!("P{i}"), b"{}", i)).collect();
-        let units = plan(&records, 4, true);
+        let units = plan(&records, 4, Some(MAX_BYTES));
         assert!(units.len() <= 4, "{units:?}");
         let mut seen: Vec<usize> = units.iter().flat_map(|u| u.members.clone()).collect();
         for u in &units {
@@ -160,8 +162,8 @@ mod tests {
         assert!(units.windows(2).all(|w| w[0].members[0] < w[1].members[0]));
         seen.sort_unstable();
         assert_eq!(seen, (0..40).collect::<Vec<_>>(), "every record once");
-        assert_eq!(plan(&records[..1], 4, true).len(), 1);
-        assert_eq!(plan(&records, 4, false).len(), 40, "a topic not packed");
+        assert_eq!(plan(&records[..1], 4, Some(MAX_BYTES)).len(), 1);
+        assert_eq!(plan(&records, 4, None).len(), 40, "a topic not packed");
     }
 
     #[test]
@@ -169,25 +171,35 @@ mod tests {
         let many: Vec<Outgoing> = (0..MAX_ITEMS * 2 + 1)
             .map(|i| out("K", b"x", i as i64))
             .collect();
-        let sizes: Vec<usize> = plan(&many, 4, true)
-            .iter()
-            .map(|u| u.members.len())
-            .collect();
-        assert_eq!(sizes, vec![MAX_ITEMS, MAX_ITEMS, 1]);
+        let sizes = |records: &[Outgoing], max_bytes| -> Vec<usize> {
+            plan(records, 4, Some(max_bytes))
+                .iter()
+                .map(|u| u.members.len())
+                .collect()
+        };
+        assert_eq!(sizes(&many, MAX_BYTES), vec![MAX_ITEMS, MAX_ITEMS, 1]);
         let big = vec![b'x'; MAX_BYTES / 2];
         let large: Vec<Outgoing> = (0..5).map(|i| out("K", &big, i)).collect();
-        let sizes: Vec<usize> = plan(&large, 4, true)
-            .iter()
-            .map(|u| u.members.len())
-            .collect();
         assert_eq!(
-            sizes,
+            sizes(&large, MAX_BYTES),
             vec![1, 1, 1, 1, 1],
-            "key and payload over half the limit each"
+            "over half the limit each"
         );
         let one_over = vec![b'x'; MAX_BYTES + 10];
-        let units = plan(&[out("K", &one_over, 0), out("K", b"y", 1)], 4, true);
+        let units = plan(
+            &[out("K", &one_over, 0), out("K", b"y", 1)],
+            4,
+            Some(MAX_BYTES),
+        );
         assert_eq!(units.len(), 2, "a record over the limit goes alone");
+        // Under a lower limit every pack fits it whole, its magic and heads included.
+        let small: Vec<Outgoing> = (0..100).map(|i| out("K", &[b'x'; 40], i)).collect();
+        let units = plan(&small, 4, Some(1_000));
+        for u in &units {
+            let bytes = write(u.members.iter().map(|&m| &small[m])).len();
+            assert!(bytes <= 1_000, "{bytes} bytes");
+        }
+        assert_eq!(units.len(), 100usize.div_ceil((1_000 - 4) / (HEAD + 41)));
     }
 
     #[test]

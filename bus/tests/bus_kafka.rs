@@ -359,7 +359,16 @@ async fn a_packed_topic_carries_many_records_a_kafka_record_and_reads_back_as_se
             got.len()
         );
         let batch = c.poll(10, Duration::from_millis(500)).await.unwrap();
-        // A poll never ends inside a pack: what it holds of an offset is the whole pack.
+        // A poll never ends inside a pack: what it holds of an offset is the whole pack; and
+        // it holds more than it asked for only when one pack alone is more.
+        assert!(
+            batch.len() <= 10
+                || batch
+                    .iter()
+                    .all(|r| (r.partition, r.offset) == (batch[0].partition, batch[0].offset)),
+            "a poll of {} records from more than one pack",
+            batch.len()
+        );
         for r in &batch {
             let of_pack = batch
                 .iter()
@@ -414,22 +423,57 @@ async fn a_packed_topic_carries_many_records_a_kafka_record_and_reads_back_as_se
     assert_eq!(&back[0].key[..], b"K");
 }
 
-/// A pack the broker refuses fails every record in it, each with its own error; records sent
-/// alone beside it are unaffected.
+/// A pack the broker refuses (here a topic whose records may hold 2,000 bytes) fails every
+/// record in it, each with an error of its own; a record sent alone beside it lands. Under a
+/// producer's lower `message.max.bytes`, packs are cut to fit it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_pack_fails_every_record_it_carries() {
+async fn a_refused_pack_fails_every_record_it_carries_and_packs_fit_the_producers_limit() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let topic = unique("packfail");
-    let mut config = KafkaConfig::new(bootstrap());
-    config.packed_topics = vec![topic.clone()];
-    // librdkafka refuses a record over this before it reaches the broker.
-    config.extra = vec![("message.max.bytes".into(), "2000".into())];
-    let bus = KafkaBus::new(config).unwrap();
-    bus.ensure_topic(&topic, 1).await.unwrap();
-    let record = |i: usize| floodcmd_model::bus::Outgoing {
-        key: Bytes::from_static(b"K"),
-        payload: Bytes::from(vec![b'x'; 100 + i]),
-        timestamp_ms: stamp(0),
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let made = admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "2000")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    // Bytes LZ4 cannot shrink: the broker's limit is on the compressed batch.
+    let record = |i: usize| {
+        let mut x = 0x9e37_79b9_u32.wrapping_mul(i as u32 + 1);
+        let noise: Vec<u8> = (0..100 + i)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        floodcmd_model::bus::Outgoing {
+            key: Bytes::from_static(b"K"),
+            payload: Bytes::from(noise),
+            timestamp_ms: stamp(0),
+        }
     };
+    let bus = KafkaBus::new(KafkaConfig {
+        packed_topics: vec![topic.clone()],
+        ..KafkaConfig::new(bootstrap())
+    })
+    .unwrap();
+    // The topic may take a moment to be known everywhere.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while bus.partitions(&topic).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic} never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let acks = bus
         .producer()
         .send_batch(&topic, (0..40).map(record).collect())
@@ -440,4 +484,25 @@ async fn a_refused_pack_fails_every_record_it_carries() {
     }
     let alone = bus.producer().send_batch(&topic, vec![record(0)]).await;
     assert!(alone[0].is_ok(), "{alone:?}");
+    // Under a producer's own `message.max.bytes` of 4,300 a pack may hold 204 bytes: less
+    // than two of these records, so each goes alone (on a topic without the 2,000-byte limit,
+    // which librdkafka's own batching of many records would pass).
+    let roomy = unique("packlimit");
+    let mut config = KafkaConfig::new(bootstrap());
+    config.packed_topics = vec![roomy.clone()];
+    config.extra = vec![("message.max.bytes".into(), "4300".into())];
+    let bus = KafkaBus::new(config).unwrap();
+    bus.ensure_topic(&roomy, 1).await.unwrap();
+    let acks = bus
+        .producer()
+        .send_batch(&roomy, (0..40).map(record).collect())
+        .await;
+    assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    let offsets: std::collections::HashSet<u64> =
+        acks.iter().map(|a| a.as_ref().unwrap().offset).collect();
+    assert_eq!(
+        offsets.len(),
+        40,
+        "one record a Kafka record under that limit"
+    );
 }
