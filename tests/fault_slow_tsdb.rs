@@ -464,7 +464,7 @@ async fn a_slow_time_series_server_lags_the_sink_only_in_bounded_memory_and_lose
     let bound = (3 * batch_lines + floodcmd_bus::pack::MAX_ITEMS - 1) as i64;
     assert!(
         peak_pending <= bound,
-        "the sink held {peak_pending} records, more than in_flight + 1 = 3 batches of {batch_lines} and a pack"
+        "the sink's pending gauge read {peak_pending} records, more than in_flight + 1 = 3 batches of {batch_lines} and a pack"
     );
     let peak_rss = peak_rss.load(Ordering::Relaxed);
     eprintln!(

@@ -616,6 +616,7 @@ impl Bus for KafkaBus {
             assigned,
             skip_below: HashMap::new(),
             held: Default::default(),
+            packed: self.config.packed_topics.iter().any(|t| t == topic),
         }))
     }
 }
@@ -1165,9 +1166,11 @@ struct KafkaConsumer {
     assigned: Vec<u32>,
     /// After a seek, records fetched before it (below the new position) may still be queued.
     skip_below: HashMap<u32, u64>,
-    /// Whole messages taken from librdkafka that did not fit in the poll that took them
-    /// (packs unpacked, [`pack`]): the next poll starts with them.
+    /// Whole messages taken from librdkafka after the poll that took them was full (packs
+    /// unpacked, [`pack`]): the next poll starts with them.
     held: std::collections::VecDeque<Vec<Record>>,
+    /// The topic is one this bus packs (`KafkaConfig::packed_topics`).
+    packed: bool,
 }
 
 impl KafkaConsumer {
@@ -1252,20 +1255,24 @@ impl KafkaConsumer {
     /// rust-rdkafka's, so they bypass `tracing`.
     ///
     /// A message is never split between polls (a pack's records all come in one, so a commit
-    /// after a whole poll never falls inside a pack): a pack that does not fit in what is left
-    /// of `max` waits, with the messages taken after it, for the next poll, which starts with
-    /// them. A poll then holds more than `max` only when its first message alone does.
+    /// after a whole poll never falls inside a pack), and a poll stops short of `max` only when
+    /// librdkafka holds nothing more (a reader may take a short poll for caught up): the
+    /// message that reaches `max` is taken whole, so a poll holds up to `max` and one pack
+    /// more. On a topic this bus packs, a call asks for no more messages than full packs could
+    /// fill what is left, so none is taken past that one. A message taken past it (a topic
+    /// packed by a process that does not say so here) waits whole for the next poll.
     fn drain(&mut self, out: &mut Vec<Record>, max: usize) {
         use rdkafka::bindings as rd;
-        while let Some(first) = self.held.front() {
-            if !out.is_empty() && out.len() + first.len() > max {
-                return;
-            }
-            out.extend(self.held.pop_front().expect("checked"));
-        }
-        let mut batch = [std::ptr::null_mut::<rd::rd_kafka_message_t>(); CONSUME_CHUNK];
         while out.len() < max {
-            let want = (max - out.len()).min(CONSUME_CHUNK);
+            let Some(message) = self.held.pop_front() else {
+                break;
+            };
+            out.extend(message);
+        }
+        let per_message = if self.packed { pack::MAX_ITEMS } else { 1 };
+        let mut batch = [std::ptr::null_mut::<rd::rd_kafka_message_t>(); CONSUME_CHUNK];
+        while out.len() < max && self.held.is_empty() {
+            let want = ((max - out.len()) / per_message).clamp(1, CONSUME_CHUNK);
             // SAFETY: a live queue; `batch` has room for `want` pointers.
             let got = unsafe {
                 rd::rd_kafka_consume_batch_queue(self.queue.as_ptr(), 0, batch.as_mut_ptr(), want)
@@ -1311,18 +1318,16 @@ impl KafkaConsumer {
                         timestamp_ms,
                         out,
                     );
-                    // A message that overflows (only a pack can: `want` leaves room for one
-                    // record a message), and every one after it, waits whole.
-                    if out.len() > before
-                        && (out.len() > max && before > 0 || !self.held.is_empty())
-                    {
+                    // Taken after the poll was full (only packs can fill it before `want`
+                    // runs out): waits whole.
+                    if before >= max && out.len() > before {
                         self.held.push_back(out.split_off(before));
                     }
                 }
                 // SAFETY: each message is destroyed once, after its last use.
                 unsafe { rd::rd_kafka_message_destroy(m) };
             }
-            if got < want || !self.held.is_empty() {
+            if got < want {
                 return;
             }
         }
@@ -1368,9 +1373,10 @@ impl Consumer for KafkaConsumer {
 
     async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
         self.skip_below.insert(partition, offset);
-        // Read again from the new position, or passed over.
-        self.held
-            .retain(|m| m.first().is_none_or(|r| r.partition != partition));
+        // Assigning again sends every partition back to its position (the sought one, the
+        // others to their group's commit), and librdkafka drops what it held of them: so do
+        // these.
+        self.held.clear();
         let mut tpl = TopicPartitionList::new();
         for p in &self.assigned {
             let o = if *p == partition {

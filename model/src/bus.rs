@@ -206,8 +206,8 @@ pub trait Consumer: Send {
     /// Up to `max` records, waiting at most `timeout` for the first. Empty on timeout.
     ///
     /// Several records can share an offset (the Kafka bus's packs, `floodcmd_bus::pack`):
-    /// they come in the same poll, one after another, and more than `max` of them may come.
-    /// A position committed after handling a whole poll never falls among them.
+    /// they come in the same poll, one after another, so a poll can hold up to one pack more
+    /// than `max`. A position committed after handling a whole poll never falls among them.
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError>;
     /// Commit the group's position: `next` is the next offset to read in `partition`.
     async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError>;
