@@ -1337,6 +1337,8 @@ impl KafkaConsumer {
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        // At least one, as the embedded bus takes it: held messages go first.
+        let max = max.max(1);
         let mut out = Vec::new();
         if self.assigned.is_empty() {
             tokio::time::sleep(timeout).await;

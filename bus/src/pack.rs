@@ -8,8 +8,8 @@
 //!
 //! Readers see none of it: the Kafka consumer unpacks every pack it reads into the records it
 //! was made of (each its own key, payload and timestamp), all at the pack's offset, all in the
-//! same poll (which then holds up to one pack more than it asked for). Committing a position after handling a whole poll, as every reader here does,
-//! therefore never lands inside a pack. A reader of the topic that is not this bus (another
+//! same poll (which then holds up to one pack more than it asked for). Committing a position
+//! after handling a whole poll, as every reader here does, therefore never lands inside a pack. A reader of the topic that is not this bus (another
 //! client, a console consumer) sees the packs as they are.
 //!
 //! Layout: [`MAGIC`], then per record its key's length and its payload's (u32, little
