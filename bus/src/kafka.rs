@@ -664,8 +664,8 @@ impl BatchAck {
     fn new(n: usize, units: &[pack::Unit]) -> Arc<Self> {
         let packs: Box<[Box<[usize]>]> = units
             .iter()
-            .filter(|u| u.members.len() > 1)
-            .map(|u| u.members.clone().into_boxed_slice())
+            .filter(|u| !u.rest.is_empty())
+            .map(|u| u.members().collect())
             .collect();
         let mut pack_of = vec![0u32; n];
         for (k, members) in packs.iter().enumerate() {
@@ -995,8 +995,8 @@ impl KafkaProducer {
         let known = match self.topic(topic) {
             Ok(t) => t,
             Err(e) => {
-                let units = pack::plan(&records, 1, None);
-                let ack = BatchAck::new(records.len(), &units);
+                // No packs: each record fails alone.
+                let ack = BatchAck::new(records.len(), &[]);
                 let text = e.to_string();
                 for index in 0..records.len() {
                     // SAFETY: no record of this batch was handed to librdkafka, and none is
@@ -1017,31 +1017,28 @@ impl KafkaProducer {
         // the batch is not left waiting (and kept) for reports that will never come.
         let mut unsent = Unsent {
             ack: ack.clone(),
-            leads: units.iter().map(|u| u.members[0]).collect(),
+            leads: units.iter().map(|u| u.lead).collect(),
             next: 0,
             topic,
         };
         for (u, unit) in units.iter().enumerate() {
-            let lead = unit.members[0];
+            let lead = unit.lead;
             let packed;
-            let record = match &unit.members[..] {
-                [only] => {
-                    let r = &records[*only];
-                    (&r.key[..], &r.payload[..], r.timestamp_ms)
-                }
-                members => {
-                    packed = pack::write(members.iter().map(|&m| &records[m]));
-                    // Keyed as its first record (its partition is set, the key only says
-                    // whose it is to a reader that does not unpack). Stamped as its latest
-                    // record: a reader starting at a time (`offsets_for_time`) then starts at
-                    // or before every record of that time, never after one.
-                    let latest = members.iter().map(|&m| records[m].timestamp_ms).max();
-                    (
-                        &records[lead].key[..],
-                        &packed[..],
-                        latest.unwrap_or_default(),
-                    )
-                }
+            let record = if unit.rest.is_empty() {
+                let r = &records[lead];
+                (&r.key[..], &r.payload[..], r.timestamp_ms)
+            } else {
+                packed = pack::write(unit.members().map(|m| &records[m]));
+                // Keyed as its first record (its partition is set, the key only says whose it
+                // is to a reader that does not unpack). Stamped as its latest record: a reader
+                // starting at a time (`offsets_for_time`) then starts at or before every
+                // record of that time, never after one.
+                let latest = unit.members().map(|m| records[m].timestamp_ms).max();
+                (
+                    &records[lead].key[..],
+                    &packed[..],
+                    latest.unwrap_or_default(),
+                )
             };
             // A full local queue waits for room up to `queue_timeout`, then fails the record
             // with `Timeout` (the gateway's 429); records after it still get their chance.
@@ -1434,12 +1431,7 @@ mod tests {
 
     /// `n` records, each going out alone.
     fn alone(n: usize) -> Vec<pack::Unit> {
-        (0..n)
-            .map(|i| pack::Unit {
-                partition: 0,
-                members: vec![i],
-            })
-            .collect()
+        (0..n).map(|i| pack::Unit::of(0, &[i])).collect()
     }
 
     /// One report fills every slot of its pack, a failed one fails each of them, and a pack
@@ -1447,22 +1439,10 @@ mod tests {
     #[test]
     fn a_packs_report_fills_all_its_records_and_only_theirs() {
         let units = vec![
-            pack::Unit {
-                partition: 1,
-                members: vec![0, 2, 4],
-            },
-            pack::Unit {
-                partition: 0,
-                members: vec![1],
-            },
-            pack::Unit {
-                partition: 2,
-                members: vec![3, 5],
-            },
-            pack::Unit {
-                partition: 3,
-                members: vec![6, 7],
-            },
+            pack::Unit::of(1, &[0, 2, 4]),
+            pack::Unit::of(0, &[1]),
+            pack::Unit::of(2, &[3, 5]),
+            pack::Unit::of(3, &[6, 7]),
         ];
         let ack = BatchAck::new(8, &units);
         // SAFETY: each unit's first slot, reported once.

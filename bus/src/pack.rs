@@ -36,11 +36,37 @@ pub const MAX_BYTES: usize = 256 * 1024;
 const HEAD: usize = 4 + 4 + 8;
 
 /// One record to produce: its partition, and the places in the batch of the records it
-/// carries (one, or a pack's, in order).
+/// carries (one, or a pack's, in order). A record sent alone allocates nothing: every record
+/// of a topic not packed is one.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Unit {
     pub(crate) partition: u32,
-    pub(crate) members: Vec<usize>,
+    /// The first record's place.
+    pub(crate) lead: usize,
+    /// The places of a pack's records after the first; empty for a record sent alone.
+    pub(crate) rest: Vec<usize>,
+}
+
+impl Unit {
+    /// The unit carrying `members` (the first is its lead).
+    #[cfg(test)]
+    pub(crate) fn of(partition: u32, members: &[usize]) -> Unit {
+        Unit {
+            partition,
+            lead: members[0],
+            rest: members[1..].to_vec(),
+        }
+    }
+
+    /// The places of the records it carries, in order.
+    pub(crate) fn members(&self) -> impl Iterator<Item = usize> + Clone + '_ {
+        std::iter::once(self.lead).chain(self.rest.iter().copied())
+    }
+
+    /// How many records it carries.
+    pub(crate) fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
 }
 
 /// How a batch goes out: packed per partition (with `pack`, the bytes a pack may hold), in
@@ -53,7 +79,8 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -
             .enumerate()
             .map(|(i, r)| Unit {
                 partition: partition_for(&r.key, partitions),
-                members: vec![i],
+                lead: i,
+                rest: Vec::new(),
             })
             .collect();
     };
@@ -65,17 +92,16 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -
         let partition = partition_for(&r.key, partitions);
         let size = HEAD + r.key.len() + r.payload.len();
         match open.get_mut(&partition) {
-            Some((u, bytes))
-                if units[*u].members.len() < MAX_ITEMS && *bytes + size <= max_bytes =>
-            {
-                units[*u].members.push(i);
+            Some((u, bytes)) if units[*u].len() < MAX_ITEMS && *bytes + size <= max_bytes => {
+                units[*u].rest.push(i);
                 *bytes += size;
             }
             _ => {
                 open.insert(partition, (units.len(), size));
                 units.push(Unit {
                     partition,
-                    members: vec![i],
+                    lead: i,
+                    rest: Vec::new(),
                 });
             }
         }
@@ -152,14 +178,15 @@ mod tests {
         let records: Vec<Outgoing> = (0..40).map(|i| out(&format!("P{i}"), b"{}", i)).collect();
         let units = plan(&records, 4, Some(MAX_BYTES));
         assert!(units.len() <= 4, "{units:?}");
-        let mut seen: Vec<usize> = units.iter().flat_map(|u| u.members.clone()).collect();
+        let mut seen: Vec<usize> = units.iter().flat_map(Unit::members).collect();
         for u in &units {
-            assert!(u.members.windows(2).all(|w| w[0] < w[1]), "in order");
-            for &m in &u.members {
+            let members: Vec<usize> = u.members().collect();
+            assert!(members.windows(2).all(|w| w[0] < w[1]), "in order");
+            for m in members {
                 assert_eq!(partition_for(&records[m].key, 4), u.partition);
             }
         }
-        assert!(units.windows(2).all(|w| w[0].members[0] < w[1].members[0]));
+        assert!(units.windows(2).all(|w| w[0].lead < w[1].lead));
         seen.sort_unstable();
         assert_eq!(seen, (0..40).collect::<Vec<_>>(), "every record once");
         assert_eq!(plan(&records[..1], 4, Some(MAX_BYTES)).len(), 1);
@@ -174,7 +201,7 @@ mod tests {
         let sizes = |records: &[Outgoing], max_bytes| -> Vec<usize> {
             plan(records, 4, Some(max_bytes))
                 .iter()
-                .map(|u| u.members.len())
+                .map(Unit::len)
                 .collect()
         };
         assert_eq!(sizes(&many, MAX_BYTES), vec![MAX_ITEMS, MAX_ITEMS, 1]);
@@ -196,7 +223,7 @@ mod tests {
         let small: Vec<Outgoing> = (0..100).map(|i| out("K", &[b'x'; 40], i)).collect();
         let units = plan(&small, 4, Some(1_000));
         for u in &units {
-            let bytes = write(u.members.iter().map(|&m| &small[m])).len();
+            let bytes = write(u.members().map(|m| &small[m])).len();
             assert!(bytes <= 1_000, "{bytes} bytes");
         }
         assert_eq!(units.len(), 100usize.div_ceil((1_000 - 4) / (HEAD + 41)));
