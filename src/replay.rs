@@ -176,9 +176,8 @@ async fn collect<T: serde::de::DeserializeOwned + Send + 'static>(
                 Err(e) => tracing::error!(topic, error = %e, "replay: undecodable output"),
             }
         }
-        for (p, n) in next {
-            consumer.commit(p, n).await?;
-        }
+        let positions: Vec<(u32, u64)> = next.into_iter().collect();
+        consumer.commit_all(&positions).await?;
     }
 }
 

@@ -661,9 +661,8 @@ pub async fn run_sender(
         for r in &batch {
             last.insert(r.partition, r.offset + 1);
         }
-        for (p, next) in last {
-            outbox.commit(p, next).await?;
-        }
+        let positions: Vec<(u32, u64)> = last.into_iter().collect();
+        outbox.commit_all(&positions).await?;
         retrying.clear();
     }
     follower.abort();

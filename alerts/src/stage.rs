@@ -147,10 +147,8 @@ async fn commit_batch(consumer: &mut Box<dyn Consumer>, batch: &[Record]) -> Res
     for r in batch {
         last.insert(r.partition, r.offset + 1);
     }
-    for (p, next) in last {
-        consumer.commit(p, next).await?;
-    }
-    Ok(())
+    let positions: Vec<(u32, u64)> = last.into_iter().collect();
+    consumer.commit_all(&positions).await
 }
 
 /// Read a whole topic from its first retained record to its current end.

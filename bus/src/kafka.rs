@@ -1370,6 +1370,20 @@ impl Consumer for KafkaConsumer {
             .map_err(client_err)
     }
 
+    async fn commit_all(&mut self, positions: &[(u32, u64)]) -> Result<(), BusError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in positions {
+            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next as i64))
+                .map_err(client_err)?;
+        }
+        self.inner
+            .commit(&tpl, CommitMode::Async)
+            .map_err(client_err)
+    }
+
     async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
         self.skip_below.insert(partition, offset);
         // Assigning again sends every partition back to its position (the sought one, the

@@ -146,6 +146,65 @@ async fn last_commits_of_several_partitions_are_the_groups_and_survive_letting_t
     );
 }
 
+/// Positions of several partitions committed together (one request, not waited for) become
+/// the group's, each partition its own, and a consumer of the group resumes at each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_of_several_partitions_committed_together_are_each_the_groups() {
+    let bus = bus().await;
+    let topic = unique("together");
+    bus.ensure_topic(&topic, 3).await.unwrap();
+    let p = bus.producer();
+    for i in 0..90u32 {
+        p.send(
+            &topic,
+            format!("k{i}").as_bytes(),
+            Bytes::from(i.to_string()),
+            stamp(i as i64),
+        )
+        .await
+        .unwrap();
+    }
+    let ends = bus.end_offsets(&topic).await.unwrap();
+    assert!(
+        ends.iter().all(|e| *e >= 3),
+        "every partition holds a few: {ends:?}"
+    );
+    let mut c = bus
+        .consumer("g-together", &topic, Assignment::All)
+        .await
+        .unwrap();
+    read_n(&mut c, 90).await;
+    // A different position in each partition: a commit that mixed them up would show.
+    let positions: Vec<(u32, u64)> = (0..3).map(|p| (p, ends[p as usize] - p as u64)).collect();
+    c.commit_all(&positions).await.unwrap();
+    let want: Vec<Option<u64>> = positions.iter().map(|(_, n)| Some(*n)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let committed = bus.committed("g-together", &topic).await.unwrap();
+        if committed == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group has {committed:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.let_go();
+    let mut again = bus
+        .consumer("g-together", &topic, Assignment::All)
+        .await
+        .unwrap();
+    let rest = read_n(&mut again, 3).await;
+    let mut at: Vec<(u32, u64)> = rest.iter().map(|r| (r.partition, r.offset)).collect();
+    at.sort();
+    assert_eq!(
+        at,
+        vec![(1, ends[1] - 1), (2, ends[2] - 2), (2, ends[2] - 1)],
+        "the group resumes at each partition's own position"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_at_its_groups_commit() {
     let bus = bus().await;

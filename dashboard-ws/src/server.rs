@@ -442,9 +442,8 @@ impl Follower {
                             }
                         }
                     }
-                    for (p, next) in last {
-                        consumer.commit(p, next).await?;
-                    }
+                    let positions: Vec<(u32, u64)> = last.into_iter().collect();
+                    consumer.commit_all(&positions).await?;
                     if batch.len() < batch_size {
                         caught_up = true;
                         if let Some(pacer) = pacer.as_mut() {

@@ -211,6 +211,16 @@ pub trait Consumer: Send {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError>;
     /// Commit the group's position: `next` is the next offset to read in `partition`.
     async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError>;
+    /// Commit several partitions' positions (`(partition, next offset)`) at once, without
+    /// waiting for the bus to answer. Kafka's sends them in one request: the group
+    /// coordinator's work is per request, and a reader of many partitions committed each
+    /// in a request of its own.
+    async fn commit_all(&mut self, positions: &[(u32, u64)]) -> Result<(), BusError> {
+        for (partition, next) in positions {
+            self.commit(*partition, *next).await?;
+        }
+        Ok(())
+    }
     /// Read `partition` from `offset` on (replays and archives start at a time's offsets).
     async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError>;
 

@@ -546,9 +546,11 @@ pub async fn run_sink(
                     (STATUS, &mut status),
                     (ALERTS, &mut alerts),
                 ] {
-                    for (&p, &next) in &delivered.next[topic] {
-                        consumer.commit(p, next).await?;
-                    }
+                    let positions: Vec<(u32, u64)> = delivered.next[topic]
+                        .iter()
+                        .map(|(p, n)| (*p, *n))
+                        .collect();
+                    consumer.commit_all(&positions).await?;
                 }
                 tracing::debug!(records = delivered.records, "batch stored and committed");
             }

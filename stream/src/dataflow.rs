@@ -27,7 +27,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::{Probe, UnorderedInput};
 use timely::dataflow::operators::generic::Operator;
@@ -449,6 +449,12 @@ struct BoundedEnd {
     finished: std::sync::atomic::AtomicUsize,
     max_event_s: std::sync::atomic::AtomicU64,
 }
+
+/// How often a worker commits at most. Live, epochs close about once a second and so do
+/// commits; reading a backlog (a restart after an outage, a bench), epochs close as fast as
+/// they are read and a commit each was work for the group coordinator on the broker, which
+/// shares the machine. A commit held back only makes a restart read a little more again.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
 /// Readings the spare epoch vectors of one pool may have room for, all together, at most (a
 /// few MiB).
@@ -933,6 +939,10 @@ impl WorkerContext {
         let mut pending: BTreeMap<u32, VecDeque<(u64, u64)>> = BTreeMap::new();
         // The last position committed per partition, to commit again when the stage ends.
         let mut committed_next: BTreeMap<u32, u64> = BTreeMap::new();
+        // Positions whose outputs are all on the bus, not committed yet, and when this worker
+        // last committed: see `COMMIT_EVERY`.
+        let mut due: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut last_commit: Option<Instant> = None;
         let m = metrics();
         let mut published_end = false;
         // A worker re-reading its history after a restart holds its capability where it is
@@ -1228,10 +1238,20 @@ impl WorkerContext {
                     while queue.front().is_some_and(|(t, _)| !probe.less_equal(t)) {
                         last = queue.pop_front().map(|(_, next)| next);
                     }
-                    if let (Some(next), Some(c)) = (last, consumer.as_mut()) {
-                        self.rt.block_on(c.commit(*p, next))?;
-                        committed_next.insert(*p, next);
+                    if let (Some(next), true) = (last, consumer.is_some()) {
+                        due.insert(*p, next);
                     }
+                }
+            }
+            // Whatever `due` holds was safe to commit when it was noted, so it is sent even
+            // once an output is given up, as it would have been at once.
+            if let (Some(c), false) = (consumer.as_mut(), due.is_empty()) {
+                let now = Instant::now();
+                if last_commit.is_none_or(|at| now.duration_since(at) >= COMMIT_EVERY) {
+                    let positions: Vec<(u32, u64)> = due.iter().map(|(p, n)| (*p, *n)).collect();
+                    self.rt.block_on(c.commit_all(&positions))?;
+                    committed_next.append(&mut due);
+                    last_commit = Some(now);
                 }
             }
             if cap.is_none() && probe.done() {
@@ -1246,6 +1266,7 @@ impl WorkerContext {
         // that librdkafka retries and lands after it, is what a crash here would leave: the
         // records after the group's position are read again, never skipped.
         if let Some(mut c) = consumer {
+            committed_next.append(&mut due);
             let last: Vec<(u32, u64)> = committed_next.into_iter().collect();
             if let Err(e) = self.rt.block_on(c.commit_last(&last)) {
                 tracing::warn!(worker = index, error = %e, "the stage's last commit failed; a restart reads again what followed the group's position");
