@@ -99,9 +99,11 @@ pub async fn connect_bus(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             cfg.min_insync_replicas = settings.min_insync_replicas as i32;
-            // About one status per reading: one Kafka record each, librdkafka and the broker
-            // spent more on them than on the readings (`floodcmd_bus::pack`).
-            cfg.packed_topics = vec![topics.status()];
+            // About one status per reading, and a transition per five: one Kafka record each,
+            // librdkafka and the broker spent more on them than on the readings
+            // (`floodcmd_bus::pack`). The alerts stage tells a pack's transitions apart by
+            // their place at the pack's offset (`InputOffset::index`).
+            cfg.packed_topics = vec![topics.status(), topics.alerts()];
             (Arc::new(KafkaBus::new(cfg)?), None)
         }
     };

@@ -50,8 +50,9 @@ pub struct IncidentBook {
     notified: HashSet<String>,
     /// The last closed water incident of each point: a flapping point's next raise reopens it.
     last_closed_water: BTreeMap<String, Incident>,
-    /// Highest input offset applied, per (topic leaf, partition).
-    applied: BTreeMap<(String, u32), u64>,
+    /// Furthest input applied, per (topic leaf, partition): offset, then place among the
+    /// records at that offset (a pack's members).
+    applied: BTreeMap<(String, u32), (u64, u32)>,
 }
 
 type Key = (String, ProblemKey);
@@ -178,8 +179,8 @@ impl IncidentBook {
                 let slot = self
                     .applied
                     .entry((src.topic.clone(), src.partition))
-                    .or_insert(src.offset);
-                *slot = (*slot).max(src.offset);
+                    .or_insert(src.position());
+                *slot = (*slot).max(src.position());
             }
             latest.insert(inc.id.clone(), inc);
         }
@@ -211,7 +212,7 @@ impl IncidentBook {
     pub fn already_applied(&self, at: &InputOffset) -> bool {
         self.applied
             .get(&(at.topic.clone(), at.partition))
-            .is_some_and(|&o| at.offset <= o)
+            .is_some_and(|&o| at.position() <= o)
     }
 
     fn mark_applied(&mut self, source: &Option<InputOffset>, out: &mut [Effect]) {
@@ -219,8 +220,8 @@ impl IncidentBook {
         let slot = self
             .applied
             .entry((src.topic.clone(), src.partition))
-            .or_insert(src.offset);
-        *slot = (*slot).max(src.offset);
+            .or_insert(src.position());
+        *slot = (*slot).max(src.position());
         for e in out.iter_mut() {
             if let Effect::Incident(i) = e {
                 i.source = Some(src.clone());

@@ -189,12 +189,28 @@ pub async fn read_to_end(bus: &dyn Bus, group: &str, topic: &str) -> Result<Vec<
     Ok(out)
 }
 
-fn source(leaf: &str, rec: &Record) -> InputOffset {
-    InputOffset {
-        topic: leaf.into(),
-        partition: rec.partition,
-        offset: rec.offset,
-    }
+/// Each record of a poll with its position: its offset, and its place among the records at
+/// that offset. A packed topic's records share their pack's offset (`floodcmd_bus::pack`) and
+/// a pack comes whole in one poll, its members one after another, so counting them within the
+/// poll gives each the same place every time it is read.
+fn sources<'a>(
+    leaf: &'a str,
+    batch: &'a [Record],
+) -> impl Iterator<Item = (&'a Record, InputOffset)> + 'a {
+    let mut previous: Option<(u32, u64)> = None;
+    let mut index = 0u32;
+    batch.iter().map(move |rec| {
+        let at = (rec.partition, rec.offset);
+        index = if previous == Some(at) { index + 1 } else { 0 };
+        previous = Some(at);
+        let src = InputOffset {
+            topic: leaf.into(),
+            partition: rec.partition,
+            offset: rec.offset,
+            index,
+        };
+        (rec, src)
+    })
 }
 
 /// Effects on the bus in the book's order: notifications before the incident that records them.
@@ -257,8 +273,7 @@ pub async fn run_alerts(
             _ = shutdown.changed() => {}
             batch = alerts.poll(512, wait) => {
                 let batch = batch?;
-                for rec in &batch {
-                    let src = source("alerts", rec);
+                for (rec, src) in sources("alerts", &batch) {
                     if book.already_applied(&src) {
                         continue;
                     }
@@ -275,8 +290,7 @@ pub async fn run_alerts(
             }
             batch = actions.poll(512, wait) => {
                 let batch = batch?;
-                for rec in &batch {
-                    let src = source("actions", rec);
+                for (rec, src) in sources("actions", &batch) {
                     if book.already_applied(&src) {
                         continue;
                     }
@@ -316,4 +330,57 @@ pub async fn run_alerts(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sources;
+    use floodcmd_model::bus::Record;
+
+    fn at(partition: u32, offset: u64) -> Record {
+        Record {
+            topic: "t".into(),
+            partition,
+            offset,
+            key: bytes::Bytes::new(),
+            payload: bytes::Bytes::new(),
+            timestamp_ms: 0,
+        }
+    }
+
+    /// A pack's members (one offset, one after another) are numbered in order; a record
+    /// alone, or the first of the next pack, is 0, and partitions never mix.
+    #[test]
+    fn the_records_at_one_offset_are_numbered_in_order() {
+        let batch = [
+            at(0, 5),
+            at(0, 5),
+            at(0, 5),
+            at(1, 5),
+            at(1, 5),
+            at(0, 6),
+            at(0, 7),
+            at(0, 7),
+        ];
+        let got: Vec<(u32, u64, u32)> = sources("alerts", &batch)
+            .map(|(rec, src)| {
+                assert_eq!((src.partition, src.offset), (rec.partition, rec.offset));
+                assert_eq!(src.topic, "alerts");
+                (src.partition, src.offset, src.index)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 5, 0),
+                (0, 5, 1),
+                (0, 5, 2),
+                (1, 5, 0),
+                (1, 5, 1),
+                (0, 6, 0),
+                (0, 7, 0),
+                (0, 7, 1),
+            ]
+        );
+    }
 }

@@ -413,6 +413,7 @@ fn a_restored_book_carries_on_where_the_old_one_stopped() {
             topic: "alerts".into(),
             partition: 0,
             offset: o,
+            index: 0,
         })
     };
     keep(&book.apply_transition(
@@ -465,6 +466,104 @@ fn a_restored_book_carries_on_where_the_old_one_stopped() {
         T0 + 1300 * S,
     );
     assert!(notes(&again).is_empty());
+}
+
+/// Transitions packed in one Kafka record share its offset, told apart by their place at it.
+/// A book restored from what was published after the first two of a pack of three skips
+/// those two, applies the third, and ends as the book that applied all three did.
+#[test]
+fn a_restored_book_skips_a_packs_applied_members_and_applies_the_rest() {
+    let at = |index: u32| {
+        Some(floodcmd_model::event::InputOffset {
+            topic: "alerts".into(),
+            partition: 2,
+            offset: 40,
+            index,
+        })
+    };
+    let pack = [
+        tr(
+            "UP-09",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Yellow,
+            T0,
+        ),
+        tr(
+            "LP-01",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Blue,
+            T0,
+        ),
+        tr(
+            "UP-09",
+            TransitionKind::Upgraded,
+            Level::Yellow,
+            Level::Red,
+            T0,
+        ),
+    ];
+    let incidents = |e: &[Effect]| -> Vec<Incident> {
+        e.iter()
+            .filter_map(|x| match x {
+                Effect::Incident(i) => Some(i.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut whole = IncidentBook::new(district(), false);
+    let mut published = Vec::new();
+    for (i, t) in pack.iter().enumerate().take(2) {
+        published.extend(incidents(&whole.apply_transition(t, T0, at(i as u32))));
+    }
+    let last = incidents(&whole.apply_transition(&pack[2], T0, at(2)));
+    assert!(!last.is_empty(), "the upgrade changes an incident");
+    assert_eq!(
+        last[0].source,
+        at(2),
+        "a version names its input's place in the pack"
+    );
+
+    // The stage stopped after the second member's effects were on the bus.
+    let mut restored = IncidentBook::new(district(), false);
+    restored.restore(published);
+    let mut replayed = Vec::new();
+    for (i, t) in pack.iter().enumerate() {
+        let src = at(i as u32);
+        if restored.already_applied(src.as_ref().unwrap()) {
+            continue;
+        }
+        replayed.push(i);
+        restored.apply_transition(t, T0, src);
+    }
+    assert_eq!(
+        replayed,
+        vec![2],
+        "only the member not yet applied is applied"
+    );
+    let state = |b: &IncidentBook| {
+        let mut v: Vec<(String, Level, usize)> = b
+            .open()
+            .into_iter()
+            .map(|i| (i.point_id.clone(), i.level, i.steps.len()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(state(&restored), state(&whole));
+    assert!(state(&whole)
+        .iter()
+        .any(|(p, l, _)| p == "UP-09" && *l == Level::Red));
+    // A record alone at the next offset is not taken for applied.
+    assert!(
+        !restored.already_applied(&floodcmd_model::event::InputOffset {
+            topic: "alerts".into(),
+            partition: 2,
+            offset: 41,
+            index: 0,
+        })
+    );
 }
 
 /// The book keeps its open incidents' deadlines indexed; after every kind of change (raise,

@@ -555,9 +555,9 @@ pub async fn kafka_throughput(
     let other = |e: floodcmd_model::bus::BusError| BenchError::Other(e.to_string());
     let run_id = crate::kafka::run_name();
     let topics = Topics::new(format!("benchstream{run_id}"));
-    // Statuses packed, as the stage's bus packs them (`floodcmd_bus::pack`).
+    // Statuses and transitions packed, as the stage's bus packs them (`floodcmd_bus::pack`).
     let bus = KafkaBus::new(KafkaConfig {
-        packed_topics: vec![topics.status()],
+        packed_topics: vec![topics.status(), topics.alerts()],
         ..KafkaConfig::new(bootstrap)
     })
     .map_err(other)?;

@@ -254,6 +254,22 @@ pub struct InputOffset {
     pub partition: u32,
     /// Offset.
     pub offset: u64,
+    /// The record's place among the records at `offset`: the Kafka bus packs many records
+    /// into one Kafka record, and its members share the pack's offset. 0 for a record alone
+    /// (and in versions written before packs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub index: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl InputOffset {
+    /// Where this input stands in its partition: offset, then place among the records at it.
+    pub fn position(&self) -> (u64, u32) {
+        (self.offset, self.index)
+    }
 }
 
 /// Where an escalation step stands.
