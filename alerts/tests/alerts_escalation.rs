@@ -525,7 +525,18 @@ fn a_restored_book_skips_a_packs_applied_members_and_applies_the_rest() {
         "a version names its input's place in the pack"
     );
 
-    // The stage stopped after the second member's effects were on the bus.
+    // The stage stopped after the second member's effects were on the bus; a restart reads
+    // them back from the incidents topic, as JSON.
+    let published: Vec<Incident> = published
+        .iter()
+        .map(|i| {
+            floodcmd_model::codec::decode(&floodcmd_model::codec::encode(i)).expect("round trip")
+        })
+        .collect();
+    assert!(
+        published.iter().any(|i| i.source == at(1)),
+        "the place in the pack survives the incidents topic"
+    );
     let mut restored = IncidentBook::new(district(), false);
     restored.restore(published);
     let mut replayed = Vec::new();

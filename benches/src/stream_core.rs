@@ -533,8 +533,8 @@ const PACKED: usize = 256;
 /// between. The stage writes more outputs than it reads readings, and bigger ones; the pipe
 /// says what the broker and librdkafka leave for the rules on this machine. The pipe runs
 /// twice with the outputs one to a record and twice packed [`PACKED`] to a record, which is
-/// near what the stage does now: its bus packs statuses up to `floodcmd_bus::pack::MAX_ITEMS`
-/// a record and writes transitions one each. (The stage's outputs are counted from its own
+/// near what the stage does now: its bus packs statuses and transitions up to
+/// `floodcmd_bus::pack::MAX_ITEMS` a record. (The stage's outputs are counted from its own
 /// counter, `floodcmd_stream::outputs_total`, since the topics' records count packs; they are
 /// sampled through the bus, which unpacks them.) Between the stage's runs and the pipes, the same stage runs once in process (1
 /// worker, outputs let go) for what its rules cost without Kafka; the pipe's CPU plus that is

@@ -1,7 +1,7 @@
 //! Packs: many records of one partition carried in one Kafka record.
 //!
-//! The stream stage writes about one status per reading. One Kafka record each, librdkafka and
-//! the broker spent more on the statuses than on reading the readings (the `stream-kafka`
+//! The stream stage writes about one status per reading, and a transition per five. One Kafka
+//! record each, librdkafka and the broker spent more on them than on reading the readings (the `stream-kafka`
 //! bench's raw pipe: 2.8 core-µs per reading written one to a record, 1.5 packed). So the Kafka
 //! bus packs the records of a topic named in [`crate::KafkaConfig::packed_topics`]: one batch
 //! handed over, per partition, in order, up to [`MAX_ITEMS`] records or [`MAX_BYTES`] a pack.

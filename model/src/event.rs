@@ -642,3 +642,47 @@ pub struct Delivery {
     /// Processing time.
     pub at_ms: Millis,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::InputOffset;
+
+    /// A record alone is written as before packs (no `index`), and a version written before
+    /// packs reads as a record alone: incidents already on the topic keep their meaning.
+    #[test]
+    fn an_input_offsets_place_is_written_only_inside_a_pack() {
+        let alone = InputOffset {
+            topic: "alerts".into(),
+            partition: 3,
+            offset: 17,
+            index: 0,
+        };
+        let json = serde_json::to_string(&alone).unwrap();
+        assert_eq!(json, r#"{"topic":"alerts","partition":3,"offset":17}"#);
+        assert_eq!(serde_json::from_str::<InputOffset>(&json).unwrap(), alone);
+        let member = InputOffset { index: 4, ..alone };
+        let json = serde_json::to_string(&member).unwrap();
+        assert_eq!(
+            json,
+            r#"{"topic":"alerts","partition":3,"offset":17,"index":4}"#
+        );
+        assert_eq!(serde_json::from_str::<InputOffset>(&json).unwrap(), member);
+        assert!(
+            member.position()
+                > InputOffset {
+                    index: 3,
+                    ..member.clone()
+                }
+                .position()
+        );
+        assert!(
+            member.position()
+                < InputOffset {
+                    offset: 18,
+                    index: 0,
+                    ..member.clone()
+                }
+                .position()
+        );
+    }
+}

@@ -7,8 +7,8 @@
 //! sink encodes the next). When the next is full (`batch_lines` records) or old enough
 //! (`flush`) and `in_flight` batches are still being written, consuming stops until the oldest
 //! is answered: memory holds at most `in_flight + 1` batches however long the server is away
-//! (each over `batch_lines` by at most one pack of statuses less one record: a poll takes a
-//! pack whole, `floodcmd_bus::pack`).
+//! (each over `batch_lines` by at most one pack less one record: a poll takes a pack whole,
+//! `floodcmd_bus::pack`).
 //!
 //! A batch is written until the server stores it: with exponential backoff while it is down or
 //! slow; split in halves while it refuses data, until the one line it refuses is left, which
