@@ -433,12 +433,14 @@ mod tests {
             key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
             payload: encode(r),
             timestamp_ms: r.ts_ms,
+            key_hash: None,
         })
         .collect();
         records.push(Outgoing {
             key: bytes::Bytes::from_static(b"WL-UP-01"),
             payload: bytes::Bytes::from_static(b"{not a reading"),
             timestamp_ms: t0,
+            key_hash: None,
         });
         for r in bus.producer().send_batch(&topics.readings(), records).await {
             r.unwrap();
@@ -536,6 +538,7 @@ mod tests {
                 key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
                 payload: encode(&r),
                 timestamp_ms: r.ts_ms,
+                key_hash: None,
             })
             .collect();
         for r in inner

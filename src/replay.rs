@@ -502,6 +502,7 @@ pub async fn replay_paced(
                 key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
                 payload: encode(r),
                 timestamp_ms: r.ts_ms,
+                key_hash: None,
             });
             next += 1;
         }

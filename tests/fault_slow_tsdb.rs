@@ -310,6 +310,7 @@ async fn a_slow_time_series_server_lags_the_sink_only_in_bounded_memory_and_lose
         key: bytes::Bytes::copy_from_slice(key.as_bytes()),
         payload,
         timestamp_ms: ts,
+        key_hash: None,
     };
     let sent = producer
         .send_batch(

@@ -70,6 +70,7 @@ fn record(r: &Reading, timestamp_ms: Millis) -> Outgoing {
         key: Bytes::copy_from_slice(r.sensor.as_bytes()),
         payload: encode(r),
         timestamp_ms,
+        key_hash: None,
     }
 }
 
@@ -114,6 +115,7 @@ async fn produce(
         key: Bytes::from_static(b"WL-UP-01"),
         payload: Bytes::from_static(b"{\"sensor\":\"WL-UP-01\",\"ts_ms\":"),
         timestamp_ms: from + MINUTE,
+        key_hash: None,
     });
     for r in bus.producer().send_batch(&topics.readings(), records).await {
         r.unwrap();

@@ -590,6 +590,7 @@ pub async fn kafka_throughput(
             key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
             payload: encode(&r),
             timestamp_ms: stamped_ms,
+            key_hash: None,
         });
         if batch.len() == 10_000 || i + 1 == readings {
             for res in producer

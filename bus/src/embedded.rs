@@ -317,7 +317,7 @@ impl Producer for EmbeddedProducer {
         let mut by_partition: Vec<Vec<(usize, Outgoing)>> =
             (0..n).map(|_| Vec::with_capacity(share)).collect();
         for (i, r) in records.into_iter().enumerate() {
-            by_partition[partition_for(&r.key, n) as usize].push((i, r));
+            by_partition[r.partition(n) as usize].push((i, r));
         }
         let mut overflow = Vec::new();
         for (partition, items) in by_partition.into_iter().enumerate() {

@@ -1131,6 +1131,7 @@ impl Producer for KafkaProducer {
             key: Bytes::copy_from_slice(key),
             payload,
             timestamp_ms,
+            key_hash: None,
         };
         self.send_batch(topic, vec![one])
             .await

@@ -19,7 +19,7 @@
 //! reader to refuse (and dead-letter) as it would any undecodable record.
 
 use bytes::{BufMut, Bytes};
-use floodcmd_model::bus::{partition_for, Outgoing};
+use floodcmd_model::bus::Outgoing;
 use std::collections::HashMap;
 
 /// What a pack starts with: a NUL, `fp` (floodcmd pack) and the layout's version.
@@ -78,7 +78,7 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -
             .iter()
             .enumerate()
             .map(|(i, r)| Unit {
-                partition: partition_for(&r.key, partitions),
+                partition: r.partition(partitions),
                 lead: i,
                 rest: Vec::new(),
             })
@@ -89,7 +89,7 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -
     let mut open: HashMap<u32, (usize, usize)> = HashMap::new();
     let max_bytes = max_bytes.saturating_sub(MAGIC.len());
     for (i, r) in records.iter().enumerate() {
-        let partition = partition_for(&r.key, partitions);
+        let partition = r.partition(partitions);
         let size = HEAD + r.key.len() + r.payload.len();
         match open.get_mut(&partition) {
             Some((u, bytes)) if units[*u].len() < MAX_ITEMS && *bytes + size <= max_bytes => {
@@ -163,6 +163,7 @@ pub fn unpack(pack: &Bytes) -> Option<Vec<(Bytes, Bytes, i64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use floodcmd_model::bus::{murmur2, partition_for};
     use proptest::prelude::*;
 
     fn out(key: &str, payload: &[u8], ts: i64) -> Outgoing {
@@ -170,6 +171,35 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             payload: Bytes::copy_from_slice(payload),
             timestamp_ms: ts,
+            key_hash: None,
+        }
+    }
+
+    /// A key's hash handed in by the caller places its record where the key's own would, packed
+    /// or not.
+    #[test]
+    fn a_key_hash_given_plans_as_the_key_itself_does() {
+        let records: Vec<Outgoing> = (0..300)
+            .map(|i| out(&format!("UP-{i:03}"), b"{}", i))
+            .collect();
+        let hashed: Vec<Outgoing> = records
+            .iter()
+            .map(|r| Outgoing {
+                key_hash: Some(murmur2(&r.key)),
+                ..r.clone()
+            })
+            .collect();
+        for (partitions, pack) in [(4, Some(MAX_BYTES)), (7, None), (1, Some(MAX_BYTES))] {
+            let a = plan(&records, partitions, pack);
+            let b = plan(&hashed, partitions, pack);
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.partition, y.partition);
+                assert_eq!(
+                    x.members().collect::<Vec<_>>(),
+                    y.members().collect::<Vec<_>>()
+                );
+            }
         }
     }
 
@@ -273,6 +303,7 @@ mod tests {
                     key: Bytes::copy_from_slice(k),
                     payload: Bytes::copy_from_slice(p),
                     timestamp_ms: *t,
+                    key_hash: None,
                 })
                 .collect();
             let pack = Bytes::from(write(records.iter()));

@@ -69,6 +69,7 @@ async fn a_batch_larger_than_a_partition_waits_for_room_and_keeps_every_key_in_o
             key: Bytes::from(format!("k{}", i % 5)),
             payload: Bytes::from(i.to_string()),
             timestamp_ms: i as i64,
+            key_hash: None,
         })
         .collect();
     let sender = tokio::spawn(async move { producer.send_batch("t", records).await });

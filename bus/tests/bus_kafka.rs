@@ -429,6 +429,7 @@ async fn a_packed_topic_carries_many_records_a_kafka_record_and_reads_back_as_se
             key: Bytes::from(format!("P{}", i % 37)),
             payload: Bytes::from(format!("{{\"i\":{i}}}")),
             timestamp_ms: stamp(i as i64),
+            key_hash: None,
         })
         .collect();
     let acks = bus.producer().hand_over(&topic, sent.clone()).await.await;
@@ -534,6 +535,7 @@ async fn a_refused_pack_fails_every_record_it_carries_and_packs_fit_the_producer
             key: Bytes::from_static(b"K"),
             payload: Bytes::from(noise),
             timestamp_ms: stamp(0),
+            key_hash: None,
         }
     };
     let bus = KafkaBus::new(KafkaConfig {

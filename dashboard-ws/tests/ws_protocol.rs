@@ -613,6 +613,7 @@ fn outgoing(s: &PointStatus) -> Outgoing {
         key: Bytes::copy_from_slice(s.point.as_bytes()),
         payload: encode(s),
         timestamp_ms: s.as_of_ms,
+        key_hash: None,
     }
 }
 
@@ -674,6 +675,7 @@ async fn a_level_change_is_folded_ahead_of_a_burst_of_depth_only_statuses() {
         key: Bytes::from_static(b"UP-01"),
         payload: Bytes::from_static(b"{not a status"),
         timestamp_ms: SystemClock.now_ms(),
+        key_hash: None,
     };
     let rejects_before = wall.rejects().await;
     for r in producer.send_batch(&topic, records).await {

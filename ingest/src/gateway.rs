@@ -209,6 +209,7 @@ impl Gateway {
                 key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
                 payload: encode(r),
                 timestamp_ms: r.ts_ms,
+                key_hash: None,
             })
             .collect();
         let results = self.producer.send_batch(&readings_topic, batch).await;

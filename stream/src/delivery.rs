@@ -23,9 +23,7 @@
 //!   already.
 
 use bytes::Bytes;
-use floodcmd_model::bus::{
-    partition_for, Acknowledgements, BusError, Delivery, Outgoing, Producer,
-};
+use floodcmd_model::bus::{murmur2, Acknowledgements, BusError, Delivery, Outgoing, Producer};
 use floodcmd_model::codec::BatchEncoder;
 use floodcmd_model::time::Millis;
 use futures::FutureExt;
@@ -49,9 +47,19 @@ pub(crate) const MAX_HELD: usize = 8;
 pub(crate) struct EncodedBatch<B> {
     /// One per partition.
     buffers: Vec<B>,
-    /// Per record, in the engine's order: its partition, its key's and its payload's places in
-    /// that partition's buffer, and its timestamp.
-    places: Vec<(usize, Range<usize>, Range<usize>, Millis)>,
+    /// Per record, in the engine's order.
+    places: Vec<Place>,
+}
+
+/// Where one record of an [`EncodedBatch`] is.
+struct Place {
+    partition: u32,
+    /// Its key's hash, taken while the key is in the cache, for the bus (`Outgoing::key_hash`).
+    key_hash: u32,
+    /// Its key's and its payload's places in its partition's buffer.
+    key: Range<usize>,
+    payload: Range<usize>,
+    timestamp_ms: Millis,
 }
 
 impl EncodedBatch<BatchEncoder> {
@@ -72,11 +80,18 @@ impl EncodedBatch<BatchEncoder> {
         timestamp_ms: Millis,
         write: impl FnOnce(&mut BatchEncoder) -> Range<usize>,
     ) {
-        let partition = partition_for(key.as_bytes(), self.buffers.len() as u32) as usize;
-        let buffer = &mut self.buffers[partition];
+        let key_hash = murmur2(key.as_bytes());
+        let partition = (key_hash & 0x7fff_ffff) % self.buffers.len() as u32;
+        let buffer = &mut self.buffers[partition as usize];
         let key = buffer.bytes(key.as_bytes());
         let payload = write(buffer);
-        self.places.push((partition, key, payload, timestamp_ms));
+        self.places.push(Place {
+            partition,
+            key_hash,
+            key,
+            payload,
+            timestamp_ms,
+        });
     }
 
     /// Bytes written, over every partition.
@@ -99,7 +114,7 @@ impl EncodedBatch<Bytes> {
 
     /// The partition of the record at `i`.
     fn partition_of(&self, i: usize) -> usize {
-        self.places[i].0
+        self.places[i].partition as usize
     }
 
     /// The records at `which`, in that order; each a slice of its partition's buffer.
@@ -107,12 +122,13 @@ impl EncodedBatch<Bytes> {
         which
             .iter()
             .map(|&i| {
-                let (partition, key, payload, timestamp_ms) = &self.places[i];
-                let buffer = &self.buffers[*partition];
+                let place = &self.places[i];
+                let buffer = &self.buffers[place.partition as usize];
                 Outgoing {
-                    key: buffer.slice(key.clone()),
-                    payload: buffer.slice(payload.clone()),
-                    timestamp_ms: *timestamp_ms,
+                    key: buffer.slice(place.key.clone()),
+                    payload: buffer.slice(place.payload.clone()),
+                    timestamp_ms: place.timestamp_ms,
+                    key_hash: Some(place.key_hash),
                 }
             })
             .collect()

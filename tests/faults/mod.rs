@@ -620,6 +620,7 @@ pub async fn produce_paced(
                 key: bytes::Bytes::copy_from_slice(r.sensor.as_bytes()),
                 payload: encode(r),
                 timestamp_ms: r.ts_ms,
+                key_hash: None,
             })
             .collect();
         for r in p.send_batch(&topic, batch).await {
