@@ -1,8 +1,9 @@
 //! The Kafka bus: the same trait over Apache Kafka with librdkafka.
 //!
 //! - Producing: idempotent, `acks=all`; the partition is chosen here with
-//!   [`floodcmd_model::bus::partition_for`] (Kafka's murmur2), so the embedded bus, this bus
-//!   and a Java producer all agree. A full local queue makes `send` wait up to
+//!   [`floodcmd_model::bus::partition_for`] (Kafka's murmur2; from `Outgoing::key_hash` when
+//!   the caller hashed the key already), so the embedded bus, this bus and a Java producer all
+//!   agree. A full local queue makes `send` wait up to
 //!   `queue_timeout`, then fail with [`BusError::Timeout`]: callers (the gateway) turn that
 //!   into 429, never into a drop. Batches for a topic in `packed_topics` go out packed, many
 //!   records of a partition to a Kafka record ([`crate::pack`]).

@@ -159,16 +159,6 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// A record whose key the bus hashes itself.
-    pub fn new(key: Bytes, payload: Bytes, timestamp_ms: i64) -> Self {
-        Outgoing {
-            key,
-            payload,
-            timestamp_ms,
-            key_hash: None,
-        }
-    }
-
     /// The partition of `partitions` the key goes to, as [`partition_for`] gives.
     pub fn partition(&self, partitions: u32) -> u32 {
         let hash = match self.key_hash {
@@ -178,7 +168,7 @@ impl Outgoing {
             }
             None => murmur2(&self.key),
         };
-        (hash & 0x7fff_ffff) % partitions.max(1)
+        partition_of_hash(hash, partitions)
     }
 }
 
@@ -274,7 +264,12 @@ pub trait Consumer: Send {
 
 /// The partition for `key` among `partitions`: Kafka's default (murmur2, positive, modulo).
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+    partition_of_hash(murmur2(key), partitions)
+}
+
+/// The partition among `partitions` of a key whose murmur2 is `hash` (see [`partition_for`]).
+pub fn partition_of_hash(hash: u32, partitions: u32) -> u32 {
+    (hash & 0x7fff_ffff) % partitions.max(1)
 }
 
 /// Kafka's murmur2 hash (as in `org.apache.kafka.common.utils.Utils.murmur2`).

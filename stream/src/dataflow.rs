@@ -491,11 +491,15 @@ const ROOM_AT_MOST: usize = 1_024;
 impl EpochVecs {
     /// An empty vector with room for as many readings as recent epochs held.
     fn take(&mut self) -> Vec<TimedReading> {
-        let mut v = self.spare.pop().unwrap_or_default();
+        let v = self.spare.pop().unwrap_or_default();
         self.room -= v.capacity();
-        // Empty: reserving moves nothing.
-        v.reserve(self.recent);
-        v
+        if v.capacity() >= self.recent {
+            v
+        } else {
+            // A fresh one, not the spare grown: the allocator's `realloc` copies the whole old
+            // block, empty or not (2.4 % of the simulated storm's worker).
+            Vec::with_capacity(self.recent)
+        }
     }
 
     /// `v`, which held `held` readings, emptied and kept for a later epoch unless the spares

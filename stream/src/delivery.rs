@@ -23,7 +23,9 @@
 //!   already.
 
 use bytes::Bytes;
-use floodcmd_model::bus::{murmur2, Acknowledgements, BusError, Delivery, Outgoing, Producer};
+use floodcmd_model::bus::{
+    murmur2, partition_of_hash, Acknowledgements, BusError, Delivery, Outgoing, Producer,
+};
 use floodcmd_model::codec::BatchEncoder;
 use floodcmd_model::time::Millis;
 use futures::FutureExt;
@@ -64,7 +66,16 @@ struct Place {
 
 impl EncodedBatch<BatchEncoder> {
     pub(crate) fn new(partitions: u32, records: usize, bytes_each: usize) -> Self {
-        let share = records.div_ceil(partitions.max(1) as usize) * bytes_each;
+        // A partition's share of the records, and room for the unevenness of hashing (about
+        // two standard deviations more): sized to the mean alone, about half the buffers grew
+        // every epoch, each a reallocation and a copy of all written so far.
+        let mean = records.div_ceil(partitions.max(1) as usize);
+        let uneven = if partitions > 1 {
+            2 * mean.isqrt() + 4
+        } else {
+            0
+        };
+        let share = (mean + uneven) * bytes_each;
         EncodedBatch {
             buffers: (0..partitions.max(1))
                 .map(|_| BatchEncoder::with_capacity(share))
@@ -81,7 +92,7 @@ impl EncodedBatch<BatchEncoder> {
         write: impl FnOnce(&mut BatchEncoder) -> Range<usize>,
     ) {
         let key_hash = murmur2(key.as_bytes());
-        let partition = (key_hash & 0x7fff_ffff) % self.buffers.len() as u32;
+        let partition = partition_of_hash(key_hash, self.buffers.len() as u32);
         let buffer = &mut self.buffers[partition as usize];
         let key = buffer.bytes(key.as_bytes());
         let payload = write(buffer);
