@@ -1173,6 +1173,16 @@ struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
+    /// `(partition, next offset)` pairs of this consumer's topic, as librdkafka takes them.
+    fn positions(&self, positions: &[(u32, u64)]) -> Result<TopicPartitionList, BusError> {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in positions {
+            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next as i64))
+                .map_err(client_err)?;
+        }
+        Ok(tpl)
+    }
+
     fn wanted(&self, partition: u32, offset: u64) -> bool {
         self.skip_below
             .get(&partition)
@@ -1376,11 +1386,7 @@ impl Consumer for KafkaConsumer {
         if positions.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (partition, next) in positions {
-            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next as i64))
-                .map_err(client_err)?;
-        }
+        let tpl = self.positions(positions)?;
         self.inner
             .commit(&tpl, CommitMode::Async)
             .map_err(client_err)
@@ -1413,11 +1419,7 @@ impl Consumer for KafkaConsumer {
         if last.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::new();
-        for (partition, next) in last {
-            tpl.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*next as i64))
-                .map_err(client_err)?;
-        }
+        let tpl = self.positions(last)?;
         // Sync, all in one request: answered after the asynchronous commits made before it (one
         // coordinator, one connection, requests in order), so the group's position is known
         // once this returns, and the consumer can be let go without waiting for it to close.

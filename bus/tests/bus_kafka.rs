@@ -52,6 +52,21 @@ async fn read_n(
     out
 }
 
+/// `n` records keyed `k0`, `k1`, ... (so spread over the partitions), each its number.
+async fn send_keyed(bus: &KafkaBus, topic: &str, n: u32) {
+    let p = bus.producer();
+    for i in 0..n {
+        p.send(
+            topic,
+            format!("k{i}").as_bytes(),
+            Bytes::from(i.to_string()),
+            stamp(i as i64),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_keep_their_order_and_land_where_the_embedded_bus_puts_them() {
     let bus = bus().await;
@@ -106,17 +121,7 @@ async fn last_commits_of_several_partitions_are_the_groups_and_survive_letting_t
     let bus = bus().await;
     let topic = unique("last");
     bus.ensure_topic(&topic, 3).await.unwrap();
-    let p = bus.producer();
-    for i in 0..60u32 {
-        p.send(
-            &topic,
-            format!("k{i}").as_bytes(),
-            Bytes::from(i.to_string()),
-            stamp(i as i64),
-        )
-        .await
-        .unwrap();
-    }
+    send_keyed(&bus, &topic, 60).await;
     let ends = bus.end_offsets(&topic).await.unwrap();
     let mut c = bus
         .consumer("g-last", &topic, Assignment::All)
@@ -153,17 +158,7 @@ async fn positions_of_several_partitions_committed_together_are_each_the_groups(
     let bus = bus().await;
     let topic = unique("together");
     bus.ensure_topic(&topic, 3).await.unwrap();
-    let p = bus.producer();
-    for i in 0..90u32 {
-        p.send(
-            &topic,
-            format!("k{i}").as_bytes(),
-            Bytes::from(i.to_string()),
-            stamp(i as i64),
-        )
-        .await
-        .unwrap();
-    }
+    send_keyed(&bus, &topic, 90).await;
     let ends = bus.end_offsets(&topic).await.unwrap();
     assert!(
         ends.iter().all(|e| *e >= 3),
