@@ -1264,9 +1264,9 @@ impl WorkerContext {
         }
         // Everything is processed and on the bus, and the loop's last pass (the probe done)
         // has noted every pending position, unless an output never made it; those not sent
-        // yet (`COMMIT_EVERY`) join the rest here. Every position committed goes again in one request the stage waits for, which
-        // the coordinator answers after those before it, so the consumer can go without the
-        // stage waiting for its client to close. A last commit that fails, or an earlier one
+        // yet (`COMMIT_EVERY`) join the rest here. Every position committed goes again in one
+        // request the stage waits for, which the coordinator answers after those before it,
+        // so the consumer can go without the stage waiting for its client to close. A last commit that fails, or an earlier one
         // that librdkafka retries and lands after it, is what a crash here would leave: the
         // records after the group's position are read again, never skipped.
         if let Some(mut c) = consumer {
