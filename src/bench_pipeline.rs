@@ -260,8 +260,8 @@ pub async fn replay(sensors: usize, hours: u64, workers: usize, command: &str) -
                 }
             };
             w.write(&Reading {
-                sensor: sensor.clone(),
-                point: point.clone(),
+                sensor: sensor.as_str().into(),
+                point: point.as_str().into(),
                 kind: *kind,
                 ts_ms: ts,
                 value: (value * 10.0).round() / 10.0,

@@ -136,9 +136,9 @@ struct StatusFold {
 impl StatusFold {
     fn add(&mut self, s: PointStatus) {
         self.count += 1;
-        match self.peaks.get_mut(&s.point) {
+        match self.peaks.get_mut(s.point.as_str()) {
             Some(p) => p.add(&s),
-            None => self.peaks.entry(s.point.clone()).or_default().add(&s),
+            None => self.peaks.entry(s.point.to_string()).or_default().add(&s),
         }
         if !s.qc_flags.is_empty() {
             self.flagged.push(s);

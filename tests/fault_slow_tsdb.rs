@@ -245,8 +245,8 @@ async fn a_slow_time_series_server_lags_the_sink_only_in_bounded_memory_and_lose
             let ts = base + k * 1000 + j as i64;
             let value = ((k as usize * 3 + j) % 300) as f64 * 0.5;
             readings.push(Reading {
-                sensor: s.sensor.id.clone(),
-                point: s.point.id.clone(),
+                sensor: s.sensor.id.as_str().into(),
+                point: s.point.id.as_str().into(),
                 kind: s.sensor.kind,
                 ts_ms: ts,
                 value,
@@ -266,7 +266,7 @@ async fn a_slow_time_series_server_lags_the_sink_only_in_bounded_memory_and_lose
         for (j, p) in district.points.iter().enumerate() {
             let depth = (k * 100 + j) as f64 * 0.25;
             let s = PointStatus {
-                point: p.id.clone(),
+                point: p.id.as_str().into(),
                 kind: p.kind,
                 level: Level::Blue,
                 data_state: DataState::Fresh,

@@ -469,8 +469,8 @@ async fn a_killed_influx_sink_writes_every_point_once() {
                 .map(|(j, s)| {
                     let ts = base + k as i64 * 1000 + j as i64;
                     Reading {
-                        sensor: s.sensor.id.clone(),
-                        point: s.point.id.clone(),
+                        sensor: s.sensor.id.as_str().into(),
+                        point: s.point.id.as_str().into(),
                         kind: s.sensor.kind,
                         ts_ms: ts,
                         // Quarters: exact in binary and in the server's decimal.
@@ -490,7 +490,7 @@ async fn a_killed_influx_sink_writes_every_point_once() {
                 SensorKind::Depth => "depth_value",
                 SensorKind::Rain => "rain_value",
             };
-            ((m.to_string(), r.sensor.clone(), r.ts_ms), r.value)
+            ((m.to_string(), r.sensor.to_string(), r.ts_ms), r.value)
         })
         .collect();
     let produced = Arc::new(Mutex::new(0usize));

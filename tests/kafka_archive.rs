@@ -49,7 +49,7 @@ fn storm(base: Millis) -> Vec<Reading> {
         let depth = (60 - 2 * (m - 60).abs()).max(0) as f64 + 0.25;
         for (i, sensor) in ["WL-UP-01", "WL-UP-01-B", "WL-UP-02"].iter().enumerate() {
             out.push(Reading {
-                sensor: sensor.to_string(),
+                sensor: (*sensor).into(),
                 point: sensor
                     .trim_start_matches("WL-")
                     .trim_end_matches("-B")

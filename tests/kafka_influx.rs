@@ -121,8 +121,8 @@ async fn readings_states_and_alerts_cross_kafka_into_the_time_series_store() {
         for (j, s) in district.sensors().enumerate() {
             let ts = base + k * 1000 + j as i64;
             readings.push(Reading {
-                sensor: s.sensor.id.clone(),
-                point: s.point.id.clone(),
+                sensor: s.sensor.id.as_str().into(),
+                point: s.point.id.as_str().into(),
                 kind: s.sensor.kind,
                 ts_ms: ts,
                 value: ((k as usize * 3 + j) % 300) as f64 * 0.5,
@@ -136,14 +136,14 @@ async fn readings_states_and_alerts_cross_kafka_into_the_time_series_store() {
             SensorKind::Depth => "depth_value",
             SensorKind::Rain => "rain_value",
         };
-        expected.insert((m.into(), r.sensor.clone(), r.ts_ms), r.value);
+        expected.insert((m.into(), r.sensor.to_string(), r.ts_ms), r.value);
     }
     let statuses: Vec<PointStatus> = district
         .points
         .iter()
         .enumerate()
         .map(|(j, p)| PointStatus {
-            point: p.id.clone(),
+            point: p.id.as_str().into(),
             kind: p.kind,
             level: Level::Orange,
             data_state: DataState::Fresh,
@@ -162,7 +162,10 @@ async fn readings_states_and_alerts_cross_kafka_into_the_time_series_store() {
         })
         .collect();
     for s in &statuses {
-        expected.insert(("status_level".into(), s.point.clone(), s.as_of_ms), 3.0);
+        expected.insert(
+            ("status_level".into(), s.point.to_string(), s.as_of_ms),
+            3.0,
+        );
     }
     let alerts: Vec<AlertTransition> = district
         .points

@@ -254,8 +254,8 @@ async fn a_paced_replay_equals_the_max_speed_one_at_1x() {
     let t0 = 1_783_000_000_000i64;
     let readings: Vec<floodcmd_model::Reading> = (0..11)
         .map(|i| floodcmd_model::Reading {
-            sensor: sensor.sensor.id.clone(),
-            point: sensor.point.id.clone(),
+            sensor: sensor.sensor.id.as_str().into(),
+            point: sensor.point.id.as_str().into(),
             kind: floodcmd_model::SensorKind::Depth,
             ts_ms: t0 + i * 1000,
             value: 9.0 + 0.15 * i as f64,
@@ -310,8 +310,8 @@ async fn the_report_gives_the_lead_time_from_a_linked_gauge_to_its_depth_point()
     for m in 0..40i64 {
         let ts = t0 + m * 60_000;
         readings.push(floodcmd_model::Reading {
-            sensor: gauge.sensors[0].id.clone(),
-            point: gauge.id.clone(),
+            sensor: gauge.sensors[0].id.as_str().into(),
+            point: gauge.id.as_str().into(),
             kind: floodcmd_model::SensorKind::Rain,
             ts_ms: ts,
             value: 2.0,
@@ -319,8 +319,8 @@ async fn the_report_gives_the_lead_time_from_a_linked_gauge_to_its_depth_point()
             received_ms: ts,
         });
         readings.push(floodcmd_model::Reading {
-            sensor: up.sensors[0].id.clone(),
-            point: up.id.clone(),
+            sensor: up.sensors[0].id.as_str().into(),
+            point: up.id.as_str().into(),
             kind: floodcmd_model::SensorKind::Depth,
             ts_ms: ts,
             value: ((m - 20).max(0) * 5) as f64,

@@ -33,8 +33,8 @@ fn storm(d: &District, start: Millis) -> (Vec<Reading>, Vec<Reading>) {
     for p in POINTS {
         let sensor = &d.point(p).unwrap().sensors[0];
         let r = |ts: Millis, cm: f64| Reading {
-            sensor: sensor.id.clone(),
-            point: p.to_string(),
+            sensor: sensor.id.as_str().into(),
+            point: (*p).into(),
             kind: sensor.kind,
             ts_ms: ts,
             value: cm - sensor.calibration_offset_cm,

@@ -139,7 +139,7 @@ impl ArchiveReader {
                     return Err(ArchiveError::OutOfOrder {
                         path: self.path.clone(),
                         line: self.line,
-                        sensor: reading.sensor,
+                        sensor: reading.sensor.to_string(),
                         ts_ms: reading.ts_ms,
                         prev_sensor: sensor.clone(),
                         prev_ts_ms: *ts,
@@ -149,7 +149,7 @@ impl ArchiveReader {
                 sensor.clear();
                 sensor.push_str(&reading.sensor);
             }
-            None => self.last = Some((reading.ts_ms, reading.sensor.clone())),
+            None => self.last = Some((reading.ts_ms, reading.sensor.to_string())),
         }
         self.count += 1;
         Ok(Some(reading))

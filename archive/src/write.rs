@@ -50,7 +50,7 @@ impl ArchiveWriter {
             return Err(ArchiveError::NotFinite {
                 path: self.path.clone(),
                 index: self.count,
-                sensor: reading.sensor.clone(),
+                sensor: reading.sensor.to_string(),
                 ts_ms: reading.ts_ms,
                 value: reading.value,
             });
@@ -61,7 +61,7 @@ impl ArchiveWriter {
                     return Err(ArchiveError::WriteOrder {
                         path: self.path.clone(),
                         index: self.count,
-                        sensor: reading.sensor.clone(),
+                        sensor: reading.sensor.to_string(),
                         ts_ms: reading.ts_ms,
                         prev_sensor: sensor.clone(),
                         prev_ts_ms: *ts,
@@ -74,7 +74,7 @@ impl ArchiveWriter {
             }
             None => {
                 self.first_ms = reading.ts_ms;
-                self.last = Some((reading.ts_ms, reading.sensor.clone()));
+                self.last = Some((reading.ts_ms, reading.sensor.to_string()));
             }
         }
         self.line.clear();

@@ -13,7 +13,7 @@ const XINCHENG: &str = include_str!("../../config/xincheng.toml");
 fn reading(sensor: &str, ts_ms: i64, value: f64, seq: Option<u64>) -> Reading {
     Reading {
         sensor: sensor.into(),
-        point: format!("P-{sensor}"),
+        point: format!("P-{sensor}").into(),
         kind: SensorKind::Depth,
         ts_ms,
         value,
@@ -327,7 +327,7 @@ fn a_million_readings_stream_through_in_order() {
     let (h2, rest) = ArchiveReader::open(&path).unwrap();
     assert_eq!(h2, h);
     let mut count = 0u64;
-    let mut prev: Option<(i64, String)> = None;
+    let mut prev: Option<(i64, floodcmd_model::Id)> = None;
     for item in rest {
         let r = item.unwrap();
         assert_eq!(r.value, (count % 1000) as f64 / 10.0);

@@ -767,7 +767,8 @@ pub(crate) async fn watch_status(
             let Ok(s) = decode::<PointStatus>(&rec.payload) else {
                 continue;
             };
-            if let (Some(&i), Some(ts)) = (schedule.points.get(&s.point), s.last_reading_ms) {
+            if let (Some(&i), Some(ts)) = (schedule.points.get(s.point.as_str()), s.last_reading_ms)
+            {
                 if ts >= schedule.measure_from_ms {
                     let _ = h.record(now_us.saturating_sub(ts as u64 * 1000).max(1));
                     status_log.record(i, ts, now_us);

@@ -38,8 +38,8 @@ fn records(district: &District, readings: u64, base: i64) -> (Vec<Reading>, Vec<
         let ts = base + second * 1000 + (i % n) as i64 % 1000;
         let value = ((i * 7 + i / n * 3) % 400) as f64 * 0.25;
         rs.push(Reading {
-            sensor: s.sensor.id.clone(),
-            point: s.point.id.clone(),
+            sensor: s.sensor.id.as_str().into(),
+            point: s.point.id.as_str().into(),
             kind: s.sensor.kind,
             ts_ms: ts,
             value,
@@ -49,7 +49,7 @@ fn records(district: &District, readings: u64, base: i64) -> (Vec<Reading>, Vec<
         if i % 10 == 0 {
             let depth = s.sensor.kind == SensorKind::Depth;
             ss.push(PointStatus {
-                point: s.point.id.clone(),
+                point: s.point.id.as_str().into(),
                 kind: s.point.kind,
                 level: if value > 50.0 {
                     Level::Yellow

@@ -80,7 +80,7 @@ fn fill_topic(bootstrap: &str, records: u64, partitions: i32) -> Result<(String,
     let payloads: Vec<(String, bytes::Bytes)> = (0..1000)
         .map(|i| {
             let r = sample_reading(i);
-            (r.sensor.clone(), encode(&r))
+            (r.sensor.to_string(), encode(&r))
         })
         .collect();
     let producer: BaseProducer = ClientConfig::new()

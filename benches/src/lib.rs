@@ -37,8 +37,8 @@ use floodcmd_model::{Reading, SensorKind};
 /// A typical depth reading, as the benches encode and decode it.
 pub fn sample_reading(i: u64) -> Reading {
     Reading {
-        sensor: format!("WL-UP-{:02}", i % 18 + 1),
-        point: format!("UP-{:02}", i % 18 + 1),
+        sensor: format!("WL-UP-{:02}", i % 18 + 1).into(),
+        point: format!("UP-{:02}", i % 18 + 1).into(),
         kind: SensorKind::Depth,
         ts_ms: 1_783_000_000_000 + i as i64 * 1000,
         value: 12.5 + (i % 100) as f64 * 0.1,

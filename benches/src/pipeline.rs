@@ -267,7 +267,7 @@ async fn step(
         move |payload| {
             let s = decode::<PointStatus>(payload).ok()?;
             let ts = s.last_reading_ms?;
-            (ts >= from && status_points.contains_key(&s.point)).then_some(ts)
+            (ts >= from && status_points.contains_key(s.point.as_str())).then_some(ts)
         },
     ));
     let alerts = tokio::spawn(watch(

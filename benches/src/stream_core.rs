@@ -56,8 +56,8 @@ pub fn synthetic_reading(i: u64, sensors: &[SyntheticSensor]) -> Reading {
     let (sensor, point, kind) = &sensors[(i % n) as usize];
     let minute = i / n;
     Reading {
-        sensor: sensor.clone(),
-        point: point.clone(),
+        sensor: sensor.as_str().into(),
+        point: point.as_str().into(),
         kind: *kind,
         ts_ms: T0 + minute as i64 * 60_000 + (i % n) as i64 % 60_000,
         value: ((i * 7 + minute * 3) % 40) as f64 * 0.5,
@@ -431,8 +431,8 @@ fn engine_state_mib(district: &District, every_min: i64) -> (f64, u64) {
             .enumerate()
             .map(|(i, (sensor, point, kind))| TimedReading {
                 reading: Reading {
-                    sensor: sensor.clone(),
-                    point: point.clone(),
+                    sensor: sensor.as_str().into(),
+                    point: point.as_str().into(),
                     kind: *kind,
                     ts_ms: epoch_ms,
                     value: ((i as i64 * 7 + minute * 3) % 40) as f64 * 0.5,

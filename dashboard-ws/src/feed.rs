@@ -473,8 +473,8 @@ mod tests {
                     continue;
                 };
                 let reading = floodcmd_model::Reading {
-                    sensor: sensor.id.clone(),
-                    point: point.id.clone(),
+                    sensor: sensor.id.as_str().into(),
+                    point: point.id.as_str().into(),
                     kind: floodcmd_model::SensorKind::Depth,
                     ts_ms: (round * 10 + k + 2) as i64,
                     value: ((round + k) % 4) as f64,

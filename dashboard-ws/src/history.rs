@@ -53,7 +53,7 @@ impl History {
             return;
         }
         let minute = s.as_of_ms.div_euclid(STEP_MS) * STEP_MS;
-        let series = self.points.entry(s.point.clone()).or_default();
+        let series = self.points.entry(s.point.to_string()).or_default();
         series.insert(
             minute,
             Sample {

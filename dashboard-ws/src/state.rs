@@ -495,7 +495,7 @@ impl WallState {
                 }
             }
         }
-        let Some(p) = self.points.get_mut(&s.point) else {
+        let Some(p) = self.points.get_mut(s.point.as_str()) else {
             return Vec::new();
         };
         self.history.record(&s);
@@ -526,7 +526,7 @@ impl WallState {
     /// status follower). The predicted next level is a number's consequence: on a rising
     /// and falling series it comes and goes with every turn.
     pub fn status_is_urgent(&self, s: &PointStatus) -> bool {
-        self.points.get(&s.point).is_none_or(|p| {
+        self.points.get(s.point.as_str()).is_none_or(|p| {
             p.level != s.level || p.data_state != s.data_state || p.flapping != s.flapping
         })
     }
@@ -553,13 +553,13 @@ impl WallState {
             return Vec::new();
         };
         // Not older than the sensor's last, nor than what the stage's status covers.
-        let newest = self.live_by_sensor.get(&r.sensor).map(|(t, _)| *t);
+        let newest = self.live_by_sensor.get(r.sensor.as_str()).map(|(t, _)| *t);
         if newest.max(p.last_reading_ms).is_some_and(|t| r.ts_ms <= t) {
             return Vec::new();
         }
         let depth = r.value + sensor.sensor.calibration_offset_cm;
         self.live_by_sensor
-            .insert(r.sensor.clone(), (r.ts_ms, depth));
+            .insert(r.sensor.to_string(), (r.ts_ms, depth));
         // Stamped with the time of the reading that gave the value: another sensor's newer
         // reading must not make an old one look new (say a spike the stage rejected, from a
         // sensor that has gone quiet since).
@@ -982,7 +982,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let (id, kind) = &ids[(seed >> 33) as usize % ids.len()];
             let s = PointStatus {
-                point: id.clone(),
+                point: id.as_str().into(),
                 kind: *kind,
                 level: Level::ALL[(seed >> 20) as usize % 5],
                 data_state: states[(seed >> 40) as usize % states.len()],
@@ -1223,7 +1223,7 @@ mod tests {
                 // Few values, so fields often go back to what they were.
                 let some = |shift: u32, v: f64| ((seed >> shift) & 1 == 1).then_some(v);
                 let s = PointStatus {
-                    point: id.clone(),
+                    point: id.as_str().into(),
                     kind: *kind,
                     level: Level::ALL[(seed >> 20) as usize % 5],
                     data_state: DataState::Fresh,
@@ -1247,8 +1247,8 @@ mod tests {
                     .and_then(|p| p.sensors.iter().find(|s| s.kind == SensorKind::Depth));
                 if let (Some(sensor), true) = (depth_sensor, seed >> 15 & 1 == 1) {
                     changes.extend(w.on_reading(Reading {
-                        sensor: sensor.id.clone(),
-                        point: id.clone(),
+                        sensor: sensor.id.as_str().into(),
+                        point: id.as_str().into(),
                         kind: SensorKind::Depth,
                         ts_ms: tick as i64 * 10 + (seed >> 17) as i64 % 10,
                         value: ((seed >> 23) % 4) as f64,
@@ -1351,7 +1351,7 @@ mod tests {
         let point = b.point.id.clone();
         let reading = |sensor: &str, ts_ms, value| Reading {
             sensor: sensor.into(),
-            point: point.clone(),
+            point: point.as_str().into(),
             kind: SensorKind::Depth,
             ts_ms,
             value,
@@ -1448,8 +1448,8 @@ mod tests {
         let before = w.points[&gauge.point.id].clone();
         assert!(w
             .on_reading(Reading {
-                sensor: gauge.sensor.id.clone(),
-                point: gauge.point.id.clone(),
+                sensor: gauge.sensor.id.as_str().into(),
+                point: gauge.point.id.as_str().into(),
                 kind: SensorKind::Rain,
                 ..reading("", 3_000, 5.0)
             })

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 /// A fresh, normal status of `point` with nothing measured; tests set what they need.
 pub fn fresh_status(point: &Point) -> PointStatus {
     PointStatus {
-        point: point.id.clone(),
+        point: point.id.as_str().into(),
         kind: point.kind,
         level: Level::Normal,
         data_state: DataState::Fresh,

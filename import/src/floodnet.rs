@@ -190,8 +190,8 @@ pub fn import(
         let mut last: Option<Millis> = None;
         let mut push = |ts: Millis, inches: f64, readings: &mut Vec<Reading>| {
             readings.push(Reading {
-                sensor: id.clone(),
-                point: point.clone(),
+                sensor: id.as_str().into(),
+                point: point.as_str().into(),
                 kind: SensorKind::Depth,
                 ts_ms: ts,
                 value: inches * CM_PER_INCH,

@@ -193,8 +193,8 @@ pub fn import(
         for (seq, &(ts, inches)) in values.iter().enumerate() {
             total_in += inches;
             readings.push(Reading {
-                sensor: sensor.clone(),
-                point: point.clone(),
+                sensor: sensor.as_str().into(),
+                point: point.as_str().into(),
                 kind: SensorKind::Rain,
                 ts_ms: ts,
                 value: inches * MM_PER_INCH,

@@ -226,8 +226,8 @@ impl Validator {
             }
         }
         Ok(Reading {
-            sensor: r.sensor.clone(),
-            point: sref.point.id.clone(),
+            sensor: r.sensor.as_str().into(),
+            point: sref.point.id.as_str().into(),
             kind,
             ts_ms,
             value,

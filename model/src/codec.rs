@@ -97,8 +97,8 @@ fn fast_reading(payload: &[u8]) -> Option<Reading> {
         return None;
     }
     Some(Reading {
-        sensor: sensor.to_string(),
-        point: point.to_string(),
+        sensor: sensor.into(),
+        point: point.into(),
         kind,
         ts_ms,
         value,
@@ -689,7 +689,7 @@ mod tests {
                 as_of_ms in any::<i64>(),
             ) -> PointStatus {
                 PointStatus {
-                    point,
+                    point: point.as_str().into(),
                     kind,
                     level,
                     data_state,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct PointStatus {
     /// Point id.
-    pub point: String,
+    pub point: crate::reading::Id,
     /// Point kind.
     pub kind: PointKind,
     /// Warning level.

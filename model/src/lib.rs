@@ -28,4 +28,4 @@ pub mod topic;
 
 pub use config::District;
 pub use level::{DataState, Level};
-pub use reading::{Reading, SensorKind};
+pub use reading::{Id, Reading, SensorKind};

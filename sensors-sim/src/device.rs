@@ -296,8 +296,8 @@ impl Simulator {
             Generated {
                 line: format!(r#"{{"sensor":"{id}","ts":{ts},"value":{value:.2},"seq":{seq}}}"#),
                 reading: Some(Reading {
-                    sensor: id,
-                    point: s.point_id.clone(),
+                    sensor: id.as_str().into(),
+                    point: s.point_id.as_str().into(),
                     kind: s.kind,
                     ts_ms: ts,
                     value: (value * 100.0).round() / 100.0,

@@ -203,7 +203,7 @@ impl Schema {
             SensorKind::Rain => Measurement::Rain,
         };
         check_ts("ts_ms", r.ts_ms)?;
-        let tags: Cow<str> = match self.sensors.get(&r.sensor) {
+        let tags: Cow<str> = match self.sensors.get(r.sensor.as_str()) {
             Some((point, tags)) if *point == r.point => Cow::Borrowed(tags),
             _ => Cow::Owned(format!(
                 ",point={},sensor={}",
@@ -415,8 +415,8 @@ mod tests {
     fn reading(value: f64, ts: i64) -> Reading {
         let (sensor, point, _, _) = first_sensor();
         Reading {
-            sensor,
-            point,
+            sensor: sensor.into(),
+            point: point.into(),
             kind: SensorKind::Depth,
             ts_ms: ts,
             value,
@@ -496,7 +496,7 @@ mod tests {
     fn status_and_alert_lines_use_codes() {
         let (_, point, _, _) = first_sensor();
         let st = PointStatus {
-            point: point.clone(),
+            point: point.as_str().into(),
             kind: PointKind::Underpass,
             level: Level::Orange,
             data_state: DataState::Suspect,

@@ -610,8 +610,8 @@ mod tests {
         for i in 0..n {
             let (sensor, point, kind) = &sensors[i % sensors.len()];
             let r = Reading {
-                sensor: sensor.clone(),
-                point: point.clone(),
+                sensor: sensor.as_str().into(),
+                point: point.as_str().into(),
                 kind: *kind,
                 ts_ms: 1_783_000_000_000 + i as i64 * 1000,
                 // One value the server (not our checks) objects to.

@@ -28,7 +28,7 @@ use floodcmd_model::config::{
 };
 use floodcmd_model::event::{AlertTransition, PointStatus, QcFlag, TransitionKind};
 use floodcmd_model::time::{Clock, Millis};
-use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
+use floodcmd_model::{DataState, District, Id, Level, Reading, SensorKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -46,10 +46,10 @@ pub enum StreamOutput {
 /// `seq`: on the exchange every field is present, in a fixed order.
 mod exchange_form {
     use floodcmd_model::time::Millis;
-    use floodcmd_model::{Reading, SensorKind};
+    use floodcmd_model::{Id, Reading, SensorKind};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    type Fields = (String, String, SensorKind, Millis, f64, Option<u64>, Millis);
+    type Fields = (Id, Id, SensorKind, Millis, f64, Option<u64>, Millis);
 
     pub fn serialize<S: Serializer>(r: &Reading, s: S) -> Result<S::Ok, S::Error> {
         (
@@ -115,28 +115,28 @@ struct Cause {
 /// people and plans; copying all that for every owned point made starting (and dropping) an
 /// engine cost as much as a few hundred thousand readings.
 struct PointSpec {
-    id: String,
+    id: Id,
     kind: PointKind,
     thresholds: Arc<LevelThresholds>,
     sensors: Vec<SensorSpec>,
 }
 
 struct SensorSpec {
-    id: String,
+    id: Id,
     calibration_offset_cm: f64,
 }
 
 impl PointSpec {
     fn of(p: &Point) -> Self {
         PointSpec {
-            id: p.id.clone(),
+            id: p.id.as_str().into(),
             kind: p.kind,
             thresholds: p.thresholds.clone(),
             sensors: p
                 .sensors
                 .iter()
                 .map(|s| SensorSpec {
-                    id: s.id.clone(),
+                    id: s.id.as_str().into(),
                     calibration_offset_cm: s.calibration_offset_cm,
                 })
                 .collect(),
@@ -226,7 +226,7 @@ impl PointState {
             .find(|s| s.id == sensor)
             .map_or(0.0, |s| s.calibration_offset_cm);
         self.sensors.push(SensorState {
-            id: sensor.to_string(),
+            id: sensor.into(),
             calibration_offset_cm,
             depth_qc: DepthQc::default(),
             rain_qc: RainQc::default(),
@@ -457,11 +457,14 @@ impl PointState {
         }
     }
 
-    /// Ask for the separate allocations building this point's status reads (the id it copies,
-    /// the thresholds the prediction reads, the sensors' depths, the rain totals); the rise is
-    /// a slope kept in the state. The state itself should be in cache already.
+    /// Ask for the separate allocations building this point's status reads (the thresholds the
+    /// prediction reads, the sensors' depths, the rain totals, an id too long to be kept
+    /// inline); the rise is a slope kept in the state. The state itself should be in cache
+    /// already.
     fn prefetch_for_status(&self) {
-        prefetch(self.point.id.as_str());
+        if self.point.id.is_heap_allocated() {
+            prefetch(self.point.id.as_str());
+        }
         prefetch(&*self.point.thresholds);
         prefetch_first(&self.sensors, 2);
         if let Some(rain) = &self.rain {
@@ -469,12 +472,14 @@ impl PointState {
         }
     }
 
-    /// Ask for the allocations of the point's sensors (their ids and the history their
-    /// quality control reads) and a gauge's rain buckets the next minute reads. The list of
-    /// sensors and the rain windows should be in cache already.
+    /// Ask for the allocations of the point's sensors (the history their quality control
+    /// reads, an id too long to be kept inline) and a gauge's rain buckets the next minute
+    /// reads. The list of sensors and the rain windows should be in cache already.
     fn prefetch_sensors(&self) {
         for s in &self.sensors {
-            prefetch(s.id.as_str());
+            if s.id.is_heap_allocated() {
+                prefetch(s.id.as_str());
+            }
             match self.point.kind.judged_by() {
                 SensorKind::Depth => s.depth_qc.prefetch(),
                 SensorKind::Rain => s.rain_qc.prefetch(),
@@ -535,7 +540,7 @@ type Placed = (Millis, Option<u32>, u32);
 
 /// One sensor's state at its point.
 struct SensorState {
-    id: String,
+    id: Id,
     calibration_offset_cm: f64,
     /// Quality control of a depth sensor (left empty for a rain gauge).
     depth_qc: DepthQc,
@@ -546,7 +551,7 @@ struct SensorState {
 }
 
 /// Equal but for `as_of_ms` and `last_reading_ms`, two statuses of the same point (so their
-/// ids are not compared: that read another allocation per point per epoch). Field by field,
+/// ids are not compared: they are known equal). Field by field,
 /// without building a copy of `prev` per point per epoch; the destructuring stops compiling
 /// when a field is added, so a new field cannot silently be left out of the comparison.
 fn same_but_timestamps(prev: &PointStatus, next: &PointStatus) -> bool {
@@ -613,7 +618,7 @@ fn transition(
 ) -> StreamOutput {
     let prediction = st.prediction(rules);
     StreamOutput::Transition(AlertTransition {
-        point: st.point.id.clone(),
+        point: st.point.id.to_string(),
         point_kind: st.point.kind,
         transition: cause.kind,
         from: cause.from,
@@ -747,7 +752,7 @@ impl Engine {
         // is over a hundred bytes, and a sort moves each several times. By event time, then
         // by point: readings of different points never meet, so their order between them
         // only has to be fixed, and the point's place (its rank in id order) fixes it with
-        // an integer where the sensor id took a string comparison in another allocation (an
+        // an integer where the sensor id took a string comparison (an
         // epoch of devices that all report on the minute is all ties on time). It also walks
         // the point states in memory order. Within a point, the order that makes its result
         // the same whatever the arrival order: sensor, sequence, value, late, replayed

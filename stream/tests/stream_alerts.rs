@@ -141,7 +141,7 @@ async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
             .sensors()
             .filter(|s| s.sensor.kind == SensorKind::Depth && s.point.id.starts_with("LP-"))
             .map(|s| s.sensor.id.clone())
-            .find(|s| partition(s) == p && ordered.iter().all(|r| &r.sensor != s))
+            .find(|s| partition(s) == p && ordered.iter().all(|r| r.sensor != s))
             .expect("a low point in every partition");
         for i in 0..120i64 {
             ordered.push(reading(&d, &sensor, T0 + i * 30_000 + 5_000, 0.0));
@@ -155,7 +155,7 @@ async fn readings_fed_directly_give_what_the_same_readings_from_the_bus_give() {
     let per_point_status = |status: &[floodcmd_model::event::PointStatus]| {
         let mut m: std::collections::BTreeMap<String, Vec<_>> = Default::default();
         for s in status {
-            m.entry(s.point.clone()).or_default().push(s.clone());
+            m.entry(s.point.to_string()).or_default().push(s.clone());
         }
         m
     };

@@ -234,7 +234,7 @@ impl Producer for LateProducer {
                     let at = s
                         .last_reading_ms
                         .filter(|_| s.data_state != DataState::Silent)?;
-                    self.offsets.get(&(s.point.clone(), at)).copied()
+                    self.offsets.get(&(s.point.to_string(), at)).copied()
                 })
                 .collect()
         } else {
@@ -300,7 +300,7 @@ async fn outputs_failing_after_later_ones_landed_end_in_order_and_nothing_is_com
         .map(|r| {
             let p = partition_for(r.sensor.as_bytes(), 4);
             next[p as usize] += 1;
-            ((r.point.clone(), r.ts_ms), (p, next[p as usize] - 1))
+            ((r.point.to_string(), r.ts_ms), (p, next[p as usize] - 1))
         })
         .collect();
 

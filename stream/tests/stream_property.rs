@@ -340,8 +340,8 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
             arrivals.push((
                 ts + jitter,
                 Reading {
-                    sensor: sensor.clone(),
-                    point: point.clone(),
+                    sensor: sensor.as_str().into(),
+                    point: point.as_str().into(),
                     kind: SensorKind::Depth,
                     ts_ms: *ts,
                     value: *raw,

@@ -206,8 +206,8 @@ pub fn storm(
                     };
                     let ts = origin + i as Millis * step_ms;
                     Reading {
-                        sensor: sensor.id.clone(),
-                        point: p.id.clone(),
+                        sensor: sensor.id.as_str().into(),
+                        point: p.id.as_str().into(),
                         kind: sensor.kind,
                         ts_ms: ts,
                         value: cm - sensor.calibration_offset_cm,
@@ -222,7 +222,7 @@ pub fn storm(
 
 /// The points a storm feeds.
 pub fn storm_points(storm: &[Vec<Reading>]) -> HashSet<String> {
-    storm[0].iter().map(|r| r.point.clone()).collect()
+    storm[0].iter().map(|r| r.point.to_string()).collect()
 }
 
 /// A transition as compared between runs (without processing time and the `late` flag,
@@ -464,7 +464,7 @@ pub async fn post_until_accepted(
                         s.refused_connections += 1;
                     } else {
                         for r in &backlog {
-                            s.in_doubt.insert((r.sensor.clone(), r.seq.unwrap()));
+                            s.in_doubt.insert((r.sensor.to_string(), r.seq.unwrap()));
                         }
                         unanswered_before = true;
                     }
@@ -487,7 +487,7 @@ pub async fn post_until_accepted(
                     let mut s = stats.lock().unwrap();
                     s.unanswered += 1;
                     for r in &backlog {
-                        s.in_doubt.insert((r.sensor.clone(), r.seq.unwrap()));
+                        s.in_doubt.insert((r.sensor.to_string(), r.seq.unwrap()));
                     }
                 }
                 unanswered_before = true;
@@ -586,8 +586,11 @@ pub fn by_sensor_seq(records: &[Record]) -> BTreeMap<(String, u64), usize> {
     let mut m = BTreeMap::new();
     for r in records {
         let x: Reading = decode(&r.payload).unwrap();
-        *m.entry((x.sensor, x.seq.expect("storm readings carry seq")))
-            .or_default() += 1;
+        *m.entry((
+            x.sensor.to_string(),
+            x.seq.expect("storm readings carry seq"),
+        ))
+        .or_default() += 1;
     }
     m
 }
@@ -597,7 +600,7 @@ pub fn storm_keys(storm: &[Vec<Reading>]) -> HashSet<(String, u64)> {
     storm
         .iter()
         .flatten()
-        .map(|r| (r.sensor.clone(), r.seq.unwrap()))
+        .map(|r| (r.sensor.to_string(), r.seq.unwrap()))
         .collect()
 }
 

@@ -93,8 +93,8 @@ pub fn readings(district: &District, per_sensor: usize, first: usize) -> Vec<Rea
         for (j, s) in district.sensors().enumerate() {
             let ts = base + k as i64 * 1000 + j as i64;
             out.push(Reading {
-                sensor: s.sensor.id.clone(),
-                point: s.point.id.clone(),
+                sensor: s.sensor.id.as_str().into(),
+                point: s.point.id.as_str().into(),
                 kind: s.sensor.kind,
                 ts_ms: ts,
                 // Quarters are exact in binary and in any decimal the server may use.
@@ -115,7 +115,7 @@ pub fn statuses(district: &District, per_point: usize) -> Vec<PointStatus> {
         for (j, p) in district.points.iter().enumerate() {
             let rain = p.kind == PointKind::RainGauge;
             out.push(PointStatus {
-                point: p.id.clone(),
+                point: p.id.as_str().into(),
                 kind: p.kind,
                 level: [Level::Normal, Level::Blue, Level::Red][(k + j) % 3],
                 data_state: [DataState::Fresh, DataState::Suspect][(k + j) % 2],
@@ -175,13 +175,22 @@ pub fn expect(
             SensorKind::Depth => "depth",
             SensorKind::Rain => "rain",
         };
-        e.insert((format!("{m}_value"), r.sensor.clone(), r.ts_ms), r.value);
+        e.insert(
+            (format!("{m}_value"), r.sensor.to_string(), r.ts_ms),
+            r.value,
+        );
     }
     for s in statuses {
         let level = s.level.alert_index().map_or(0, |i| i + 1) as f64;
-        e.insert(("status_level".into(), s.point.clone(), s.as_of_ms), level);
+        e.insert(
+            ("status_level".into(), s.point.to_string(), s.as_of_ms),
+            level,
+        );
         if let Some(d) = s.depth_cm {
-            e.insert(("status_depth_cm".into(), s.point.clone(), s.as_of_ms), d);
+            e.insert(
+                ("status_depth_cm".into(), s.point.to_string(), s.as_of_ms),
+                d,
+            );
         }
     }
     for a in alerts {

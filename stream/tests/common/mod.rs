@@ -163,7 +163,7 @@ pub fn reading(d: &District, sensor: &str, ts: Millis, value: f64) -> Reading {
     let s = d.sensor(sensor).expect("a sensor of the district");
     Reading {
         sensor: sensor.into(),
-        point: s.point.id.clone(),
+        point: s.point.id.as_str().into(),
         kind: s.sensor.kind,
         ts_ms: ts,
         value,
