@@ -1,5 +1,10 @@
 //! The raw Kafka ceiling: librdkafka producing and consuming records of our size and format as
 //! fast as it can, with the same durability settings floodcmd uses (idempotent, acks=all).
+//!
+//! It runs in the bench's process, so librdkafka allocates through the binary's allocator
+//! (mimalloc overrides `malloc`, `src/main.rs`), as the stages it is set beside do. Under
+//! glibc's malloc the consume ceiling was a quarter to two fifths lower: each message freed on
+//! the reading thread took the fetching thread's arena lock.
 
 use crate::machine_cpu::{CpuMark, CpuSpent};
 use crate::report::{Machine, Report};

@@ -402,8 +402,9 @@ pub async fn throughput(
 /// pending, so the figure is exact for memory freed on this thread (the engine's, below) and
 /// an upper bound otherwise.
 fn rss_mib() -> f64 {
-    // SAFETY: asks mimalloc to collect; callable at any time, and a no-op on a thread that
-    // never allocated through it (when it is not the global allocator).
+    // SAFETY: asks mimalloc to collect; callable at any time, from any thread (one that never
+    // allocated through it has nothing of its own to collect). In the binary mimalloc serves
+    // the C code's allocations too (its `override` feature), which this collects alike.
     unsafe { libmimalloc_sys::mi_collect(true) };
     crate::pipeline::proc_status_mib("self", "VmRSS:")
 }

@@ -1157,6 +1157,10 @@ impl Producer for KafkaProducer {
 /// How many messages one call into librdkafka takes at most.
 const CONSUME_CHUNK: usize = 512;
 
+/// At most how many records a poll reserves room for ahead, beyond what it holds (see
+/// `drain`): a stream worker's whole poll; a reader that asks for more grows past it.
+const POLL_ROOM: usize = 8192;
+
 struct KafkaConsumer {
     /// Before `inner`: the queue goes back before the client it belongs to is destroyed.
     queue: Native<rdkafka::bindings::rd_kafka_queue_t>,
@@ -1291,6 +1295,16 @@ impl KafkaConsumer {
                 return;
             }
             let got = got as usize;
+            if got > 0 {
+                // Room for the poll at once when a full call says more is waiting (grown by
+                // doubling, a poll of a few thousand records copied every record it held
+                // again, a percent of a stream worker's time), else for what came: an idle or
+                // trickling reader's polls allocate only for what they hold, and a reader with
+                // a large `max` no more than `POLL_ROOM` records ahead.
+                let left = max - out.len();
+                let need = if got == want { left } else { got * per_message };
+                out.reserve(need.min(left).min(POLL_ROOM) + per_message);
+            }
             for &m in &batch[..got] {
                 // SAFETY: librdkafka filled the first `got` entries with messages that stay
                 // valid until destroyed, below, once each.

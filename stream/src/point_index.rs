@@ -177,8 +177,9 @@ impl PointIndex {
         found: &mut Vec<Option<usize>>,
     ) {
         // Stage 1: each id made a key, its home slot asked for. The ids' own bytes are asked
-        // for a few ahead: each is a separate allocation, made when its reading was decoded,
-        // and no longer in cache by the time the reading's epoch is complete.
+        // for a few ahead: a reading's id lies in the reading (`Id` keeps up to 24 bytes
+        // inline), or in an allocation of its own when longer, made when the reading was
+        // decoded; either is likely out of cache by the time the reading's epoch is complete.
         let ids: Vec<&str> = ids.collect();
         let keys: Vec<Result<(InlineId, u64), &str>> = ids
             .iter()
