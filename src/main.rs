@@ -1105,6 +1105,23 @@ mod tests {
     }
 
     #[test]
+    fn the_c_code_s_malloc_and_free_are_mimalloc_s() {
+        // SAFETY: one block from the C allocator, checked while live and freed once by the
+        // same interface.
+        unsafe {
+            let block = libc::malloc(64);
+            assert!(!block.is_null());
+            // glibc's block would lie outside every mimalloc arena: librdkafka's messages
+            // would be allocated and freed under glibc's arena locks again.
+            assert!(
+                libmimalloc_sys::mi_is_in_heap_region(block),
+                "malloc is not mimalloc's: the `override` feature is off"
+            );
+            libc::free(block);
+        }
+    }
+
+    #[test]
     fn the_purge_delay_set_is_mimalloc_s_purge_delay() {
         let get = || {
             // SAFETY: reads one of mimalloc's global options.

@@ -3,7 +3,7 @@
 //!
 //! It runs in the bench's process, so librdkafka allocates through the binary's allocator
 //! (mimalloc overrides `malloc`, `src/main.rs`), as the stages it is set beside do. Under
-//! glibc's malloc the consume ceiling was a quarter to two fifths lower: each message freed on
+//! glibc's malloc the consume ceiling was a fifth to three tenths lower: each message freed on
 //! the reading thread took the fetching thread's arena lock.
 
 use crate::machine_cpu::{CpuMark, CpuSpent};
