@@ -16,7 +16,7 @@
 use floodcmd_model::config::PointKind;
 use floodcmd_model::event::PointStatus;
 use floodcmd_model::time::Millis;
-use floodcmd_model::{District, Level};
+use floodcmd_model::{District, Id, Level};
 use std::collections::{BTreeMap, HashMap};
 
 /// How much history is kept per point.
@@ -32,7 +32,7 @@ struct Sample {
 /// Minute samples per point.
 #[derive(Default)]
 pub struct History {
-    points: HashMap<String, BTreeMap<Millis, Sample>>,
+    points: HashMap<Id, BTreeMap<Millis, Sample>>,
 }
 
 /// Why a history request was refused.
@@ -53,7 +53,7 @@ impl History {
             return;
         }
         let minute = s.as_of_ms.div_euclid(STEP_MS) * STEP_MS;
-        let series = self.points.entry(s.point.to_string()).or_default();
+        let series = self.points.entry(s.point.clone()).or_default();
         series.insert(
             minute,
             Sample {

@@ -12,7 +12,7 @@ use floodcmd_model::event::{
     PointStatus, QcFlag, Reject, StepState,
 };
 use floodcmd_model::time::Millis;
-use floodcmd_model::{DataState, District, Level, Reading, SensorKind};
+use floodcmd_model::{DataState, District, Id, Level, Reading, SensorKind};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -181,7 +181,7 @@ pub struct WallState {
     /// Per depth sensor, its newest reading off the readings topic that the stage's status
     /// has not covered yet: (event time, calibrated depth). A point's live depth is the
     /// highest of its sensors', as the stage's depth is.
-    live_by_sensor: HashMap<String, (Millis, f64)>,
+    live_by_sensor: HashMap<Id, (Millis, f64)>,
 }
 
 /// The points' share of the counters, updated by taking a point's old view out and its new
@@ -488,10 +488,10 @@ impl WallState {
             for sensor in &point.sensors {
                 if self
                     .live_by_sensor
-                    .get(&sensor.id)
+                    .get(sensor.id.as_str())
                     .is_some_and(|(t, _)| *t <= covered)
                 {
-                    self.live_by_sensor.remove(&sensor.id);
+                    self.live_by_sensor.remove(sensor.id.as_str());
                 }
             }
         }
@@ -559,13 +559,13 @@ impl WallState {
         }
         let depth = r.value + sensor.sensor.calibration_offset_cm;
         self.live_by_sensor
-            .insert(r.sensor.to_string(), (r.ts_ms, depth));
+            .insert(r.sensor.clone(), (r.ts_ms, depth));
         // Stamped with the time of the reading that gave the value: another sensor's newer
         // reading must not make an old one look new (say a spike the stage rejected, from a
         // sensor that has gone quiet since).
         let (mut live_ms, mut live_depth) = (r.ts_ms, depth);
         for s in &sensor.point.sensors {
-            if let Some(&(t, d)) = self.live_by_sensor.get(&s.id) {
+            if let Some(&(t, d)) = self.live_by_sensor.get(s.id.as_str()) {
                 if d > live_depth || (d == live_depth && t > live_ms) {
                     (live_ms, live_depth) = (t, d);
                 }
