@@ -137,6 +137,22 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
         &out,
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // The broker the tests start is a JVM on this machine: what its compilers took is
+    // reported for each stage run and for the whole bench. (The whole need not hold a run's:
+    // a compiler thread HotSpot stops in between takes what it took out of the later sum.)
+    let jit = |name: &str| {
+        figure(
+            &figures,
+            &format!("CPU the broker's JIT compilers took {name}"),
+        )
+        .0
+    };
+    let whole_jit = jit("over this bench");
+    assert!(whole_jit >= 0.0 && whole_jit.is_finite(), "{whole_jit} ms");
+    for workers in ["1 worker", "2 workers"] {
+        let run = jit(&format!("during the stage run, {workers}"));
+        assert!(run >= 0.0 && run.is_finite(), "{workers}: {run} ms");
+    }
     // Whole machine, this process, idle and stolen shares of one part.
     let part = |name: &str| {
         let get = |what: &str| figure(&figures, &format!("{what}, {name}")).0;

@@ -10,7 +10,8 @@
 //! - [`stream_core`]: the stream stage alone, in process, 1 and 2 workers, and its memory;
 //!   and reading its input from a real Kafka topic beside the raw consume ceiling taken around
 //!   each run, with what the machine's cores spent per reading in each part
-//!   ([`machine_cpu`]) and the bound that sets on the stage's ratio to the ceiling;
+//!   ([`machine_cpu`]) and the bound that sets on the stage's ratio to the ceiling, and what a
+//!   broker on the same machine gave its JIT compilers meanwhile ([`broker_jit`]);
 //! - [`fanout::run`]: websocket clients on the command wall while readings stream in at a
 //!   fixed rate through the whole pipeline: ingest → delta latency per client;
 //! - [`pipeline::run`]: the whole pipeline (in process on the embedded bus, or stage processes
@@ -22,6 +23,7 @@
 //! `benches/micro.rs` holds the criterion micro-benchmarks (record codec, rain window update,
 //! threshold evaluation): `cargo bench -p floodcmd-benches`.
 
+pub mod broker_jit;
 pub mod fanout;
 pub mod gateway;
 pub mod influx_sink;

@@ -603,6 +603,12 @@ pub async fn kafka_throughput(
         }
     }
     let readings_topic = topics.readings();
+    // A broker on this machine: what its JIT compilers took in each stage run and over the
+    // whole bench (see `broker_jit`).
+    let broker_jit = crate::broker_jit::BrokerJit::find(bootstrap);
+    let jit_now = || broker_jit.as_ref().map(|b| b.mark());
+    let jit_at_start = jit_now();
+    let mut stage_jit = Vec::new();
     // What the machine's cores did in each part: whether it left any idle, and what each
     // spent per reading (see `machine_cpu`).
     let first = consume_ceiling(bootstrap, &readings_topic, readings).await?;
@@ -629,6 +635,7 @@ pub async fn kafka_throughput(
         };
         let lost_before = floodcmd_stream::readings_lost_total();
         let mark = CpuMark::now();
+        let jit_before = jit_now();
         let start = Instant::now();
         let watch = ReadingWatch::start(start);
         let h = run_stream(
@@ -646,6 +653,11 @@ pub async fn kafka_throughput(
         let elapsed = start.elapsed();
         spans.push(watch.stop(elapsed));
         stage_cpu.push(mark.spent());
+        stage_jit.push(
+            jit_now()
+                .zip(jit_before)
+                .map(|(after, before)| after.since(&before)),
+        );
         // A rate over readings the broker deleted before the stage read them would be a lie.
         let lost = floodcmd_stream::readings_lost_total() - lost_before;
         if lost > 0 {
@@ -765,6 +777,26 @@ pub async fn kafka_throughput(
         [&pipe_cpu, &packed_cpu],
         in_process.cpu_us_per_reading,
     );
+    // Only where the broker is on this machine (and a JVM): elsewhere there is nothing to say.
+    for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
+        if let Some(s) = stage_jit[i] {
+            r.figure(
+                &format!("CPU the broker's JIT compilers took during the stage run, {workers} (a broker on this machine, compiling, takes it from the stage)"),
+                s * 1000.0,
+                "ms",
+            );
+        }
+    }
+    if let Some(whole) = jit_now()
+        .zip(jit_at_start)
+        .map(|(after, before)| after.since(&before))
+    {
+        r.figure(
+            "CPU the broker's JIT compilers took over this bench (from the first ceiling on)",
+            whole * 1000.0,
+            "ms",
+        );
+    }
     for (i, workers) in ["1 worker", "2 workers"].iter().enumerate() {
         let span = &spans[i];
         r.figure(
