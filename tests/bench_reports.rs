@@ -137,21 +137,27 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
         &out,
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    // The broker the tests start is a JVM on this machine: what its compilers took is
-    // reported for each stage run and for the whole bench. (The whole need not hold a run's:
-    // a compiler thread HotSpot stops in between takes what it took out of the later sum.)
-    let jit = |name: &str| {
-        figure(
-            &figures,
-            &format!("CPU the broker's JIT compilers took {name}"),
-        )
-        .0
-    };
-    let whole_jit = jit("over this bench");
-    assert!(whole_jit >= 0.0 && whole_jit.is_finite(), "{whole_jit} ms");
-    for workers in ["1 worker", "2 workers"] {
-        let run = jit(&format!("during the stage run, {workers}"));
-        assert!(run >= 0.0 && run.is_finite(), "{workers}: {run} ms");
+    // What the broker's JIT compilers took: reported for each stage run and for the whole
+    // bench where the broker is a JVM this process can see on this machine (as the one
+    // `scripts/test.sh` starts is), and not at all otherwise. A warm broker may compile
+    // nothing, so beyond being there the figures are only checked to be sane.
+    let jit_names = [
+        "CPU the broker's JIT compilers took during the stage run, 1 worker",
+        "CPU the broker's JIT compilers took during the stage run, 2 workers",
+        "CPU the broker's JIT compilers took over this bench",
+    ];
+    if floodcmd_benches::broker_jit::BrokerJit::find(&kafka).is_some() {
+        for name in jit_names {
+            let ms = figure(&figures, name).0;
+            assert!(ms >= 0.0 && ms.is_finite(), "{name}: {ms} ms");
+        }
+    } else {
+        assert!(
+            !figures
+                .iter()
+                .any(|(n, _, _)| jit_names.iter().any(|j| n.starts_with(j))),
+            "no broker on this machine, yet a figure of its compilers"
+        );
     }
     // Whole machine, this process, idle and stolen shares of one part.
     let part = |name: &str| {

@@ -1,19 +1,22 @@
 //! How much CPU a broker on this machine gave its JIT compilers while a bench ran.
 //!
 //! A JVM compiles its hot paths through its first minutes of work, and it compiles again when
-//! the work changes. On the two cores a bench shares with the broker, that is CPU the code
-//! under test does not get: a broker just started, four `stream-kafka` runs in a row, gave its
-//! compiler threads 2.9, 1.5, 2.6 and 0.75 s (a third to a half of the broker's own CPU), and
-//! the first run's stage read at 0.51 and 0.49 of the ceiling where the fourth read at 0.60
-//! and 0.76. An untimed warm-up before the timed runs did not settle it (the compilers went on
-//! in the timed runs after four warm-up passes), so the bench reports what they took instead,
-//! and a run whose broker was compiling can be told apart.
+//! the work changes. Where the broker shares the bench's cores, that is CPU the code under
+//! test does not get: on a 2-core machine, a broker just started and four `stream-kafka` runs
+//! in a row, its C2 compiler thread alone took 2.9, 1.5, 2.6 and 0.75 s (a quarter to a half
+//! of the broker's own CPU), and the first run's stage read at 0.51 and 0.49 of the ceiling
+//! where the fourth read at 0.60 and 0.76. An untimed warm-up before the timed runs did not
+//! help (the ratios after it were no better: 0.39–0.61 with 1 worker, 0.49–0.74 with 2, in
+//! six runs), so the bench reports what the compilers took instead, and a run whose broker
+//! was compiling can be told apart.
 //!
 //! The broker is found by the port the bench connects to: the process that holds the
 //! listening socket (`/proc/net/tcp` and `tcp6`, then the `socket:[inode]` links under
 //! `/proc/<pid>/fd`), and in it the threads HotSpot names `C1 CompilerThread<n>` and
 //! `C2 CompilerThread<n>`. A broker on another machine, or one this user may not look into,
-//! is not found, and the bench says nothing about it.
+//! is not found, and the bench says nothing about it. Only the first bootstrap address's
+//! port is looked up (its host is not): of a cluster on this machine, the figure is that one
+//! broker's.
 
 use std::path::Path;
 

@@ -634,8 +634,8 @@ pub async fn kafka_throughput(
             rebuild_ms: None,
         };
         let lost_before = floodcmd_stream::readings_lost_total();
-        let mark = CpuMark::now();
         let jit_before = jit_now();
+        let mark = CpuMark::now();
         let start = Instant::now();
         let watch = ReadingWatch::start(start);
         let h = run_stream(
