@@ -18,10 +18,8 @@
 //! port is looked up (its host is not): of a cluster on this machine, the figure is that one
 //! broker's.
 
+use crate::machine_cpu::{stat_cpu_ticks, TICKS_PER_S};
 use std::path::Path;
-
-/// Clock ticks per second of `/proc/<pid>/task/<tid>/stat` (`USER_HZ`).
-const TICKS_PER_S: f64 = 100.0;
 
 /// A JVM on this machine listening on the bench's broker port.
 #[derive(Clone, Debug)]
@@ -56,7 +54,7 @@ impl BrokerJit {
                 .filter_map(|task| {
                     let tid = task.file_name()?.to_str()?.parse().ok()?;
                     let stat = std::fs::read_to_string(task.join("stat")).ok()?;
-                    Some((tid, cpu_ticks(&stat)))
+                    Some((tid, stat_cpu_ticks(&stat)))
                 })
                 .collect(),
         }
@@ -136,16 +134,6 @@ fn holder_of(proc: &Path, inodes: &[u64]) -> Option<u32> {
         })
 }
 
-/// utime plus stime of a `/proc/.../stat` line, in ticks; 0 when it cannot be read.
-fn cpu_ticks(stat: &str) -> u64 {
-    // Fields after the command name (which may hold spaces and parentheses), so split at the
-    // last ')': the rest starts at field 3, and utime and stime are fields 14 and 15.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    tick(11) + tick(12)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,12 +176,12 @@ mod tests {
     }
 
     #[test]
-    fn cpu_ticks_read_past_a_name_with_spaces_and_parentheses() {
+    fn a_thread_s_cpu_is_read_past_a_name_with_spaces_and_parentheses() {
         let stat = "4242 (C2 CompilerThre) S 1 2 3 4 5 6 7 8 9 10 1200 34 0 0 20 0 1 0";
-        assert_eq!(cpu_ticks(stat), 1234);
+        assert_eq!(stat_cpu_ticks(stat), 1234);
         let odd = "7 (a) b (c)) R 1 2 3 4 5 6 7 8 9 10 5 6 0 0";
-        assert_eq!(cpu_ticks(odd), 11);
-        assert_eq!(cpu_ticks(""), 0);
+        assert_eq!(stat_cpu_ticks(odd), 11);
+        assert_eq!(stat_cpu_ticks(""), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// Clock ticks per second of `/proc/stat` and `/proc/<pid>/stat`: `USER_HZ`, which Linux
 /// fixes at 100 for user space on every architecture we run on.
-const TICKS_PER_S: f64 = 100.0;
+pub(crate) const TICKS_PER_S: f64 = 100.0;
 
 /// The machine's and this process's CPU counters at one moment.
 #[derive(Clone, Copy, Debug)]
@@ -148,12 +148,19 @@ impl CpuSpent {
 /// have ended included (utime and stime of `/proc/<pid>/stat`); 0 when it cannot be read.
 pub(crate) fn process_cpu_s(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces), so index from the last ')'.
+    stat_cpu_ticks(&stat) as f64 / TICKS_PER_S
+}
+
+/// utime plus stime of a `/proc/<pid>/stat` (or `/proc/<pid>/task/<tid>/stat`) text, in
+/// ticks; 0 when it cannot be read.
+pub(crate) fn stat_cpu_ticks(stat: &str) -> u64 {
+    // Fields after the command name (which may hold spaces and parentheses), so index from
+    // the last ')'.
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    (tick(11) + tick(12)) / TICKS_PER_S
+    tick(11) + tick(12)
 }
 
 /// The aggregate line of a `/proc/stat` text; `None` when it has none or too few fields.
