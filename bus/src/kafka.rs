@@ -924,11 +924,15 @@ impl KafkaProducer {
         Ok(known)
     }
 
-    /// Hand one record to librdkafka; `Err` carries librdkafka's error code and text.
+    /// Hand one record to librdkafka; `Err` carries librdkafka's error code and text. Its
+    /// key is copied; its payload too, unless `given` holds it ([`NativePack`]): then
+    /// librdkafka takes it over when this returns `Ok` (and frees it once the record is done
+    /// with), and leaves it to the caller otherwise.
     fn produce(
         &self,
         topic: &KnownTopic,
         r: (&[u8], &[u8], i64),
+        given: Option<&NativePack>,
         partition: u32,
         opaque: usize,
     ) -> Result<(), (RDKafkaErrorCode, String)> {
@@ -957,14 +961,21 @@ impl KafkaProducer {
                     i32_: partition as i32,
                 },
             ),
-            // Copied: the record's bytes are the caller's once this returns.
+            // Copied (the record's bytes are the caller's once this returns), or freed by
+            // librdkafka once sent (a pack written in its allocator's memory).
             vu(
                 V::RD_KAFKA_VTYPE_MSGFLAGS,
                 U {
-                    i: rdkafka::bindings::RD_KAFKA_MSG_F_COPY,
+                    i: match given {
+                        None => rdkafka::bindings::RD_KAFKA_MSG_F_COPY,
+                        Some(_) => rdkafka::bindings::RD_KAFKA_MSG_F_FREE,
+                    },
                 },
             ),
-            vu(V::RD_KAFKA_VTYPE_VALUE, mem(payload)),
+            vu(
+                V::RD_KAFKA_VTYPE_VALUE,
+                mem(given.map_or(payload, NativePack::as_slice)),
+            ),
             vu(V::RD_KAFKA_VTYPE_KEY, mem(key)),
             vu(
                 V::RD_KAFKA_VTYPE_OPAQUE,
@@ -974,8 +985,10 @@ impl KafkaProducer {
             ),
             vu(V::RD_KAFKA_VTYPE_TIMESTAMP, U { i64_: timestamp_ms }),
         ];
-        // SAFETY: a live client, a handle it made, and buffers that outlive the call (the
-        // payload and key are copied, F_COPY). On failure librdkafka keeps nothing.
+        // SAFETY: a live client, a handle it made, and buffers that outlive the call (the key
+        // is always copied; the payload is copied, F_COPY, or a `NativePack` from
+        // librdkafka's own allocator that it frees, F_FREE, from this call's success on: the
+        // caller forgets it then). On failure librdkafka keeps nothing and frees nothing.
         let error = unsafe {
             rdkafka::bindings::rd_kafka_produceva(
                 self.inner.client().native_ptr(),
@@ -1035,22 +1048,19 @@ impl KafkaProducer {
         };
         for (u, unit) in units.iter().enumerate() {
             let lead = unit.lead;
-            let packed;
+            let mut packed = None;
             let record = if unit.rest.is_empty() {
                 let r = &records[lead];
                 (&r.key[..], &r.payload[..], r.timestamp_ms)
             } else {
-                packed = pack::write(unit.members().map(|m| &records[m]));
+                packed = Some(NativePack::of(unit.members().map(|m| &records[m])));
                 // Keyed as its first record (its partition is set, the key only says whose it
                 // is to a reader that does not unpack). Stamped as its latest record: a reader
                 // starting at a time (`offsets_for_time`) then starts at or before every
                 // record of that time, never after one.
                 let latest = unit.members().map(|m| records[m].timestamp_ms).max();
-                (
-                    &records[lead].key[..],
-                    &packed[..],
-                    latest.unwrap_or_default(),
-                )
+                // The payload is the pack, given to `produce` apart.
+                (&records[lead].key[..], &[][..], latest.unwrap_or_default())
             };
             // A full local queue waits for room up to `queue_timeout`, then fails the record
             // with `Timeout` (the gateway's 429); records after it still get their chance.
@@ -1059,8 +1069,15 @@ impl KafkaProducer {
             // and in librdkafka besides.
             let mut deadline = None;
             loop {
-                match self.produce(&known, record, unit.partition, ack.opaque(lead)) {
-                    Ok(()) => break,
+                let given = packed.as_ref();
+                match self.produce(&known, record, given, unit.partition, ack.opaque(lead)) {
+                    Ok(()) => {
+                        // librdkafka's now, to free once the record is done with.
+                        if let Some(p) = packed.take() {
+                            p.given();
+                        }
+                        break;
+                    }
                     Err((RDKafkaErrorCode::QueueFull, _)) => {
                         let now = tokio::time::Instant::now();
                         if now >= *deadline.get_or_insert(now + self.queue_timeout) {
@@ -1097,6 +1114,59 @@ impl KafkaProducer {
         }
         drop(unsent);
         ack
+    }
+}
+
+/// A pack written straight into memory from librdkafka's allocator, for librdkafka to free
+/// once it has sent it (`RD_KAFKA_MSG_F_FREE`): a pack handed over as a copy (`F_COPY`) was
+/// copied again by librdkafka, 2 % of a stream worker's time. Freed here unless given.
+struct NativePack {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: it owns its memory alone, as a `Vec<u8>` does.
+unsafe impl Send for NativePack {}
+// SAFETY: as above; shared, it is only read.
+unsafe impl Sync for NativePack {}
+
+impl NativePack {
+    /// The pack of `members` (more than one record), written once. Out of memory, it ends
+    /// the process as any allocation in Rust (or in librdkafka, which asserts) does.
+    fn of<'a>(members: impl Iterator<Item = &'a Outgoing> + Clone) -> NativePack {
+        let len = pack::size(members.clone());
+        // SAFETY: plain allocation (no client needed); released below or by librdkafka.
+        let raw = unsafe { rdkafka::bindings::rd_kafka_mem_malloc(std::ptr::null_mut(), len) };
+        let Some(ptr) = std::ptr::NonNull::new(raw as *mut u8) else {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<u8>(len).expect("a pack's size fits a layout"),
+            );
+        };
+        let native = NativePack { ptr, len };
+        // SAFETY: `len` bytes of fresh memory this value owns alone; written whole before
+        // being read (`write_into` fills exactly `size`).
+        let out = unsafe { std::slice::from_raw_parts_mut(native.ptr.as_ptr(), len) };
+        pack::write_into(members, out);
+        native
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` bytes this value owns, all written by `of`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// librdkafka took it (`produce` returned `Ok`): it frees it, not this.
+    fn given(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for NativePack {
+    fn drop(&mut self) {
+        // SAFETY: memory from `rd_kafka_mem_malloc` that librdkafka did not take, freed once.
+        unsafe {
+            rdkafka::bindings::rd_kafka_mem_free(std::ptr::null_mut(), self.ptr.as_ptr().cast())
+        }
     }
 }
 
@@ -1634,6 +1704,28 @@ mod tests {
         );
         let producer = config.client_with(PRODUCER_DEFAULTS);
         assert_eq!(producer.get("linger.ms"), Some("20"));
+    }
+
+    /// A pack written into librdkafka's memory is byte for byte the pack written in Rust's,
+    /// whatever the records; one not given to librdkafka is freed by its own drop.
+    #[test]
+    fn a_pack_in_librdkafkas_memory_is_the_pack_itself() {
+        let records: Vec<Outgoing> = (0..300)
+            .map(|i| Outgoing {
+                key: Bytes::from(format!("UP-{i:03}")),
+                payload: Bytes::from("x".repeat(i % 7)),
+                timestamp_ms: 1_780_000_000_000 + i as i64,
+                key_hash: None,
+            })
+            .collect();
+        for n in [2, 3, 256, 300] {
+            let native = NativePack::of(records[..n].iter());
+            assert_eq!(native.as_slice(), &pack::write(records[..n].iter())[..]);
+            let back = pack::unpack(&Bytes::copy_from_slice(native.as_slice())).unwrap();
+            assert_eq!(back.len(), n);
+            assert_eq!(back[n - 1].0, records[n - 1].key);
+            assert_eq!(back[n - 1].2, records[n - 1].timestamp_ms);
+        }
     }
 
     /// Every client, whatever its role, reconnects soon after its bootstrap connection is let

@@ -109,13 +109,28 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -
     units
 }
 
+/// The bytes of the pack of `members`.
+pub(crate) fn size<'a>(members: impl Iterator<Item = &'a Outgoing>) -> usize {
+    MAGIC.len()
+        + members
+            .map(|r| HEAD + r.key.len() + r.payload.len())
+            .sum::<usize>()
+}
+
 /// The pack of `members` (more than one record).
+#[cfg(test)]
 pub(crate) fn write<'a>(members: impl Iterator<Item = &'a Outgoing> + Clone) -> Vec<u8> {
-    let size: usize = members
-        .clone()
-        .map(|r| HEAD + r.key.len() + r.payload.len())
-        .sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + size);
+    let mut out = vec![0; size(members.clone())];
+    write_into(members, &mut out);
+    out
+}
+
+/// Write the pack of `members` into `out`, which holds exactly [`size`] bytes (the Kafka bus
+/// writes it into memory librdkafka then owns, see `kafka::NativePack`).
+///
+/// # Panics
+/// If `out` is shorter than the pack.
+pub(crate) fn write_into<'a>(members: impl Iterator<Item = &'a Outgoing>, mut out: &mut [u8]) {
     out.put_slice(MAGIC);
     for r in members {
         out.put_u32_le(r.key.len() as u32);
@@ -124,7 +139,7 @@ pub(crate) fn write<'a>(members: impl Iterator<Item = &'a Outgoing> + Clone) -> 
         out.put_slice(&r.key);
         out.put_slice(&r.payload);
     }
-    out
+    debug_assert!(out.is_empty(), "a pack's buffer is its size exactly");
 }
 
 /// Whether `payload` is laid out as a pack (its magic; [`unpack`] says whether it parses).
