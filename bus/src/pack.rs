@@ -121,7 +121,7 @@ pub(crate) fn size<'a>(members: impl Iterator<Item = &'a Outgoing>) -> usize {
 #[cfg(test)]
 pub(crate) fn write<'a>(members: impl Iterator<Item = &'a Outgoing> + Clone) -> Vec<u8> {
     let mut out = vec![0; size(members.clone())];
-    write_into(members, &mut out);
+    write_into(members, &mut out[..]);
     out
 }
 
@@ -129,8 +129,8 @@ pub(crate) fn write<'a>(members: impl Iterator<Item = &'a Outgoing> + Clone) -> 
 /// writes it into memory librdkafka then owns, see `kafka::NativePack`).
 ///
 /// # Panics
-/// If `out` is shorter than the pack.
-pub(crate) fn write_into<'a>(members: impl Iterator<Item = &'a Outgoing>, mut out: &mut [u8]) {
+/// If `out` does not hold exactly the pack: room left over would go to the broker as it was.
+pub(crate) fn write_into<'a>(members: impl Iterator<Item = &'a Outgoing>, mut out: impl BufMut) {
     out.put_slice(MAGIC);
     for r in members {
         out.put_u32_le(r.key.len() as u32);
@@ -139,7 +139,11 @@ pub(crate) fn write_into<'a>(members: impl Iterator<Item = &'a Outgoing>, mut ou
         out.put_slice(&r.key);
         out.put_slice(&r.payload);
     }
-    debug_assert!(out.is_empty(), "a pack's buffer is its size exactly");
+    assert_eq!(
+        out.remaining_mut(),
+        0,
+        "a pack's buffer is its size exactly"
+    );
 }
 
 /// Whether `payload` is laid out as a pack (its magic; [`unpack`] says whether it parses).
