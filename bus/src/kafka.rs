@@ -926,18 +926,19 @@ impl KafkaProducer {
     }
 
     /// Hand one record to librdkafka; `Err` carries librdkafka's error code and text. Its
-    /// key is copied; its payload too, unless `given` holds it ([`NativePack`]): then
-    /// librdkafka takes it over when this returns `Ok` (and frees it once the record is done
-    /// with), and leaves it to the caller otherwise.
+    /// key is copied, and its payload as [`Payload`] says.
     fn produce(
         &self,
         topic: &KnownTopic,
-        r: (&[u8], &[u8], i64),
-        given: Option<&NativePack>,
+        r: (&[u8], Payload<'_>, i64),
         partition: u32,
         opaque: usize,
     ) -> Result<(), (RDKafkaErrorCode, String)> {
         let (key, payload, timestamp_ms) = r;
+        let (flags, payload) = match payload {
+            Payload::Copied(bytes) => (rdkafka::bindings::RD_KAFKA_MSG_F_COPY, bytes),
+            Payload::Given(pack) => (rdkafka::bindings::RD_KAFKA_MSG_F_FREE, pack.as_slice()),
+        };
         use rdkafka::bindings::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 as Mem;
         use rdkafka::bindings::{
             rd_kafka_vtype_t as V, rd_kafka_vu_s__bindgen_ty_1 as U, rd_kafka_vu_t,
@@ -962,21 +963,8 @@ impl KafkaProducer {
                     i32_: partition as i32,
                 },
             ),
-            // Copied (the record's bytes are the caller's once this returns), or freed by
-            // librdkafka once sent (a pack written in its allocator's memory).
-            vu(
-                V::RD_KAFKA_VTYPE_MSGFLAGS,
-                U {
-                    i: match given {
-                        None => rdkafka::bindings::RD_KAFKA_MSG_F_COPY,
-                        Some(_) => rdkafka::bindings::RD_KAFKA_MSG_F_FREE,
-                    },
-                },
-            ),
-            vu(
-                V::RD_KAFKA_VTYPE_VALUE,
-                mem(given.map_or(payload, NativePack::as_slice)),
-            ),
+            vu(V::RD_KAFKA_VTYPE_MSGFLAGS, U { i: flags }),
+            vu(V::RD_KAFKA_VTYPE_VALUE, mem(payload)),
             vu(V::RD_KAFKA_VTYPE_KEY, mem(key)),
             vu(
                 V::RD_KAFKA_VTYPE_OPAQUE,
@@ -1052,16 +1040,19 @@ impl KafkaProducer {
             let mut packed = None;
             let record = if unit.rest.is_empty() {
                 let r = &records[lead];
-                (&r.key[..], &r.payload[..], r.timestamp_ms)
+                (&r.key[..], Payload::Copied(&r.payload), r.timestamp_ms)
             } else {
-                packed = Some(NativePack::of(unit.members().map(|m| &records[m])));
+                let pack = packed.insert(NativePack::of(unit.members().map(|m| &records[m])));
                 // Keyed as its first record (its partition is set, the key only says whose it
                 // is to a reader that does not unpack). Stamped as its latest record: a reader
                 // starting at a time (`offsets_for_time`) then starts at or before every
                 // record of that time, never after one.
                 let latest = unit.members().map(|m| records[m].timestamp_ms).max();
-                // The payload is the pack, given to `produce` apart.
-                (&records[lead].key[..], &[][..], latest.unwrap_or_default())
+                (
+                    &records[lead].key[..],
+                    Payload::Given(pack),
+                    latest.unwrap_or_default(),
+                )
             };
             // A full local queue waits for room up to `queue_timeout`, then fails the record
             // with `Timeout` (the gateway's 429); records after it still get their chance.
@@ -1070,8 +1061,7 @@ impl KafkaProducer {
             // and in librdkafka besides.
             let mut deadline = None;
             loop {
-                let given = packed.as_ref();
-                match self.produce(&known, record, given, unit.partition, ack.opaque(lead)) {
+                match self.produce(&known, record, unit.partition, ack.opaque(lead)) {
                     Ok(()) => {
                         // librdkafka's now, to free once the record is done with.
                         if let Some(p) = packed.take() {
@@ -1116,6 +1106,16 @@ impl KafkaProducer {
         drop(unsent);
         ack
     }
+}
+
+/// A record's payload as `KafkaProducer::produce` hands it over.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    /// Copied by librdkafka (`F_COPY`): the caller's again once `produce` returns.
+    Copied(&'a [u8]),
+    /// Taken over by librdkafka if `produce` returns `Ok` (`F_FREE`; the caller then forgets
+    /// it, see [`NativePack::given`]), left to the caller otherwise.
+    Given(&'a NativePack),
 }
 
 /// A pack written straight into memory from librdkafka's allocator, for librdkafka to free
