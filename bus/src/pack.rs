@@ -98,10 +98,14 @@ pub(crate) fn plan(records: &[Outgoing], partitions: u32, pack: Option<usize>) -
             }
             _ => {
                 open.insert(partition, (units.len(), size));
+                // Room for as many records as a pack holds, or as are left: grown from
+                // empty, each unit reallocated its places seven times on the way to a full
+                // pack.
+                let rest = (MAX_ITEMS - 1).min(records.len() - i - 1);
                 units.push(Unit {
                     partition,
                     lead: i,
-                    rest: Vec::new(),
+                    rest: Vec::with_capacity(rest),
                 });
             }
         }

@@ -327,6 +327,12 @@ impl BatchEncoder {
         self.buf.len()
     }
 
+    /// Bytes it can hold before its buffer must grow (a reallocation and a copy of all
+    /// written so far).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Nothing written yet.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()

@@ -13,8 +13,9 @@
 //! the rules operator holds its capability at the oldest epoch whose outputs the bus has not
 //! yet acknowledged.
 
-use crate::delivery::{EncodedBatch, OutputDelivery};
-use crate::engine::{Engine, StreamOutput, TimedReading};
+use crate::delivery::OutputDelivery;
+use crate::engine::{Engine, TimedReading};
+use crate::epoch_outputs::{EpochOutputs, FeedOutput};
 use crate::prefetch::prefetch_first;
 use crate::read_positions::{Gap, Place, ReadPositions};
 use floodcmd_model::bus::{murmur2, partition_for, Assignment, Bus, BusError, Consumer, Record};
@@ -95,16 +96,16 @@ pub struct Cluster {
     pub addresses: Vec<String>,
 }
 
-struct StreamMetrics {
+pub(crate) struct StreamMetrics {
     readings: IntCounter,
     late: IntCounter,
     undecodable: IntCounter,
     lost: IntCounter,
-    outputs: IntCounterVec,
+    pub(crate) outputs: IntCounterVec,
     watermark: IntGauge,
 }
 
-fn metrics() -> &'static StreamMetrics {
+pub(crate) fn metrics() -> &'static StreamMetrics {
     static M: OnceLock<StreamMetrics> = OnceLock::new();
     M.get_or_init(|| {
         let m = StreamMetrics {
@@ -241,8 +242,6 @@ impl DirectFeed {
 
 /// One worker's end of a [`DirectFeed`]: batches of `(partition, reading)`.
 type FeedInput = std::sync::mpsc::Receiver<Vec<(u32, Reading)>>;
-/// Where a fed run's outputs go.
-type FeedOutput = std::sync::mpsc::SyncSender<Vec<StreamOutput>>;
 
 /// Start a bounded run fed by `feed` instead of the bus's readings topic; outputs go to
 /// `feed.outputs`, and `bus` takes only what the stage dead-letters. The watermark must be
@@ -463,12 +462,12 @@ const SPARE_READINGS: usize = 65_536;
 /// Vectors of one epoch's readings, kept for later epochs and handed out with room for as many
 /// readings as recent epochs held. The worker's input loop fills one per epoch of each poll
 /// (timely hands it back drained with several workers, and hands back none with one: the
-/// vector itself goes on to the operator); the rules operator keeps an epoch's first container
-/// as it comes when it is that vector or has as much room, gathers the epoch into a vector
-/// from the same pool otherwise, and gives each back to the pool once applied.
-/// The input loop's grew from empty every time, and the operator's too once its four spares
-/// were out: a reallocation and a copy per doubling (6 % of a worker's time in a storm whose
-/// epochs hold a few hundred readings, each arriving in several containers).
+/// vector itself goes on to the operator); the rules operator keeps every container as it
+/// comes, a piece of its epoch, and gives each back to the pool once the epoch is applied
+/// (the exchange's small ones are dropped there).
+/// The input loop's grew from empty every time: a reallocation and a copy per doubling (6 % of
+/// a worker's time in a storm whose epochs hold a few hundred readings, with the operator's
+/// own vectors, which gathered each epoch then).
 ///
 /// The room is reserved, not touched: a poll that spans many sparse epochs just after a dense
 /// one reserves up to `ROOM_AT_MOST` readings for each (about 100 KiB), of which only the pages
@@ -777,13 +776,7 @@ impl WorkerContext {
                         // outputs the bus has yet to acknowledge, so the probe downstream only
                         // passes a time once every output for it is on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
-                        let mut stash: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
-                        let mut out = Vec::new();
-                        // Topic names and counters resolved once: per output they were a string
-                        // format and a labelled-metric lookup.
-                        let (status_topic, alerts_topic) = (sink_topics.status(), sink_topics.alerts());
-                        let status_count = metrics().outputs.with_label_values(&["status"]);
-                        let mut transition_counts: Vec<(&'static str, IntCounter)> = Vec::new();
+                        let mut stash: BTreeMap<u64, Vec<Vec<TimedReading>>> = BTreeMap::new();
                         // Outputs go to the bus from here, in the engine's order: timely may
                         // reorder containers of different times downstream, the bus must not.
                         // One batch per topic and epoch, handed over in one entry into the
@@ -792,92 +785,28 @@ impl WorkerContext {
                         // in turn (linger plus a round trip, ~5 ms on Kafka) held the stage to
                         // a few hundred outputs a second. Each topic's batch keeps the engine's
                         // order.
-                        let (mut status_bytes_each, mut transition_bytes_each) = (256, 320);
-                        // Partitions of the output topics, to keep each one's records in a
-                        // buffer of its own (one buffer will do where there is no topic: a fed
-                        // run's outputs do not go to the bus).
-                        let partitions_of = |topic: &str| sink_rt.block_on(sink_bus.partitions(topic)).unwrap_or(1);
-                        let (status_partitions, alerts_partitions) = (partitions_of(&status_topic), partitions_of(&alerts_topic));
-                        let emit_delivery = sink_delivery.clone();
-                        let mut emit = move |time: u64, out: &mut Vec<StreamOutput>| {
-                            if out.is_empty() {
-                                return;
+                        let status_count = metrics().outputs.with_label_values(&["status"]);
+                        let mut outputs = match feed_output {
+                            Some(tx) => EpochOutputs::to_feed(tx, sink_lost.clone(), status_count),
+                            None => {
+                                // Partitions of the output topics, to keep each one's records
+                                // in a buffer of its own.
+                                let partitions_of = |topic: &str| sink_rt.block_on(sink_bus.partitions(topic)).unwrap_or(1);
+                                let (status_partitions, alerts_partitions) = (partitions_of(&sink_topics.status()), partitions_of(&sink_topics.alerts()));
+                                EpochOutputs::to_bus(sink_delivery.clone(), status_partitions, alerts_partitions, status_count)
                             }
-                            // Statuses counted once per batch: the counter is shared by every
-                            // worker, and an atomic add per status made them contend for it.
-                            let statuses = out.iter().filter(|o| matches!(o, StreamOutput::Status(_))).count();
-                            status_count.inc_by(statuses as u64);
-                            if let Some(tx) = &feed_output {
-                                // Whoever fed the run takes the outputs as they are. If it has
-                                // gone, nothing more can be delivered: as with a lost output on
-                                // the bus, say so rather than pretend.
-                                if tx.send(std::mem::take(out)).is_err() {
-                                    sink_lost.set(true);
-                                }
-                                return;
-                            }
-                            // Each topic's records encoded into buffers of their own (an
-                            // alert must not keep an epoch's statuses alive on a bus that
-                            // keeps it longer).
-                            let mut status = EncodedBatch::new(status_partitions, statuses, status_bytes_each);
-                            let transitions = out.len() - statuses;
-                            let mut alerts = EncodedBatch::new(alerts_partitions, transitions, transition_bytes_each);
-                            for o in out.drain(..) {
-                                match &o {
-                                    StreamOutput::Status(s) => {
-                                        status.push(&s.point, s.as_of_ms, |buffer| buffer.status(s));
-                                    }
-                                    StreamOutput::Transition(t) => {
-                                        let kind = t.transition.as_str();
-                                        let at = match transition_counts.iter().position(|(k, _)| *k == kind) {
-                                            Some(at) => at,
-                                            None => {
-                                                transition_counts.push((kind, metrics().outputs.with_label_values(&[kind])));
-                                                transition_counts.len() - 1
-                                            }
-                                        };
-                                        transition_counts[at].1.inc();
-                                        alerts.push(&t.point, t.event_ms, |buffer| buffer.transition(t));
-                                    }
-                                }
-                            }
-                            // The next batch's buffer sized from this one's, so it seldom
-                            // grows and seldom holds much more than it needs.
-                            if let Some(each) = status.bytes().checked_div(statuses) {
-                                status_bytes_each = each + 16;
-                            }
-                            if let Some(each) = alerts.bytes().checked_div(transitions) {
-                                transition_bytes_each = each + 16;
-                            }
-                            emit_delivery.borrow_mut().hand_over(time, status.finish(), alerts.finish());
                         };
                         move |(input, frontier), _output| {
                             input.for_each_stamp(|cap, data| {
                                 let t = *cap.least().expect("u64 stamps have a least time");
-                                let data = data.into_slice();
-                                let epoch = match stash.entry(t) {
-                                    // An epoch's first container, alone in this activation, is
-                                    // kept as it comes, not copied into another (a reading is
-                                    // about a hundred bytes), when it is the input loop's pooled
-                                    // vector (one worker: timely passes it on) or has as much
-                                    // room. Timely's exchange makes containers of about 8 KiB
-                                    // with several workers: those are gathered into a pooled
-                                    // vector, as later shares of the epoch would make them grow
-                                    // a doubling at a time.
-                                    std::collections::btree_map::Entry::Vacant(slot)
-                                        if data.len() == 1 && (peers == 1 || data[0].capacity() >= applied_vecs.borrow().recent) =>
-                                    {
-                                        slot.insert(std::mem::take(&mut data[0]));
-                                        return;
+                                // Each container kept as it comes, a piece of its epoch,
+                                // not copied into one vector of the epoch (a reading is about
+                                // a hundred bytes; see `Engine::apply_epoch_in_pieces`).
+                                let pieces = stash.entry(t).or_default();
+                                for d in data.into_slice() {
+                                    if !d.is_empty() {
+                                        pieces.push(std::mem::take(d));
                                     }
-                                    // Several, or one with less room: gathered into one from the pool.
-                                    std::collections::btree_map::Entry::Vacant(slot) => slot.insert(applied_vecs.borrow_mut().take()),
-                                    std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
-                                };
-                                // Room for all of them at once, not a doubling per container.
-                                epoch.reserve(data.iter().map(Vec::len).sum());
-                                for d in data {
-                                    epoch.append(d);
                                 }
                             });
                             let Some(cap) = held.as_mut() else { return };
@@ -886,18 +815,26 @@ impl WorkerContext {
                                 if f.less_equal(&t) {
                                     break;
                                 }
-                                let rs = stash.remove(&t).expect("key just seen");
-                                engine.apply_epoch(t as Millis * 1000, &rs, &mut out);
-                                emit(t, &mut out);
-                                let held = rs.len();
-                                applied_vecs.borrow_mut().give(rs, held);
+                                let pieces = stash.remove(&t).expect("key just seen");
+                                let held = pieces.iter().map(Vec::len).sum();
+                                outputs.begin(held);
+                                engine.apply_epoch_in_pieces(t as Millis * 1000, &pieces, &mut outputs);
+                                outputs.finish(t);
+                                // Given back with the epoch's count, which is what the input
+                                // loop's vectors should have room for (up to its limit), not
+                                // each piece's: the exchange's are small.
+                                let mut pool = applied_vecs.borrow_mut();
+                                for piece in pieces {
+                                    pool.give(piece, held);
+                                }
                             }
                             match f.first() {
                                 Some(&ft) => {
                                     // Silence up to the frontier: what the readings before
                                     // the held time caused, as it were.
-                                    engine.advance_to(ft as Millis * 1000, &mut out);
-                                    emit(*cap.time(), &mut out);
+                                    outputs.begin(0);
+                                    engine.advance_to(ft as Millis * 1000, &mut outputs);
+                                    outputs.finish(*cap.time());
                                 }
                                 None if sink_delivery.borrow().oldest().is_none() => {
                                     // End of input and every output acknowledged: nothing

@@ -86,6 +86,20 @@ impl EncodedBatch<BatchEncoder> {
         }
     }
 
+    /// A batch for about `records` records whose partitions' buffers start with room for
+    /// `bytes` each, in partition order.
+    pub(crate) fn with_room(bytes: impl IntoIterator<Item = usize>, records: usize) -> Self {
+        EncodedBatch {
+            buffers: bytes.into_iter().map(BatchEncoder::with_capacity).collect(),
+            places: Vec::with_capacity(records),
+        }
+    }
+
+    /// Bytes written to each partition, in partition order.
+    pub(crate) fn partition_bytes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.buffers.iter().map(BatchEncoder::len)
+    }
+
     /// Add a record keyed `key`, whose payload `write` puts in the buffer it is handed.
     pub(crate) fn push(
         &mut self,
@@ -107,9 +121,10 @@ impl EncodedBatch<BatchEncoder> {
         });
     }
 
-    /// Bytes written, over every partition.
-    pub(crate) fn bytes(&self) -> usize {
-        self.buffers.iter().map(BatchEncoder::len).sum()
+    /// Room each partition's buffer has, written or not, in partition order.
+    #[cfg(test)]
+    pub(crate) fn partition_room(&self) -> Vec<usize> {
+        self.buffers.iter().map(BatchEncoder::capacity).collect()
     }
 
     pub(crate) fn finish(self) -> EncodedBatch<Bytes> {

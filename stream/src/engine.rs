@@ -41,6 +41,40 @@ pub enum StreamOutput {
     Transition(AlertTransition),
 }
 
+/// Where the engine puts its outputs as it makes them, in its order.
+///
+/// The stream stage encodes each output here, for the bus, while it is still in the cache: an
+/// epoch's statuses gathered into a vector first, each cloned from the point's state, were
+/// written out (a few hundred bytes each, more than the cache holds for a minute's epoch) only
+/// to be read back, encoded and dropped. A vector of [`StreamOutput`] keeps them as they are
+/// (replays, tests).
+pub trait Outputs {
+    /// A point's status after an epoch that changed it (the engine keeps it as the point's
+    /// last).
+    fn status(&mut self, status: &PointStatus);
+    /// A level or data-state transition.
+    fn transition(&mut self, transition: AlertTransition);
+}
+
+impl Outputs for Vec<StreamOutput> {
+    fn status(&mut self, status: &PointStatus) {
+        self.push(StreamOutput::Status(status.clone()));
+    }
+
+    fn transition(&mut self, transition: AlertTransition) {
+        self.push(StreamOutput::Transition(transition));
+    }
+}
+
+/// Outputs not wanted: those of history replayed to rebuild the state, which are on the bus
+/// already.
+struct Dropped;
+
+impl Outputs for Dropped {
+    fn status(&mut self, _: &PointStatus) {}
+    fn transition(&mut self, _: AlertTransition) {}
+}
+
 /// How a reading crosses between processes of a timely cluster. Timely encodes exchanged data
 /// with bincode, which cannot skip a field, and the JSON form of [`Reading`] skips an absent
 /// `seq`: on the exchange every field is present, in a fixed order.
@@ -615,9 +649,9 @@ fn transition(
     clock: &dyn Clock,
     cause: Cause,
     late: bool,
-) -> StreamOutput {
+) -> AlertTransition {
     let prediction = st.prediction(rules);
-    StreamOutput::Transition(AlertTransition {
+    AlertTransition {
         point: st.point.id.to_string(),
         point_kind: st.point.kind,
         transition: cause.kind,
@@ -632,7 +666,7 @@ fn transition(
         next_level: prediction.map(|p| p.next_level),
         minutes_to_next: prediction.map(|p| p.minutes),
         flapping: st.flap.is_flapping(),
-    })
+    }
 }
 
 impl Engine {
@@ -675,7 +709,7 @@ impl Engine {
     }
 
     /// Judge silence for every owned point up to (not including) `t_ms`.
-    pub fn advance_to(&mut self, t_ms: Millis, out: &mut Vec<StreamOutput>) {
+    pub fn advance_to(&mut self, t_ms: Millis, out: &mut impl Outputs) {
         if t_ms <= self.quiet_until_ms {
             return;
         }
@@ -707,7 +741,6 @@ impl Engine {
             st.data_state = DataState::Silent;
             let level = st.level(rules);
             let status = st.status(at, rules);
-            st.last_status = Some(status.clone());
             let rule = match st.last_ms {
                 Some(_) => format!("no reading for {} s", st.silent_after_ms(rules) / 1000),
                 None => "never heard from".to_string(),
@@ -722,9 +755,10 @@ impl Engine {
             };
             // Silence inside the rebuilt history was reported before the restart.
             if at > self.replay_horizon_ms {
-                out.push(transition(st, rules, &*self.clock, cause, false));
-                out.push(StreamOutput::Status(status));
+                out.transition(transition(st, rules, &*self.clock, cause, false));
+                out.status(&status);
             }
+            st.last_status = Some(status);
         }
     }
 
@@ -735,7 +769,32 @@ impl Engine {
         &mut self,
         epoch_ms: Millis,
         readings: &[TimedReading],
-        out: &mut Vec<StreamOutput>,
+        out: &mut impl Outputs,
+    ) {
+        let readings: Vec<&TimedReading> = readings.iter().collect();
+        self.apply_gathered(epoch_ms, &readings, out);
+    }
+
+    /// [`Engine::apply_epoch`] for an epoch that came in pieces (containers of a poll, or of
+    /// the exchange between workers), applied as one, without gathering the readings into
+    /// one vector first: a reading is over a hundred bytes, and a minute's epoch of devices
+    /// that all report on the minute came in several pieces, each copied (and the vector
+    /// grown, all it held copied again) to gather them.
+    pub fn apply_epoch_in_pieces(
+        &mut self,
+        epoch_ms: Millis,
+        pieces: &[Vec<TimedReading>],
+        out: &mut impl Outputs,
+    ) {
+        let readings: Vec<&TimedReading> = pieces.iter().flatten().collect();
+        self.apply_gathered(epoch_ms, &readings, out);
+    }
+
+    fn apply_gathered(
+        &mut self,
+        epoch_ms: Millis,
+        readings: &[&TimedReading],
+        out: &mut impl Outputs,
     ) {
         self.advance_to(epoch_ms, out);
         // Every point looked up first, in arrival order, in passes of their own (see
@@ -767,7 +826,7 @@ impl Engine {
             .collect();
         keyed.sort_by(|&(ta, pa, a), &(tb, pb, b)| {
             ta.cmp(&tb).then(pa.cmp(&pb)).then_with(|| {
-                let (a, b) = (&readings[a as usize], &readings[b as usize]);
+                let (a, b) = (readings[a as usize], readings[b as usize]);
                 let (x, y) = (&a.reading, &b.reading);
                 x.sensor
                     .cmp(&y.sensor)
@@ -780,15 +839,15 @@ impl Engine {
                     .then_with(|| b.replay.cmp(&a.replay))
             })
         });
-        // Points in the order of their first reading this epoch.
-        let mut touched: Vec<usize> = Vec::new();
-        let mut replayed = Vec::new();
+        // Points in the order of their first reading this epoch (at most one per reading:
+        // grown from empty, a minute's epoch reallocated it a dozen times).
+        let mut touched: Vec<usize> = Vec::with_capacity(readings.len());
         for (k, &(_, place, at)) in keyed.iter().enumerate() {
             // Each point's state and its allocations are scattered over a heap larger than
             // the cache, and what a reading does with them is short: waited for one after
             // another, the misses would be most of its time.
             self.prefetch_for_readings(&keyed, k);
-            let tr = &readings[at as usize];
+            let tr = readings[at as usize];
             let Some(i) = place.map(|i| i as usize) else {
                 self.unknown_points += 1;
                 continue;
@@ -801,8 +860,7 @@ impl Engine {
             if tr.replay {
                 // Rebuild the state, drop the outputs: they are on the bus already.
                 self.replay_horizon_ms = self.replay_horizon_ms.max(tr.reading.ts_ms);
-                self.apply_reading(i, tr, &mut replayed);
-                replayed.clear();
+                self.apply_reading(i, tr, &mut Dropped);
                 let st = &mut self.points[i];
                 st.last_status = Some(st.status(epoch_ms, &self.rules));
                 continue;
@@ -825,7 +883,7 @@ impl Engine {
             // Coalesce: one status per point per epoch, and only when something a user sees
             // changed (a new timestamp alone is not news unless the point was silent).
             if changed {
-                out.push(StreamOutput::Status(status.clone()));
+                out.status(&status);
                 spare = st.last_status.replace(status);
             } else {
                 spare = Some(status);
@@ -863,7 +921,7 @@ impl Engine {
         }
     }
 
-    fn apply_reading(&mut self, i: usize, tr: &TimedReading, out: &mut Vec<StreamOutput>) {
+    fn apply_reading(&mut self, i: usize, tr: &TimedReading, out: &mut impl Outputs) {
         let Engine {
             points,
             rules,
@@ -897,7 +955,7 @@ impl Engine {
                 rule: "reading received".to_string(),
                 value,
             };
-            out.push(transition(st, rules, clock, cause, tr.late));
+            out.transition(transition(st, rules, clock, cause, tr.late));
         }
         st.last_ms = Some(st.last_ms.map_or(at, |l| l.max(at)));
         st.silent_reported = false;
@@ -944,7 +1002,7 @@ impl Engine {
                 None => st.accept_depth(slot, ts_ms, v),
             }
             if let Some(m) = st.evaluate(ts_ms, rules) {
-                out.push(transition(st, rules, clock, m, tr.late));
+                out.transition(transition(st, rules, clock, m, tr.late));
             }
         }
         let last = st.last_ms.unwrap_or(at);
@@ -1110,6 +1168,24 @@ mod tests {
         let given = run(&|_| {});
         assert_eq!(given, run(&|e| e.reverse()));
         assert_eq!(given, run(&|e| e.rotate_left(2)));
+        // An epoch that comes in pieces (a poll's containers, the exchange's) is one epoch.
+        for cuts in [vec![1], vec![3, 4], vec![1, 2, 5, 6], vec![7]] {
+            let clock = Arc::new(ManualClock::new(T0));
+            let mut engine = Engine::new(&d, |p| points.contains(&p), clock, T0);
+            let mut out = Vec::new();
+            for m in 0..8 {
+                let mut epoch = minute(m);
+                epoch.reverse();
+                let mut pieces = Vec::new();
+                for &at in cuts.iter().rev() {
+                    pieces.push(epoch.split_off(at.min(epoch.len())));
+                }
+                pieces.push(epoch);
+                pieces.reverse();
+                engine.apply_epoch_in_pieces(T0 + m * MIN, &pieces, &mut out);
+            }
+            assert_eq!(given, out, "cut at {cuts:?}");
+        }
         assert!(
             !transitions(&given).is_empty(),
             "the storm raises something, so transitions are compared too"

@@ -23,6 +23,7 @@
 pub mod dataflow;
 mod delivery;
 pub mod engine;
+mod epoch_outputs;
 pub mod flap;
 pub mod intensity;
 pub mod level;
@@ -38,4 +39,4 @@ pub use dataflow::{
     outputs_total, readings_lost_total, readings_total, run_stream, run_stream_fed,
     run_stream_in_cluster, Cluster, DirectFeed, StreamConfig, StreamHandle, Watermark,
 };
-pub use engine::{Engine, StreamOutput, TimedReading};
+pub use engine::{Engine, Outputs, StreamOutput, TimedReading};
