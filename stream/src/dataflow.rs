@@ -505,8 +505,23 @@ impl EpochVecs {
     /// already have room enough (a catching-up stage can stamp a whole backlog with one epoch)
     /// or it has less room than recent epochs held (timely's exchange makes containers of about
     /// 8 KiB: handed out again, each would be reallocated, copying its old block, to make room).
-    fn give(&mut self, mut v: Vec<TimedReading>, held: usize) {
+    fn give(&mut self, v: Vec<TimedReading>, held: usize) {
+        self.give_all([v], held);
+    }
+
+    /// [`EpochVecs::give`] for the pieces of one epoch, which held `held` readings together:
+    /// `recent` moves once for the epoch, not once a piece (an epoch from the exchange comes
+    /// in dozens of pieces, and an eighth off for each would undo a large epoch's figure after
+    /// one small one).
+    fn give_all(&mut self, vs: impl IntoIterator<Item = Vec<TimedReading>>, held: usize) {
         self.recent = held.max(self.recent - self.recent / 8).min(ROOM_AT_MOST);
+        for v in vs {
+            self.keep(v);
+        }
+    }
+
+    /// `v` emptied and kept, if the spares want it (see [`EpochVecs::give`]).
+    fn keep(&mut self, mut v: Vec<TimedReading>) {
         v.clear();
         if v.capacity() > 0
             && v.capacity() >= self.recent
@@ -823,10 +838,7 @@ impl WorkerContext {
                                 // Given back with the epoch's count, which is what the input
                                 // loop's vectors should have room for (up to its limit), not
                                 // each piece's: the exchange's are small.
-                                let mut pool = applied_vecs.borrow_mut();
-                                for piece in pieces {
-                                    pool.give(piece, held);
-                                }
+                                applied_vecs.borrow_mut().give_all(pieces, held);
                             }
                             match f.first() {
                                 Some(&ft) => {
@@ -1263,6 +1275,21 @@ mod epoch_vecs_tests {
         }
         .take();
         assert!(fresh.capacity() >= 263, "{}", fresh.capacity());
+    }
+
+    /// An epoch given back in pieces moves the figure once: the ten small pieces of a small
+    /// epoch take an eighth off, not an eighth ten times, and are not kept.
+    #[test]
+    fn an_epoch_in_pieces_counts_once() {
+        let mut pool = EpochVecs::default();
+        pool.give(readings(800), 800);
+        let _ = pool.take();
+        pool.give_all((0..10).map(|_| Vec::with_capacity(7)), 70);
+        assert_eq!(pool.recent, 800 - 800 / 8, "one eighth off, not ten");
+        assert!(pool.spare.is_empty(), "small pieces are not kept");
+        pool.give_all([readings(900), Vec::with_capacity(10)], 900);
+        assert_eq!(pool.recent, 900);
+        assert_eq!(pool.spare.len(), 1, "the piece with room is kept");
     }
 
     /// A vector with less room than recent epochs held (one of timely's exchange containers)

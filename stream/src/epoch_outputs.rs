@@ -101,7 +101,8 @@ impl EpochOutputs {
             self.is_empty(),
             "an epoch's outputs finished before the next"
         );
-        if !matches!(self.to, Destination::Bus(_)) {
+        // Outputs not handed over yet stay where they are, to go with the next `finish`.
+        if !self.is_empty() || !matches!(self.to, Destination::Bus(_)) {
             return;
         }
         self.status = self.status_room.batch(readings);
@@ -149,8 +150,13 @@ impl EpochOutputs {
 /// How much room a topic's next batch starts with, partition by partition: what the last
 /// epoch with readings wrote to each partition, per reading, times the readings of this one,
 /// and a sixteenth more. A buffer that runs out of room is reallocated and all it holds
-/// copied; one left a good part empty is shrunk when handed over (a record pins its whole
-/// buffer while a bus keeps it), which copies it too.
+/// copied (unless the allocator can grow it where it is); one left much of it empty is shrunk
+/// when handed over (a record pins its whole buffer while a bus keeps it).
+///
+/// Only an epoch with at most [`RECORDS_PER_READING`] records a reading is learned from: an
+/// epoch of a few readings can carry the silence of thousands of points (the engine judges
+/// silence up to each epoch before applying it), and scaled up to the next minute's readings
+/// its bytes per reading would reserve gigabytes.
 ///
 /// Per reading, because an epoch's outputs are not known until it is applied: a status per
 /// point whose status changed, a transition per so many readings. Partition by partition,
@@ -158,6 +164,10 @@ impl EpochOutputs {
 /// hash is its index modulo the workers, and a key's partition is the same hash modulo the
 /// partitions, so with 2 workers and 4 partitions each worker writes to 2. Sized as if it
 /// wrote to all 4, each of its buffers ran out of room every epoch.
+/// Records a reading may make that an epoch learned from holds at most (a status, and a
+/// transition or three).
+const RECORDS_PER_READING: usize = 4;
+
 struct Room {
     partitions: u32,
     /// Before any epoch with records of this topic: records guessed per reading, and the
@@ -194,7 +204,7 @@ impl Room {
 
     /// Learn from `batch`, which holds `records` records from an epoch of `readings`.
     fn learn(&mut self, batch: &EncodedBatch<BatchEncoder>, records: usize, readings: usize) {
-        if records > 0 && readings > 0 {
+        if records > 0 && readings > 0 && records <= RECORDS_PER_READING * readings {
             self.last = Some((batch.partition_bytes().collect(), records, readings));
         }
     }
@@ -457,5 +467,9 @@ mod tests {
         assert!(half.partition_room()[0] <= given[0] / 2 + 1);
         // Nothing expected (silence alone): nothing reserved.
         assert_eq!(room.batch(0).partition_room(), [0, 0, 0, 0]);
+        // An epoch of 2 readings that carried the silence of the 500 points is not learned
+        // from: scaled up to 500 readings again, it would reserve 250 times the room.
+        room.learn(&first, keys.len(), 2);
+        assert_eq!(room.batch(keys.len()).partition_room(), given);
     }
 }
