@@ -919,7 +919,10 @@ impl ReadingSpan {
 /// reading from Kafka can spend. Over it, the available core-time at the ceiling's pace bounds
 /// any such stage's ratio, with its outputs one to a record or packed, however well its
 /// adapters were written; a stage that spends more beside the broker than alone (it does)
-/// stays under it.
+/// stays under it. Turned around, the same figures give the budget: what rules, decoding and
+/// encoding may cost per reading in process for a stage writing packed outputs to reach
+/// [`TARGET_RATIO`] at all, and how many times over it this stage's in-process cost is. Over
+/// 1, no work on the adapters alone can reach the target on that run's machine.
 fn cpu_figures(
     r: &mut Report,
     readings: u64,
@@ -1024,6 +1027,29 @@ fn cpu_figures(
         around[1] / (packed_us + in_process_us).max(f64::MIN_POSITIVE),
         "ratio",
     );
+    let budget_us = rules_budget_us(around[1], packed_us, TARGET_RATIO);
+    r.figure(
+        &format!("CPU per reading that rules, decoding and encoding may cost in process for a stage that writes its outputs packed {PACKED} to a record to read {TARGET_RATIO} of the ceiling: the available core-time per reading at that share of the ceiling's pace (around the 2-worker run) less the packed pipe's CPU per reading"),
+        budget_us,
+        "core-µs",
+    );
+    r.figure(
+        &format!("how many times the in-process stage's CPU per reading is that budget (above 1: no stage whose rules cost what these do in process reads {TARGET_RATIO} of the ceiling on this run's figures)"),
+        in_process_us / budget_us.max(f64::MIN_POSITIVE),
+        "times",
+    );
+}
+
+/// The share of the raw consume ceiling the stage is to read from Kafka (issue #4).
+const TARGET_RATIO: f64 = 0.8;
+
+/// What a stage's own work (its rules, decoding and encoding: what it spends beyond consuming
+/// and writing its outputs) may cost per reading for its ratio to the ceiling to reach
+/// `target`: at `target` of the ceiling's pace a reading has `available_us / target` of
+/// core-time, of which the pipe (consuming and writing, `pipe_us`) takes its share first.
+/// Zero when the pipe alone already costs more.
+fn rules_budget_us(available_us: f64, pipe_us: f64, target: f64) -> f64 {
+    (available_us / target - pipe_us).max(0.0)
 }
 
 /// Up to `n` of the stage's outputs, key and payload: the first of each topic (the run's
@@ -1072,4 +1098,19 @@ async fn sample_outputs(
     }
     out.extend(t.cloned());
     Ok(out)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::rules_budget_us;
+
+    #[test]
+    fn the_budget_is_what_the_pipe_leaves_at_the_targets_pace_and_never_negative() {
+        // 2 core-µs available a reading at the ceiling's pace: 2.5 at 0.8 of it.
+        assert!((rules_budget_us(2.0, 1.5, 0.8) - 1.0).abs() < 1e-12);
+        // A stage spending exactly pipe + budget reaches the target ratio: 2.0 / 2.5 = 0.8.
+        let budget = rules_budget_us(2.0, 1.5, 0.8);
+        assert!((2.0 / (1.5 + budget) - 0.8).abs() < 1e-12);
+        assert_eq!(rules_budget_us(1.0, 3.0, 0.8), 0.0);
+    }
 }
