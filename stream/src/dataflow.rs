@@ -8,11 +8,17 @@
 //!
 //! Each worker holds its input capability at its watermark: `now − lateness` on a live clock,
 //! or `newest event time seen − lateness` in bounded mode (replay, tests). A reading older than
-//! the watermark is late: it is still applied, at the watermark's epoch, and flagged. Offsets
+//! the watermark is late: it is still applied, at the watermark's epoch, and flagged. A live
+//! worker that starts with readings waiting on its partitions (a restart after an outage, a
+//! first start on a topic with history) reads that backlog in event time first, as a bounded
+//! run would, and follows the clock once it has caught up ([`crate::backlog`]): readings that
+//! reached the bus on time are not late because the stage was down, and points are not judged
+//! silent while their readings wait to be read. Offsets
 //! are committed only once the probe shows every output the reading could cause is on the bus:
 //! the rules operator holds its capability at the oldest epoch whose outputs the bus has not
 //! yet acknowledged.
 
+use crate::backlog::Backlog;
 use crate::delivery::OutputDelivery;
 use crate::engine::{Engine, TimedReading};
 use crate::epoch_outputs::{EpochOutputs, FeedOutput};
@@ -103,6 +109,7 @@ pub(crate) struct StreamMetrics {
     lost: IntCounter,
     pub(crate) outputs: IntCounterVec,
     watermark: IntGauge,
+    catching_up: IntGauge,
 }
 
 pub(crate) fn metrics() -> &'static StreamMetrics {
@@ -142,6 +149,11 @@ pub(crate) fn metrics() -> &'static StreamMetrics {
                 "Event-time watermark of worker 0, Unix seconds",
             )
             .expect("metric"),
+            catching_up: IntGauge::new(
+                "floodcmd_stream_catching_up_partitions",
+                "Readings partitions whose backlog from before the start this process is still reading (its watermark follows their event time, not the clock)",
+            )
+            .expect("metric"),
         };
         let r = prometheus::default_registry();
         let _ = r.register(Box::new(m.readings.clone()));
@@ -150,6 +162,7 @@ pub(crate) fn metrics() -> &'static StreamMetrics {
         let _ = r.register(Box::new(m.lost.clone()));
         let _ = r.register(Box::new(m.outputs.clone()));
         let _ = r.register(Box::new(m.watermark.clone()));
+        let _ = r.register(Box::new(m.catching_up.clone()));
         m
     })
 }
@@ -322,6 +335,19 @@ async fn start(
         ),
         (None, Watermark::Clock(_)) => (bus.partitions(&readings_topic).await?, None),
     };
+    // Live, where each readings partition ends as the stage starts: what lies before is a
+    // backlog to read in event time (see the module's docs). If the lookup fails, the stage
+    // follows the clock from the start, and a backlog reads as late.
+    let backlog_ends = match (&feed, &config.watermark) {
+        (None, Watermark::Clock(_)) => match bus.end_offsets(&readings_topic).await {
+            Ok(ends) => Some(ends),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up where the readings partitions end; following the clock from the start, so a backlog reads as late");
+                None
+            }
+        },
+        _ => None,
+    };
     // Each worker takes its own receiver out once.
     type Inputs = Vec<Option<FeedInput>>;
     let (feed_inputs, feed_outputs): (Arc<std::sync::Mutex<Inputs>>, _) = match feed {
@@ -379,6 +405,7 @@ async fn start(
                     stop: stop_w.clone(),
                     partitions,
                     end_offsets: end_offsets.clone(),
+                    backlog_ends: backlog_ends.clone(),
                     origin_ms,
                     bounded_end: bounded_end.clone(),
                     failure: failure_w.clone(),
@@ -436,6 +463,8 @@ struct WorkerContext {
     stop: Arc<AtomicBool>,
     partitions: u32,
     end_offsets: Option<Vec<u64>>,
+    /// Live: where each readings partition ended as the stage started (see the module's docs).
+    backlog_ends: Option<Vec<u64>>,
     origin_ms: Millis,
     bounded_end: Arc<BoundedEnd>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -454,6 +483,11 @@ struct BoundedEnd {
 /// they are read and a commit each was work for the group coordinator on the broker, which
 /// shares the machine. A commit held back only makes a restart read a little more again.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a partition of a live worker's backlog may give no record before the worker gives
+/// it up (see [`Backlog`]): the backlog holds back the whole stage's frontier (every worker's,
+/// every process's), and with it the judgement of silence.
+const BACKLOG_STALL: Duration = Duration::from_secs(10);
 
 /// Readings the spare epoch vectors of one pool may have room for, all together, at most (a
 /// few MiB).
@@ -716,6 +750,23 @@ impl WorkerContext {
                 );
             }
         }
+        // Live: the partitions with readings waiting between where this worker starts reading
+        // (history to rebuild from included) and where they ended as the stage started.
+        let m = metrics();
+        let mut backlog = match (&self.backlog_ends, reads_bus) {
+            (Some(ends), true) => {
+                Backlog::new(positions.iter().copied(), ends, Some(m.catching_up.clone()))
+            }
+            _ => Backlog::default(),
+        };
+        if !backlog.is_empty() {
+            tracing::info!(
+                worker = index,
+                partitions = backlog.len(),
+                records = backlog.records(),
+                "reading the backlog in event time before following the clock"
+            );
+        }
         // When the bus's first offsets were last looked at (see below).
         let mut starts_checked = std::time::Instant::now();
         let mut consumer: Option<Box<dyn Consumer>> =
@@ -749,6 +800,9 @@ impl WorkerContext {
                 .collect(),
             None => BTreeMap::new(),
         };
+        // When the backlog was last looked at for partitions that stopped moving.
+        let mut backlog_checked = Instant::now();
+        backlog.start_stall_clock(backlog_checked);
         let producer = self.bus.producer();
         let probe = ProbeHandle::new();
 
@@ -896,7 +950,6 @@ impl WorkerContext {
         // last committed: see `COMMIT_EVERY`.
         let mut due: BTreeMap<u32, u64> = BTreeMap::new();
         let mut last_commit: Option<Instant> = None;
-        let m = metrics();
         let mut published_end = false;
         // A worker re-reading its history after a restart holds its capability where it is
         // until it is done. The frontier is the least capability of every worker in every
@@ -1009,6 +1062,7 @@ impl WorkerContext {
                                     remaining.remove(&rec.partition);
                                 }
                             }
+                            backlog.read(rec.partition, rec.offset);
                             let replay = replay_until
                                 .get(&rec.partition)
                                 .is_some_and(|c| rec.offset < *c);
@@ -1065,8 +1119,12 @@ impl WorkerContext {
                     let pmax = partition_max.entry(partition).or_insert(0);
                     // Live, late means behind the clock's watermark. Bounded, it means behind
                     // the newest reading of the same partition by more than the budget, which
-                    // depends only on that partition's order, so every run agrees.
+                    // depends only on that partition's order, so every run agrees; so it does
+                    // in a live worker's backlog, read as a bounded run reads.
                     let late = match &self.config.watermark {
+                        Watermark::Clock(_) if backlog.contains(partition) => {
+                            epoch + lateness_s < *pmax || epoch < *c.time()
+                        }
                         Watermark::Clock(_) => epoch < *c.time(),
                         Watermark::Bounded { .. } => {
                             epoch + lateness_s < *pmax || epoch < *c.time()
@@ -1090,6 +1148,35 @@ impl WorkerContext {
                         });
                 }
                 m.readings.inc_by(fed);
+                if let (false, Watermark::Clock(clock)) =
+                    (backlog.is_empty(), &self.config.watermark)
+                {
+                    settle_backlog(
+                        &mut backlog,
+                        &partition_max,
+                        ((clock.now_ms().max(0) / 1000) as u64).saturating_sub(lateness_s),
+                        || self.rt.block_on(self.bus.end_offsets(&topics.readings())),
+                        index,
+                    );
+                    if !backlog.is_empty() && backlog_checked.elapsed() >= Duration::from_secs(1) {
+                        backlog_checked = Instant::now();
+                        let stalled = backlog.give_up_stalled(backlog_checked, BACKLOG_STALL);
+                        if !stalled.is_empty() {
+                            tracing::warn!(
+                                worker = index,
+                                partitions = ?stalled,
+                                "no record of the backlog for {} s; following the clock, so what is left of it reads as late",
+                                BACKLOG_STALL.as_secs()
+                            );
+                        }
+                    }
+                    if backlog.is_empty() {
+                        tracing::info!(
+                            worker = index,
+                            "backlog read; the watermark follows the clock"
+                        );
+                    }
+                }
                 // Bounded and caught up (a poll came back empty): once a second, ask where the
                 // bus now starts each partition still open. If it deleted everything up to the
                 // end before it was read, no record is coming, and the run would wait for ever.
@@ -1141,7 +1228,12 @@ impl WorkerContext {
                     }
                 }
                 let now_s = match &self.config.watermark {
-                    Watermark::Clock(clock) => (clock.now_ms().max(0) / 1000) as u64,
+                    Watermark::Clock(clock) => {
+                        let now = (clock.now_ms().max(0) / 1000) as u64;
+                        // Reading a backlog: no further than the newest reading of the partition
+                        // furthest behind, as a bounded run does.
+                        backlog.limit(&partition_max).map_or(now, |b| b.min(now))
+                    }
                     Watermark::Bounded { .. } => {
                         let open = partition_max
                             .iter()
@@ -1227,6 +1319,45 @@ impl WorkerContext {
             c.let_go();
         }
         Ok(())
+    }
+}
+
+/// After a poll: each backlog partition read up to its end is caught up if its newest reading
+/// (`newest`, event seconds) is at or past `live_from_s` (the clock less the budget), and
+/// otherwise reads on to where it ends now (`ends_now`: readings reached the bus meanwhile;
+/// with none, it is caught up).
+fn settle_backlog(
+    backlog: &mut Backlog,
+    newest: &BTreeMap<u32, u64>,
+    live_from_s: u64,
+    ends_now: impl FnOnce() -> Result<Vec<u64>, BusError>,
+    index: usize,
+) {
+    let at_end = backlog.at_end();
+    if at_end.is_empty() {
+        return;
+    }
+    let (live, behind): (Vec<u32>, Vec<u32>) = at_end
+        .into_iter()
+        .partition(|p| newest.get(p).is_some_and(|m| *m >= live_from_s));
+    for p in live {
+        backlog.caught_up(p);
+    }
+    if behind.is_empty() {
+        return;
+    }
+    match ends_now() {
+        Ok(ends) => {
+            for p in behind {
+                backlog.extend(p, ends.get(p as usize).copied().unwrap_or(0));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(worker = index, error = %e, partitions = ?behind, "could not look up where the readings partitions end now; following the clock, so what reached them meanwhile may read as late");
+            for p in behind {
+                backlog.caught_up(p);
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! - `rule_text`: the text a transition gives for the rule that moved it, written by hand
 //!   into one buffer.
 
+mod backlog;
 pub mod dataflow;
 mod delivery;
 pub mod engine;

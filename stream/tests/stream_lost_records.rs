@@ -245,7 +245,8 @@ async fn live_the_gap_is_counted_at_the_first_record_after_it_and_reading_goes_o
     bus.delete_records(&topics.readings(), p, 25).unwrap();
 
     let lost_before = lost_total();
-    // Every reading is behind the clock's watermark: read, judged, committed as it comes.
+    // Every reading is older than the clock's watermark: read as the backlog it is, judged
+    // and committed as the watermark passes it, and all of it once it is read.
     let clock = ManualClock::new(T0 + 3_600_000);
     let c: Arc<dyn Clock> = Arc::new(clock);
     let handle = run_stream(

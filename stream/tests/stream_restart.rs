@@ -1,30 +1,114 @@
 //! Restarting the stream stage: it rebuilds its windows and levels from the readings before
-//! its committed offsets, emits nothing twice, and goes on as if it had never stopped.
+//! its committed offsets, emits nothing twice, and goes on as if it had never stopped. The
+//! readings that reached the bus while it was down are a backlog it reads in event time: not
+//! late, and no point silent for want of its waiting readings.
 
 mod common;
 
-use common::{depth_series, district, run_bounded, HookedBus, T0};
+use common::{depth_series, district, run_bounded, run_with, up_and_down, HookedBus, T0};
 use floodcmd_bus::EmbeddedBus;
-use floodcmd_model::bus::{Assignment, Bus, BusError, Consumer, Record};
+use floodcmd_model::bus::{partition_for, Assignment, Bus, BusError, Consumer, Record};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
 use floodcmd_model::time::{Clock, ManualClock};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{Level, Reading};
 use floodcmd_stream::{run_stream, StreamConfig, Watermark};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A consumer handing out a few records a poll, as a broker's fetches do (a backlog takes the
+/// stage many polls to read), none at all of one partition if asked (a bus that stopped
+/// serving it), and, at the first poll of any of the stage's consumers, putting `arrivals` on
+/// the readings topic (readings that reach the bus after the stage looked where its partitions
+/// end, while it reads its backlog).
+struct Trickle {
+    inner: Box<dyn Consumer>,
+    withheld: Option<u32>,
+    /// Held while the arrivals are sent, so no consumer polls before they are on the bus.
+    arrivals: Arc<tokio::sync::Mutex<Option<Arrivals>>>,
+}
+
+/// Readings to put on `topic` of `bus` once the stage reads.
+struct Arrivals {
+    bus: EmbeddedBus,
+    topic: String,
+    readings: Vec<Reading>,
+}
+
+#[async_trait::async_trait]
+impl Consumer for Trickle {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        let mut arrivals = self.arrivals.lock().await;
+        if let Some(a) = arrivals.take() {
+            let p = a.bus.producer();
+            for r in &a.readings {
+                p.send(&a.topic, r.sensor.as_bytes(), encode(r), r.ts_ms)
+                    .await?;
+            }
+        }
+        drop(arrivals);
+        let mut got = self.inner.poll(max.min(3), timeout).await?;
+        got.retain(|r| Some(r.partition) != self.withheld);
+        Ok(got)
+    }
+    async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
+        self.inner.commit(partition, next).await
+    }
+    async fn commit_all(&mut self, positions: &[(u32, u64)]) -> Result<(), BusError> {
+        self.inner.commit_all(positions).await
+    }
+    async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
+        self.inner.seek(partition, offset).await
+    }
+    fn assigned(&self) -> Vec<u32> {
+        self.inner.assigned()
+    }
+    async fn commit_last(&mut self, last: &[(u32, u64)]) -> Result<(), BusError> {
+        self.inner.commit_last(last).await
+    }
+    fn let_go(self: Box<Self>) {
+        self.inner.let_go()
+    }
+}
+
+/// The stage live on `bus`, its clock `clock`, reading through [`Trickle`].
 async fn live(
     bus: &EmbeddedBus,
     topics: &Topics,
     clock: &ManualClock,
     rebuild: bool,
 ) -> floodcmd_stream::StreamHandle {
+    live_with(bus, topics, clock, rebuild, None, Vec::new()).await
+}
+
+/// [`live`], its consumers withholding every record of partition `withheld`, and `arrivals`
+/// reaching the readings topic at their first poll.
+async fn live_with(
+    bus: &EmbeddedBus,
+    topics: &Topics,
+    clock: &ManualClock,
+    rebuild: bool,
+    withheld: Option<u32>,
+    arrivals: Vec<Reading>,
+) -> floodcmd_stream::StreamHandle {
     let c: Arc<dyn Clock> = Arc::new(clock.clone());
+    let arrivals = Arc::new(tokio::sync::Mutex::new(Some(Arrivals {
+        bus: bus.clone(),
+        topic: topics.readings(),
+        readings: arrivals,
+    })));
+    let trickling = HookedBus::new(bus.clone()).wrap_consumer(move |_, inner| {
+        Box::new(Trickle {
+            inner,
+            withheld,
+            arrivals: arrivals.clone(),
+        })
+    });
     run_stream(
-        Arc::new(bus.clone()),
+        Arc::new(trickling),
         district(),
         c.clone(),
         StreamConfig {
@@ -38,6 +122,32 @@ async fn live(
     )
     .await
     .unwrap()
+}
+
+/// Wait until group `stream` has committed every readings partition to its end: the stage has
+/// read its whole backlog, and what it caused is on the bus. (A stage stopped part way through
+/// its backlog judges silence from the readings it had read, and the points whose readings
+/// it had not are left to its restart to judge.)
+async fn read_to_the_end(bus: &EmbeddedBus, topics: &Topics) {
+    let ends = bus.end_offsets(&topics.readings()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = bus.committed("stream", &topics.readings()).await.unwrap();
+        let behind: Vec<(usize, u64, Option<u64>)> = ends
+            .iter()
+            .enumerate()
+            .filter(|(p, end)| **end > 0 && committed[*p] != Some(**end))
+            .map(|(p, end)| (p, *end, committed[p]))
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: (partition, end, committed) {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn collect_until(
@@ -87,13 +197,17 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
         .unwrap();
     let mut seen = Vec::new();
 
+    // The clock stands still, so each phase's readings are on the bus before its stage
+    // starts, a backlog read in event time: read live after the first poll, they would be
+    // late, applied at a watermark epoch that a still clock never passes.
     let clock = ManualClock::new(T0 + 900_000);
-    let first = live(&bus, &topics, &clock, true).await;
     send(r1).await;
+    let first = live(&bus, &topics, &clock, true).await;
     collect_until(&mut watch, &mut seen, |s| {
         s.iter().any(|t| t.point == "UP-01" && t.to == Level::Red)
     })
     .await;
+    read_to_the_end(&bus, &topics).await;
     first.stop();
     tokio::task::spawn_blocking(move || first.join())
         .await
@@ -129,6 +243,171 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
         after.iter().all(|t| t.0 != TransitionKind::Raised),
         "nothing raised twice: {after:?}"
     );
+    // Down for 15 minutes of a 3-minute silence: its readings were waiting, not missing.
+    assert!(
+        after
+            .iter()
+            .all(|t| !matches!(t.0, TransitionKind::Silent | TransitionKind::Recovered)),
+        "not silent for readings that waited for the restart: {after:?}"
+    );
+    assert!(
+        seen.iter().all(|t| !t.late),
+        "readings that reached the bus on time are not late: {seen:#?}"
+    );
+}
+
+/// What caused a transition, without when the stage got round to it.
+type Caused = (TransitionKind, Level, Level, i64, String, bool);
+
+/// Per point, in the order the alerts topic holds them.
+fn by_point(ts: &[AlertTransition], points: &BTreeSet<String>) -> BTreeMap<String, Vec<Caused>> {
+    let mut out: BTreeMap<String, Vec<Caused>> = BTreeMap::new();
+    for t in ts.iter().filter(|t| points.contains(&t.point)) {
+        out.entry(t.point.clone()).or_default().push((
+            t.transition,
+            t.from,
+            t.to,
+            t.event_ms,
+            t.rule.clone(),
+            t.late,
+        ));
+    }
+    out
+}
+
+/// A stage down through the middle of a storm on three points, restarted 15 minutes later
+/// while the last two minutes of readings are still reaching the bus: what it raises before
+/// and after the gap, together, is exactly what one run over the whole storm raises (same
+/// transitions, same event times, same rules, none late), and no point is silent on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopped_raises() {
+    let d = district();
+    // The sensor whose last readings arrive as the stage reads is the only one its worker
+    // reads (of two workers, partition p goes to worker p mod 2), so nothing else of that
+    // worker's holds its watermark back while they arrive.
+    let arriving_sensor = "WL-UP-01";
+    let worker_of = |sensor: &str| partition_for(sensor.as_bytes(), 4) % 2;
+    let others: Vec<&str> = ["WL-LP-01", "WL-UP-02", "WL-LP-02", "WL-LP-03", "WL-LP-04"]
+        .into_iter()
+        .filter(|s| worker_of(s) != worker_of(arriving_sensor))
+        .take(2)
+        .collect();
+    assert_eq!(others.len(), 2, "two sensors read by the other worker");
+    let mut readings = Vec::new();
+    for (sensor, steps, every_ms) in [
+        (arriving_sensor, 30, 30_000),
+        (others[0], 20, 45_000),
+        (others[1], 40, 20_000),
+    ] {
+        readings.extend(depth_series(&d, sensor, T0, every_ms, &up_and_down(steps)));
+    }
+    readings.sort_by_key(|r| r.ts_ms);
+    let end_ms = readings.last().expect("readings").ts_ms;
+    let points: BTreeSet<String> = readings.iter().map(|r| r.point.to_string()).collect();
+    let (reference, _) = run_with(d.clone(), &readings, 2, 5_000).await;
+    let expected = by_point(&reference, &points);
+    assert!(
+        expected.values().all(|ts| ts.len() >= 8),
+        "each point rises through every level and falls back: {expected:#?}"
+    );
+
+    let bus = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("gap");
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4).await.unwrap();
+    }
+    let cut_ms = T0 + 900_000;
+    let send = |rs: Vec<Reading>| {
+        let p = bus.producer();
+        let t = topics.readings();
+        async move {
+            for r in rs {
+                p.send(&t, r.sensor.as_bytes(), encode(&r), r.ts_ms)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let mut watch = bus
+        .consumer("watch", &topics.alerts(), Assignment::All)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let upto = |seen: &[AlertTransition], until_ms: i64| {
+        let want: usize = expected
+            .values()
+            .map(|ts| ts.iter().filter(|t| t.3 < until_ms).count())
+            .sum();
+        seen.iter()
+            .filter(|t| points.contains(&t.point) && t.event_ms < until_ms)
+            .count()
+            >= want
+    };
+
+    // The first half reaches the bus, and the stage reads it: its clock a budget past the
+    // cut, so the watermark passes every reading before it.
+    let clock = ManualClock::new(cut_ms + 5_000);
+    send(
+        readings
+            .iter()
+            .filter(|r| r.ts_ms < cut_ms)
+            .cloned()
+            .collect(),
+    )
+    .await;
+    let first = live(&bus, &topics, &clock, true).await;
+    collect_until(&mut watch, &mut seen, |s| upto(s, cut_ms)).await;
+    read_to_the_end(&bus, &topics).await;
+    first.stop();
+    tokio::task::spawn_blocking(move || first.join())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Most of the second half reaches the bus while the stage is down; it starts again 15
+    // minutes on, and the rest arrives as it reads (after it looked where the partitions end).
+    let arrive_ms = end_ms - 120_000;
+    send(
+        readings
+            .iter()
+            .filter(|r| r.ts_ms >= cut_ms && r.ts_ms < arrive_ms)
+            .cloned()
+            .collect(),
+    )
+    .await;
+    let arriving: Vec<Reading> = readings
+        .iter()
+        .filter(|r| r.ts_ms >= arrive_ms)
+        .cloned()
+        .collect();
+    assert!(
+        arriving
+            .iter()
+            .filter(|r| &*r.sensor == arriving_sensor)
+            .count()
+            >= 4,
+        "readings of {arriving_sensor} arrive as the stage reads: {arriving:?}"
+    );
+    clock.set(end_ms + 30_000);
+    let second = live_with(&bus, &topics, &clock, true, None, arriving).await;
+    collect_until(&mut watch, &mut seen, |s| upto(s, end_ms + 1)).await;
+    second.stop();
+    tokio::task::spawn_blocking(move || second.join())
+        .await
+        .unwrap()
+        .unwrap();
+    // Anything more it wrote (a repeat would be) is read too.
+    loop {
+        let more = watch.poll(1000, Duration::from_millis(200)).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(
+            more.iter()
+                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
+        );
+    }
+    assert_eq!(by_point(&seen, &points), expected);
 }
 
 /// A consumer of the embedded bus whose `commit_last` is kept (the embedded bus commits at
@@ -294,4 +573,66 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
             "partition {p} read to its end"
         );
     }
+}
+
+/// A backlog partition that gives the stage nothing (a bus that stopped serving it) is given up
+/// after `BACKLOG_STALL` (10 s), rather than hold back the whole stage for ever: the watermark
+/// follows the clock again, the other partitions' readings are judged (in event time, as the
+/// backlog they were), and the point whose readings never came goes silent as the clock
+/// moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_partition_that_gives_nothing_is_given_up_and_the_clock_judges_silence() {
+    let d = district();
+    let bus = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("stall");
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4).await.unwrap();
+    }
+    let stuck_sensor = "WL-LP-02";
+    let stuck = partition_for(stuck_sensor.as_bytes(), 4);
+    let moving_sensor = ["WL-UP-02", "WL-LP-01", "WL-LP-03", "WL-LP-04"]
+        .into_iter()
+        .find(|s| partition_for(s.as_bytes(), 4) != stuck)
+        .expect("a sensor in another partition");
+    let point_of = |sensor: &str| d.sensor(sensor).unwrap().point.id.to_string();
+    let (stuck_point, moving_point) = (point_of(stuck_sensor), point_of(moving_sensor));
+    let rise: Vec<f64> = (0..20).map(|i| i as f64 * 2.0).collect();
+    let mut readings = depth_series(&d, stuck_sensor, T0, 30_000, &rise);
+    readings.extend(depth_series(&d, moving_sensor, T0, 30_000, &rise));
+    let producer = bus.producer();
+    for r in &readings {
+        producer
+            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
+            .await
+            .unwrap();
+    }
+    let mut watch = bus
+        .consumer("watch", &topics.alerts(), Assignment::All)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+
+    let clock = ManualClock::new(T0 + 900_000);
+    let stage = live_with(&bus, &topics, &clock, false, Some(stuck), Vec::new()).await;
+    collect_until(&mut watch, &mut seen, |s| {
+        s.iter()
+            .any(|t| t.point == moving_point && t.to == Level::Red)
+    })
+    .await;
+    clock.set(T0 + 900_000 + 3_600_000);
+    collect_until(&mut watch, &mut seen, |s| {
+        s.iter()
+            .any(|t| t.point == stuck_point && t.transition == TransitionKind::Silent)
+    })
+    .await;
+    stage.stop();
+    tokio::task::spawn_blocking(move || stage.join())
+        .await
+        .unwrap()
+        .unwrap();
+    let moving: Vec<&AlertTransition> = seen.iter().filter(|t| t.point == moving_point).collect();
+    assert!(
+        moving.iter().all(|t| !t.late),
+        "the partition that gave its backlog was read in event time: {moving:#?}"
+    );
 }
