@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{depth_series, district, run_bounded, run_with, up_and_down, HookedBus, T0};
+use common::{
+    by_point, depth_series, district, run_bounded, run_with, up_and_down, HookedBus, Seen, T0,
+};
 use floodcmd_bus::EmbeddedBus;
 use floodcmd_model::bus::{partition_for, Assignment, Bus, BusError, Consumer, Record};
 use floodcmd_model::codec::{decode, encode};
@@ -34,7 +36,7 @@ struct Trickle {
 /// Readings to put on `topic` of `bus` once the stage reads.
 struct Arrivals {
     bus: EmbeddedBus,
-    topic: String,
+    topics: Topics,
     readings: Vec<Reading>,
 }
 
@@ -43,11 +45,7 @@ impl Consumer for Trickle {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
         let mut arrivals = self.arrivals.lock().await;
         if let Some(a) = arrivals.take() {
-            let p = a.bus.producer();
-            for r in &a.readings {
-                p.send(&a.topic, r.sensor.as_bytes(), encode(r), r.ts_ms)
-                    .await?;
-            }
+            put(&a.bus, &a.topics, &a.readings).await?;
         }
         drop(arrivals);
         let mut got = self.inner.poll(max.min(3), timeout).await?;
@@ -97,7 +95,7 @@ async fn live_with(
     let c: Arc<dyn Clock> = Arc::new(clock.clone());
     let arrivals = Arc::new(tokio::sync::Mutex::new(Some(Arrivals {
         bus: bus.clone(),
-        topic: topics.readings(),
+        topics: topics.clone(),
         readings: arrivals,
     })));
     let trickling = HookedBus::new(bus.clone()).wrap_consumer(move |_, inner| {
@@ -122,6 +120,31 @@ async fn live_with(
     )
     .await
     .unwrap()
+}
+
+/// A fresh embedded bus with `prefix`'s topics, four partitions each, and a consumer of every
+/// alert transition written to it.
+async fn watched_bus(prefix: &str) -> (EmbeddedBus, Topics, Box<dyn Consumer>) {
+    let bus = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new(prefix);
+    for t in topics.all() {
+        bus.ensure_topic(&t, 4).await.unwrap();
+    }
+    let watch = bus
+        .consumer("watch", &topics.alerts(), Assignment::All)
+        .await
+        .unwrap();
+    (bus, topics, watch)
+}
+
+/// Put `readings` on the readings topic, in this order, each under its sensor.
+async fn put(bus: &EmbeddedBus, topics: &Topics, readings: &[Reading]) -> Result<(), BusError> {
+    let p = bus.producer();
+    for r in readings {
+        p.send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Wait until group `stream` has committed every readings partition to its end: the stage has
@@ -171,37 +194,18 @@ async fn collect_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
     let d = district();
-    let bus = EmbeddedBus::new(1 << 16);
-    let topics = Topics::new("r");
-    for t in topics.all() {
-        bus.ensure_topic(&t, 4).await.unwrap();
-    }
+    let (bus, topics, mut watch) = watched_bus("r").await;
     let rise: Vec<f64> = (0..30).map(|i| i as f64 * 1.5).collect();
     let fall: Vec<f64> = (0..30).map(|i| (44.0 - i as f64 * 2.0).max(0.0)).collect();
     let r1 = depth_series(&d, "WL-UP-01", T0, 30_000, &rise);
     let r2 = depth_series(&d, "WL-UP-01", T0 + 900_000, 30_000, &fall);
-    let send = |rs: Vec<Reading>| {
-        let p = bus.producer();
-        let t = topics.readings();
-        async move {
-            for r in rs {
-                p.send(&t, r.sensor.as_bytes(), encode(&r), r.ts_ms)
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-    let mut watch = bus
-        .consumer("watch", &topics.alerts(), Assignment::All)
-        .await
-        .unwrap();
     let mut seen = Vec::new();
 
     // The clock stands still, so each phase's readings are on the bus before its stage
     // starts, a backlog read in event time: read live after the first poll, they would be
     // late, applied at a watermark epoch that a still clock never passes.
     let clock = ManualClock::new(T0 + 900_000);
-    send(r1).await;
+    put(&bus, &topics, &r1).await.unwrap();
     let first = live(&bus, &topics, &clock, true).await;
     collect_until(&mut watch, &mut seen, |s| {
         s.iter().any(|t| t.point == "UP-01" && t.to == Level::Red)
@@ -216,7 +220,7 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
     let before = seen.len();
 
     clock.set(T0 + 1_800_000);
-    send(r2).await;
+    put(&bus, &topics, &r2).await.unwrap();
     let second = live(&bus, &topics, &clock, true).await;
     collect_until(&mut watch, &mut seen, |s| {
         s.iter()
@@ -256,23 +260,12 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
     );
 }
 
-/// What caused a transition, without when the stage got round to it.
-type Caused = (TransitionKind, Level, Level, i64, String, bool);
-
-/// Per point, in the order the alerts topic holds them.
-fn by_point(ts: &[AlertTransition], points: &BTreeSet<String>) -> BTreeMap<String, Vec<Caused>> {
-    let mut out: BTreeMap<String, Vec<Caused>> = BTreeMap::new();
-    for t in ts.iter().filter(|t| points.contains(&t.point)) {
-        out.entry(t.point.clone()).or_default().push((
-            t.transition,
-            t.from,
-            t.to,
-            t.event_ms,
-            t.rule.clone(),
-            t.late,
-        ));
-    }
-    out
+/// The transitions of `points`, per point, in the order the alerts topic holds them, without
+/// when the stage got round to them.
+fn of_points(ts: &[AlertTransition], points: &BTreeSet<String>) -> BTreeMap<String, Vec<Seen>> {
+    let mut m = by_point(ts);
+    m.retain(|p, _| points.contains(p));
+    m
 }
 
 /// A stage down through the middle of a storm on three points, restarted 15 minutes later
@@ -305,33 +298,14 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
     let end_ms = readings.last().expect("readings").ts_ms;
     let points: BTreeSet<String> = readings.iter().map(|r| r.point.to_string()).collect();
     let (reference, _) = run_with(d.clone(), &readings, 2, 5_000).await;
-    let expected = by_point(&reference, &points);
+    let expected = of_points(&reference, &points);
     assert!(
         expected.values().all(|ts| ts.len() >= 8),
         "each point rises through every level and falls back: {expected:#?}"
     );
 
-    let bus = EmbeddedBus::new(1 << 16);
-    let topics = Topics::new("gap");
-    for t in topics.all() {
-        bus.ensure_topic(&t, 4).await.unwrap();
-    }
+    let (bus, topics, mut watch) = watched_bus("gap").await;
     let cut_ms = T0 + 900_000;
-    let send = |rs: Vec<Reading>| {
-        let p = bus.producer();
-        let t = topics.readings();
-        async move {
-            for r in rs {
-                p.send(&t, r.sensor.as_bytes(), encode(&r), r.ts_ms)
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-    let mut watch = bus
-        .consumer("watch", &topics.alerts(), Assignment::All)
-        .await
-        .unwrap();
     let mut seen = Vec::new();
     let upto = |seen: &[AlertTransition], until_ms: i64| {
         let want: usize = expected
@@ -347,14 +321,12 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
     // The first half reaches the bus, and the stage reads it: its clock a budget past the
     // cut, so the watermark passes every reading before it.
     let clock = ManualClock::new(cut_ms + 5_000);
-    send(
-        readings
-            .iter()
-            .filter(|r| r.ts_ms < cut_ms)
-            .cloned()
-            .collect(),
-    )
-    .await;
+    let first_half: Vec<Reading> = readings
+        .iter()
+        .filter(|r| r.ts_ms < cut_ms)
+        .cloned()
+        .collect();
+    put(&bus, &topics, &first_half).await.unwrap();
     let first = live(&bus, &topics, &clock, true).await;
     collect_until(&mut watch, &mut seen, |s| upto(s, cut_ms)).await;
     read_to_the_end(&bus, &topics).await;
@@ -367,14 +339,12 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
     // Most of the second half reaches the bus while the stage is down; it starts again 15
     // minutes on, and the rest arrives as it reads (after it looked where the partitions end).
     let arrive_ms = end_ms - 120_000;
-    send(
-        readings
-            .iter()
-            .filter(|r| r.ts_ms >= cut_ms && r.ts_ms < arrive_ms)
-            .cloned()
-            .collect(),
-    )
-    .await;
+    let while_down: Vec<Reading> = readings
+        .iter()
+        .filter(|r| r.ts_ms >= cut_ms && r.ts_ms < arrive_ms)
+        .cloned()
+        .collect();
+    put(&bus, &topics, &while_down).await.unwrap();
     let arriving: Vec<Reading> = readings
         .iter()
         .filter(|r| r.ts_ms >= arrive_ms)
@@ -407,7 +377,7 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
                 .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
         );
     }
-    assert_eq!(by_point(&seen, &points), expected);
+    assert_eq!(of_points(&seen, &points), expected);
 }
 
 /// A consumer of the embedded bus whose `commit_last` is kept (the embedded bus commits at
@@ -583,11 +553,7 @@ async fn a_starting_stage_reads_its_commits_once_per_worker_and_tells_its_consum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_partition_that_gives_nothing_is_given_up_and_the_clock_judges_silence() {
     let d = district();
-    let bus = EmbeddedBus::new(1 << 16);
-    let topics = Topics::new("stall");
-    for t in topics.all() {
-        bus.ensure_topic(&t, 4).await.unwrap();
-    }
+    let (bus, topics, mut watch) = watched_bus("stall").await;
     let stuck_sensor = "WL-LP-02";
     let stuck = partition_for(stuck_sensor.as_bytes(), 4);
     let moving_sensor = ["WL-UP-02", "WL-LP-01", "WL-LP-03", "WL-LP-04"]
@@ -599,17 +565,7 @@ async fn a_backlog_partition_that_gives_nothing_is_given_up_and_the_clock_judges
     let rise: Vec<f64> = (0..20).map(|i| i as f64 * 2.0).collect();
     let mut readings = depth_series(&d, stuck_sensor, T0, 30_000, &rise);
     readings.extend(depth_series(&d, moving_sensor, T0, 30_000, &rise));
-    let producer = bus.producer();
-    for r in &readings {
-        producer
-            .send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
-            .await
-            .unwrap();
-    }
-    let mut watch = bus
-        .consumer("watch", &topics.alerts(), Assignment::All)
-        .await
-        .unwrap();
+    put(&bus, &topics, &readings).await.unwrap();
     let mut seen = Vec::new();
 
     let clock = ManualClock::new(T0 + 900_000);
