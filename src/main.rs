@@ -339,6 +339,11 @@ enum Command {
         /// Depth sensors of the synthetic district (stream scenarios).
         #[arg(long, default_value_t = 10_000)]
         sensors: usize,
+        /// stream-kafka: a librdkafka setting, KEY=VALUE (repeatable), given to every Kafka
+        /// client of the run, the stage's and the raw ceiling's and pipe's alike, over their
+        /// own: a tuning tried against peers that have it too, without a rebuild.
+        #[arg(long = "kafka-setting", value_name = "KEY=VALUE", value_parser = kafka_setting)]
+        kafka_settings: Vec<(String, String)>,
         #[command(flatten)]
         sms: SmsBenchArgs,
         #[command(flatten)]
@@ -831,6 +836,19 @@ async fn sim(cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// One `--kafka-setting`: `KEY=VALUE`, the key not empty (librdkafka judges both when the
+/// clients are made, and names what it refuses).
+fn kafka_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: a Kafka setting is KEY=VALUE, e.g. queued.min.messages=10000"
+        )),
+    }
+}
+
 // One parameter per option group of `floodcmd bench`; each scenario takes its own below.
 #[allow(clippy::too_many_arguments)]
 async fn bench(
@@ -840,6 +858,7 @@ async fn bench(
     batch: usize,
     clients: usize,
     sensors: usize,
+    kafka_settings: Vec<(String, String)>,
     sms: SmsBenchArgs,
     fanout: FanoutBenchArgs,
     pipeline: PipelineBenchArgs,
@@ -861,8 +880,14 @@ async fn bench(
             floodcmd_benches::stream_core::throughput(sensors, records, &command).await?
         }
         BenchScenario::StreamKafka => {
-            floodcmd_benches::stream_core::kafka_throughput(&kafka, sensors, records, &command)
-                .await?
+            floodcmd_benches::stream_core::kafka_throughput(
+                &kafka,
+                sensors,
+                records,
+                &kafka_settings,
+                &command,
+            )
+            .await?
         }
         BenchScenario::StreamMemory => {
             floodcmd_benches::stream_core::memory(sensors, &command).await?
@@ -1065,13 +1090,23 @@ fn main() -> Result<()> {
             batch,
             clients,
             sensors,
+            kafka_settings,
             sms,
             fanout,
             pipeline,
             out,
         } => {
             let report = rt()?.block_on(bench(
-                scenario, kafka, records, batch, clients, sensors, sms, fanout, pipeline,
+                scenario,
+                kafka,
+                records,
+                batch,
+                clients,
+                sensors,
+                kafka_settings,
+                sms,
+                fanout,
+                pipeline,
             ))?;
             write_report(&report, &out)
         }
@@ -1081,9 +1116,27 @@ fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{
-        allow_thp_set, hold_freed_memory, no_transparent_huge_pages, MI_OPTION_PURGE_DELAY,
-        PURGE_DELAY_MS,
+        allow_thp_set, hold_freed_memory, kafka_setting, no_transparent_huge_pages,
+        MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS,
     };
+
+    #[test]
+    fn a_kafka_setting_is_key_equals_value_and_a_bad_one_is_named() {
+        assert_eq!(
+            kafka_setting("queued.min.messages=10000"),
+            Ok(("queued.min.messages".into(), "10000".into()))
+        );
+        // A value may hold '=' (a SASL JAAS line does).
+        assert_eq!(
+            kafka_setting("sasl.oauthbearer.config=scope=a"),
+            Ok(("sasl.oauthbearer.config".into(), "scope=a".into()))
+        );
+        for bad in ["queued.min.messages", "=10000", " =1"] {
+            let e = kafka_setting(bad).expect_err(bad);
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+            assert!(e.contains("KEY=VALUE"), "{e}");
+        }
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -131,10 +131,28 @@ fn stream_core_reports_what_each_run_cost_the_process_per_reading() {
 fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets() {
     let out = tempdir("kafka");
     let kafka = bootstrap();
+    // A setting given on the command line goes to every client of the run, and the report
+    // says which (the value here changes nothing at this size).
     let figures = run_bench(
         "stream-kafka",
-        &["--kafka", &kafka, "--sensors", "200", "--records", "30000"],
+        &[
+            "--kafka",
+            &kafka,
+            "--sensors",
+            "200",
+            "--records",
+            "30000",
+            "--kafka-setting",
+            "queued.min.messages=50000",
+        ],
         &out,
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stream-kafka.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["params"]["kafka_settings"],
+        serde_json::json!(["queued.min.messages=50000"])
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     // What the broker's JIT compilers took: reported for each stage run and for the whole
@@ -310,5 +328,29 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
             "{name}: {bound}, recomputed {expected}"
         );
     }
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
+fn real_broker_stream_kafka_refuses_a_setting_librdkafka_does_not_know_and_names_it() {
+    let out = tempdir("kafka-bad-setting");
+    let run = Command::new(env!("CARGO_BIN_EXE_floodcmd"))
+        .args(["bench", "stream-kafka", "--kafka", &bootstrap()])
+        .args(["--sensors", "200", "--records", "1000"])
+        .args(["--kafka-setting", "no.such.setting=1", "--out"])
+        .arg(&out)
+        .env("FLOODCMD_LOG", "warn")
+        .output()
+        .expect("floodcmd runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "ran with an unknown setting: {stderr}"
+    );
+    assert!(stderr.contains("no.such.setting"), "{stderr}");
+    assert!(
+        !out.join("stream-kafka.json").exists(),
+        "a report without a run"
+    );
     std::fs::remove_dir_all(out).ok();
 }

@@ -73,7 +73,7 @@ pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling
     let (topic, produce_per_s) = fill_topic(bootstrap, records, partitions)?;
     Ok(Ceiling {
         produce_per_s,
-        consume_per_s: consume_topic(bootstrap, &topic, records, partitions)?.per_s,
+        consume_per_s: consume_topic(bootstrap, &topic, records, partitions, &[])?.per_s,
     })
 }
 
@@ -137,14 +137,16 @@ pub struct Timed {
 
 /// Consume the first `records` records of `topic` from the beginning, as fast as librdkafka
 /// will; blocking. Each call reads afresh (a group of its own), so a run can take the ceiling
-/// more than once.
+/// more than once. `settings`: librdkafka settings over the consumer's own (see
+/// [`KafkaSettings`]).
 pub fn consume_topic(
     bootstrap: &str,
     topic: &str,
     records: u64,
     partitions: i32,
+    settings: KafkaSettings,
 ) -> Result<Timed, BenchError> {
-    let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
+    let consumer = ceiling_consumer(bootstrap, topic, partitions, settings)?;
     let mark = CpuMark::now();
     let start = Instant::now();
     let mut seen = 0u64;
@@ -167,16 +169,23 @@ pub fn consume_topic(
     })
 }
 
+/// librdkafka settings a run gives every Kafka client it measures, the stage's and its raw
+/// peers' alike, over their own (`bench stream-kafka --kafka-setting KEY=VALUE`): a tuning is
+/// tried against peers that have it too, and without a rebuild.
+pub type KafkaSettings<'a> = &'a [(String, String)];
+
 /// A consumer of every partition of `topic` from the beginning, in a group of its own, set
-/// for throughput.
+/// for throughput, then `settings` over that.
 fn ceiling_consumer(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
+    settings: KafkaSettings,
 ) -> Result<BaseConsumer, BenchError> {
     static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let read = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
@@ -188,8 +197,11 @@ fn ceiling_consumer(
         // At librdkafka's default (1 s), a partition whose local queue filled was not fetched
         // again for a second, and the whole read came out in whole-second steps (1M records in
         // 2.3, 3.3 or 4.3 s: ceilings of 430k, 300k or 230k records/s from one run to the next).
-        .set("fetch.queue.backoff.ms", "10")
-        .create()?;
+        .set("fetch.queue.backoff.ms", "10");
+    for (key, value) in settings {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -211,7 +223,8 @@ fn ceiling_consumer(
 /// With `pack` above 1, the outputs of each partition go `pack` to a record, their payloads
 /// one to a line (the last record of a partition may hold fewer), with an empty key (a record
 /// of many points has no one key; the partition is set): what the same outputs would cost if
-/// a record carried many of them instead of one.
+/// a record carried many of them instead of one. `settings` go to its consumer and producer
+/// alike (see [`KafkaSettings`]).
 pub fn pipe_topic(
     bootstrap: &str,
     topic: &str,
@@ -220,6 +233,7 @@ pub fn pipe_topic(
     outputs: &[(bytes::Bytes, bytes::Bytes)],
     per_record: f64,
     pack: usize,
+    settings: KafkaSettings,
 ) -> Result<Timed, BenchError> {
     use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
     if outputs.is_empty() {
@@ -232,10 +246,13 @@ pub fn pipe_topic(
         PIPES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     create_topic(bootstrap, &out_topic, partitions)?;
-    let consumer = ceiling_consumer(bootstrap, topic, partitions)?;
+    let consumer = ceiling_consumer(bootstrap, topic, partitions, settings)?;
     let producer: ThreadedProducer<DefaultProducerContext> =
-        floodcmd_bus::kafka::producer_config(&floodcmd_bus::KafkaConfig::new(bootstrap))
-            .create()?;
+        floodcmd_bus::kafka::producer_config(&floodcmd_bus::KafkaConfig {
+            extra: settings.to_vec(),
+            ..floodcmd_bus::KafkaConfig::new(bootstrap)
+        })
+        .create()?;
     let mark = CpuMark::now();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);

@@ -507,9 +507,10 @@ async fn consume_ceiling(
     bootstrap: &str,
     topic: &str,
     records: u64,
+    settings: crate::kafka::KafkaSettings<'_>,
 ) -> Result<crate::kafka::Timed, BenchError> {
-    let (b, t) = (bootstrap.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || crate::kafka::consume_topic(&b, &t, records, 4))
+    let (b, t, s) = (bootstrap.to_string(), topic.to_string(), settings.to_vec());
+    tokio::task::spawn_blocking(move || crate::kafka::consume_topic(&b, &t, records, 4, &s))
         .await
         .map_err(|e| BenchError::Other(e.to_string()))?
 }
@@ -541,10 +542,14 @@ const PACKED: usize = 256;
 /// worker, outputs let go) for what its rules cost without Kafka; the pipe's CPU plus that is
 /// the least any stage spends, which bounds what any could reach on this machine, with its
 /// outputs one to a record or packed (see `cpu_figures`).
+///
+/// `settings` go to every Kafka client of the run, the stage's bus and the raw peers alike
+/// ([`crate::kafka::KafkaSettings`]); the report's parameters name them.
 pub async fn kafka_throughput(
     bootstrap: &str,
     sensors: usize,
     readings: u64,
+    settings: crate::kafka::KafkaSettings<'_>,
     command: &str,
 ) -> Result<Report, BenchError> {
     use floodcmd_bus::{KafkaBus, KafkaConfig};
@@ -559,6 +564,7 @@ pub async fn kafka_throughput(
     // Statuses and transitions packed, as the stage's bus packs them (`floodcmd_bus::pack`).
     let bus = KafkaBus::new(KafkaConfig {
         packed_topics: vec![topics.status(), topics.alerts()],
+        extra: settings.to_vec(),
         ..KafkaConfig::new(bootstrap)
     })
     .map_err(other)?;
@@ -611,7 +617,7 @@ pub async fn kafka_throughput(
     let mut stage_jit = Vec::new();
     // What the machine's cores did in each part: whether it left any idle, and what each
     // spent per reading (see `machine_cpu`).
-    let first = consume_ceiling(bootstrap, &readings_topic, readings).await?;
+    let first = consume_ceiling(bootstrap, &readings_topic, readings, settings).await?;
     let mut ceilings = vec![first.per_s];
     let mut ceiling_cpu = vec![first.cpu];
     let mut stage_cpu = Vec::new();
@@ -669,7 +675,7 @@ pub async fn kafka_throughput(
         let [statuses, transitions] = floodcmd_stream::outputs_total();
         outputs_after.push(statuses + transitions);
         outputs_by_topic = [statuses, transitions];
-        let ceiling = consume_ceiling(bootstrap, &readings_topic, readings).await?;
+        let ceiling = consume_ceiling(bootstrap, &readings_topic, readings, settings).await?;
         ceilings.push(ceiling.per_s);
         ceiling_cpu.push(ceiling.cpu);
     }
@@ -699,13 +705,14 @@ pub async fn kafka_throughput(
     let (mut packed_pipes, mut packed_cpu) = (Vec::new(), Vec::new());
     // Interleaved, so neither kind has all the later runs (a broker warming up favours them).
     for pack in [1, PACKED, PACKED, 1] {
-        let (b, t, o) = (
+        let (b, t, o, s) = (
             bootstrap.to_string(),
             readings_topic.clone(),
             outputs.clone(),
+            settings.to_vec(),
         );
         let piped = tokio::task::spawn_blocking(move || {
-            crate::kafka::pipe_topic(&b, &t, readings, 4, &o, per_reading, pack)
+            crate::kafka::pipe_topic(&b, &t, readings, 4, &o, per_reading, pack, &s)
         })
         .await
         .map_err(|e| BenchError::Other(e.to_string()))??;
@@ -722,7 +729,7 @@ pub async fn kafka_throughput(
         scenario: "stream-kafka".into(),
         command: command.into(),
         machine: Machine::here(),
-        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's", "packed_pipe_outputs_per_record": PACKED }),
+        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's", "packed_pipe_outputs_per_record": PACKED, "kafka_settings": settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() }),
         figures: Vec::new(),
     };
     for (i, when) in [
