@@ -339,9 +339,11 @@ enum Command {
         /// Depth sensors of the synthetic district (stream scenarios).
         #[arg(long, default_value_t = 10_000)]
         sensors: usize,
-        /// stream-kafka: a librdkafka setting, KEY=VALUE (repeatable), given to every Kafka
-        /// client of the run, the stage's and the raw ceiling's and pipe's alike, over their
-        /// own: a tuning tried against peers that have it too, without a rebuild.
+        /// stream-kafka only: a librdkafka setting, KEY=VALUE (repeatable), given to every
+        /// Kafka client of the run, the stage's and the raw ceiling's and pipe's alike, over
+        /// their tunable defaults (what each rests on, its group, commits, idempotence and
+        /// acks, is set after them): a tuning tried against peers that have it too, without a
+        /// rebuild.
         #[arg(long = "kafka-setting", value_name = "KEY=VALUE", value_parser = kafka_setting)]
         kafka_settings: Vec<(String, String)>,
         #[command(flatten)]
@@ -864,6 +866,10 @@ async fn bench(
     pipeline: PipelineBenchArgs,
 ) -> Result<floodcmd_benches::report::Report> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if !kafka_settings.is_empty() && !matches!(scenario, BenchScenario::StreamKafka) {
+        // Taken and dropped without a word, a tuning would seem to have changed nothing.
+        anyhow::bail!("--kafka-setting is for `bench stream-kafka` only");
+    }
     let report = match scenario {
         BenchScenario::KafkaCeiling => {
             let k = kafka.clone();

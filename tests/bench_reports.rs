@@ -332,6 +332,25 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
 }
 
 #[test]
+fn a_kafka_setting_given_to_a_scenario_that_would_ignore_it_is_refused() {
+    let out = tempdir("kafka-setting-elsewhere");
+    let run = Command::new(env!("CARGO_BIN_EXE_floodcmd"))
+        .args(["bench", "kafka-ceiling", "--kafka", "127.0.0.1:1"])
+        .args(["--kafka-setting", "queued.min.messages=10000", "--out"])
+        .arg(&out)
+        .env("FLOODCMD_LOG", "warn")
+        .output()
+        .expect("floodcmd runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "ran: {stderr}");
+    assert!(
+        stderr.contains("--kafka-setting is for `bench stream-kafka` only"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(out).ok();
+}
+
+#[test]
 fn real_broker_stream_kafka_refuses_a_setting_librdkafka_does_not_know_and_names_it() {
     let out = tempdir("kafka-bad-setting");
     let run = Command::new(env!("CARGO_BIN_EXE_floodcmd"))

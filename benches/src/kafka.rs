@@ -47,11 +47,19 @@ pub(crate) fn run_name() -> String {
     format!("{}x{nanos}", std::process::id())
 }
 
-fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), BenchError> {
+fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    settings: KafkaSettings,
+) -> Result<(), BenchError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in settings {
+        config.set(key, value);
+    }
+    let admin: AdminClient<_> = config.create()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,7 +89,7 @@ pub fn measure(bootstrap: &str, records: u64, partitions: i32) -> Result<Ceiling
 /// the topic and the rate, records/s (acknowledged).
 fn fill_topic(bootstrap: &str, records: u64, partitions: i32) -> Result<(String, f64), BenchError> {
     let topic = format!("bench.ceiling.{}", std::process::id());
-    create_topic(bootstrap, &topic, partitions)?;
+    create_topic(bootstrap, &topic, partitions, &[])?;
     let payloads: Vec<(String, bytes::Bytes)> = (0..1000)
         .map(|i| {
             let r = sample_reading(i);
@@ -169,29 +177,19 @@ pub fn consume_topic(
     })
 }
 
-/// librdkafka settings a run gives every Kafka client it measures, the stage's and its raw
-/// peers' alike, over their own (`bench stream-kafka --kafka-setting KEY=VALUE`): a tuning is
-/// tried against peers that have it too, and without a rebuild.
+/// librdkafka settings a run gives every Kafka client it makes, the stage's and its raw peers'
+/// alike (`bench stream-kafka --kafka-setting KEY=VALUE`): a tuning is tried against peers
+/// that have it too, and without a rebuild. As the bus does, each client takes them over its
+/// tunable defaults, and then sets what it rests on itself (a consumer's group and commits;
+/// the bus's producer, idempotence and `acks`), which they cannot change.
 pub type KafkaSettings<'a> = &'a [(String, String)];
 
-/// A consumer of every partition of `topic` from the beginning, in a group of its own, set
-/// for throughput, then `settings` over that.
-fn ceiling_consumer(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    settings: KafkaSettings,
-) -> Result<BaseConsumer, BenchError> {
-    static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let read = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// The ceiling's consumer settings: set for throughput, `settings` over those, then its own
+/// group and no commits.
+fn ceiling_consumer_config(bootstrap: &str, group: &str, settings: KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("bench-ceiling-{}-{read}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
         .set("fetch.min.bytes", "1048576")
         .set("fetch.wait.max.ms", "50")
         // At librdkafka's default (1 s), a partition whose local queue filled was not fetched
@@ -201,7 +199,24 @@ fn ceiling_consumer(
     for (key, value) in settings {
         config.set(key, value);
     }
-    let consumer: BaseConsumer = config.create()?;
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    config
+}
+
+/// A consumer of every partition of `topic` from the beginning, in a group of its own (see
+/// [`ceiling_consumer_config`]).
+fn ceiling_consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    settings: KafkaSettings,
+) -> Result<BaseConsumer, BenchError> {
+    static READS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let read = READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let group = format!("bench-ceiling-{}-{read}", std::process::id());
+    let consumer: BaseConsumer = ceiling_consumer_config(bootstrap, &group, settings).create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -225,6 +240,8 @@ fn ceiling_consumer(
 /// of many points has no one key; the partition is set): what the same outputs would cost if
 /// a record carried many of them instead of one. `settings` go to its consumer and producer
 /// alike (see [`KafkaSettings`]).
+// Each argument is one knob of the one measurement; a struct of them would be read once, here.
+#[allow(clippy::too_many_arguments)]
 pub fn pipe_topic(
     bootstrap: &str,
     topic: &str,
@@ -245,7 +262,7 @@ pub fn pipe_topic(
         run_name(),
         PIPES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    create_topic(bootstrap, &out_topic, partitions)?;
+    create_topic(bootstrap, &out_topic, partitions, settings)?;
     let consumer = ceiling_consumer(bootstrap, topic, partitions, settings)?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         floodcmd_bus::kafka::producer_config(&floodcmd_bus::KafkaConfig {
@@ -349,4 +366,61 @@ pub fn ceiling(
     );
     r.figure("raw consume (librdkafka)", c.consume_per_s, "records/s");
     Ok((r, c))
+}
+
+/// `settings` as a report shows them, `KEY=VALUE`, with secrets hidden as the bus's own
+/// `KafkaConfig` shows them (a password, a secret, key material).
+pub fn shown_settings(settings: KafkaSettings) -> Vec<String> {
+    settings
+        .iter()
+        .map(|(k, v)| {
+            let secret = k.contains("password") || k.contains("secret") || k.ends_with(".pem");
+            format!("{k}={}", if secret { "***" } else { v.as_str() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(k: &str, v: &str) -> (String, String) {
+        (k.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn the_ceiling_takes_settings_over_its_tuning_but_keeps_its_own_group_and_no_commits() {
+        let settings = [
+            pair("fetch.queue.backoff.ms", "500"),
+            pair("queued.min.messages", "10000"),
+            pair("group.id", "someone-else"),
+            pair("enable.auto.commit", "true"),
+        ];
+        let c = ceiling_consumer_config("127.0.0.1:1", "bench-ceiling-1", &settings);
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("500"));
+        assert_eq!(c.get("queued.min.messages"), Some("10000"));
+        assert_eq!(c.get("fetch.min.bytes"), Some("1048576"));
+        assert_eq!(c.get("group.id"), Some("bench-ceiling-1"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        let plain = ceiling_consumer_config("127.0.0.1:1", "g", &[]);
+        assert_eq!(plain.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(plain.get("queued.min.messages"), None);
+    }
+
+    #[test]
+    fn a_report_shows_settings_but_not_secrets() {
+        let shown = shown_settings(&[
+            pair("queued.min.messages", "10000"),
+            pair("sasl.password", "hunter2"),
+            pair("ssl.key.pem", "-----BEGIN"),
+        ]);
+        assert_eq!(
+            shown,
+            [
+                "queued.min.messages=10000",
+                "sasl.password=***",
+                "ssl.key.pem=***"
+            ]
+        );
+    }
 }

@@ -729,7 +729,7 @@ pub async fn kafka_throughput(
         scenario: "stream-kafka".into(),
         command: command.into(),
         machine: Machine::here(),
-        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's", "packed_pipe_outputs_per_record": PACKED, "kafka_settings": settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() }),
+        params: serde_json::json!({ "sensors": n, "readings": readings, "partitions": 4, "input": "a Kafka readings topic filled first; the stage reads it back in bounded mode and writes status and alerts back to Kafka", "ceiling": "raw librdkafka consume of the same readings topic, taken before, between and after the stage's runs; each run is set against the mean of the two around it", "pipe": "raw librdkafka: the same readings topic consumed and, for each reading, the stage's own outputs (sampled from its topics, as many per reading as the 2-worker run wrote) produced with its producer settings; one thread and librdkafka's", "packed_pipe_outputs_per_record": PACKED, "kafka_settings": crate::kafka::shown_settings(settings) }),
         figures: Vec::new(),
     };
     for (i, when) in [
