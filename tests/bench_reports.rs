@@ -331,45 +331,61 @@ fn real_broker_stream_kafka_reports_what_the_cores_spent_and_the_bound_it_sets()
     std::fs::remove_dir_all(out).ok();
 }
 
-#[test]
-fn a_kafka_setting_given_to_a_scenario_that_would_ignore_it_is_refused() {
-    let out = tempdir("kafka-setting-elsewhere");
+/// Run `floodcmd bench <args> --out <a fresh directory>`, which must fail without writing
+/// `<scenario>.json`; its standard error.
+fn run_bench_refused(scenario: &str, args: &[&str]) -> String {
+    let out = tempdir(&format!("refused-{scenario}"));
     let run = Command::new(env!("CARGO_BIN_EXE_floodcmd"))
-        .args(["bench", "kafka-ceiling", "--kafka", "127.0.0.1:1"])
-        .args(["--kafka-setting", "queued.min.messages=10000", "--out"])
+        .arg("bench")
+        .arg(scenario)
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .env("FLOODCMD_LOG", "warn")
         .output()
         .expect("floodcmd runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success(), "ran: {stderr}");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(!run.status.success(), "bench {scenario} ran: {stderr}");
+    assert!(
+        !out.join(format!("{scenario}.json")).exists(),
+        "a report without a run"
+    );
+    std::fs::remove_dir_all(out).ok();
+    stderr
+}
+
+#[test]
+fn a_kafka_setting_given_to_a_scenario_that_would_ignore_it_is_refused() {
+    let stderr = run_bench_refused(
+        "kafka-ceiling",
+        &[
+            "--kafka",
+            "127.0.0.1:1",
+            "--kafka-setting",
+            "queued.min.messages=10000",
+        ],
+    );
     assert!(
         stderr.contains("--kafka-setting is for `bench stream-kafka` only"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(out).ok();
 }
 
 #[test]
 fn real_broker_stream_kafka_refuses_a_setting_librdkafka_does_not_know_and_names_it() {
-    let out = tempdir("kafka-bad-setting");
-    let run = Command::new(env!("CARGO_BIN_EXE_floodcmd"))
-        .args(["bench", "stream-kafka", "--kafka", &bootstrap()])
-        .args(["--sensors", "200", "--records", "1000"])
-        .args(["--kafka-setting", "no.such.setting=1", "--out"])
-        .arg(&out)
-        .env("FLOODCMD_LOG", "warn")
-        .output()
-        .expect("floodcmd runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        !run.status.success(),
-        "ran with an unknown setting: {stderr}"
+    let kafka = bootstrap();
+    let stderr = run_bench_refused(
+        "stream-kafka",
+        &[
+            "--kafka",
+            &kafka,
+            "--sensors",
+            "200",
+            "--records",
+            "1000",
+            "--kafka-setting",
+            "no.such.setting=1",
+        ],
     );
     assert!(stderr.contains("no.such.setting"), "{stderr}");
-    assert!(
-        !out.join("stream-kafka.json").exists(),
-        "a report without a run"
-    );
-    std::fs::remove_dir_all(out).ok();
 }
