@@ -374,7 +374,7 @@ pub fn shown_settings(settings: KafkaSettings) -> Vec<String> {
     settings
         .iter()
         .map(|(k, v)| {
-            let secret = k.contains("password") || k.contains("secret") || k.ends_with(".pem");
+            let secret = floodcmd_bus::kafka::is_secret_setting(k);
             format!("{k}={}", if secret { "***" } else { v.as_str() })
         })
         .collect()

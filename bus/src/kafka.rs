@@ -58,14 +58,26 @@ pub struct KafkaConfig {
     pub packed_topics: Vec<String>,
 }
 
+/// Whether the librdkafka setting `key` holds a secret (a password, a secret, key material),
+/// whose value is never shown.
+pub fn is_secret_setting(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".pem")
+}
+
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let extra: Vec<(&str, &str)> = self
             .extra
             .iter()
             .map(|(k, v)| {
-                let secret = k.contains("password") || k.contains("secret") || k.ends_with(".pem");
-                (k.as_str(), if secret { "***" } else { v.as_str() })
+                (
+                    k.as_str(),
+                    if is_secret_setting(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
             })
             .collect();
         f.debug_struct("KafkaConfig")
