@@ -516,9 +516,10 @@ pub async fn replay_paced(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The watermark is at the final epoch; the stop flushes it.
+    // The watermark is at the final epoch. Nothing reads this bus again, so the stop applies
+    // everything read, a reading the stage took late after the clock's end too.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    handle.stop();
+    handle.stop_applying_all_read();
     join_stream(handle).await?;
     let stream_s = stream_started.elapsed().as_secs_f64();
     collectors

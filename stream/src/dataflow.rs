@@ -39,7 +39,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::core::{Probe, UnorderedInput};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{ActivateCapability, Capability};
 
 /// How the stage decides that time has passed.
 #[derive(Clone)]
@@ -170,13 +170,26 @@ pub(crate) fn metrics() -> &'static StreamMetrics {
 /// A running stream stage.
 pub struct StreamHandle {
     stop: Arc<AtomicBool>,
+    stop_at: Arc<StopAt>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 impl StreamHandle {
-    /// Ask the workers to finish: they flush every open epoch and commit.
+    /// Ask the workers to finish: they apply every epoch before the time the slowest of them
+    /// had reached, put its outputs on the bus, and commit what they caused; the readings of
+    /// later epochs are left uncommitted, for a restart to read again (see `StopAt`). A
+    /// process of a cluster exits at once instead, as a crash would.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Ask the workers to finish after applying everything they have read, as far on as any
+    /// of them read: for a run no restart follows (a paced replay), where nothing would read
+    /// again what [`stop`](Self::stop) leaves. A point whose readings another worker had yet
+    /// to read may then be judged silent.
+    pub fn stop_applying_all_read(&self) {
+        self.stop_at.apply_all_read();
+        self.stop();
     }
 
     /// Wait for the workers to finish (bounded mode finishes by itself).
@@ -366,6 +379,8 @@ async fn start(
     let bounded_end = Arc::new(BoundedEnd::default());
     let stop = Arc::new(AtomicBool::new(false));
     let stop_w = stop.clone();
+    let stop_at = Arc::new(StopAt::new());
+    let stop_at_w = stop_at.clone();
     let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let failure_w = failure.clone();
     let workers = config.workers.max(1);
@@ -403,6 +418,7 @@ async fn start(
                     config: config.clone(),
                     rt: rt.clone(),
                     stop: stop_w.clone(),
+                    stop_at: stop_at_w.clone(),
                     partitions,
                     end_offsets: end_offsets.clone(),
                     backlog_ends: backlog_ends.clone(),
@@ -446,6 +462,7 @@ async fn start(
         .map_err(|e| StreamError::Timely(e.to_string()))?;
     Ok(StreamHandle {
         stop,
+        stop_at,
         thread: Some(thread),
     })
 }
@@ -461,6 +478,8 @@ struct WorkerContext {
     config: StreamConfig,
     rt: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
+    /// Where the workers finish once asked to stop.
+    stop_at: Arc<StopAt>,
     partitions: u32,
     end_offsets: Option<Vec<u64>>,
     /// Live: where each readings partition ended as the stage started (see the module's docs).
@@ -476,6 +495,110 @@ struct WorkerContext {
 struct BoundedEnd {
     finished: std::sync::atomic::AtomicUsize,
     max_event_s: std::sync::atomic::AtomicU64,
+}
+
+/// Where a stage asked to stop finishes: the least input time any of its workers held when it
+/// let go (`u64::MAX` until one has). Each worker notes its time here before it lets go of its
+/// input, so the frontier cannot pass a noted time before it is noted.
+///
+/// Epochs from this time on are neither applied nor committed: their readings are read again
+/// when the stage restarts. A worker ahead of the others (reading a backlog, one worker's
+/// partitions ahead of another's) would otherwise carry the points past their moment of
+/// silence while their own readings waited unread in another worker's partition: a Silent at
+/// the stop, and Recovered after the restart. Silence is judged up to this time, as a frontier
+/// there judges it, so what the restart takes as judged before (up to its newest committed
+/// reading, which lies before it) was.
+#[derive(Debug)]
+struct StopAt {
+    time: std::sync::atomic::AtomicU64,
+    /// Asked to apply everything read (`StreamHandle::stop_applying_all_read`): no time noted.
+    all_read: AtomicBool,
+}
+
+impl StopAt {
+    fn new() -> Self {
+        StopAt {
+            time: std::sync::atomic::AtomicU64::new(u64::MAX),
+            all_read: AtomicBool::new(false),
+        }
+    }
+
+    /// A worker letting go of its input at `t`.
+    fn note(&self, t: u64) {
+        if !self.all_read.load(Ordering::SeqCst) {
+            self.time.fetch_min(t, Ordering::SeqCst);
+        }
+    }
+
+    fn apply_all_read(&self) {
+        self.all_read.store(true, Ordering::SeqCst);
+    }
+
+    /// The time the stage finishes at: `u64::MAX` while no worker has let go.
+    fn time(&self) -> u64 {
+        self.time.load(Ordering::SeqCst)
+    }
+}
+
+/// A worker's input capability. Let go on any path but a bounded run's end, its time is
+/// noted in [`StopAt`] first: at a stop, and as the worker leaves on an error (a worker that
+/// failed must not let the frontier pass it while its partitions go unread: the points they
+/// feed would be judged silent).
+struct HeldInput {
+    cap: Option<ActivateCapability<u64>>,
+    stop_at: Arc<StopAt>,
+}
+
+impl HeldInput {
+    fn as_mut(&mut self) -> Option<&mut ActivateCapability<u64>> {
+        self.cap.as_mut()
+    }
+
+    fn is_some(&self) -> bool {
+        self.cap.is_some()
+    }
+
+    fn is_none(&self) -> bool {
+        self.cap.is_none()
+    }
+
+    /// Let go at a stop (or on the way out), its time noted first.
+    fn let_go(&mut self) {
+        if let Some(c) = self.cap.take() {
+            self.stop_at.note(*c.time());
+        }
+    }
+
+    /// Let go at a bounded run's end, where every worker agreed the input ends.
+    fn end(&mut self) {
+        self.cap = None;
+    }
+}
+
+impl Drop for HeldInput {
+    fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
+/// A worker's loop left on an error: its outputs are given up (`OutputDelivery::abandon`) and
+/// its rules operator woken, so that, once the other workers stop, it lets go of its time and
+/// they can finish (waiting for acknowledgements nobody takes any more, it held them for ever).
+struct AbandonOnError {
+    delivery: std::rc::Rc<std::cell::RefCell<OutputDelivery>>,
+    activator: std::rc::Rc<std::cell::RefCell<Option<timely::scheduling::Activator>>>,
+    failed: bool,
+}
+
+impl Drop for AbandonOnError {
+    fn drop(&mut self) {
+        if self.failed {
+            self.delivery.borrow_mut().abandon();
+            if let Some(a) = self.activator.borrow().as_ref() {
+                a.activate();
+            }
+        }
+    }
 }
 
 /// How often a worker commits at most. Live, epochs close about once a second and so do
@@ -810,6 +933,7 @@ impl WorkerContext {
         let clock = self.clock.clone();
         let origin_ms = self.origin_ms;
         let (sink_rt, sink_topics, sink_bus) = (self.rt.clone(), topics.clone(), self.bus.clone());
+        let finish_at = self.stop_at.clone();
         let lost_output = std::rc::Rc::new(std::cell::Cell::new(false));
         let sink_lost = lost_output.clone();
         // Shared by the operator, which hands outputs over, and this loop, which takes their
@@ -846,6 +970,8 @@ impl WorkerContext {
                         // passes a time once every output for it is on the bus.
                         let mut held: Option<Capability<u64>> = Some(default_cap);
                         let mut stash: BTreeMap<u64, Vec<Vec<TimedReading>>> = BTreeMap::new();
+                        // Stopped, and finished where the stage finishes (see `StopAt`).
+                        let mut finished = false;
                         // Outputs go to the bus from here, in the engine's order: timely may
                         // reorder containers of different times downstream, the bus must not.
                         // One batch per topic and epoch, handed over in one entry into the
@@ -880,8 +1006,11 @@ impl WorkerContext {
                             });
                             let Some(cap) = held.as_mut() else { return };
                             let f = frontier.frontier();
+                            // Asked to stop: no epoch from where the stage finishes on (see
+                            // `StopAt`), whatever the frontier allows.
+                            let finish = finish_at.time();
                             while let Some((&t, _)) = stash.first_key_value() {
-                                if f.less_equal(&t) {
+                                if f.less_equal(&t) || t >= finish {
                                     break;
                                 }
                                 let pieces = stash.remove(&t).expect("key just seen");
@@ -899,8 +1028,21 @@ impl WorkerContext {
                                     // Silence up to the frontier: what the readings before
                                     // the held time caused, as it were.
                                     outputs.begin(0);
-                                    engine.advance_to(ft as Millis * 1000, &mut outputs);
+                                    engine.advance_to(ft.min(finish) as Millis * 1000, &mut outputs);
                                     outputs.finish(*cap.time());
+                                }
+                                None if finish != u64::MAX && !finished => {
+                                    // Stopped: silence up to where the stage finishes, as a
+                                    // frontier there would judge it, and the epochs after it
+                                    // let go, their readings uncommitted (read again on restart).
+                                    finished = true;
+                                    outputs.begin(0);
+                                    engine.advance_to(finish as Millis * 1000, &mut outputs);
+                                    outputs.finish(*cap.time());
+                                    for (_, pieces) in std::mem::take(&mut stash) {
+                                        let held = pieces.iter().map(Vec::len).sum();
+                                        applied_vecs.borrow_mut().give_all(pieces, held);
+                                    }
                                 }
                                 None if sink_delivery.borrow().oldest().is_none() => {
                                     // End of input and every output acknowledged: nothing
@@ -935,7 +1077,10 @@ impl WorkerContext {
         });
 
         let lateness_s = (self.config.lateness_ms.max(0) as u64).div_ceil(1000);
-        let mut cap = Some(cap);
+        let mut cap = HeldInput {
+            cap: Some(cap),
+            stop_at: self.stop_at.clone(),
+        };
         // Newest event time seen per partition. In bounded mode the watermark is the oldest of
         // these over the partitions not yet read to the end, so the order in which partitions
         // happen to be polled cannot make a reading late.
@@ -960,6 +1105,11 @@ impl WorkerContext {
         // Readings of one poll grouped by the time they are fed at: one capability and one
         // container per time, not per reading (a session per reading sent a message each).
         let mut batches: BTreeMap<u64, Vec<TimedReading>> = BTreeMap::new();
+        let mut leaving = AbandonOnError {
+            delivery: delivery.clone(),
+            activator: activator.clone(),
+            failed: true,
+        };
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if stopping && self.in_cluster {
@@ -974,8 +1124,8 @@ impl WorkerContext {
                 std::process::exit(0);
             }
             let bounded_done = self.end_offsets.is_some() && remaining.is_empty();
-            if stopping && cap.is_some() {
-                cap = None;
+            if stopping {
+                cap.let_go();
             }
             if bounded_done && cap.is_some() {
                 let end = &self.bounded_end;
@@ -996,7 +1146,7 @@ impl WorkerContext {
                         c.downgrade(&t);
                     }
                     if !probe.less_than(&t) {
-                        cap = None;
+                        cap.end();
                     }
                 }
             }
@@ -1280,7 +1430,12 @@ impl WorkerContext {
             if !lost_output.get() {
                 for (p, queue) in pending.iter_mut() {
                     let mut last = None;
-                    while queue.front().is_some_and(|(t, _)| !probe.less_equal(t)) {
+                    // Stopping, what lies past where the stage finishes was not applied.
+                    let finish = self.stop_at.time();
+                    while queue
+                        .front()
+                        .is_some_and(|(t, _)| !probe.less_equal(t) && *t < finish)
+                    {
                         last = queue.pop_front().map(|(_, next)| next);
                     }
                     if let (Some(next), true) = (last, consumer.is_some()) {
@@ -1303,6 +1458,7 @@ impl WorkerContext {
                 break;
             }
         }
+        leaving.failed = false;
         // Everything is processed and on the bus, and the loop's last pass (the probe done)
         // has noted every pending position, unless an output never made it; those not sent
         // yet (`COMMIT_EVERY`) join the rest here. Every position committed goes again in one
@@ -1456,5 +1612,25 @@ mod epoch_vecs_tests {
             pool.room,
             pool.spare.iter().map(Vec::capacity).sum::<usize>()
         );
+    }
+}
+
+#[cfg(test)]
+mod stop_at_tests {
+    use super::StopAt;
+
+    #[test]
+    fn the_stage_finishes_at_the_least_time_noted_and_nowhere_when_asked_to_apply_all_read() {
+        let at = StopAt::new();
+        assert_eq!(at.time(), u64::MAX, "not stopping");
+        at.note(130);
+        at.note(110);
+        at.note(120);
+        assert_eq!(at.time(), 110, "the slowest worker's time");
+
+        let all = StopAt::new();
+        all.apply_all_read();
+        all.note(110);
+        assert_eq!(all.time(), u64::MAX, "every epoch read is applied");
     }
 }

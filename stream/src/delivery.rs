@@ -269,6 +269,14 @@ impl OutputDelivery {
         }
     }
 
+    /// The worker failed: what is held is given up, as nothing more is committed, and no
+    /// more is taken, so the rules operator can let go of its time once its input ends
+    /// (its acknowledgements were taken by the worker's loop, which is gone).
+    pub(crate) fn abandon(&mut self) {
+        self.lost.set(true);
+        self.held.clear();
+    }
+
     /// The least time of the batches whose outputs are not all acknowledged. (Not always the
     /// first's: silence is handed over as of the operator's held time, which can be below an
     /// epoch handed over before it.)

@@ -371,3 +371,136 @@ async fn outputs_failing_after_later_ones_landed_end_in_order_and_nothing_is_com
     assert_eq!(firsts(&l_alerts).len(), firsts(&alerts).len());
     assert_eq!(l_committed, committed);
 }
+
+/// Takes every output and acknowledges it 300 ms later, as a slow broker does.
+struct SlowProducer {
+    inner: Arc<dyn Producer>,
+}
+
+#[async_trait]
+impl Producer for SlowProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: bytes::Bytes,
+        timestamp_ms: i64,
+    ) -> Result<Delivery, BusError> {
+        self.inner.send(topic, key, payload, timestamp_ms).await
+    }
+
+    async fn send_batch(
+        &self,
+        topic: &str,
+        records: Vec<Outgoing>,
+    ) -> Vec<Result<Delivery, BusError>> {
+        self.inner.send_batch(topic, records).await
+    }
+
+    async fn hand_over(&self, topic: &str, records: Vec<Outgoing>) -> Acknowledgements {
+        let results = self.inner.send_batch(topic, records).await;
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            results
+        })
+    }
+}
+
+/// Hands out what its consumer reads, and fails from its `fail_at`th poll on (a broker gone).
+struct FailingConsumer {
+    inner: Box<dyn floodcmd_model::bus::Consumer>,
+    polls: usize,
+    fail_at: usize,
+}
+
+#[async_trait]
+impl floodcmd_model::bus::Consumer for FailingConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
+        self.polls += 1;
+        if self.polls >= self.fail_at {
+            return Err(BusError::Client("the broker is gone".into()));
+        }
+        self.inner.poll(max, timeout).await
+    }
+    async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
+        self.inner.commit(partition, next).await
+    }
+    async fn commit_all(&mut self, positions: &[(u32, u64)]) -> Result<(), BusError> {
+        self.inner.commit_all(positions).await
+    }
+    async fn seek(&mut self, partition: u32, offset: u64) -> Result<(), BusError> {
+        self.inner.seek(partition, offset).await
+    }
+    fn assigned(&self) -> Vec<u32> {
+        self.inner.assigned()
+    }
+}
+
+/// One worker's consumer fails while outputs its rules handed over wait for their
+/// acknowledgement. The stage stops and says why: the failed worker's outputs are given up
+/// (nothing more is committed), so its rules let go of their time once the input ends, and
+/// the other worker finishes. (Nothing took those acknowledgements any more, and the stage
+/// waited for them for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_fails_while_its_outputs_wait_for_acknowledgement_stops_the_stage() {
+    let readings = rise_and_fall();
+    let inner = EmbeddedBus::new(1 << 16);
+    let topics = Topics::new("failing");
+    for t in topics.all() {
+        inner.ensure_topic(&t, 4).await.unwrap();
+    }
+    let p = inner.producer();
+    for r in &readings {
+        p.send(&topics.readings(), r.sensor.as_bytes(), encode(r), r.ts_ms)
+            .await
+            .unwrap();
+    }
+    // The first consumer made fails on its fifth poll, with outputs of its rules waiting.
+    let made = Arc::new(AtomicUsize::new(0));
+    let hooked = common::HookedBus::new(inner.clone()).wrap_consumer(move |_, consumer| {
+        let fail_at = if made.fetch_add(1, Ordering::SeqCst) == 0 {
+            5
+        } else {
+            usize::MAX
+        };
+        Box::new(FailingConsumer {
+            inner: consumer,
+            polls: 0,
+            fail_at,
+        })
+    });
+    let bus = WithProducer::new(hooked, |inner| Arc::new(SlowProducer { inner }));
+    // Live, the clock a budget past the last reading: every epoch closes at once.
+    let end_ms = readings.last().unwrap().ts_ms;
+    let clock: Arc<dyn floodcmd_model::time::Clock> =
+        Arc::new(floodcmd_model::time::ManualClock::new(end_ms + 10_000));
+    let stage = floodcmd_stream::run_stream(
+        Arc::new(bus),
+        district(),
+        clock.clone(),
+        floodcmd_stream::StreamConfig {
+            workers: 2,
+            lateness_ms: 5_000,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: floodcmd_stream::Watermark::Clock(clock),
+            rebuild_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Joined on a thread of its own: a stage that never ends fails the test, not hangs it.
+    let (joined, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || joined.send(stage.join()));
+    let ended = tokio::task::spawn_blocking(move || ended.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the stage ends once a worker fails");
+    let e = ended.expect_err("a worker failed");
+    assert!(e.contains("the broker is gone"), "{e}");
+    let outputs = records(&inner, &topics.status()).await;
+    assert!(
+        !outputs.is_empty(),
+        "outputs were handed over before the failure"
+    );
+}

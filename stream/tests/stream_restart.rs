@@ -22,13 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A consumer handing out a few records a poll, as a broker's fetches do (a backlog takes the
-/// stage many polls to read), none at all of one partition if asked (a bus that stopped
-/// serving it), and, at the first poll of any of the stage's consumers, putting `arrivals` on
-/// the readings topic (readings that reach the bus after the stage looked where its partitions
-/// end, while it reads its backlog).
+/// stage many polls to read), none at all of one partition from an offset on if asked (a bus
+/// that stopped serving it), and, at the first poll of any of the stage's consumers, putting
+/// `arrivals` on the readings topic (readings that reach the bus after the stage looked where
+/// its partitions end, while it reads its backlog). Counts the records it hands out.
 struct Trickle {
     inner: Box<dyn Consumer>,
-    withheld: Option<u32>,
+    /// A partition, and the offset from which none of its records is handed out.
+    withheld: Option<(u32, u64)>,
+    handed_out: Arc<AtomicUsize>,
     /// Held while the arrivals are sent, so no consumer polls before they are on the bus.
     arrivals: Arc<tokio::sync::Mutex<Option<Arrivals>>>,
 }
@@ -49,7 +51,12 @@ impl Consumer for Trickle {
         }
         drop(arrivals);
         let mut got = self.inner.poll(max.min(3), timeout).await?;
-        got.retain(|r| Some(r.partition) != self.withheld);
+        got.retain(|r| {
+            !self
+                .withheld
+                .is_some_and(|(p, from)| r.partition == p && r.offset >= from)
+        });
+        self.handed_out.fetch_add(got.len(), Ordering::SeqCst);
         Ok(got)
     }
     async fn commit(&mut self, partition: u32, next: u64) -> Result<(), BusError> {
@@ -79,33 +86,39 @@ async fn live(
     clock: &ManualClock,
     rebuild: bool,
 ) -> floodcmd_stream::StreamHandle {
-    live_with(bus, topics, clock, rebuild, None, Vec::new()).await
+    live_with(bus, topics, clock, rebuild, None, Vec::new())
+        .await
+        .0
 }
 
-/// [`live`], its consumers withholding every record of partition `withheld`, and `arrivals`
-/// reaching the readings topic at their first poll.
+/// [`live`], its consumers withholding the records of partition `withheld.0` from offset
+/// `withheld.1` on, and `arrivals` reaching the readings topic at their first poll; with the
+/// count of records its consumers have handed out.
 async fn live_with(
     bus: &EmbeddedBus,
     topics: &Topics,
     clock: &ManualClock,
     rebuild: bool,
-    withheld: Option<u32>,
+    withheld: Option<(u32, u64)>,
     arrivals: Vec<Reading>,
-) -> floodcmd_stream::StreamHandle {
+) -> (floodcmd_stream::StreamHandle, Arc<AtomicUsize>) {
     let c: Arc<dyn Clock> = Arc::new(clock.clone());
     let arrivals = Arc::new(tokio::sync::Mutex::new(Some(Arrivals {
         bus: bus.clone(),
         topics: topics.clone(),
         readings: arrivals,
     })));
+    let handed_out = Arc::new(AtomicUsize::new(0));
+    let counted = handed_out.clone();
     let trickling = HookedBus::new(bus.clone()).wrap_consumer(move |_, inner| {
         Box::new(Trickle {
             inner,
             withheld,
+            handed_out: counted.clone(),
             arrivals: arrivals.clone(),
         })
     });
-    run_stream(
+    let stage = run_stream(
         Arc::new(trickling),
         district(),
         c.clone(),
@@ -119,7 +132,8 @@ async fn live_with(
         },
     )
     .await
-    .unwrap()
+    .unwrap();
+    (stage, handed_out)
 }
 
 /// A fresh embedded bus with `prefix`'s topics, four partitions each, and a consumer of every
@@ -149,8 +163,8 @@ async fn put(bus: &EmbeddedBus, topics: &Topics, readings: &[Reading]) -> Result
 
 /// Wait until group `stream` has committed every readings partition to its end: the stage has
 /// read its whole backlog, and what it caused is on the bus. (A stage stopped part way through
-/// its backlog judges silence from the readings it had read, and the points whose readings
-/// it had not are left to its restart to judge.)
+/// its backlog finishes at the time its slowest worker had reached, and leaves the rest to its
+/// restart.)
 async fn read_to_the_end(bus: &EmbeddedBus, topics: &Topics) {
     let ends = bus.end_offsets(&topics.readings()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -359,7 +373,7 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
         "readings of {arriving_sensor} arrive as the stage reads: {arriving:?}"
     );
     clock.set(end_ms + 30_000);
-    let second = live_with(&bus, &topics, &clock, true, None, arriving).await;
+    let (second, _) = live_with(&bus, &topics, &clock, true, None, arriving).await;
     collect_until(&mut watch, &mut seen, |s| upto(s, end_ms + 1)).await;
     second.stop();
     tokio::task::spawn_blocking(move || second.join())
@@ -569,7 +583,7 @@ async fn a_backlog_partition_that_gives_nothing_is_given_up_and_the_clock_judges
     let mut seen = Vec::new();
 
     let clock = ManualClock::new(T0 + 900_000);
-    let stage = live_with(&bus, &topics, &clock, false, Some(stuck), Vec::new()).await;
+    let (stage, _) = live_with(&bus, &topics, &clock, false, Some((stuck, 0)), Vec::new()).await;
     collect_until(&mut watch, &mut seen, |s| {
         s.iter()
             .any(|t| t.point == moving_point && t.to == Level::Red)
@@ -590,5 +604,180 @@ async fn a_backlog_partition_that_gives_nothing_is_given_up_and_the_clock_judges
     assert!(
         moving.iter().all(|t| !t.late),
         "the partition that gave its backlog was read in event time: {moving:#?}"
+    );
+}
+
+/// A stage stopped part way through its backlog, one worker's partition read further on than
+/// another's (the bus withholds the rest of the slow one's): it finishes at the time the
+/// slowest worker had reached. What lies before it is applied and committed; the point whose
+/// readings wait unread in the slow worker's partition is not judged silent at the stop (the
+/// readings read further on carried it past its moment of silence: a Silent at the stop, and
+/// Recovered after the restart); nothing past that time is committed, and the restart,
+/// reading what was left, raises exactly what a run that never stopped raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for_readings_it_had_not_read(
+) {
+    let d = district();
+    // Partition p is read by worker p mod 2; a point's rules run on `owner`'s worker. The slow
+    // sensor's point must share its rules with the fast one's, whose readings move them on.
+    let worker_of = |sensor: &str| partition_for(sensor.as_bytes(), 4) % 2;
+    let point_of = |sensor: &str| d.sensor(sensor).unwrap().point.id.to_string();
+    let rules_of = |sensor: &str| floodcmd_stream::dataflow::owner(&point_of(sensor), 2);
+    let slow_sensor = "WL-LP-02";
+    let fast_sensor = [
+        "WL-UP-01", "WL-UP-02", "WL-UP-03", "WL-UP-04", "WL-LP-01", "WL-LP-03", "WL-LP-04",
+    ]
+    .into_iter()
+    .find(|s| worker_of(s) != worker_of(slow_sensor) && rules_of(s) == rules_of(slow_sensor))
+    .expect("a sensor the other worker reads, of a point whose rules run beside the slow one's");
+    let slow_point = point_of(slow_sensor);
+    // Both points fill for 20 minutes, a reading every 30 s: wet, so a sensor is silent after
+    // three missed minutes (storm cadence), far less than the backlog's span.
+    let rise: Vec<f64> = (0..40).map(|i| i as f64).collect();
+    let mut readings = depth_series(&d, slow_sensor, T0, 30_000, &rise);
+    readings.extend(depth_series(&d, fast_sensor, T0, 30_000, &rise));
+    readings.sort_by_key(|r| r.ts_ms);
+    let end_ms = readings.last().expect("readings").ts_ms;
+    let points: BTreeSet<String> = readings.iter().map(|r| r.point.to_string()).collect();
+    let (reference, _) = run_with(d.clone(), &readings, 2, 5_000).await;
+    let expected = of_points(&reference, &points);
+    assert!(
+        expected
+            .values()
+            .all(|ts| ts.iter().any(|t| t.0 == TransitionKind::Raised)),
+        "both points raise: {expected:#?}"
+    );
+
+    // The first five minutes, read to the end by a first stage.
+    let (bus, topics, mut watch) = watched_bus("stopped").await;
+    let cut_ms = T0 + 300_000;
+    let clock = ManualClock::new(cut_ms + 5_000);
+    let (first_part, rest): (Vec<Reading>, Vec<Reading>) =
+        readings.iter().cloned().partition(|r| r.ts_ms < cut_ms);
+    put(&bus, &topics, &first_part).await.unwrap();
+    let first = live(&bus, &topics, &clock, true).await;
+    read_to_the_end(&bus, &topics).await;
+    first.stop();
+    tokio::task::spawn_blocking(move || first.join())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The other fifteen reach the bus while it is down. The second stage rebuilds from the
+    // first five and reads the fast sensor's whole backlog, and five minutes of the slow one's:
+    // the bus withholds the rest.
+    let (slow_partition, fast_partition) = (
+        partition_for(slow_sensor.as_bytes(), 4) as usize,
+        partition_for(fast_sensor.as_bytes(), 4) as usize,
+    );
+    let first_commits = bus.committed("stream", &topics.readings()).await.unwrap();
+    let slow_committed =
+        first_commits[slow_partition].expect("the first stage committed the slow partition");
+    let slow_read = 10;
+    put(&bus, &topics, &rest).await.unwrap();
+    let fast_backlog = rest.iter().filter(|r| &*r.sensor == fast_sensor).count();
+    clock.set(end_ms + 30_000);
+    let (second, handed_out) = live_with(
+        &bus,
+        &topics,
+        &clock,
+        true,
+        Some((slow_partition as u32, slow_committed + slow_read)),
+        Vec::new(),
+    )
+    .await;
+    // Every replayed record and all that is not withheld handed out, and fed on (well before
+    // `BACKLOG_STALL` would give the slow partition up).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handed_out.load(Ordering::SeqCst) < first_part.len() + fast_backlog + slow_read as usize {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} records handed out",
+            handed_out.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And both workers' readings applied and committed up to where the slow one reached.
+    loop {
+        let c = bus.committed("stream", &topics.readings()).await.unwrap();
+        if c[slow_partition] > Some(slow_committed)
+            && c[fast_partition] > first_commits[fast_partition]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timed out: commits {c:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    second.stop();
+    tokio::task::spawn_blocking(move || second.join())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let more = watch.poll(1000, Duration::from_millis(200)).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(
+            more.iter()
+                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
+        );
+    }
+    assert!(
+        seen.iter().all(|t| t.transition != TransitionKind::Silent),
+        "{slow_point}'s readings waited unread: not silent at the stop: {seen:#?}"
+    );
+    // Up to where the slow worker had reached: on in both partitions, short of the fast one's
+    // end, and never past what the slow one read.
+    let ends = bus.end_offsets(&topics.readings()).await.unwrap();
+    let committed = bus.committed("stream", &topics.readings()).await.unwrap();
+    let (slow_now, fast_now) = (
+        committed[slow_partition].unwrap(),
+        committed[fast_partition].unwrap(),
+    );
+    assert!(
+        slow_now > slow_committed && slow_now <= slow_committed + slow_read,
+        "the slow partition: {slow_committed} → {slow_now}"
+    );
+    assert!(
+        fast_now > first_commits[fast_partition].unwrap() && fast_now < ends[fast_partition],
+        "the fast partition: {:?} → {fast_now}, of {}",
+        first_commits[fast_partition],
+        ends[fast_partition]
+    );
+    assert!(
+        seen.iter().any(|t| t.event_ms >= cut_ms),
+        "what lay before the slowest worker's time was applied: {seen:#?}"
+    );
+
+    // The restart reads everything that was left.
+    let third = live(&bus, &topics, &clock, true).await;
+    read_to_the_end(&bus, &topics).await;
+    collect_until(&mut watch, &mut seen, |s| {
+        of_points(s, &points).values().map(Vec::len).sum::<usize>()
+            >= expected.values().map(Vec::len).sum::<usize>()
+    })
+    .await;
+    third.stop();
+    tokio::task::spawn_blocking(move || third.join())
+        .await
+        .unwrap()
+        .unwrap();
+    // Anything more it wrote (a repeat would be) is read too.
+    loop {
+        let more = watch.poll(1000, Duration::from_millis(200)).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(
+            more.iter()
+                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
+        );
+    }
+    assert_eq!(of_points(&seen, &points), expected);
+    assert!(
+        seen.iter().all(|t| !t.late),
+        "a backlog is read in event time: {seen:#?}"
     );
 }
