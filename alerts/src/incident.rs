@@ -27,7 +27,7 @@ use floodcmd_model::event::{
 };
 use floodcmd_model::time::Millis;
 use floodcmd_model::{District, Level};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// What the book wants done. Within one call's effects, notifications come before the
@@ -50,12 +50,90 @@ pub struct IncidentBook {
     notified: HashSet<String>,
     /// The last closed water incident of each point: a flapping point's next raise reopens it.
     last_closed_water: BTreeMap<String, Incident>,
+    /// The last moves applied to each point (see [`Move`]).
+    moves: BTreeMap<String, VecDeque<Move>>,
     /// Furthest input applied, per (topic leaf, partition): offset, then place among the
     /// records at that offset (a pack's members).
     applied: BTreeMap<(String, u32), (u64, u32)>,
 }
 
 type Key = (String, ProblemKey);
+
+/// A transition as the book knows it again: when, what, and (a water move) between which
+/// levels.
+///
+/// The stream stage's outputs are at least once: a restarted stage reads again what it read
+/// past its last commit, and emits those transitions again. Applied again, a raise would start
+/// its incident's climb over, stopping the timers of those not yet acknowledged, or, its
+/// incident closed since, open a new one and tell everyone again; a silence whose sensor
+/// recovered since would too, and a Recovered would close a later silence. So the book keeps
+/// each point's last moves and leaves a transition it has applied alone. A new transition
+/// between the same levels at the same event time as one before is taken for the same one
+/// (two sensors of one point moving it there and back and there again within a millisecond
+/// would lose the third move). Restored, the book knows the moves its incidents record: one
+/// that changed nothing (a Recovered with no silence open) is not among them, and repeated
+/// after a restart of the alerts stage it is applied again, as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Move {
+    at_ms: Millis,
+    kind: TransitionKind,
+    /// From and to, for a water move; a silence and a recovery keep the level.
+    levels: Option<(Level, Level)>,
+}
+
+/// How many moves of each point the book keeps: a restarted stage emits again what followed
+/// its last commit, seconds of readings live, rarely more than a few moves of one point even
+/// from a backlog.
+const MOVES_KEPT: usize = 16;
+
+impl Move {
+    fn of(t: &AlertTransition) -> Move {
+        let levels = match t.transition {
+            TransitionKind::Silent | TransitionKind::Recovered => None,
+            _ => Some((t.from, t.to)),
+        };
+        Move {
+            at_ms: t.event_ms,
+            kind: t.transition,
+            levels,
+        }
+    }
+
+    /// The move a timeline entry records, if it records one (as `apply_transition` writes
+    /// them: a water move's detail starts `<from> → <to>: `), to restore the book's moves.
+    fn on_record(e: &TimelineEntry) -> Option<Move> {
+        use TransitionKind::*;
+        let kind = [Raised, Upgraded, Downgraded, Cleared, Silent, Recovered]
+            .into_iter()
+            .find(|k| k.as_str() == e.what)?;
+        let levels = match kind {
+            Silent | Recovered => None,
+            _ => {
+                let (from, rest) = e.detail.split_once(" → ")?;
+                let (to, _) = rest.split_once(": ")?;
+                Some((level_named(from)?, level_named(to)?))
+            }
+        };
+        Some(Move {
+            at_ms: e.at_ms,
+            kind,
+            levels,
+        })
+    }
+}
+
+/// The level whose Chinese name is `zh`.
+fn level_named(zh: &str) -> Option<Level> {
+    [
+        Level::Normal,
+        Level::Blue,
+        Level::Yellow,
+        Level::Orange,
+        Level::Red,
+    ]
+    .into_iter()
+    .find(|l| l.zh() == zh)
+}
 
 /// The open incidents, with each one's next escalation deadline indexed: finding the earliest
 /// timer, and the incidents due, does not scan every open incident. (A storm replay asks
@@ -154,6 +232,7 @@ impl IncidentBook {
             open: OpenIncidents::default(),
             notified: HashSet::new(),
             last_closed_water: BTreeMap::new(),
+            moves: BTreeMap::new(),
             applied: BTreeMap::new(),
         }
     }
@@ -174,6 +253,7 @@ impl IncidentBook {
     /// the latest version of each incident wins.
     pub fn restore(&mut self, versions: impl IntoIterator<Item = Incident>) {
         let mut latest: BTreeMap<String, Incident> = BTreeMap::new();
+        let mut moves: BTreeMap<String, Vec<Move>> = BTreeMap::new();
         for inc in versions {
             if let Some(src) = &inc.source {
                 let slot = self
@@ -183,6 +263,19 @@ impl IncidentBook {
                 *slot = (*slot).max(src.position());
             }
             latest.insert(inc.id.clone(), inc);
+        }
+        for inc in latest.values() {
+            moves
+                .entry(inc.point_id.clone())
+                .or_default()
+                .extend(inc.timeline.iter().filter_map(Move::on_record));
+        }
+        for (point, mut of_point) in moves {
+            of_point.sort_by_key(|m| m.at_ms);
+            of_point.dedup();
+            let kept = of_point.len().saturating_sub(MOVES_KEPT);
+            self.moves
+                .insert(point, of_point.into_iter().skip(kept).collect());
         }
         for inc in latest.into_values() {
             for s in &inc.steps {
@@ -213,6 +306,26 @@ impl IncidentBook {
         self.applied
             .get(&(at.topic.clone(), at.partition))
             .is_some_and(|&o| at.position() <= o)
+    }
+
+    /// A move of the point's the book applied already (one of its last [`MOVES_KEPT`]).
+    fn repeats_a_move(&self, t: &AlertTransition) -> bool {
+        let m = Move::of(t);
+        self.moves
+            .get(t.point.as_str())
+            .is_some_and(|moves| moves.iter().rev().any(|x| *x == m))
+    }
+
+    /// Remember a move applied to `point`.
+    fn remember(&mut self, point: &str, m: Move) {
+        let moves = match self.moves.get_mut(point) {
+            Some(moves) => moves,
+            None => self.moves.entry(point.to_string()).or_default(),
+        };
+        moves.push_back(m);
+        if moves.len() > MOVES_KEPT {
+            moves.pop_front();
+        }
     }
 
     fn mark_applied(&mut self, source: &Option<InputOffset>, out: &mut [Effect]) {
@@ -364,6 +477,16 @@ impl IncidentBook {
         };
         let sig = self.district.info.sms_signature.clone();
         let at = t.event_ms;
+        if self.repeats_a_move(t) {
+            tracing::info!(
+                point = %t.point,
+                transition = t.transition.as_str(),
+                event_ms = at,
+                "transition already on its incident's timeline (emitted again by a restarted stream stage); not applied again"
+            );
+            self.mark_applied(&source, &mut out);
+            return out;
+        }
         let mut changed: Vec<Incident> = Vec::new();
         match t.transition {
             TransitionKind::Raised | TransitionKind::Upgraded => {
@@ -517,6 +640,7 @@ impl IncidentBook {
             }
         }
         out.extend(changed.into_iter().map(Effect::Incident));
+        self.remember(&t.point, Move::of(t));
         self.mark_applied(&source, &mut out);
         out
     }

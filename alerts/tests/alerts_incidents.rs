@@ -368,3 +368,276 @@ fn a_flapping_point_is_told_once_and_again_only_above_its_peak() {
     );
     assert_ne!(book.open()[0].id, first_id);
 }
+
+/// The stream stage's outputs are at least once: a restarted stage emits again the transitions
+/// of what it read again. Applied again, a raise would start its climb over (stopping the
+/// timers of those not yet acknowledged) or, its incident closed since, open a new one and tell
+/// everyone again. The book knows each move from its incident's timeline and leaves it be;
+/// a new move, even between the same levels, is applied as ever.
+#[test]
+fn a_transition_emitted_again_by_a_restarted_stage_changes_nothing() {
+    let mut book = IncidentBook::new(district(), false);
+    let raise = t(
+        "UP-01",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Blue,
+        1_000,
+        11.0,
+    );
+    let told = notes(&apply(&mut book, &raise)).len();
+    assert!(told > 0, "the raise tells someone");
+    let timer = book.next_deadline();
+    assert!(timer.is_some(), "and waits for their acknowledgement");
+
+    let again = book.on_transition(&raise, 1_200);
+    assert!(
+        again.is_empty(),
+        "nothing told or recorded again: {again:?}"
+    );
+    assert_eq!(book.next_deadline(), timer, "the timers run on");
+    let raises = |book: &IncidentBook| {
+        book.open()[0]
+            .timeline
+            .iter()
+            .filter(|e| e.what == "raised")
+            .count()
+    };
+    assert_eq!(raises(&book), 1, "one raise on the record");
+
+    let clear = t(
+        "UP-01",
+        TransitionKind::Cleared,
+        Level::Blue,
+        Level::Normal,
+        5_000,
+        2.0,
+    );
+    apply(&mut book, &clear);
+    assert!(book.open().is_empty(), "cleared and closed");
+    for (tr, now) in [(&raise, 5_100), (&clear, 5_200)] {
+        let e = book.on_transition(tr, now);
+        assert!(e.is_empty(), "{:?} again: {e:?}", tr.transition);
+    }
+    assert!(book.open().is_empty(), "no incident opened again");
+
+    // The water rises again later: a new incident, and people are told.
+    let later = t(
+        "UP-01",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Blue,
+        9_000,
+        11.0,
+    );
+    assert_eq!(notes(&apply(&mut book, &later)).len(), told);
+    assert_eq!(book.open().len(), 1);
+}
+
+/// A silence emitted again (by a restarted stage judging again a moment it had judged) neither
+/// notes the water incident's quiet twice nor, the sensor recovered since, opens a maintenance
+/// incident again; a new silence later does.
+#[test]
+fn a_silence_emitted_again_changes_nothing_and_a_new_one_opens_maintenance() {
+    let mut book = IncidentBook::new(district(), false);
+    apply(
+        &mut book,
+        &t(
+            "UP-01",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Blue,
+            1_000,
+            11.0,
+        ),
+    );
+    let silent = t(
+        "UP-01",
+        TransitionKind::Silent,
+        Level::Blue,
+        Level::Blue,
+        200_000,
+        0.0,
+    );
+    assert!(
+        !notes(&apply(&mut book, &silent)).is_empty(),
+        "maintenance told"
+    );
+    assert_eq!(book.open().len(), 2, "water and maintenance");
+    let again = book.on_transition(&silent, 200_500);
+    assert!(
+        again.is_empty(),
+        "nothing again while it is open: {again:?}"
+    );
+
+    let recovered = t(
+        "UP-01",
+        TransitionKind::Recovered,
+        Level::Blue,
+        Level::Blue,
+        260_000,
+        11.0,
+    );
+    apply(&mut book, &recovered);
+    assert_eq!(book.open().len(), 1, "maintenance closed");
+    for (tr, now) in [(&silent, 260_100), (&recovered, 260_200)] {
+        let e = book.on_transition(tr, now);
+        assert!(e.is_empty(), "{:?} again: {e:?}", tr.transition);
+    }
+    assert_eq!(book.open().len(), 1, "no maintenance incident opened again");
+
+    let later = t(
+        "UP-01",
+        TransitionKind::Silent,
+        Level::Blue,
+        Level::Blue,
+        600_000,
+        0.0,
+    );
+    assert!(!notes(&apply(&mut book, &later)).is_empty());
+    assert_eq!(book.open().len(), 2);
+}
+
+/// What the book knows of past moves comes back with it from the incidents it published: a
+/// restarted alerts stage still knows a raise, a clearing and a silence emitted again.
+#[test]
+fn a_restored_book_still_knows_the_moves_it_applied() {
+    let mut book = IncidentBook::new(district(), false);
+    let raise = t(
+        "UP-01",
+        TransitionKind::Raised,
+        Level::Normal,
+        Level::Blue,
+        1_000,
+        11.0,
+    );
+    // Flagged late: its timeline entry says so after the rule.
+    let raise = AlertTransition {
+        late: true,
+        ..raise
+    };
+    let silent = t(
+        "UP-02",
+        TransitionKind::Silent,
+        Level::Normal,
+        Level::Normal,
+        2_000,
+        0.0,
+    );
+    let recovered = t(
+        "UP-02",
+        TransitionKind::Recovered,
+        Level::Normal,
+        Level::Normal,
+        3_000,
+        4.0,
+    );
+    let clear = t(
+        "UP-01",
+        TransitionKind::Cleared,
+        Level::Blue,
+        Level::Normal,
+        5_000,
+        2.0,
+    );
+    let mut published = Vec::new();
+    for tr in [&raise, &silent, &recovered, &clear] {
+        published.extend(apply(&mut book, tr).into_iter().filter_map(|e| match e {
+            Effect::Incident(i) => Some(i),
+            _ => None,
+        }));
+    }
+    let mut restored = IncidentBook::new(district(), false);
+    restored.restore(published);
+    assert!(restored.open().is_empty());
+    for tr in [&raise, &silent, &recovered, &clear] {
+        let e = restored.on_transition(tr, 6_000);
+        assert!(e.is_empty(), "{:?} again: {e:?}", tr.transition);
+    }
+    assert!(restored.open().is_empty(), "nothing opened again");
+}
+
+/// A stage that emits again the transitions of minutes of a backlog can repeat moves of two
+/// incidents of one point: the raise and clearing of a closed one, then the raise of the one
+/// open now (and a silence, its recovery, and the silence open now). Each is known as the move
+/// it was: the open incidents keep their levels and timers, nothing opens again.
+#[test]
+fn moves_emitted_again_across_two_incidents_of_a_point_change_nothing() {
+    let mut book = IncidentBook::new(district(), false);
+    let moves = [
+        t(
+            "UP-01",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Blue,
+            1_000,
+            11.0,
+        ),
+        t(
+            "UP-01",
+            TransitionKind::Cleared,
+            Level::Blue,
+            Level::Normal,
+            60_000,
+            2.0,
+        ),
+        t(
+            "UP-01",
+            TransitionKind::Raised,
+            Level::Normal,
+            Level::Yellow,
+            120_000,
+            16.0,
+        ),
+        t(
+            "UP-01",
+            TransitionKind::Silent,
+            Level::Yellow,
+            Level::Yellow,
+            400_000,
+            0.0,
+        ),
+        t(
+            "UP-01",
+            TransitionKind::Recovered,
+            Level::Yellow,
+            Level::Yellow,
+            500_000,
+            16.0,
+        ),
+        t(
+            "UP-01",
+            TransitionKind::Silent,
+            Level::Yellow,
+            Level::Yellow,
+            800_000,
+            0.0,
+        ),
+    ];
+    for m in &moves {
+        apply(&mut book, m);
+    }
+    let state = |book: &IncidentBook| {
+        let mut open: Vec<(Problem, Level, usize)> = book
+            .open()
+            .iter()
+            .map(|i| (i.problem, i.level, i.timeline.len()))
+            .collect();
+        open.sort_by_key(|o| o.2);
+        open
+    };
+    let before = state(&book);
+    let timer = book.next_deadline();
+    assert_eq!(before.len(), 2, "water at yellow and a silence: {before:?}");
+    for m in &moves {
+        let e = book.on_transition(m, 900_000);
+        assert!(
+            e.is_empty(),
+            "{:?} at {} again: {e:?}",
+            m.transition,
+            m.event_ms
+        );
+    }
+    assert_eq!(state(&book), before, "the open incidents as they were");
+    assert_eq!(book.next_deadline(), timer, "their timers run on");
+}
