@@ -509,14 +509,14 @@ struct BoundedEnd {
 /// there judges it, so what the restart takes as judged before (up to its newest committed
 /// reading, which lies before it) was.
 #[derive(Debug)]
-struct StopAt {
+pub(crate) struct StopAt {
     time: std::sync::atomic::AtomicU64,
     /// Asked to apply everything read (`StreamHandle::stop_applying_all_read`): no time noted.
     all_read: AtomicBool,
 }
 
 impl StopAt {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         StopAt {
             time: std::sync::atomic::AtomicU64::new(u64::MAX),
             all_read: AtomicBool::new(false),
@@ -532,6 +532,14 @@ impl StopAt {
 
     fn apply_all_read(&self) {
         self.all_read.store(true, Ordering::SeqCst);
+    }
+
+    /// Outputs were given up (a worker failed, or a stop came while one kept failing): no
+    /// worker applies or commits anything more. Each worker's commits follow the probe, and
+    /// the rules that gave the outputs up let go of their time, so the probe alone would let
+    /// the others commit readings whose outputs never reached the bus.
+    pub(crate) fn give_up(&self) {
+        self.time.store(0, Ordering::SeqCst);
     }
 
     /// The time the stage finishes at: `u64::MAX` while no worker has let go.
@@ -581,9 +589,10 @@ impl Drop for HeldInput {
     }
 }
 
-/// A worker's loop left on an error: its outputs are given up (`OutputDelivery::abandon`) and
-/// its rules operator woken, so that, once the other workers stop, it lets go of its time and
-/// they can finish (waiting for acknowledgements nobody takes any more, it held them for ever).
+/// A worker's loop left on an error: its outputs are given up (`OutputDelivery::abandon`,
+/// which stops every worker's commits, see `StopAt::give_up`) and its rules operator woken, so
+/// that, once the other workers stop, it lets go of its time and they can finish (waiting for
+/// acknowledgements nobody takes any more, it held them for ever).
 struct AbandonOnError {
     delivery: std::rc::Rc<std::cell::RefCell<OutputDelivery>>,
     activator: std::rc::Rc<std::cell::RefCell<Option<timely::scheduling::Activator>>>,
@@ -945,6 +954,7 @@ impl WorkerContext {
             topics.alerts(),
             self.stop.clone(),
             lost_output.clone(),
+            self.stop_at.clone(),
         )));
         let sink_delivery = delivery.clone();
         // Wakes the operator when acknowledgements come in (see below).

@@ -14,14 +14,15 @@
 //!   (an epoch's own time, or for silence the operator's held time then); the rules operator
 //!   holds its capability there, so the probe (which every worker's commits follow) does not
 //!   pass it;
-//! - a record the bus fails is produced again until it lands (or the stage is told to stop,
-//!   which then commits nothing more). Records after it in the same partition, of its epoch
+//! - a record the bus fails is produced again until it lands (or the stage is told to stop:
+//!   then no worker commits anything more, [`StopAt::give_up`]; so too when a worker fails). Records after it in the same partition, of its epoch
 //!   or later ones, or of the same retry, may have landed meanwhile; they are produced again
 //!   after it, so each key's last record is the engine's last. What a consumer of the key
 //!   then sees is a suffix of its records produced again, as after a restart of the stage
 //!   (which produces again whatever follows the committed offsets): outputs are at least once
 //!   already.
 
+use crate::dataflow::StopAt;
 use bytes::Bytes;
 use floodcmd_model::bus::{
     murmur2, partition_of_hash, Acknowledgements, BusError, Delivery, Outgoing, Producer,
@@ -218,6 +219,8 @@ pub(crate) struct OutputDelivery {
     stop: Arc<AtomicBool>,
     /// Set once an output is given up: no offset may be committed after that.
     lost: Rc<Cell<bool>>,
+    /// Told when an output is given up, so that no other worker commits either.
+    stop_at: Arc<StopAt>,
     held: VecDeque<Held>,
 }
 
@@ -229,6 +232,7 @@ impl OutputDelivery {
         alerts_topic: String,
         stop: Arc<AtomicBool>,
         lost: Rc<Cell<bool>>,
+        stop_at: Arc<StopAt>,
     ) -> Self {
         OutputDelivery {
             rt,
@@ -237,6 +241,7 @@ impl OutputDelivery {
             alerts_topic,
             stop,
             lost,
+            stop_at,
             held: VecDeque::new(),
         }
     }
@@ -269,12 +274,18 @@ impl OutputDelivery {
         }
     }
 
-    /// The worker failed: what is held is given up, as nothing more is committed, and no
-    /// more is taken, so the rules operator can let go of its time once its input ends
+    /// The worker failed: what is held is given up, no worker commits anything more, and
+    /// no more is taken, so the rules operator can let go of its time once its input ends
     /// (its acknowledgements were taken by the worker's loop, which is gone).
     pub(crate) fn abandon(&mut self) {
-        self.lost.set(true);
+        self.give_up();
         self.held.clear();
+    }
+
+    /// Outputs given up: nothing more is committed, by this worker or any other.
+    fn give_up(&self) {
+        self.stop_at.give_up();
+        self.lost.set(true);
     }
 
     /// The least time of the batches whose outputs are not all acknowledged. (Not always the
@@ -375,7 +386,7 @@ impl OutputDelivery {
                 break;
             }
             if self.stop.load(Ordering::SeqCst) {
-                self.lost.set(true);
+                self.give_up();
                 break;
             }
             // Blocking on purpose, as the timely worker waits for the bus either way; a
@@ -488,6 +499,7 @@ mod tests {
             "alerts".into(),
             Arc::new(AtomicBool::new(false)),
             lost.clone(),
+            Arc::new(StopAt::new()),
         );
         delivery.hand_over(7, batch(1, &["a", "a"]), batch(1, &[]));
         assert_eq!(delivery.oldest(), None, "settled: every record landed");

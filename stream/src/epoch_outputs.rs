@@ -353,6 +353,7 @@ mod tests {
             "alerts".into(),
             Arc::new(AtomicBool::new(false)),
             Rc::new(Cell::new(false)),
+            Arc::new(crate::dataflow::StopAt::new()),
         )));
         let count = IntCounter::new("statuses", "statuses").unwrap();
         let mut sink = EpochOutputs::to_bus(delivery.clone(), 3, 2, count.clone());

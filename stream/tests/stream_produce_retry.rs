@@ -14,10 +14,10 @@ use floodcmd_model::bus::{
     Record,
 };
 use floodcmd_model::codec::{decode, encode};
-use floodcmd_model::event::PointStatus;
+use floodcmd_model::event::{AlertTransition, PointStatus};
 use floodcmd_model::topic::Topics;
 use floodcmd_model::{DataState, Reading};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -372,9 +372,11 @@ async fn outputs_failing_after_later_ones_landed_end_in_order_and_nothing_is_com
     assert_eq!(l_committed, committed);
 }
 
-/// Takes every output and acknowledges it 300 ms later, as a slow broker does.
+/// Takes every output and lands and acknowledges it 300 ms later, as a slow broker does;
+/// notes the threads (stage workers) that handed outputs over.
 struct SlowProducer {
     inner: Arc<dyn Producer>,
+    handing_over: Arc<Mutex<HashSet<std::thread::ThreadId>>>,
 }
 
 #[async_trait]
@@ -398,26 +400,37 @@ impl Producer for SlowProducer {
     }
 
     async fn hand_over(&self, topic: &str, records: Vec<Outgoing>) -> Acknowledgements {
-        let results = self.inner.send_batch(topic, records).await;
+        if !records.is_empty() {
+            self.handing_over
+                .lock()
+                .unwrap()
+                .insert(std::thread::current().id());
+        }
+        // Landing only with the acknowledgement: a batch nobody waits for any more may never
+        // land, as a producer's queue lost with its process.
+        let (inner, topic) = (self.inner.clone(), topic.to_string());
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            results
+            inner.send_batch(&topic, records).await
         })
     }
 }
 
-/// Hands out what its consumer reads, and fails from its `fail_at`th poll on (a broker gone).
+/// Hands out what its consumer reads; the consumer of worker `failing` (the one reading
+/// partitions `failing` mod 2) fails (a broker gone) once its worker has handed outputs over,
+/// while they wait for their acknowledgement.
 struct FailingConsumer {
     inner: Box<dyn floodcmd_model::bus::Consumer>,
-    polls: usize,
-    fail_at: usize,
+    handing_over: Arc<Mutex<HashSet<std::thread::ThreadId>>>,
+    failing: u32,
 }
 
 #[async_trait]
 impl floodcmd_model::bus::Consumer for FailingConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>, BusError> {
-        self.polls += 1;
-        if self.polls >= self.fail_at {
+        let me = std::thread::current().id();
+        let worker = self.inner.assigned().first().map(|p| p % 2);
+        if worker == Some(self.failing) && self.handing_over.lock().unwrap().contains(&me) {
             return Err(BusError::Client("the broker is gone".into()));
         }
         self.inner.poll(max, timeout).await
@@ -436,11 +449,36 @@ impl floodcmd_model::bus::Consumer for FailingConsumer {
     }
 }
 
+/// The stage live on `bus` (readings in `topics`), its clock a budget past `end_ms`.
+async fn live_stage(
+    bus: Arc<dyn Bus>,
+    topics: &Topics,
+    end_ms: i64,
+    rebuild: bool,
+) -> floodcmd_stream::StreamHandle {
+    let clock: Arc<dyn floodcmd_model::time::Clock> =
+        Arc::new(floodcmd_model::time::ManualClock::new(end_ms + 10_000));
+    floodcmd_stream::run_stream(
+        bus,
+        district(),
+        clock.clone(),
+        floodcmd_stream::StreamConfig {
+            workers: 2,
+            lateness_ms: 5_000,
+            topics: topics.clone(),
+            group: "stream".into(),
+            watermark: floodcmd_stream::Watermark::Clock(clock),
+            rebuild_ms: rebuild.then_some(3_600_000),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// One worker's consumer fails while outputs its rules handed over wait for their
-/// acknowledgement. The stage stops and says why: the failed worker's outputs are given up
-/// (nothing more is committed), so its rules let go of their time once the input ends, and
-/// the other worker finishes. (Nothing took those acknowledgements any more, and the stage
-/// waited for them for ever.)
+/// acknowledgement. The stage stops and says why (before, nothing took those acknowledgements
+/// any more and it waited for ever), and no worker commits a reading whose outputs were given
+/// up: a restart produces every transition a run that never failed produces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_fails_while_its_outputs_wait_for_acknowledgement_stops_the_stage() {
     let readings = rise_and_fall();
@@ -455,40 +493,38 @@ async fn a_worker_that_fails_while_its_outputs_wait_for_acknowledgement_stops_th
             .await
             .unwrap();
     }
-    // The first consumer made fails on its fifth poll, with outputs of its rules waiting.
-    let made = Arc::new(AtomicUsize::new(0));
+    // The worker that fails runs the rules of a point whose readings the other worker reads,
+    // and commits: those readings' outputs wait on the failing worker.
+    let d = district();
+    let failing = readings
+        .iter()
+        .map(|r| {
+            (
+                partition_for(r.sensor.as_bytes(), 4) % 2,
+                floodcmd_stream::dataflow::owner(&d.sensor(&r.sensor).unwrap().point.id, 2) as u32,
+            )
+        })
+        .find(|(reads, rules)| reads != rules)
+        .map(|(_, rules)| rules)
+        .expect("a point whose rules run on the worker that does not read its sensor");
+    let handing_over: Arc<Mutex<HashSet<std::thread::ThreadId>>> = Arc::default();
+    let watched = handing_over.clone();
     let hooked = common::HookedBus::new(inner.clone()).wrap_consumer(move |_, consumer| {
-        let fail_at = if made.fetch_add(1, Ordering::SeqCst) == 0 {
-            5
-        } else {
-            usize::MAX
-        };
         Box::new(FailingConsumer {
             inner: consumer,
-            polls: 0,
-            fail_at,
+            handing_over: watched.clone(),
+            failing,
         })
     });
-    let bus = WithProducer::new(hooked, |inner| Arc::new(SlowProducer { inner }));
-    // Live, the clock a budget past the last reading: every epoch closes at once.
+    let noted = handing_over.clone();
+    let bus = WithProducer::new(hooked, move |inner| {
+        Arc::new(SlowProducer {
+            inner,
+            handing_over: noted.clone(),
+        })
+    });
     let end_ms = readings.last().unwrap().ts_ms;
-    let clock: Arc<dyn floodcmd_model::time::Clock> =
-        Arc::new(floodcmd_model::time::ManualClock::new(end_ms + 10_000));
-    let stage = floodcmd_stream::run_stream(
-        Arc::new(bus),
-        district(),
-        clock.clone(),
-        floodcmd_stream::StreamConfig {
-            workers: 2,
-            lateness_ms: 5_000,
-            topics: topics.clone(),
-            group: "stream".into(),
-            watermark: floodcmd_stream::Watermark::Clock(clock),
-            rebuild_ms: None,
-        },
-    )
-    .await
-    .unwrap();
+    let stage = live_stage(Arc::new(bus), &topics, end_ms, false).await;
     // Joined on a thread of its own: a stage that never ends fails the test, not hangs it.
     let (joined, ended) = std::sync::mpsc::channel();
     std::thread::spawn(move || joined.send(stage.join()));
@@ -498,9 +534,70 @@ async fn a_worker_that_fails_while_its_outputs_wait_for_acknowledgement_stops_th
         .expect("the stage ends once a worker fails");
     let e = ended.expect_err("a worker failed");
     assert!(e.contains("the broker is gone"), "{e}");
-    let outputs = records(&inner, &topics.status()).await;
+
+    // Started again on the bus, it reads what was not committed and goes on to the end.
+    let again = live_stage(Arc::new(inner.clone()), &topics, end_ms, true).await;
+    let ends = inner.end_offsets(&topics.readings()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = inner.committed("stream", &topics.readings()).await.unwrap();
+        let done = ends
+            .iter()
+            .zip(&committed)
+            .all(|(end, c)| *end == 0 || *c == Some(*end));
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: ends {ends:?}, committed {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    again.stop();
+    tokio::task::spawn_blocking(move || again.join())
+        .await
+        .unwrap()
+        .unwrap();
+    let seen: HashSet<(String, String, i64)> = records(&inner, &topics.alerts())
+        .await
+        .iter()
+        .map(|(_, _, payload)| {
+            let t: AlertTransition = decode(payload).unwrap();
+            (t.point, t.transition.as_str().to_string(), t.event_ms)
+        })
+        .collect();
+    let (reference, reference_statuses) = common::run_with(district(), &readings, 2, 5_000).await;
+    // Every status too: a reading committed whose outputs were given up would leave a hole.
+    let statuses: HashSet<(String, i64)> = records(&inner, &topics.status())
+        .await
+        .iter()
+        .map(|(_, _, payload)| {
+            let s: PointStatus = decode(payload).unwrap();
+            (s.point.to_string(), s.as_of_ms)
+        })
+        .collect();
+    let holes: Vec<(String, i64)> = reference_statuses
+        .iter()
+        .map(|s| (s.point.to_string(), s.as_of_ms))
+        .filter(|k| !statuses.contains(k))
+        .collect();
     assert!(
-        !outputs.is_empty(),
-        "outputs were handed over before the failure"
+        holes.is_empty(),
+        "statuses lost to the failure (point, as of): {holes:?}"
+    );
+    let missing: Vec<&AlertTransition> = reference
+        .iter()
+        .filter(|t| {
+            !seen.contains(&(
+                t.point.clone(),
+                t.transition.as_str().to_string(),
+                t.event_ms,
+            ))
+        })
+        .collect();
+    assert!(
+        !reference.is_empty() && missing.is_empty(),
+        "transitions lost to the failure: {missing:#?}"
     );
 }
