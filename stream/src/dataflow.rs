@@ -535,14 +535,21 @@ impl StopAt {
     }
 
     /// Outputs were given up (a worker failed, or a stop came while one kept failing): no
-    /// worker applies or commits anything more. Each worker's commits follow the probe, and
+    /// worker of this process applies anything more or commits a position it had not found
+    /// safe before (what it had is still sent). Each worker's commits follow the probe, and
     /// the rules that gave the outputs up let go of their time, so the probe alone would let
-    /// the others commit readings whose outputs never reached the bus.
+    /// the others commit readings whose outputs never reached the bus. (Workers of other
+    /// processes of a cluster are not told: a cluster's process exits at a stop, as a crash.)
+    /// A run applying all it read (`StreamHandle::stop_applying_all_read`) goes on applying:
+    /// nothing reads its bus again, so its commits do not matter.
     pub(crate) fn give_up(&self) {
-        self.time.store(0, Ordering::SeqCst);
+        if !self.all_read.load(Ordering::SeqCst) {
+            self.time.store(0, Ordering::SeqCst);
+        }
     }
 
-    /// The time the stage finishes at: `u64::MAX` while no worker has let go.
+    /// The time the stage finishes at: `u64::MAX` while no worker has let go, 0 once outputs
+    /// were given up.
     fn time(&self) -> u64 {
         self.time.load(Ordering::SeqCst)
     }
@@ -1630,7 +1637,8 @@ mod stop_at_tests {
     use super::StopAt;
 
     #[test]
-    fn the_stage_finishes_at_the_least_time_noted_and_nowhere_when_asked_to_apply_all_read() {
+    fn the_stage_finishes_at_the_least_time_noted_or_at_0_once_outputs_are_given_up_and_nowhere_when_asked_to_apply_all_read(
+    ) {
         let at = StopAt::new();
         assert_eq!(at.time(), u64::MAX, "not stopping");
         at.note(130);
@@ -1638,9 +1646,17 @@ mod stop_at_tests {
         at.note(120);
         assert_eq!(at.time(), 110, "the slowest worker's time");
 
+        at.give_up();
+        assert_eq!(
+            at.time(),
+            0,
+            "outputs given up: nothing more applied or committed"
+        );
+
         let all = StopAt::new();
         all.apply_all_read();
         all.note(110);
+        all.give_up();
         assert_eq!(all.time(), u64::MAX, "every epoch read is applied");
     }
 }

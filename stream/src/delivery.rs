@@ -15,8 +15,9 @@
 //!   holds its capability there, so the probe (which every worker's commits follow) does not
 //!   pass it;
 //! - a record the bus fails is produced again until it lands (or the stage is told to stop:
-//!   then no worker commits anything more, [`StopAt::give_up`]; so too when a worker fails). Records after it in the same partition, of its epoch
-//!   or later ones, or of the same retry, may have landed meanwhile; they are produced again
+//!   then no worker of this process commits anything it had not found safe before,
+//!   [`StopAt::give_up`]; so too when a worker fails). Records after it in the same
+//!   partition, of its epoch or later ones, or of the same retry, may have landed meanwhile; they are produced again
 //!   after it, so each key's last record is the engine's last. What a consumer of the key
 //!   then sees is a suffix of its records produced again, as after a restart of the stage
 //!   (which produces again whatever follows the committed offsets): outputs are at least once
@@ -274,7 +275,8 @@ impl OutputDelivery {
         }
     }
 
-    /// The worker failed: what is held is given up, no worker commits anything more, and
+    /// The worker failed: what is held is given up, no worker commits anything more (see
+    /// [`StopAt::give_up`]), and
     /// no more is taken, so the rules operator can let go of its time once its input ends
     /// (its acknowledgements were taken by the worker's loop, which is gone).
     pub(crate) fn abandon(&mut self) {
