@@ -187,6 +187,20 @@ async fn read_to_the_end(bus: &EmbeddedBus, topics: &Topics) {
     }
 }
 
+/// Every transition `c` has left to read, onto `out` (until a poll comes back empty).
+async fn read_the_rest(c: &mut Box<dyn Consumer>, out: &mut Vec<AlertTransition>) {
+    loop {
+        let more = c.poll(1000, Duration::from_millis(200)).await.unwrap();
+        if more.is_empty() {
+            return;
+        }
+        out.extend(
+            more.iter()
+                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
+        );
+    }
+}
+
 async fn collect_until(
     c: &mut Box<dyn Consumer>,
     out: &mut Vec<AlertTransition>,
@@ -381,16 +395,7 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
         .unwrap()
         .unwrap();
     // Anything more it wrote (a repeat would be) is read too.
-    loop {
-        let more = watch.poll(1000, Duration::from_millis(200)).await.unwrap();
-        if more.is_empty() {
-            break;
-        }
-        seen.extend(
-            more.iter()
-                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
-        );
-    }
+    read_the_rest(&mut watch, &mut seen).await;
     assert_eq!(of_points(&seen, &points), expected);
 }
 
@@ -714,16 +719,7 @@ async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for
         .unwrap()
         .unwrap();
     let mut seen = Vec::new();
-    loop {
-        let more = watch.poll(1000, Duration::from_millis(200)).await.unwrap();
-        if more.is_empty() {
-            break;
-        }
-        seen.extend(
-            more.iter()
-                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
-        );
-    }
+    read_the_rest(&mut watch, &mut seen).await;
     assert!(
         seen.iter().all(|t| t.transition != TransitionKind::Silent),
         "{slow_point}'s readings waited unread: not silent at the stop: {seen:#?}"
@@ -765,16 +761,7 @@ async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for
         .unwrap()
         .unwrap();
     // Anything more it wrote (a repeat would be) is read too.
-    loop {
-        let more = watch.poll(1000, Duration::from_millis(200)).await.unwrap();
-        if more.is_empty() {
-            break;
-        }
-        seen.extend(
-            more.iter()
-                .map(|r| decode::<AlertTransition>(&r.payload).unwrap()),
-        );
-    }
+    read_the_rest(&mut watch, &mut seen).await;
     assert_eq!(of_points(&seen, &points), expected);
     assert!(
         seen.iter().all(|t| !t.late),
