@@ -1445,10 +1445,10 @@ impl WorkerContext {
                 }
             }
             if !lost_output.get() {
+                // Stopping, what lies past where the stage finishes was not applied.
+                let finish = self.stop_at.time();
                 for (p, queue) in pending.iter_mut() {
                     let mut last = None;
-                    // Stopping, what lies past where the stage finishes was not applied.
-                    let finish = self.stop_at.time();
                     while queue
                         .front()
                         .is_some_and(|(t, _)| !probe.less_equal(t) && *t < finish)

@@ -187,6 +187,15 @@ async fn read_to_the_end(bus: &EmbeddedBus, topics: &Topics) {
     }
 }
 
+/// Stop `stage` and wait for its workers to finish, which they must without error.
+async fn stop_and_join(stage: floodcmd_stream::StreamHandle) {
+    stage.stop();
+    tokio::task::spawn_blocking(move || stage.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// Every transition `c` has left to read, onto `out` (until a poll comes back empty).
 async fn read_the_rest(c: &mut Box<dyn Consumer>, out: &mut Vec<AlertTransition>) {
     loop {
@@ -240,11 +249,7 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
     })
     .await;
     read_to_the_end(&bus, &topics).await;
-    first.stop();
-    tokio::task::spawn_blocking(move || first.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(first).await;
     let before = seen.len();
 
     clock.set(T0 + 1_800_000);
@@ -255,11 +260,7 @@ async fn a_restarted_stage_rebuilds_its_levels_and_repeats_nothing() {
             .any(|t| t.point == "UP-01" && t.transition == TransitionKind::Cleared)
     })
     .await;
-    second.stop();
-    tokio::task::spawn_blocking(move || second.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(second).await;
 
     let after: Vec<(TransitionKind, Level, Level)> = seen[before..]
         .iter()
@@ -358,11 +359,7 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
     let first = live(&bus, &topics, &clock, true).await;
     collect_until(&mut watch, &mut seen, |s| upto(s, cut_ms)).await;
     read_to_the_end(&bus, &topics).await;
-    first.stop();
-    tokio::task::spawn_blocking(move || first.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(first).await;
 
     // Most of the second half reaches the bus while the stage is down; it starts again 15
     // minutes on, and the rest arrives as it reads (after it looked where the partitions end).
@@ -389,11 +386,7 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
     clock.set(end_ms + 30_000);
     let (second, _) = live_with(&bus, &topics, &clock, true, None, arriving).await;
     collect_until(&mut watch, &mut seen, |s| upto(s, end_ms + 1)).await;
-    second.stop();
-    tokio::task::spawn_blocking(move || second.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(second).await;
     // Anything more it wrote (a repeat would be) is read too.
     read_the_rest(&mut watch, &mut seen).await;
     assert_eq!(of_points(&seen, &points), expected);
@@ -600,11 +593,7 @@ async fn a_backlog_partition_that_gives_nothing_is_given_up_and_the_clock_judges
             .any(|t| t.point == stuck_point && t.transition == TransitionKind::Silent)
     })
     .await;
-    stage.stop();
-    tokio::task::spawn_blocking(move || stage.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(stage).await;
     let moving: Vec<&AlertTransition> = seen.iter().filter(|t| t.point == moving_point).collect();
     assert!(
         moving.iter().all(|t| !t.late),
@@ -662,11 +651,7 @@ async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for
     put(&bus, &topics, &first_part).await.unwrap();
     let first = live(&bus, &topics, &clock, true).await;
     read_to_the_end(&bus, &topics).await;
-    first.stop();
-    tokio::task::spawn_blocking(move || first.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(first).await;
 
     // The other fifteen reach the bus while it is down. The second stage rebuilds from the
     // first five and reads the fast sensor's whole backlog, and five minutes of the slow one's:
@@ -713,11 +698,7 @@ async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for
         assert!(Instant::now() < deadline, "timed out: commits {c:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    second.stop();
-    tokio::task::spawn_blocking(move || second.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(second).await;
     let mut seen = Vec::new();
     read_the_rest(&mut watch, &mut seen).await;
     assert!(
@@ -755,11 +736,7 @@ async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for
             >= expected.values().map(Vec::len).sum::<usize>()
     })
     .await;
-    third.stop();
-    tokio::task::spawn_blocking(move || third.join())
-        .await
-        .unwrap()
-        .unwrap();
+    stop_and_join(third).await;
     // Anything more it wrote (a repeat would be) is read too.
     read_the_rest(&mut watch, &mut seen).await;
     assert_eq!(of_points(&seen, &points), expected);
