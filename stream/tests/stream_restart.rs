@@ -12,9 +12,9 @@ use floodcmd_bus::EmbeddedBus;
 use floodcmd_model::bus::{partition_for, Assignment, Bus, BusError, Consumer, Record};
 use floodcmd_model::codec::{decode, encode};
 use floodcmd_model::event::{AlertTransition, TransitionKind};
-use floodcmd_model::time::{Clock, ManualClock};
+use floodcmd_model::time::{Clock, ManualClock, Millis};
 use floodcmd_model::topic::Topics;
-use floodcmd_model::{Level, Reading};
+use floodcmd_model::{District, Level, Reading};
 use floodcmd_stream::{run_stream, StreamConfig, Watermark};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -297,6 +297,20 @@ fn of_points(ts: &[AlertTransition], points: &BTreeSet<String>) -> BTreeMap<Stri
     m
 }
 
+/// `readings` put in event time; the newest one's time, their points, and what a 2-worker run
+/// over them that never stopped raises for those points (lateness 5 s).
+async fn in_event_time_with_reference(
+    d: &Arc<District>,
+    readings: &mut [Reading],
+) -> (Millis, BTreeSet<String>, BTreeMap<String, Vec<Seen>>) {
+    readings.sort_by_key(|r| r.ts_ms);
+    let end_ms = readings.last().expect("readings").ts_ms;
+    let points: BTreeSet<String> = readings.iter().map(|r| r.point.to_string()).collect();
+    let (reference, _) = run_with(d.clone(), readings, 2, 5_000).await;
+    let expected = of_points(&reference, &points);
+    (end_ms, points, expected)
+}
+
 /// A stage down through the middle of a storm on three points, restarted 15 minutes later
 /// while the last two minutes of readings are still reaching the bus: what it raises before
 /// and after the gap, together, is exactly what one run over the whole storm raises (same
@@ -323,11 +337,7 @@ async fn a_stage_down_through_part_of_a_storm_raises_what_a_run_that_never_stopp
     ] {
         readings.extend(depth_series(&d, sensor, T0, every_ms, &up_and_down(steps)));
     }
-    readings.sort_by_key(|r| r.ts_ms);
-    let end_ms = readings.last().expect("readings").ts_ms;
-    let points: BTreeSet<String> = readings.iter().map(|r| r.point.to_string()).collect();
-    let (reference, _) = run_with(d.clone(), &readings, 2, 5_000).await;
-    let expected = of_points(&reference, &points);
+    let (end_ms, points, expected) = in_event_time_with_reference(&d, &mut readings).await;
     assert!(
         expected.values().all(|ts| ts.len() >= 8),
         "each point rises through every level and falls back: {expected:#?}"
@@ -630,11 +640,7 @@ async fn a_stage_stopped_part_way_through_its_backlog_judges_no_point_silent_for
     let rise: Vec<f64> = (0..40).map(|i| i as f64).collect();
     let mut readings = depth_series(&d, slow_sensor, T0, 30_000, &rise);
     readings.extend(depth_series(&d, fast_sensor, T0, 30_000, &rise));
-    readings.sort_by_key(|r| r.ts_ms);
-    let end_ms = readings.last().expect("readings").ts_ms;
-    let points: BTreeSet<String> = readings.iter().map(|r| r.point.to_string()).collect();
-    let (reference, _) = run_with(d.clone(), &readings, 2, 5_000).await;
-    let expected = of_points(&reference, &points);
+    let (end_ms, points, expected) = in_event_time_with_reference(&d, &mut readings).await;
     assert!(
         expected
             .values()
