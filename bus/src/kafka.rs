@@ -300,6 +300,47 @@ impl KafkaBus {
         Ok(out)
     }
 
+    /// What `group` has committed in partitions `0..n` of `topic`, asked by `consumer` (a
+    /// client of the group's, blocking; `None`: nothing committed). A partition with an error
+    /// of its own, or left out of the answer, fails the lookup (the caller asks again): read as
+    /// never committed, it would send a stage back to the start of what the topic holds.
+    ///
+    /// The lookup needs a consumer client of the group, made for it. The bus's admin client,
+    /// connected already, answered a stage's lookup about 20 ms sooner through librdkafka's
+    /// `ListConsumerGroupOffsets`, but librdkafka 2.12 handles a broker's NOT_COORDINATOR
+    /// answer to it through the client's consumer group, which a producer-type client (as
+    /// rust-rdkafka makes its admin client) does not have: the process would crash just when
+    /// a coordinator moves (librdkafka#5040).
+    fn group_offsets(
+        consumer: &rdkafka::consumer::BaseConsumer,
+        group: &str,
+        topic: &str,
+        n: u32,
+    ) -> Result<Vec<Option<u64>>, BusError> {
+        let failed =
+            |what: String| BusError::Client(format!("committed offsets of group {group}: {what}"));
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..n {
+            tpl.add_partition(topic, p as i32);
+        }
+        let got = consumer
+            .committed_offsets(tpl, METADATA_TIMEOUT)
+            .map_err(client_err)?;
+        (0..n)
+            .map(|p| {
+                let e = got
+                    .find_partition(topic, p as i32)
+                    .ok_or_else(|| failed(format!("no answer for partition {p}")))?;
+                e.error()
+                    .map_err(|err| failed(format!("partition {p}: {err}")))?;
+                Ok(match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(o as u64),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
     /// Metadata and watermark calls block in librdkafka: keep them off the async workers.
     async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, BusError> + Send + 'static,
@@ -531,6 +572,11 @@ impl Bus for KafkaBus {
         let me = self.clone();
         let (g, t) = (group.to_string(), topic.to_string());
         Self::blocking(move || {
+            if g.contains('\0') {
+                return Err(BusError::Client(format!(
+                    "committed offsets of group {g:?}: the name holds a NUL byte"
+                )));
+            }
             let n = me.partition_count(&t)?;
             let consumer: rdkafka::consumer::BaseConsumer = me
                 .config
@@ -538,35 +584,24 @@ impl Bus for KafkaBus {
                 .set("group.id", &g)
                 .create()
                 .map_err(client_err)?;
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..n {
-                tpl.add_partition(&t, p as i32);
-            }
             // Right after a broker starts, the group coordinator is still loading
             // (NotCoordinator, CoordinatorLoadInProgress): wait for it rather than fail a stage
             // that is starting up with the cluster.
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             let mut wait = Duration::from_millis(100);
             let got = loop {
-                match consumer.committed_offsets(tpl.clone(), METADATA_TIMEOUT) {
-                    Ok(got) => break got,
+                match Self::group_offsets(&consumer, &g, &t, n) {
+                    Ok(got) => break Ok(got),
                     Err(e) if std::time::Instant::now() < deadline => {
                         tracing::warn!(group = %g, error = %e, retry_in = ?wait, "committed offsets not available yet");
                         std::thread::sleep(wait);
                         wait = (wait * 2).min(Duration::from_secs(2));
                     }
-                    Err(e) => return Err(client_err(e)),
+                    Err(e) => break Err(e),
                 }
             };
             let_go(consumer);
-            Ok((0..n)
-                .map(
-                    |p| match got.find_partition(&t, p as i32).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) if o >= 0 => Some(o as u64),
-                        _ => None,
-                    },
-                )
-                .collect())
+            got
         })
         .await
     }

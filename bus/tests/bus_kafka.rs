@@ -151,6 +151,53 @@ async fn last_commits_of_several_partitions_are_the_groups_and_survive_letting_t
     );
 }
 
+/// The lookup of a group's commits gives each partition the group committed in its own
+/// position and `None` for the one it never committed in, and all `None` for a group that
+/// never committed; a group name that librdkafka cannot carry is refused at once, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_commits_are_looked_up_per_partition_and_a_partition_never_committed_is_none() {
+    let bus = bus().await;
+    let topic = unique("lookup");
+    bus.ensure_topic(&topic, 3).await.unwrap();
+    send_keyed(&bus, &topic, 90).await;
+    let ends = bus.end_offsets(&topic).await.unwrap();
+    assert!(
+        ends.iter().all(|e| *e >= 2),
+        "every partition holds a few: {ends:?}"
+    );
+    let mut c = bus
+        .consumer("g-lookup", &topic, Assignment::All)
+        .await
+        .unwrap();
+    read_n(&mut c, 90).await;
+    c.commit_all(&[(0, ends[0]), (2, ends[2] - 1)])
+        .await
+        .unwrap();
+    let want = vec![Some(ends[0]), None, Some(ends[2] - 1)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let committed = bus.committed("g-lookup", &topic).await.unwrap();
+        if committed == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group has {committed:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.let_go();
+    assert_eq!(
+        bus.committed("g-lookup-never", &topic).await.unwrap(),
+        vec![None, None, None]
+    );
+    let refused = bus.committed("bad\0group", &topic).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("NUL"),
+        "the refusal names what is wrong: {refused}"
+    );
+}
+
 /// Positions of several partitions committed together (one request, not waited for) become
 /// the group's, each partition its own, and a consumer of the group resumes at each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
