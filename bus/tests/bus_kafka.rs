@@ -151,32 +151,33 @@ async fn last_commits_of_several_partitions_are_the_groups_and_survive_letting_t
     );
 }
 
-/// The lookup of a group's commits gives each partition the group committed in its own
-/// position and `None` for the one it never committed in, and all `None` for a group that
-/// never committed; a group name that librdkafka cannot carry is refused at once, named.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_groups_commits_are_looked_up_per_partition_and_a_partition_never_committed_is_none() {
-    let bus = bus().await;
-    let topic = unique("lookup");
+/// A fresh 3-partition topic holding 90 keyed records, each partition at least `at_least`,
+/// all read by a consumer of `group`: the topic, its end offsets and the consumer.
+async fn three_partitions_read(
+    bus: &KafkaBus,
+    name: &str,
+    group: &str,
+    at_least: u64,
+) -> (String, Vec<u64>, Box<dyn floodcmd_model::bus::Consumer>) {
+    let topic = unique(name);
     bus.ensure_topic(&topic, 3).await.unwrap();
-    send_keyed(&bus, &topic, 90).await;
+    send_keyed(bus, &topic, 90).await;
     let ends = bus.end_offsets(&topic).await.unwrap();
     assert!(
-        ends.iter().all(|e| *e >= 2),
+        ends.iter().all(|e| *e >= at_least),
         "every partition holds a few: {ends:?}"
     );
-    let mut c = bus
-        .consumer("g-lookup", &topic, Assignment::All)
-        .await
-        .unwrap();
+    let mut c = bus.consumer(group, &topic, Assignment::All).await.unwrap();
     read_n(&mut c, 90).await;
-    c.commit_all(&[(0, ends[0]), (2, ends[2] - 1)])
-        .await
-        .unwrap();
-    let want = vec![Some(ends[0]), None, Some(ends[2] - 1)];
+    (topic, ends, c)
+}
+
+/// Wait (up to 15 s) until `group`'s commits in `topic` are `want`: a commit is sent without
+/// waiting for its answer.
+async fn wait_for_commits(bus: &KafkaBus, group: &str, topic: &str, want: &[Option<u64>]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let committed = bus.committed("g-lookup", &topic).await.unwrap();
+        let committed = bus.committed(group, topic).await.unwrap();
         if committed == want {
             break;
         }
@@ -186,6 +187,25 @@ async fn a_groups_commits_are_looked_up_per_partition_and_a_partition_never_comm
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The lookup of a group's commits gives each partition the group committed in its own
+/// position and `None` for the one it never committed in, and all `None` for a group that
+/// never committed; a group name that librdkafka cannot carry is refused at once, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_commits_are_looked_up_per_partition_and_a_partition_never_committed_is_none() {
+    let bus = bus().await;
+    let (topic, ends, mut c) = three_partitions_read(&bus, "lookup", "g-lookup", 2).await;
+    c.commit_all(&[(0, ends[0]), (2, ends[2] - 1)])
+        .await
+        .unwrap();
+    wait_for_commits(
+        &bus,
+        "g-lookup",
+        &topic,
+        &[Some(ends[0]), None, Some(ends[2] - 1)],
+    )
+    .await;
     c.let_go();
     assert_eq!(
         bus.committed("g-lookup-never", &topic).await.unwrap(),
@@ -203,35 +223,12 @@ async fn a_groups_commits_are_looked_up_per_partition_and_a_partition_never_comm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_of_several_partitions_committed_together_are_each_the_groups() {
     let bus = bus().await;
-    let topic = unique("together");
-    bus.ensure_topic(&topic, 3).await.unwrap();
-    send_keyed(&bus, &topic, 90).await;
-    let ends = bus.end_offsets(&topic).await.unwrap();
-    assert!(
-        ends.iter().all(|e| *e >= 3),
-        "every partition holds a few: {ends:?}"
-    );
-    let mut c = bus
-        .consumer("g-together", &topic, Assignment::All)
-        .await
-        .unwrap();
-    read_n(&mut c, 90).await;
+    let (topic, ends, mut c) = three_partitions_read(&bus, "together", "g-together", 3).await;
     // A different position in each partition: a commit that mixed them up would show.
     let positions: Vec<(u32, u64)> = (0..3).map(|p| (p, ends[p as usize] - p as u64)).collect();
     c.commit_all(&positions).await.unwrap();
     let want: Vec<Option<u64>> = positions.iter().map(|(_, n)| Some(*n)).collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let committed = bus.committed("g-together", &topic).await.unwrap();
-        if committed == want {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the group has {committed:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_commits(&bus, "g-together", &topic, &want).await;
     c.let_go();
     let mut again = bus
         .consumer("g-together", &topic, Assignment::All)
